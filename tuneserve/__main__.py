@@ -1,0 +1,5 @@
+"""`python -m tuneserve` runs the CLI."""
+
+from tuneserve.cli import run
+
+run()

@@ -1,0 +1,81 @@
+"""The `tuneserve` command line: wires each area's subcommands into one Typer app.
+
+Each module in `tuneserve/commands/` defines `register(app)` and imports torch, ray and
+transformers only inside its command functions, so `tuneserve --help` stays instant.
+User errors (`TuneserveError`) print as one red message plus a hint, exit code 2; the
+traceback goes to the log only with `--debug`.
+
+    tuneserve --help
+    tuneserve demo
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import typer
+
+from training.artifact.errors import TuneserveError
+
+COMMAND_MODULES = [
+    "tuneserve.commands.base",
+    "tuneserve.commands.train",
+    "tuneserve.commands.quantize",
+    "tuneserve.commands.serve",
+    "tuneserve.commands.demo",
+]
+
+app = typer.Typer(
+    name="tuneserve",
+    help="Fine-tune LLMs (LoRA/PEFT, quantization) and serve them over OpenAI-compatible REST and gRPC.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs.")) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app.info_name = "tuneserve"
+    _STATE["debug"] = debug
+
+
+_STATE = {"debug": False}
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(_name).register(app)
+
+
+def run() -> None:
+    """Entry point: run the app, turning user errors into a clean message."""
+    try:
+        app(standalone_mode=False)
+    except TuneserveError as exc:
+        from rich.console import Console
+
+        if _STATE["debug"]:
+            logging.exception("command failed")
+        console = Console(stderr=True)
+        console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        if exc.hint:
+            console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+        sys.exit(2)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click's own usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    run()
