@@ -25,6 +25,8 @@ COMMAND_MODULES = [
     "tuneserve.commands.quantize",
     "tuneserve.commands.serve",
     "tuneserve.commands.demo",
+    "tuneserve.commands.observe",
+    "tuneserve.commands.evaluate",
 ]
 
 app = typer.Typer(

@@ -1,0 +1,51 @@
+# tuneserve developer entry points. `make demo` and `make test` each set up what they need
+# (a local virtualenv, idempotently) and then run. See README.md.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+export HF_HUB_OFFLINE := 1
+export RAY_USAGE_STATS_ENABLED := 0
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup tools demo test test-all bench lint clean proto
+
+setup: $(STAMP)
+
+# torch first, from the CPU wheel, so no later step can pull a CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# System tools for the observability tests (promtool, amtool, prometheus, alertmanager).
+# Installed when missing and apt-get is usable (root); otherwise those tests skip with a reason.
+tools:
+	@if ! command -v promtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing prometheus + alertmanager from Debian"; \
+		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-alertmanager >/dev/null; \
+	fi
+
+demo: setup
+	$(VENV)/bin/tuneserve demo
+
+# pytest exit code 5 means "no tests collected": not a failure of the suite.
+test: setup tools
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no tests were collected"; exit 0; fi; exit $$rc
+
+test-all: setup tools
+	$(PY) -m pytest -m '' $(PYTEST_ARGS)
+
+bench: setup
+	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
+
+proto: setup
+	$(PY) -m service.grpc.codegen
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,62 @@
+"""Architecture rules that must not erode: package boundaries and a lazy CLI.
+
+- `training` never imports `service`; `service` imports from training only `training.artifact`.
+- `training.artifact` imports nothing else from training (it is the shared contract).
+- Importing the CLI loads no torch, ray, transformers or peft, so `tuneserve --help` is instant.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def imported_modules(package: str) -> list[tuple[str, str]]:
+    found = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        if "/gen/" in path.as_posix():
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found += [(str(path.relative_to(ROOT)), alias.name) for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.append((str(path.relative_to(ROOT)), node.module))
+    return found
+
+
+def test_training_never_imports_service():
+    bad = [(f, m) for f, m in imported_modules("training") if m == "service" or m.startswith("service.")]
+    assert not bad, f"training must not import service: {bad}"
+
+
+def test_service_reads_training_only_through_artifact():
+    bad = [(f, m) for f, m in imported_modules("service")
+           if (m == "training" or m.startswith("training.")) and not m.startswith("training.artifact")]
+    assert not bad, f"service may import only training.artifact: {bad}"
+
+
+def test_artifact_contract_is_self_contained():
+    bad = [(f, m) for f, m in imported_modules("training/artifact")
+           if m.startswith("training.") and not m.startswith("training.artifact")]
+    assert not bad, f"training.artifact must not depend on the rest of training: {bad}"
+
+
+@pytest.mark.parametrize("heavy", ["torch", "ray", "transformers", "peft"])
+def test_cli_import_is_lazy(heavy):
+    code = f"import sys, tuneserve.cli; sys.exit(1 if {heavy!r} in sys.modules else 0)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, f"importing the CLI loaded {heavy}: {result.stderr[-2000:]}"
+
+
+def test_help_lists_core_commands():
+    result = subprocess.run([sys.executable, "-m", "tuneserve", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for command in ("base", "train", "quantize", "serve", "demo"):
+        assert command in result.stdout

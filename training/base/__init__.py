@@ -1,0 +1,1 @@
+"""The embedded tiny base model: shipped corpus, tokenizer training, Llama pretraining."""
