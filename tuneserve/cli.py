@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "tuneserve.commands.demo",
     "tuneserve.commands.observe",
     "tuneserve.commands.evaluate",
+    "tuneserve.commands.data",
 ]
 
 app = typer.Typer(
