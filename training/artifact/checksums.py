@@ -10,7 +10,7 @@ from pathlib import Path
 CHUNK = 1 << 20
 # Files that define a model's behaviour; everything else (READMEs, caches) is ignored
 # when fingerprinting a base model directory.
-MODEL_IDENTITY_SUFFIXES = (".safetensors", ".json", ".model", ".txt", ".onnx", ".onnx_data")
+MODEL_IDENTITY_SUFFIXES = (".safetensors", ".json", ".jinja", ".model", ".txt", ".onnx", ".onnx_data")
 FINGERPRINT_CACHE = ".tuneserve_fingerprint.json"
 
 
