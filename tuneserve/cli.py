@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "tuneserve.commands.observe",
     "tuneserve.commands.evaluate",
     "tuneserve.commands.data",
+    "tuneserve.commands.keys",
 ]
 
 app = typer.Typer(
