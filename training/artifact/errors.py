@@ -21,6 +21,17 @@ class TuneserveError(Exception):
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
+    def __reduce__(self):
+        # Keep message, hint and extra attributes (e.g. retry_after, param) across pickling (Ray, subprocesses).
+        return (_rebuild, (type(self), self.message, self.hint, dict(self.__dict__)))
+
+
+def _rebuild(cls: type, message: str, hint: str | None, state: dict) -> "TuneserveError":
+    error = cls.__new__(cls)
+    TuneserveError.__init__(error, message, hint)
+    error.__dict__.update(state)
+    return error
+
 
 class ConfigError(TuneserveError):
     """A config file, override or argument is invalid."""

@@ -145,7 +145,9 @@ def attach_adapter(model, artifact: Artifact, adapter_name: str):
             raise ArtifactInvalid(f"adapter {artifact.path} has weights that match no module: {unexpected[:3]}",
                                   "it was trained for a different architecture")
     except Exception as exc:
-        if not created:
+        if created:
+            _undo_injection(model)
+        else:
             model.delete_adapter(adapter_name)
         if isinstance(exc, ArtifactInvalid):
             raise
@@ -153,6 +155,14 @@ def attach_adapter(model, artifact: Artifact, adapter_name: str):
                               "check that it was trained on this base") from None
     model.eval()
     return model
+
+
+def _undo_injection(peft_model) -> None:
+    """Remove the adapter layers get_peft_model injected into the base, restoring the plain modules."""
+    try:
+        peft_model.unload()
+    except Exception:  # noqa: BLE001 - prompt-learning methods inject nothing; nothing to undo
+        pass
 
 
 def load_model_artifact(artifact: Artifact, dtype: str = "float32", trust_remote_code: bool = False) -> LoadedModel:

@@ -1,0 +1,71 @@
+"""Baseline for the serving benchmark: the naive way to serve a LoRA adapter.
+
+FastAPI + uvicorn, one `model.generate` per request, one request at a time (a lock), no
+batching, no streaming, no cache. OpenAI-shaped `/v1/completions` so the same load
+generator drives it and tuneserve.
+
+    python benchmarks/naive_server.py --base tiny-llama --adapter artifacts/a1 --port 8200
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def build_app(base: str, adapter: str | None):
+    import torch
+    from fastapi import FastAPI
+
+    from training.artifact import load_artifact
+    from training.artifact.loading import attach_adapter, load_base
+
+    torch.set_num_threads(2)
+    loaded = load_base(base)
+    model = loaded.model
+    if adapter:
+        model = attach_adapter(model, load_artifact(adapter, expect_base_sha256=loaded.sha256), "adapter")
+    tokenizer = loaded.tokenizer
+    lock = asyncio.Lock()
+    app = FastAPI()
+
+    def generate(prompt: str, max_tokens: int) -> tuple[str, int, int]:
+        enc = tokenizer(prompt, return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=max_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        new = out[0, enc["input_ids"].shape[1]:]
+        return tokenizer.decode(new, skip_special_tokens=True), enc["input_ids"].shape[1], len(new)
+
+    @app.post("/v1/completions")
+    async def completions(body: dict):
+        async with lock:
+            text, prompt_tokens, completion_tokens = await asyncio.to_thread(
+                generate, body["prompt"], int(body.get("max_tokens", 16)))
+        return {"object": "text_completion", "model": body.get("model"),
+                "choices": [{"index": 0, "text": text, "finish_reason": "length"}],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens}}
+
+    @app.get("/ready")
+    async def ready():
+        return {"status": "ok"}
+
+    return app
+
+
+def main() -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="tiny-llama")
+    parser.add_argument("--adapter", default=None)
+    parser.add_argument("--port", type=int, default=8200)
+    args = parser.parse_args()
+    uvicorn.run(build_app(args.base, args.adapter), host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+"""Benchmark: tuneserve serving throughput and latency on this machine.
+
+Goals (ids from the serving issue), every ratio against a baseline measured in this run:
+  P1  served tokens/s (16 concurrent HTTP clients, one adapter) / raw in-process batched
+      `generate` (batch 16, same adapter, greedy)                                  >= 0.7
+  P2  served tokens/s / naive FastAPI + generate one request at a time (naive_server.py) >= 3
+  P3  served tokens/s with 8 adapters mixed / with one adapter                     >= 0.85
+  P6a adapter hot-load time through the admin API (ms, median of 5)                <= 200
+  P6b p50 latency with 100 registered adapters / with 1                            <= 1.1
+  plus TTFT and inter-token latency p50/p95 from streamed requests.
+
+    python benchmarks/serving.py [--base tiny-llama] [--max-tokens 32] [--requests 4]
+Writes benchmarks/results/serving.{json,md}. Takes a few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+CLIENTS = 16
+PROMPTS = ["To be, or not to be, that is the question", "Now is the winter of our discontent",
+           "Friends, Romans, countrymen, lend me your ears", "All the world's a stage"]
+
+
+def make_adapters(base_dir: Path, root: Path, count: int, prefix: str) -> list[str]:
+    from tests.service_fixtures import make_adapter
+
+    names = [f"{prefix}{i}" for i in range(count)]
+    for i, name in enumerate(names):
+        make_adapter(base_dir, root / name, name, seed=i)
+    return names
+
+
+def raw_batched(base: str, adapter_dir: Path, max_tokens: int, reps: int) -> float:
+    """Tokens/s of HF generate on a left-padded batch of 16 prompts in this process (the ceiling)."""
+    import torch
+
+    from training.artifact import load_artifact
+    from training.artifact.loading import attach_adapter, load_base
+
+    torch.set_num_threads(2)
+    loaded = load_base(base)
+    model = attach_adapter(loaded.model, load_artifact(adapter_dir, expect_base_sha256=loaded.sha256), "bench")
+    tok = loaded.tokenizer
+    batch = tok([PROMPTS[i % len(PROMPTS)] for i in range(CLIENTS)], return_tensors="pt", padding=True)
+    rates = []
+    for _ in range(reps + 1):
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False,
+                                 pad_token_id=tok.pad_token_id)
+        rates.append((out.shape[1] - batch["input_ids"].shape[1]) * CLIENTS / (time.perf_counter() - started))
+    return statistics.median(rates[1:])  # first run warms up
+
+
+def drive(url: str, key: str, models: list[str], requests: int, max_tokens: int) -> dict:
+    """16 clients, each sending `requests` sequential completions; tokens/s and latency percentiles."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"}
+
+    def client(i: int) -> list[tuple[int, float]]:
+        out = []
+        with httpx.Client(base_url=url, timeout=300, headers=headers) as http:
+            for r in range(requests):
+                body = {"model": models[(i + r) % len(models)], "prompt": PROMPTS[(i + r) % len(PROMPTS)] + f" ({i}.{r})",
+                        "max_tokens": max_tokens, "temperature": 0}
+                started = time.perf_counter()
+                reply = http.post("/v1/completions", json=body)
+                reply.raise_for_status()
+                out.append((reply.json()["usage"]["completion_tokens"], time.perf_counter() - started))
+        return out
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        results = [item for part in pool.map(client, range(CLIENTS)) for item in part]
+    wall = time.perf_counter() - started
+    latencies = sorted(s for _, s in results)
+    return {"tokens_per_s": sum(t for t, _ in results) / wall, "requests": len(results),
+            "p50_s": percentile(latencies, 50), "p95_s": percentile(latencies, 95)}
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))] if values else float("nan")
+
+
+def stream_timings(url: str, key: str, model: str, count: int, max_tokens: int) -> dict:
+    import httpx
+
+    ttft, itl = [], []
+    with httpx.Client(base_url=url, timeout=300, headers={"Authorization": f"Bearer {key}"}) as http:
+        for i in range(count):
+            body = {"model": model, "prompt": PROMPTS[i % len(PROMPTS)] + f" [{i}]", "max_tokens": max_tokens,
+                    "temperature": 0, "stream": True}
+            started = last = time.perf_counter()
+            first = True
+            with http.stream("POST", "/v1/completions", json=body) as response:
+                for line in response.iter_lines():
+                    if not line.startswith("data: {"):
+                        continue
+                    now = time.perf_counter()
+                    if first:
+                        ttft.append(now - started)
+                        first = False
+                    else:
+                        itl.append(now - last)
+                    last = now
+    return {"ttft_p50_ms": 1000 * percentile(ttft, 50), "ttft_p95_ms": 1000 * percentile(ttft, 95),
+            "itl_p50_ms": 1000 * percentile(itl, 50), "itl_p95_ms": 1000 * percentile(itl, 95)}
+
+
+def sequential_p50(url: str, key: str, model: str, count: int, max_tokens: int) -> float:
+    import httpx
+
+    times = []
+    with httpx.Client(base_url=url, timeout=300, headers={"Authorization": f"Bearer {key}"}) as http:
+        for i in range(count + 2):
+            started = time.perf_counter()
+            http.post("/v1/completions", json={"model": model, "prompt": f"{PROMPTS[0]} <{i}>", "max_tokens": max_tokens,
+                                               "temperature": 0}).raise_for_status()
+            times.append(time.perf_counter() - started)
+    return statistics.median(times[2:])
+
+
+def load_adapters_timed(url: str, key: str, artifacts: Path, names: list[str]) -> list[float]:
+    import httpx
+
+    times = []
+    with httpx.Client(base_url=url, timeout=300, headers={"Authorization": f"Bearer {key}"}) as http:
+        for name in names:
+            started = time.perf_counter()
+            http.post("/v1/admin/adapters", json={"name": name, "path": str(artifacts / name)}).raise_for_status()
+            times.append(time.perf_counter() - started)
+    return times
+
+
+def unload_adapters(url: str, key: str, names: list[str]) -> None:
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=300, headers={"Authorization": f"Bearer {key}"}) as http:
+        for name in names:
+            http.delete(f"/v1/admin/adapters/{name}").raise_for_status()
+
+
+def median_run(runs: list[dict]) -> dict:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def versions() -> dict:
+    import fastapi
+    import peft
+    import ray
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "ray": ray.__version__, "fastapi": fastapi.__version__}
+
+
+def goal(gid: str, measure: str, value: float, target: float, higher: bool = True) -> dict:
+    met = value >= target if higher else value <= target
+    return {"id": gid, "measure": measure, "value": round(value, 3), "goal": (">= " if higher else "<= ") + str(target),
+            "met": bool(met)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="tiny-llama")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=4, help="sequential requests per client per phase")
+    parser.add_argument("--many", type=int, default=100, help="registered adapters for the P6b phase")
+    parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions of the throughput phases")
+    args = parser.parse_args()
+
+    from service.keys import add_key, create_key
+    from service.launcher import spawn, terminate
+    from tests.service_fixtures import free_port
+    from training.artifact import resolve_base_dir
+
+    base_dir = resolve_base_dir(args.base)
+    work = Path(tempfile.mkdtemp(prefix="ts-bench-"))
+    artifacts, extra = work / "artifacts", work / "extra"
+    names = make_adapters(base_dir, artifacts, 8, "bench")
+    many = make_adapters(base_dir, extra, args.many, "extra")
+    key, record = create_key("bench", ["infer", "admin"])
+    add_key(work / "keys.json", record)
+    results: dict = {"clients": CLIENTS, "max_tokens": args.max_tokens, "requests_per_client": args.requests,
+                     "reps": args.reps, "load_average_before": os.getloadavg()}
+    naive_port, port = free_port(), free_port()
+    naive = _spawn_naive(base_dir, artifacts / names[0], naive_port, work / "naive.log")
+    overrides = [f"base_model={base_dir}", f"artifacts_dir={artifacts}", f"keys_file={work / 'keys.json'}",
+                 "api_keys_env=null", f"port={port}", "grpc_port=0", "cache.enabled=false",
+                 f"max_adapters={args.many + 16}"]
+    try:
+        proc, url = spawn(overrides, work / "server.log", env={"RAY_TMPDIR": "/tmp/ts-ray-bench"})
+    except BaseException:
+        terminate(naive)
+        raise
+    naive_url = f"http://127.0.0.1:{naive_port}"
+    phases: dict[str, list[dict]] = {"naive": [], "one_adapter": [], "eight_adapters": []}
+    raw = []
+    try:
+        drive(url, key, names, 1, 4)  # warm-up
+        for _ in range(args.reps):  # interleaved, so a busy machine hits every phase alike
+            raw.append(raw_batched(str(base_dir), artifacts / names[0], args.max_tokens, reps=1))
+            phases["naive"].append(drive(naive_url, key, [names[0]], max(1, args.requests // 2), args.max_tokens))
+            phases["one_adapter"].append(drive(url, key, [names[0]], args.requests, args.max_tokens))
+            phases["eight_adapters"].append(drive(url, key, names, args.requests, args.max_tokens))
+        results["raw_tokens_per_s"] = statistics.median(raw)
+        for phase, runs in phases.items():
+            results[phase] = median_run(runs)
+        results["streaming"] = stream_timings(url, key, names[0], 8, args.max_tokens)
+        few = [sequential_p50(url, key, names[0], 8, args.max_tokens)]
+        load_times = load_adapters_timed(url, key, extra, many)
+        results["hot_load_ms_median"] = 1000 * statistics.median(load_times)
+        results["p50_with_many_adapters_s"] = sequential_p50(url, key, names[0], 8, args.max_tokens)
+        unload_adapters(url, key, many)
+        few.append(sequential_p50(url, key, names[0], 8, args.max_tokens))
+        results["p50_with_few_adapters_s"] = statistics.mean(few)
+    finally:
+        terminate(proc)
+        terminate(naive)
+    results["load_average_after"] = os.getloadavg()
+
+    served = results["one_adapter"]["tokens_per_s"]
+    results["goals"] = [
+        goal("P1", "served tok/s (16 clients) / raw batched generate tok/s", served / results["raw_tokens_per_s"], 0.7),
+        goal("P2", "served tok/s / naive one-at-a-time server tok/s", served / results["naive"]["tokens_per_s"], 3),
+        goal("P3", "8 adapters mixed tok/s / one adapter tok/s", results["eight_adapters"]["tokens_per_s"] / served, 0.85),
+        goal("P6a", "adapter hot-load through the admin API, median ms", results["hot_load_ms_median"], 200, higher=False),
+        goal("P6b", f"p50 latency with {args.many + 8} registered adapters / with 8 (before and after)",
+             results["p50_with_many_adapters_s"] / results["p50_with_few_adapters_s"], 1.1, higher=False),
+    ]
+    results.update(machine={"cpus": os.cpu_count(), "platform": platform.platform()}, versions=versions(),
+                   command="python benchmarks/serving.py " + " ".join(sys.argv[1:]))
+    write(results)
+
+
+def _spawn_naive(base_dir: Path, adapter: Path, port: int, log_path: Path):
+    import subprocess
+
+    import httpx
+
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "naive_server.py"), "--base", str(base_dir),
+                                 "--adapter", str(adapter), "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    for _ in range(240):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    raise RuntimeError(log_path.read_text()[-2000:])
+
+
+def write(results: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "serving.json").write_text(json.dumps(results, indent=2))
+    lines = ["# Serving benchmark", "", f"Command: `{results['command']}`  ", f"Machine: {results['machine']}  ",
+             f"Load average (1/5/15 min) before {results['load_average_before']}, after {results['load_average_after']}  ",
+             f"Versions: {results['versions']}", "", "| id | measure | value | goal | met |", "|---|---|---|---|---|"]
+    lines += [f"| {g['id']} | {g['measure']} | {g['value']} | {g['goal']} | {'yes' if g['met'] else 'no'} |"
+              for g in results["goals"]]
+    lines += ["", "| phase | tokens/s | p50 s | p95 s |", "|---|---|---|---|",
+              f"| raw batched generate (in-process) | {results['raw_tokens_per_s']:.0f} | | |"]
+    for phase in ("naive", "one_adapter", "eight_adapters"):
+        r = results[phase]
+        lines.append(f"| {phase} | {r['tokens_per_s']:.0f} | {r['p50_s']:.2f} | {r['p95_s']:.2f} |")
+    s = results["streaming"]
+    lines += ["", f"Streaming: TTFT p50 {s['ttft_p50_ms']:.0f} ms, p95 {s['ttft_p95_ms']:.0f} ms; "
+              f"inter-token p50 {s['itl_p50_ms']:.1f} ms, p95 {s['itl_p95_ms']:.1f} ms."]
+    (RESULTS / "serving.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

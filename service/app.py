@@ -1,0 +1,118 @@
+"""The Ray Serve application: an Engine deployment holding the `ServingCore` (model, adapters,
+batching thread, cache) and a CPU-free Ingress deployment serving the FastAPI app, which calls
+the engine through a DeploymentHandle.
+
+    serve run service/configs/serve.yaml            # or: tuneserve serve service/configs/serve.yaml
+    import path: service.app:app_builder            # args = ServiceSettings fields
+
+Replies cross the handle as envelopes (`{"ok": value}` / `{"error": to_wire(exc)}`) so user
+errors keep their class, message and hint; the Ingress re-raises them for the error table.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, AsyncIterator
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from service.auth import Authenticator
+from service.errors import from_wire, to_wire
+from service.settings import ServiceSettings, load_settings
+
+log = logging.getLogger("tuneserve.service.app")
+CALLS = frozenset({"complete", "chat", "classify", "list_models", "load_adapter", "unload_adapter", "pin_adapter",
+                   "list_adapters", "health"})
+STREAMS = frozenset({"stream_complete", "stream_chat"})
+
+
+@serve.deployment(name="Engine", max_ongoing_requests=64, ray_actor_options={"num_cpus": 2})
+class EngineDeployment:
+    """Holds the ServingCore; every public coroutine of the core is reachable through `call`/`stream`."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        from service.core import ServingCore
+
+        self.core = ServingCore(ServiceSettings.model_validate(settings))
+        self.core.start()
+
+    async def call(self, method: str, *args: Any) -> dict[str, Any]:
+        if method not in CALLS:
+            return {"error": {"class": "InvalidRequest", "message": f"unknown engine call {method!r}", "hint": None}}
+        try:
+            return {"ok": await getattr(self.core, method)(*args)}
+        except Exception as exc:  # noqa: BLE001 - every error crosses the handle as data
+            return {"error": to_wire(exc)}
+
+    async def stream(self, method: str, *args: Any) -> AsyncIterator[dict[str, Any]]:
+        if method not in STREAMS:
+            yield {"error": {"class": "InvalidRequest", "message": f"unknown engine stream {method!r}", "hint": None}}
+            return
+        try:
+            async for chunk in getattr(self.core, method)(*args):
+                yield {"ok": chunk}
+        except Exception as exc:  # noqa: BLE001
+            yield {"error": to_wire(exc)}
+
+    def check_health(self) -> None:
+        thread = self.core.engine.scheduler._thread
+        if thread is None or not thread.is_alive():
+            raise RuntimeError("engine thread is not running")
+
+    def __del__(self) -> None:
+        try:
+            self.core.stop()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class RemoteCore:
+    """The ServingCore interface over a DeploymentHandle (what the transports call in Ray)."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self.handle = handle
+
+    def __getattr__(self, method: str):
+        if method in CALLS:
+            async def call(*args: Any) -> Any:
+                reply = await self.handle.call.remote(method, *args)
+                if "error" in reply:
+                    raise from_wire(reply["error"])
+                return reply["ok"]
+            return call
+        if method in STREAMS:
+            async def stream(*args: Any) -> AsyncIterator[Any]:
+                gen = self.handle.options(stream=True).stream.remote(method, *args)
+                try:
+                    async for reply in gen:
+                        if "error" in reply:
+                            raise from_wire(reply["error"])
+                        yield reply["ok"]
+                finally:
+                    gen.cancel()  # client gone or done: stop the generation on the engine
+            return stream
+        raise AttributeError(method)
+
+
+@serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
+@serve.ingress()
+class Ingress:
+    async def __init__(self, engine: DeploymentHandle, settings: dict[str, Any]) -> None:
+        from service.grpc.server import start_grpc_server
+
+        self.settings = ServiceSettings.model_validate(settings)
+        self.backend = RemoteCore(engine)
+        # gRPC is hosted here, beside the HTTP app, over the same serving backend (see service/grpc/server.py).
+        self.grpc = await start_grpc_server(self.backend, Authenticator.from_settings(self.settings), self.settings)
+
+    def __serve_build_asgi_app__(self):
+        from service.http.app import create_app
+
+        return create_app(self.backend, Authenticator.from_settings(self.settings), self.settings)
+
+
+def app_builder(args: dict[str, Any]) -> serve.Application:
+    """Ray Serve import-path target: validate the args into ServiceSettings and bind the graph."""
+    settings = load_settings(args).model_dump(mode="json")
+    return Ingress.bind(EngineDeployment.bind(settings), settings)

@@ -1,0 +1,1 @@
+"""Packaged Serve configs (`serve.yaml`)."""

@@ -1,0 +1,350 @@
+"""`ServingCore`: the one serving class. Validation, model/adapter resolution, authorization,
+generation, usage, response cache and adapter administration live here; transports (REST in
+`service.http`, gRPC in `service.grpc`) only translate into these async methods.
+
+    core = ServingCore(load_settings({"artifacts_dir": "artifacts"}))
+    core.start()
+    resp = await core.complete(CompletionRequest(model="my-adapter", prompt="Hi"), principal)
+    async for chunk in core.stream_complete(request, principal): ...   # OpenAI chunk dicts
+    core.stop()
+
+`principal=None` skips authorization (in-process callers that already checked it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from training.artifact.errors import InvalidRequest
+
+from service import metrics
+from service.auth import Authenticator, Principal
+from service.drift import DriftMonitor
+from service.engine import Engine, Lease, RegistryConfig, SamplingParams
+from service.errors import with_param
+from service.render import (
+    ChoiceResult, chat_choice, chat_chunk, completion_choice, completion_chunk, usage, usage_chunk,
+)
+from service.schemas import (
+    AdapterInfo, AdapterList, ChatCompletionRequest, ChatCompletionResponse, Classification,
+    ClassifyRequest, ClassifyResponse, CompletionRequest, CompletionResponse, Health, LabelScore,
+    LoadAdapterRequest, ModelCard, ModelList, SamplingFields,
+)
+from service.settings import ServiceSettings
+
+ENGINE_QUEUE_CAPACITY = 64  # the Engine deployment's max_ongoing_requests (service/app.py)
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def invalid(message: str, param: str | None = None, hint: str | None = None) -> InvalidRequest:
+    return with_param(InvalidRequest(message, hint), param)
+
+
+@dataclass
+class Job:
+    """A validated generation request: one lease and prompt per prompt, shared sampling params."""
+
+    model: str
+    leases: list[Lease]
+    prompts: list[list[int]]
+    params: SamplingParams
+    n: int
+    started: float
+
+    def release(self) -> None:
+        for lease in self.leases:
+            lease.release()
+
+
+class ServingCore:
+    def __init__(self, settings: ServiceSettings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine or Engine(
+            RegistryConfig(base_model=settings.base_model, base_task=settings.base_task, dtype=settings.dtype,
+                           artifacts_dir=settings.artifacts_dir, models=list(settings.models),
+                           adapters=dict(settings.adapters), max_adapters=settings.max_adapters,
+                           pinned=list(settings.pinned), batched_lora=settings.batched_lora),
+            max_batch_size=settings.batching.max_batch_size, batch_wait_timeout_s=settings.batching.batch_wait_timeout_s,
+            cache_size=settings.cache.size if settings.cache.enabled else 0, cache_ttl_s=settings.cache.ttl_s,
+            num_threads=settings.num_threads)
+        self.registry = self.engine.registry
+        self.drift = DriftMonitor(settings.drift, self._artifact_dir)
+        self._stop_gauges = None
+
+    def start(self) -> None:
+        self.engine.start()
+        self.drift.start()
+        self._stop_gauges = metrics.poll(self._sample_gauges)
+
+    def stop(self) -> None:
+        self.engine.stop()
+        self.drift.stop()
+        if self._stop_gauges is not None:
+            self._stop_gauges.set()
+
+    def _artifact_dir(self, name: str):
+        """Where `name`'s artifact is (the drift monitor reads its reference profile), or None."""
+        entry = self.registry.adapters.get(name)
+        return entry.path if entry is not None else self.registry.catalog.models.get(name)
+
+    def _sample_gauges(self) -> None:
+        metrics.queue_state(self.engine.scheduler.queue_depth(), ENGINE_QUEUE_CAPACITY)
+        metrics.adapters_loaded(len(self.registry.adapters))
+
+    # ---- inference -------------------------------------------------------------------
+    async def complete(self, request: CompletionRequest, principal: Principal | None) -> CompletionResponse:
+        job = await self._job(request, request.prompts(), request.logprobs, principal)
+        results, prompt_tokens = await self._collect(job)
+        want = request.logprobs is not None
+        return CompletionResponse(id=_id("cmpl"), created=int(time.time()), model=job.model,
+                                  choices=[completion_choice(r, want) for r in results],
+                                  usage=usage(prompt_tokens, sum(r.completion_tokens for r in results)))
+
+    async def chat(self, request: ChatCompletionRequest, principal: Principal | None) -> ChatCompletionResponse:
+        job = await self._job(request, [self._chat_prompt(request)], self._chat_logprobs(request), principal)
+        results, prompt_tokens = await self._collect(job)
+        return ChatCompletionResponse(id=_id("chatcmpl"), created=int(time.time()), model=job.model,
+                                      choices=[chat_choice(r, request.logprobs) for r in results],
+                                      usage=usage(prompt_tokens, sum(r.completion_tokens for r in results)))
+
+    async def stream_complete(self, request: CompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
+        job = await self._job(request, request.prompts(), request.logprobs, principal)
+        head = {"id": _id("cmpl"), "created": int(time.time()), "model": job.model}
+        want = request.logprobs is not None
+        async for item in self._stream(job, head, "text_completion", request,
+                                       lambda i, ev: completion_chunk(head, i, ev, want) if ev else None):
+            yield item
+
+    async def stream_chat(self, request: ChatCompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
+        job = await self._job(request, [self._chat_prompt(request)], self._chat_logprobs(request), principal)
+        head = {"id": _id("chatcmpl"), "created": int(time.time()), "model": job.model}
+        async for item in self._stream(job, head, "chat.completion.chunk", request,
+                                       lambda i, ev: chat_chunk(head, i, ev, request.logprobs)):
+            yield item
+
+    async def classify(self, request: ClassifyRequest, principal: Principal | None) -> ClassifyResponse:
+        texts = request.inputs()
+        if not texts or len(texts) > self.settings.limits.max_prompts:
+            raise invalid(f"input must hold 1 to {self.settings.limits.max_prompts} texts, got {len(texts)}", "input",
+                          f"send between 1 and {self.settings.limits.max_prompts} texts per request; split larger jobs")
+        lease = await self._lease(request.model, principal)
+        try:
+            if lease.target.loaded.task != "classification":
+                raise invalid(f"model {request.model!r} is not a classification model", "model",
+                              "use /v1/completions or /v1/chat/completions for it")
+            started = time.perf_counter()
+            ranked = await asyncio.to_thread(self.engine.classify, lease, texts, self.settings.limits.max_prompt_tokens)
+            metrics.classified(request.model, len(texts), time.perf_counter() - started)
+            self.drift.observe_ranked(request.model, ranked)
+        finally:
+            lease.release()
+        tokens = sum(len(lease.target.loaded.tokenizer(t)["input_ids"]) for t in texts)
+        top = request.top_k or None
+        data = [Classification(index=i, label=r[0][0], score=r[0][1],
+                               scores=[LabelScore(label=name, score=s) for name, s in r[:top]]) for i, r in enumerate(ranked)]
+        return ClassifyResponse(id=_id("cls"), created=int(time.time()), model=request.model, data=data,
+                                usage=usage(tokens, 0))
+
+    async def list_models(self, principal: Principal | None) -> ModelList:
+        rows = self.registry.list_models()
+        if principal is not None:
+            rows = [r for r in rows if principal.may_use(r["id"])]
+        return ModelList(data=[ModelCard(**r) for r in rows])
+
+    # ---- administration --------------------------------------------------------------
+    async def load_adapter(self, request: LoadAdapterRequest, principal: Principal | None = None) -> AdapterInfo:
+        self._authorize(principal, "admin")
+        info = await asyncio.to_thread(self.registry.load_adapter, request.name, request.path, request.pin)
+        self.drift.forget(request.name)  # a new version brings its own reference profile
+        return AdapterInfo(**info)
+
+    async def unload_adapter(self, name: str, force: bool = False, principal: Principal | None = None) -> dict:
+        self._authorize(principal, "admin")
+        await asyncio.to_thread(self.registry.unload_adapter, name, force)
+        metrics.adapter_event(name, "unloaded")
+        self.drift.forget(name)
+        return {"name": name, "unloaded": True}
+
+    async def pin_adapter(self, name: str, pinned: bool, principal: Principal | None = None) -> AdapterInfo:
+        self._authorize(principal, "admin")
+        return AdapterInfo(**self.registry.set_pinned(name, pinned))
+
+    async def list_adapters(self, principal: Principal | None = None) -> AdapterList:
+        self._authorize(principal, "admin")
+        return AdapterList(data=[AdapterInfo(**a) for a in self.registry.list_adapters()])
+
+    async def health(self) -> Health:
+        if not self.engine.started:
+            return Health(status="starting")
+        sched = self.engine.scheduler
+        return Health(status="ok", models=len(self.registry.model_ids()), adapters=len(self.registry.adapters),
+                      queue_depth=sched.queue_depth(), active_rows=sched.active_rows, cache=self.engine.cache.stats())
+
+    # ---- internals -------------------------------------------------------------------
+    @staticmethod
+    def _authorize(principal: Principal | None, scope: str, model: str | None = None) -> None:
+        if principal is not None:
+            Authenticator.authorize(principal, scope, model)
+
+    async def _lease(self, model: str, principal: Principal | None) -> Lease:
+        self._authorize(principal, "infer", model)
+        if model in self.registry.adapters or model in self.registry.targets or model == self.registry.base_name:
+            return self.registry.acquire(model)
+        return await asyncio.to_thread(self.registry.acquire, model)
+
+    def _params(self, request: SamplingFields, logprobs: int | None) -> SamplingParams:
+        limits = self.settings.limits
+        max_tokens = request.max_tokens or getattr(request, "max_completion_tokens", None) or limits.default_max_tokens
+        checks = [
+            (max_tokens > limits.max_tokens, "max_tokens", f"max_tokens {max_tokens} exceeds the limit {limits.max_tokens}"),
+            (request.n > limits.max_n, "n", f"n {request.n} exceeds the limit {limits.max_n}"),
+            (len(request.stop_list()) > limits.max_stop, "stop", f"at most {limits.max_stop} stop strings are allowed"),
+            (logprobs is not None and logprobs > limits.max_logprobs, "logprobs",
+             f"logprobs {logprobs} exceeds the limit {limits.max_logprobs}"),
+            (request.presence_penalty != 0 or request.frequency_penalty != 0, "presence_penalty",
+             "presence_penalty and frequency_penalty are not supported"),
+            (getattr(request, "echo", False), "echo", "echo is not supported"),
+        ]
+        for failed, param, message in checks:
+            if failed:
+                raise invalid(message, param, "lower the value or leave the field out")
+        temperature = 1.0 if request.temperature is None else request.temperature
+        return SamplingParams(max_tokens=max_tokens, temperature=temperature,
+                              top_p=1.0 if request.top_p is None else request.top_p, seed=request.seed,
+                              stop=tuple(request.stop_list()), logprobs=logprobs)
+
+    async def _job(self, request: SamplingFields, texts: list[str], logprobs: int | None,
+                   principal: Principal | None) -> Job:
+        limits = self.settings.limits
+        if not texts or len(texts) > limits.max_prompts:
+            raise invalid(f"prompt must hold 1 to {limits.max_prompts} prompts, got {len(texts)}", "prompt",
+                          f"send between 1 and {limits.max_prompts} prompts per request; split larger jobs")
+        params = self._params(request, logprobs)
+        leases = [await self._lease(request.model, principal) for _ in texts]
+        try:
+            loaded = leases[0].target.loaded
+            if loaded.task != "causal-lm":
+                raise invalid(f"model {request.model!r} is a {loaded.task} model", "model", "use /v1/classify for it")
+            prompts = [self._encode(loaded.tokenizer, t) for t in texts]
+            self.drift.observe_prompts(request.model, texts, prompts, loaded.tokenizer)
+            context = getattr(loaded.model.config, "max_position_embeddings", None)
+            for ids in prompts:
+                if len(ids) > limits.max_prompt_tokens:
+                    raise invalid(f"the prompt has {len(ids)} tokens; the limit is {limits.max_prompt_tokens}",
+                                  "prompt", "shorten the prompt")
+                if context and len(ids) + params.max_tokens > context:
+                    raise invalid(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
+                                  f"model's context of {context} tokens", "max_tokens", "lower max_tokens")
+        except BaseException:
+            for lease in leases:
+                lease.release()
+            raise
+        return Job(request.model, leases, prompts, params, request.n, time.perf_counter())
+
+    @staticmethod
+    def _encode(tokenizer, text: str) -> list[int]:
+        ids = tokenizer(text)["input_ids"]
+        return ids or [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+
+    def _chat_prompt(self, request: ChatCompletionRequest) -> str:
+        lease_tokenizer = self.registry.base.loaded.tokenizer
+        target = self.registry.targets.get(request.model)
+        tokenizer = target.loaded.tokenizer if target is not None else lease_tokenizer
+        template = tokenizer.chat_template or self.settings.chat_template or DEFAULT_CHAT_TEMPLATE
+        messages = [{"role": m.role, "content": m.text()} for m in request.messages]
+        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
+
+    @staticmethod
+    def _chat_logprobs(request: ChatCompletionRequest) -> int | None:
+        return (request.top_logprobs or 0) if request.logprobs else None
+
+    def _cache_key(self, job: Job) -> str | None:
+        if not job.params.deterministic or self.engine.cache.size <= 0:
+            return None
+        lease = job.leases[0]
+        version = f"{lease.target.key}:{lease.slot}"
+        return self.engine.cache.key(job.model, version, [t for p in job.prompts for t in [*p, -1]], job.params, job.n)
+
+    async def _collect(self, job: Job) -> tuple[list[ChoiceResult], int]:
+        prompt_tokens = sum(len(p) for p in job.prompts)
+        key = self._cache_key(job)
+        if key is not None:
+            hit = self.engine.cache.get(key)
+            metrics.cache_lookup(job.model, hit is not None)
+            if hit is not None:
+                job.release()
+                return hit, prompt_tokens
+        results = [ChoiceResult(i) for i in range(len(job.prompts) * job.n)]
+        streams = [self.engine.generate(lease, ids, job.params, job.n) for lease, ids in zip(job.leases, job.prompts)]
+        first = True
+        try:
+            for p, stream in enumerate(streams):
+                async for event in stream:
+                    if first and event.text:
+                        metrics.first_token(job.model, time.perf_counter() - job.started)
+                        first = False
+                    results[p * job.n + event.index].add(event)
+        finally:  # caller cancelled (client gone) or a choice failed: stop the rest
+            for stream in streams:
+                stream.cancel()
+        completion = sum(r.completion_tokens for r in results)
+        metrics.generation_finished(job.model, prompt_tokens, completion, time.perf_counter() - job.started)
+        if key is not None:
+            self.engine.cache.put(key, results)
+        return results, prompt_tokens
+
+    async def _stream(self, job: Job, head: dict, obj: str, request: SamplingFields, make) -> AsyncIterator[dict]:
+        queue: asyncio.Queue = asyncio.Queue()
+        streams = [self.engine.generate(lease, ids, job.params, job.n) for lease, ids in zip(job.leases, job.prompts)]
+
+        async def pump(p: int, stream) -> None:
+            try:
+                async for event in stream:
+                    await queue.put((p * job.n + event.index, event))
+            except BaseException as exc:  # noqa: BLE001 - forwarded to the consumer
+                await queue.put((p, exc))
+            finally:
+                await queue.put((p, None))
+
+        tasks = [asyncio.create_task(pump(p, s)) for p, s in enumerate(streams)]
+        try:
+            for i in range(len(job.prompts) * job.n):
+                opening = make(i, None)
+                if opening is not None:
+                    yield opening
+            done, completion, last = 0, 0, {}
+            while done < len(streams):
+                index, event = await queue.get()
+                if event is None:
+                    done += 1
+                    continue
+                if isinstance(event, BaseException):
+                    raise event
+                now = time.perf_counter()
+                if event.text:
+                    if not last:
+                        metrics.first_token(job.model, now - job.started)
+                    elif index in last:
+                        metrics.inter_token(job.model, now - last[index])
+                    last[index] = now
+                completion += event.completion_tokens if event.finish_reason else 0
+                yield make(index, event)
+            prompt_tokens = sum(len(p) for p in job.prompts)
+            metrics.generation_finished(job.model, prompt_tokens, completion, time.perf_counter() - job.started)
+            if request.stream_options is not None and request.stream_options.include_usage:
+                yield usage_chunk(head, obj, prompt_tokens, completion)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for stream in streams:
+                stream.cancel()
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"

@@ -1,0 +1,69 @@
+"""`Engine`: the registry, the engine thread and the response cache of one replica. No Ray here.
+
+    engine = Engine(RegistryConfig(...), max_batch_size=16, batch_wait_timeout_s=0.01)
+    engine.start()
+    lease = engine.registry.acquire("my-adapter")
+    stream = engine.generate(lease, prompt_ids, SamplingParams(max_tokens=32), n=1)   # inside an event loop
+    async for event in stream: ...
+    engine.classify(lease, ["text"])   # -> [[(label, prob), ...] best first]
+"""
+
+from __future__ import annotations
+
+import torch
+
+from service.engine.cache import ResponseCache
+from service.engine.registry import Lease, ModelRegistry, RegistryConfig
+from service.engine.scheduler import Scheduler
+from service.engine.types import GenRow, RequestStream, SamplingParams
+
+
+class Engine:
+    def __init__(self, config: RegistryConfig, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.01,
+                 cache_size: int = 1024, cache_ttl_s: float = 300.0, num_threads: int | None = None) -> None:
+        self.registry = ModelRegistry(config)
+        self.scheduler = Scheduler(self.registry, max_batch_size, batch_wait_timeout_s)
+        self.cache = ResponseCache(cache_size, cache_ttl_s)
+        self.num_threads = num_threads
+        self.started = False
+
+    def start(self) -> None:
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        self.registry.start()
+        self.scheduler.start()
+        self.started = True
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+        self.started = False
+
+    def generate(self, lease: Lease, prompt_ids: list[int], params: SamplingParams, n: int = 1) -> RequestStream:
+        """Queue `n` choices of one prompt; the lease is released when the last choice ends."""
+        stream = RequestStream(n)
+        remaining = [n]
+
+        def release_one() -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                lease.release()
+
+        rows = [GenRow(prompt_ids, params, lease.target.key, lease.slot, i, stream, release_one, {"model": lease.model_id})
+                for i in range(n)]
+        self.scheduler.submit(rows)
+        return stream
+
+    def classify(self, lease: Lease, texts: list[str], max_length: int = 512) -> list[list[tuple[str, float]]]:
+        loaded = lease.target.loaded
+        tokenizer = loaded.tokenizer
+        enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        with self.registry.model_lock, torch.inference_mode():  # PEFT path: it also swaps classifier heads
+            model = lease.target.model
+            logits = lease.target.forward([lease.slot] * len(texts), batched_lora=False, **enc).logits.float()
+        probs = torch.softmax(logits, dim=-1)
+        labels = loaded.labels or [model.config.id2label[i] for i in range(probs.shape[-1])]
+        out = []
+        for row in probs:
+            order = torch.argsort(row, descending=True)
+            out.append([(labels[int(i)], float(row[i])) for i in order])
+        return out

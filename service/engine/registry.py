@@ -1,0 +1,299 @@
+"""The model registry: the base model, full-model artifacts, and adapters loaded at run time.
+
+    reg = ModelRegistry(RegistryConfig(base_model="tiny-llama", artifacts_dir=Path("artifacts")))
+    reg.start()                                    # base + discovered artifacts
+    lease = reg.acquire("my-adapter")              # loads on demand, marks recently used
+    ...; lease.release()
+    reg.load_adapter("my-adapter", "/new/version") # hot swap: the new version serves from now on
+    reg.unload_adapter("my-adapter")
+
+Adapters are attached to the base as PEFT adapters under internal slot names, so a new
+version is attached next to the old one and swapped in one step; the old slot is deleted
+when the last running request that uses it finishes. At most `max_adapters` stay loaded;
+the least recently used unpinned idle one is evicted. A failed load changes nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from training.artifact import Manifest, load_artifact
+from training.artifact.errors import Conflict, NotFound, Unavailable
+from training.artifact.loading import LoadedModel, attach_adapter, load_base, load_model_artifact
+
+from service import metrics
+from service.engine.catalog import Catalog, discover
+from service.engine.multilora import MultiLora
+
+log = logging.getLogger("tuneserve.service.registry")
+BASE_TARGET = "__base__"
+BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in adapter_names
+BASE_ALIAS = "base"  # requests may always name the base model "base", whatever its id
+
+
+@dataclass
+class RegistryConfig:
+    base_model: str = "tiny-llama"
+    base_task: str = "causal-lm"
+    dtype: str = "float32"
+    artifacts_dir: Path | None = None
+    models: list[Path] = field(default_factory=list)
+    adapters: dict[str, Path] = field(default_factory=dict)
+    max_adapters: int = 16
+    pinned: list[str] = field(default_factory=list)
+    batched_lora: bool = True
+
+
+@dataclass
+class AdapterEntry:
+    name: str
+    slot: str
+    path: Path
+    manifest: Manifest
+    pinned: bool = False
+    loaded_at: float = field(default_factory=time.time)
+    in_use: int = 0
+    retired: bool = False
+
+    def info(self, base: str) -> dict[str, Any]:
+        return {"name": self.name, "path": str(self.path), "base": base, "method": self.manifest.method or "",
+                "task": self.manifest.task, "pinned": self.pinned, "loaded_at": int(self.loaded_at),
+                "version": self.manifest.version}
+
+
+@dataclass
+class Target:
+    """A model object rows run on: the base (possibly wrapped by PEFT) or a full-model artifact."""
+
+    key: str
+    loaded: LoadedModel
+    model: Any
+    created: float = field(default_factory=time.time)
+    multilora: MultiLora | None = None
+
+    @property
+    def takes_adapters(self) -> bool:
+        return hasattr(self.model, "peft_config")
+
+    def forward(self, adapters: list[str | None], batched_lora: bool = True, **inputs):
+        """Run the model with row i on adapter slot adapters[i] (None = bare base)."""
+        if not self.takes_adapters:
+            return self.model(**inputs)
+        ml = self.multilora
+        if batched_lora and ml is not None and all(a is None or a in ml.slots for a in adapters):
+            with ml.rows(adapters):
+                return self.model(**inputs)
+        return self.model(**inputs, adapter_names=[a or BASE_ADAPTER for a in adapters])
+
+
+@dataclass
+class Lease:
+    """What a request runs on; release() when the request is done."""
+
+    model_id: str
+    target: Target
+    adapter: AdapterEntry | None
+    registry: "ModelRegistry"
+    released: bool = False
+
+    @property
+    def slot(self) -> str | None:
+        return self.adapter.slot if self.adapter else None
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            if self.adapter is not None:
+                self.registry._release(self.adapter)
+
+
+class ModelRegistry:
+    def __init__(self, config: RegistryConfig) -> None:
+        self.config = config
+        self.model_lock = threading.RLock()  # held around forward passes and PEFT module changes
+        self._state = threading.RLock()  # adapters / catalog bookkeeping
+        self._load_lock = threading.Lock()  # one adapter load at a time
+        self._slots = itertools.count(1)
+        self.targets: dict[str, Target] = {}
+        self.adapters: OrderedDict[str, AdapterEntry] = OrderedDict()  # LRU order, oldest first
+        self.catalog = Catalog()
+        self.base_name = ""
+
+    # ---- start -------------------------------------------------------------------------
+    def start(self) -> None:
+        started = time.perf_counter()
+        base = load_base(self.config.base_model, dtype=self.config.dtype, task=self.config.base_task)
+        self.base_name = Path(self.config.base_model).name if "/" in self.config.base_model else self.config.base_model
+        metrics.model_loaded(self.base_name, time.perf_counter() - started)
+        self.targets[BASE_TARGET] = Target(BASE_TARGET, base, base.model)
+        self.catalog = discover(self.config.artifacts_dir, base.sha256, self.config.models)
+        self.catalog.adapters.update({k: Path(v) for k, v in self.config.adapters.items()})
+        for name, path in self.catalog.models.items():
+            try:
+                loaded = load_model_artifact(load_artifact(path), dtype=self.config.dtype)
+                self.targets[name] = Target(name, loaded, loaded.model)
+            except Exception as exc:  # noqa: BLE001 - one bad artifact must not stop the server
+                self.catalog.skipped[str(path)] = str(exc)
+                log.warning("cannot serve model %s: %s", path, exc)
+        order = [n for n in self.config.pinned if n in self.catalog.adapters]
+        order += [n for n in sorted(self.catalog.adapters) if n not in order]
+        for name in order[: self.config.max_adapters]:
+            try:
+                self.load_adapter(name, pin=name in self.config.pinned)
+            except Exception as exc:  # noqa: BLE001
+                self.catalog.skipped[str(self.catalog.adapters[name])] = str(exc)
+                log.warning("cannot load adapter %s: %s", name, exc)
+
+    @property
+    def base(self) -> Target:
+        return self.targets[BASE_TARGET]
+
+    # ---- lookups -----------------------------------------------------------------------
+    def target(self, key: str) -> Target:
+        return self.targets[key]
+
+    def acquire(self, model_id: str) -> Lease:
+        """Resolve a request's `model` to what it runs on; load a known adapter on demand."""
+        with self._state:
+            if model_id in (self.base_name, BASE_ALIAS):
+                return Lease(self.base_name, self.base, None, self)
+            if model_id in self.targets and model_id != BASE_TARGET:
+                return Lease(model_id, self.targets[model_id], None, self)
+            entry = self.adapters.get(model_id)
+            if entry is not None:
+                self.adapters.move_to_end(model_id)
+                entry.in_use += 1
+                return Lease(model_id, self.base, entry, self)
+            known = model_id in self.catalog.adapters
+        if not known:
+            raise NotFound(f"model {model_id!r} does not exist",
+                           f"GET /v1/models (HTTP) or ListModels (gRPC) lists the models you can use: "
+                           f"{', '.join(self.model_ids()[:8])}; the base model also answers to {BASE_ALIAS!r}")
+        self.load_adapter(model_id)
+        return self.acquire(model_id)
+
+    def model_ids(self) -> list[str]:
+        with self._state:
+            return [self.base_name, *[k for k in self.targets if k != BASE_TARGET], *self.adapters]
+
+    def list_models(self) -> list[dict[str, Any]]:
+        with self._state:
+            base = self.base
+            rows = [{"id": self.base_name, "kind": "base", "base": "", "task": base.loaded.task, "created": int(base.created)}]
+            rows += [{"id": k, "kind": "model", "base": t.loaded.base_id, "task": t.loaded.task, "created": int(t.created)}
+                     for k, t in self.targets.items() if k != BASE_TARGET]
+            rows += [{"id": e.name, "kind": "adapter", "base": self.base_name, "task": e.manifest.task,
+                      "created": int(e.loaded_at)} for e in self.adapters.values()]
+            return rows
+
+    def list_adapters(self) -> list[dict[str, Any]]:
+        with self._state:
+            return [e.info(self.base_name) for e in self.adapters.values()]
+
+    # ---- adapter lifecycle -------------------------------------------------------------
+    def load_adapter(self, name: str, path: str | Path | None = None, pin: bool | None = None) -> dict[str, Any]:
+        """Load (or replace in place) adapter `name`; on any failure the previous state keeps serving."""
+        started = time.perf_counter()
+        try:
+            info = self._load_adapter(name, path, pin)
+        except Exception:
+            metrics.adapter_event(name, "load_failed")
+            raise
+        metrics.adapter_event(name, "loaded", time.perf_counter() - started)
+        return info
+
+    def _load_adapter(self, name: str, path: str | Path | None, pin: bool | None) -> dict[str, Any]:
+        with self._load_lock:
+            source = Path(path) if path is not None else self._find_in_artifacts_dir(name)
+            if source is None:
+                raise NotFound(f"adapter {name!r} is not in the artifacts directory", "pass its path to load it")
+            artifact = load_artifact(source, expect_base_sha256=self.base.loaded.sha256, expect_kind="adapter")
+            with self._state:
+                old = self.adapters.get(name)
+                if old is None:
+                    self._make_room()
+            slot = f"a{next(self._slots)}"
+            with self.model_lock:
+                base = self.base
+                base.model = attach_adapter(base.model, artifact, slot)
+                if self.config.batched_lora:
+                    base.multilora = base.multilora or MultiLora(base.model)
+                    if base.multilora.supports(slot):
+                        base.multilora.add(slot)
+                    else:  # served through PEFT's adapter_names path
+                        base.multilora.refresh()
+            entry = AdapterEntry(name, slot, artifact.path, artifact.manifest,
+                                 pinned=pin if pin is not None else (old.pinned if old else name in self.config.pinned))
+            with self._state:
+                self.adapters[name] = entry
+                self.adapters.move_to_end(name)
+                self.catalog.adapters[name] = artifact.path
+                if old is not None:
+                    self._retire(old)
+            log.info("adapter %s loaded from %s (slot %s, version %s)", name, artifact.path, slot, artifact.manifest.version)
+            return entry.info(self.base_name)
+
+    def unload_adapter(self, name: str, force: bool = False) -> None:
+        with self._state:
+            entry = self.adapters.get(name)
+            if entry is None:
+                raise NotFound(f"adapter {name!r} is not loaded", "GET /v1/admin/adapters lists the loaded adapters")
+            if entry.pinned and not force:
+                raise Conflict(f"adapter {name!r} is pinned", "unpin it first, or unload with force=true")
+            del self.adapters[name]
+            self.catalog.adapters.pop(name, None)  # unloaded means gone until loaded again explicitly
+            self._retire(entry)
+
+    def _find_in_artifacts_dir(self, name: str) -> Path | None:
+        if name in self.catalog.adapters:
+            return self.catalog.adapters[name]
+        return discover(self.config.artifacts_dir, self.base.loaded.sha256).adapters.get(name)
+
+    def set_pinned(self, name: str, pinned: bool) -> dict[str, Any]:
+        with self._state:
+            entry = self.adapters.get(name)
+            if entry is None:
+                raise NotFound(f"adapter {name!r} is not loaded", "load it first")
+            entry.pinned = pinned
+            return entry.info(self.base_name)
+
+    def _make_room(self) -> None:
+        if len(self.adapters) < self.config.max_adapters:
+            return
+        for name, entry in self.adapters.items():  # oldest use first
+            if not entry.pinned and entry.in_use == 0:
+                log.info("evicting adapter %s (least recently used)", name)
+                del self.adapters[name]
+                self._retire(entry)
+                metrics.adapter_event(name, "evicted")
+                return
+        if all(e.pinned for e in self.adapters.values()):
+            raise Conflict(f"all {self.config.max_adapters} adapter slots hold pinned adapters",
+                           "unpin or unload one, or raise max_adapters")
+        raise Unavailable(f"all {self.config.max_adapters} adapter slots are busy with running requests",
+                          "retry in a moment, or raise max_adapters")
+
+    def _retire(self, entry: AdapterEntry) -> None:
+        entry.retired = True
+        if entry.in_use == 0:
+            self._delete_slot(entry)
+
+    def _release(self, entry: AdapterEntry) -> None:
+        with self._state:
+            entry.in_use -= 1
+            if entry.retired and entry.in_use == 0:
+                self._delete_slot(entry)
+
+    def _delete_slot(self, entry: AdapterEntry) -> None:
+        with self.model_lock:
+            if self.base.multilora is not None:
+                self.base.multilora.remove(entry.slot)
+            if entry.slot in getattr(self.base.model, "peft_config", {}):
+                self.base.model.delete_adapter(entry.slot)

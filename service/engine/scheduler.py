@@ -1,0 +1,137 @@
+"""The engine thread: continuous batching of generation rows across models and adapters.
+
+    sched = Scheduler(registry, max_batch_size=16, batch_wait_timeout_s=0.01)
+    sched.start()
+    sched.submit([row, ...])     # rows of one request; events arrive on row.stream
+    sched.stop()
+
+One thread owns all decoding. Each model target has one `DecodeBatch`; new rows join it at
+the next step boundary (up to max_batch_size rows), so a long generation never blocks a
+short one from starting. When the engine is idle, the first request waits up to
+batch_wait_timeout_s for others so they share one prefill.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+from service import metrics
+from service.engine.decode import DecodeBatch
+from service.engine.types import Event, GenRow
+
+log = logging.getLogger("tuneserve.service.scheduler")
+
+
+class Scheduler:
+    def __init__(self, registry, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.01) -> None:
+        self.registry = registry
+        self.max_batch_size = max_batch_size
+        self.batch_wait_timeout_s = batch_wait_timeout_s
+        self.inbox: queue.Queue[GenRow | None] = queue.Queue()
+        self.waiting: list[GenRow] = []
+        self.batches: dict[str, DecodeBatch] = {}
+        self._thread: threading.Thread | None = None
+        self._running = False
+
+    def start(self) -> None:
+        self._running = True
+        self._thread = threading.Thread(target=self._loop, name="tuneserve-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._running = False
+        self.inbox.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def submit(self, rows: list[GenRow]) -> None:
+        for row in rows:
+            row.info["queued_at"] = time.monotonic()
+            self.inbox.put(row)
+
+    @property
+    def active_rows(self) -> int:
+        return sum(len(b) for b in self.batches.values())
+
+    def queue_depth(self) -> int:
+        return len(self.waiting) + self.inbox.qsize()
+
+    def _loop(self) -> None:
+        while self._running:
+            idle = self.active_rows == 0 and not self.waiting
+            self._collect(block=idle)
+            self._admit()
+            for key, batch in list(self.batches.items()):
+                if len(batch):
+                    self._guarded(batch, batch.step)
+
+    def _collect(self, block: bool) -> None:
+        if block:
+            first = self.inbox.get()
+            if first is None:
+                return
+            self.waiting.append(first)
+            deadline = time.monotonic() + self.batch_wait_timeout_s
+            while len(self.waiting) < self.max_batch_size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = self.inbox.get(timeout=remaining)
+                except queue.Empty:
+                    break
+                if item is not None:
+                    self.waiting.append(item)
+        while True:
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                self.waiting.append(item)
+
+    def _admit(self) -> None:
+        groups: dict[str, list[GenRow]] = {}
+        still_waiting = []
+        for row in self.waiting:
+            if row.stream.cancelled.is_set():
+                row.release()
+                continue
+            batch = self._batch(row.target)
+            group = groups.setdefault(row.target, [])
+            if len(batch) + len(group) < self.max_batch_size:
+                group.append(row)
+            else:
+                still_waiting.append(row)
+        self.waiting = still_waiting
+        for key, rows in groups.items():
+            if rows:
+                metrics.batch_admitted(len(rows), len(self.batches[key]))
+                now = time.monotonic()
+                for row in rows:
+                    metrics.queue_waited(row.info.get("model", ""), now - row.info.get("queued_at", now))
+                self._guarded(self.batches[key], lambda b=self.batches[key], r=rows: b.admit(r), rows)
+
+    def _batch(self, key: str) -> DecodeBatch:
+        batch = self.batches.get(key)
+        if batch is None:
+            target = self.registry.targets[key]
+            batch = DecodeBatch(lambda k=key: self.registry.target(k), target.loaded.tokenizer, self.registry.model_lock)
+            self.batches[key] = batch
+        return batch
+
+    @staticmethod
+    def _guarded(batch: DecodeBatch, fn, new_rows: list[GenRow] | None = None) -> None:
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - a failing batch fails its requests, not the engine
+            log.exception("decode step failed")
+            if new_rows is None:
+                batch.fail(exc)
+                return
+            for row in new_rows:  # a failed prefill changed nothing in the running batch
+                row.stream.put(Event(index=row.index, error=exc))
+                row.release()

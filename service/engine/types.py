@@ -1,0 +1,93 @@
+"""Plain data passed between the serving core, the scheduler and the decode loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-choice generation settings; temperature 0 means greedy."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # None: no logprobs; k >= 0: chosen token + k alternatives
+
+    @property
+    def deterministic(self) -> bool:
+        return self.temperature == 0.0 or self.seed is not None
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class Event:
+    """A piece of one choice: new text, its logprobs, and on the last event the finish reason."""
+
+    index: int
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+    error: BaseException | None = None
+
+
+class RequestStream:
+    """Events of one request (all its choices), filled by the engine thread, read with `async for`.
+
+    Leaving the loop early (client gone) cancels the request: the engine drops its rows at the
+    next decode step.
+    """
+
+    def __init__(self, choices: int, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.loop = loop or asyncio.get_running_loop()
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.remaining = choices
+        self.cancelled = threading.Event()
+
+    def put(self, event: Event) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        except RuntimeError:  # loop closed: the consumer is gone
+            self.cancelled.set()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    async def __aiter__(self):
+        try:
+            while self.remaining > 0:
+                event = await self.queue.get()
+                if event.error is not None:
+                    raise event.error
+                if event.finish_reason is not None:
+                    self.remaining -= 1
+                yield event
+        finally:
+            if self.remaining > 0:
+                self.cancel()
+
+
+@dataclass
+class GenRow:
+    """One choice of one request as the scheduler sees it."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    target: str  # the model object it runs on (registry key)
+    adapter: str | None  # internal adapter slot on that model, None = bare model
+    index: int
+    stream: RequestStream
+    release: Callable[[], None] = lambda: None
+    info: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,228 @@
+"""The gRPC transport: a grpc.aio server that translates each RPC into one serving-core call.
+
+    server = GrpcServer(backend, Authenticator.from_settings(settings), host="127.0.0.1", port=9000)
+    port = await server.start()        # inside a running event loop; port 0 picks a free port
+    ...
+    await server.stop()
+    # or from settings (host, grpc_port, limits.max_body_bytes):
+    server = await start_grpc_server(backend, auth, settings)
+
+`backend` is a `ServingCore` or any object with its async methods (the Ray handle proxy the
+REST app uses). Services: `tuneserve.v1.Inference`, `tuneserve.v1.Admin`, standard
+`grpc.health.v1.Health` (SERVING when the backend reports "ok", polled) and server reflection.
+The API key comes from metadata `authorization: Bearer <key>` or `x-api-key: <key>`; errors
+become the status code of `service/errors.py`'s table with the message + hint as details.
+Cancelling a call (client gone, `GenerateStream` left early) closes the backend stream, which
+stops the generation. Each call records `metrics.request_finished(route, model, "grpc", code, s)`
+with `code` the HTTP-equivalent status from the same table (200 ok, 499 cancelled), so
+dashboards compare transports on one label.
+
+Why a grpc.aio server inside the app rather than Ray Serve's gRPC proxy: Ray's proxy needs the
+servicer registration functions fixed cluster-wide at `serve.start(grpc_options=...)`, routes by
+an `application` metadata key clients must send, and hosts neither `grpc.health.v1` nor server
+reflection; every call also takes an extra hop (proxy actor → ingress replica) before reaching
+the serving core. Hosting the server in the ingress replica (started with the replica, on
+`settings.grpc_port`) keeps one hop from client to core, which is what P7 (gRPC p50 ≤ HTTP p50)
+measures, and lets the standard health and reflection services run beside the API. Several
+ingress replicas on one node share the port (gRPC sets SO_REUSEPORT; the kernel balances).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service import metrics
+from service.errors import describe
+from service.grpc import translate
+from service.grpc.gen.tuneserve.v1 import admin_pb2, admin_pb2_grpc, inference_pb2, inference_pb2_grpc
+from service.grpc.status import abort, api_key_from_metadata
+from training.artifact.errors import Unavailable
+
+log = logging.getLogger("tuneserve.grpc")
+SERVICE_NAMES = (inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name,
+                 admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name)
+CLIENT_CLOSED = 499  # the `code` label of a call the client cancelled (nginx's convention)
+
+
+class Gateway:
+    """What every handler shares: the backend and the authenticator (metadata key → principal)."""
+
+    def __init__(self, backend: Any, auth: Any) -> None:
+        self.backend = backend
+        self.auth = auth
+
+    def principal(self, context: grpc.aio.ServicerContext, scope: str) -> Any:
+        principal = self.auth.authenticate(api_key_from_metadata(context.invocation_metadata()))
+        self.auth.authorize(principal, scope)
+        return principal
+
+
+@asynccontextmanager
+async def recorded(context: grpc.aio.ServicerContext, route: str, model: str) -> AsyncIterator[None]:
+    """Around one call: any failure becomes its table status; the request metric is recorded."""
+    started, code = time.perf_counter(), 200
+    try:
+        yield
+    except asyncio.CancelledError:
+        code = CLIENT_CLOSED
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a status
+        code = describe(exc).http_status
+        await abort(context, exc)
+    finally:
+        metrics.request_finished(route, model, "grpc", code, time.perf_counter() - started)
+
+
+def unary(service: str, scope: str) -> Callable:
+    """Wrap `async def Rpc(self, request, principal)` with authentication and `recorded`."""
+
+    def decorate(method: Callable[..., Awaitable[Any]]) -> Callable:
+        route = f"/{service}/{method.__name__}"
+
+        @functools.wraps(method)
+        async def handler(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with recorded(context, route, getattr(request, "model", "")):
+                return await method(self, request, self.gateway.principal(context, scope))
+
+        return handler
+
+    return decorate
+
+
+@asynccontextmanager
+async def closing(iterator: AsyncIterator) -> AsyncIterator[AsyncIterator]:
+    """Close an async iterator however the consumer leaves (error, cancellation): stops generation."""
+    try:
+        yield iterator
+    finally:
+        close = getattr(iterator, "aclose", None)
+        if close is not None:
+            await close()
+
+
+class GatewayService:
+    """Base of the servicers: handlers reach the backend and auth through `self.gateway`."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+
+class InferenceService(GatewayService, inference_pb2_grpc.InferenceServicer):
+    NAME = SERVICE_NAMES[0]
+
+    @unary(NAME, "infer")
+    async def Generate(self, request, principal):
+        body = translate.generate_request(request)
+        run = self.gateway.backend.chat if request.WhichOneof("input") == "messages" else self.gateway.backend.complete
+        return translate.generate_response(await run(body, principal))
+
+    async def GenerateStream(self, request, context):
+        async with recorded(context, f"/{self.NAME}/GenerateStream", request.model):
+            principal = self.gateway.principal(context, "infer")
+            body = translate.generate_request(request, stream=True)
+            backend = self.gateway.backend
+            stream = backend.stream_chat if request.WhichOneof("input") == "messages" else backend.stream_complete
+            async with closing(stream(body, principal)) as chunks:
+                async for chunk in chunks:
+                    message = translate.generate_chunk(chunk)
+                    if message is not None:
+                        yield message
+
+    @unary(NAME, "infer")
+    async def Classify(self, request, principal):
+        return translate.classify_response(await self.gateway.backend.classify(translate.classify_request(request), principal))
+
+    @unary(NAME, "infer")
+    async def ListModels(self, request, principal):
+        return translate.list_models_response(await self.gateway.backend.list_models(principal))
+
+
+class AdminService(GatewayService, admin_pb2_grpc.AdminServicer):
+    NAME = SERVICE_NAMES[1]
+
+    @unary(NAME, "admin")
+    async def LoadAdapter(self, request, principal):
+        info = await self.gateway.backend.load_adapter(translate.load_adapter_request(request), principal)
+        return translate.adapter_info(info)
+
+    @unary(NAME, "admin")
+    async def UnloadAdapter(self, request, principal):
+        reply = await self.gateway.backend.unload_adapter(request.name, request.force, principal)
+        return translate.unload_adapter_response(reply)
+
+    @unary(NAME, "admin")
+    async def ListAdapters(self, request, principal):
+        return translate.list_adapters_response(await self.gateway.backend.list_adapters(principal))
+
+
+class GrpcServer:
+    """The grpc.aio server with the API, health and reflection; start/stop inside an event loop."""
+
+    def __init__(self, backend: Any, auth: Any, host: str = "127.0.0.1", port: int = 9000,
+                 max_message_bytes: int = 4 * 1024 * 1024, health_interval_s: float = 5.0) -> None:
+        self.backend, self.host, self.requested_port = backend, host, port
+        self.health_interval_s = health_interval_s
+        self.health = health.aio.HealthServicer()
+        gateway = Gateway(backend, auth)
+        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes),
+                                               ("grpc.so_reuseport", 1)])
+        inference_pb2_grpc.add_InferenceServicer_to_server(InferenceService(gateway), self.server)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(gateway), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self.port: int | None = None
+        self._watch: asyncio.Task | None = None
+
+    async def start(self) -> int:
+        address = f"{self.host}:{self.requested_port}"
+        try:
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise Unavailable(f"cannot listen for gRPC on {address}: {exc}",
+                              "choose a free port with grpc_port=..., or grpc_port=0 for any") from None
+        await self.server.start()
+        await self.refresh_health()
+        self._watch = asyncio.create_task(self._watch_health())
+        log.info("gRPC listening on %s:%s", self.host, self.port)
+        return self.port
+
+    async def refresh_health(self) -> str:
+        """Set every service's health from the backend; returns the status name."""
+        try:
+            state = (await self.backend.health()).status
+        except Exception:  # noqa: BLE001 - an unreachable backend is simply not serving
+            log.warning("backend health check failed", exc_info=True)
+            state = "unavailable"
+        status = health_pb2.HealthCheckResponse.SERVING if state == "ok" else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+
+    async def _watch_health(self) -> None:
+        while True:
+            await asyncio.sleep(self.health_interval_s)
+            await self.refresh_health()
+
+    async def stop(self, grace: float | None = 5.0) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def start_grpc_server(backend: Any, auth: Any, settings: Any) -> GrpcServer | None:
+    """Start the server on `settings.host:settings.grpc_port`; None when grpc_port is null (off)."""
+    if settings.grpc_port is None:
+        return None
+    server = GrpcServer(backend, auth, settings.host, settings.grpc_port, max_message_bytes=settings.limits.max_body_bytes)
+    await server.start()
+    return server

@@ -1,0 +1,159 @@
+"""Protobuf messages ↔ the serving core's OpenAI-shaped schemas. Pure functions, no serving logic.
+
+    request = generate_request(pb_request, stream=False)     # -> CompletionRequest | ChatCompletionRequest
+    pb_reply = generate_response(await core.complete(request, principal))
+    pb_chunk = generate_chunk(chunk_dict)                     # None for chunks that carry nothing
+
+Requests are validated by the same pydantic models the REST API uses, so limits and messages
+match; a validation failure becomes `InvalidRequest` naming the field (INVALID_ARGUMENT).
+Responses may arrive as pydantic models or plain dicts (through a Ray handle): both work.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from pydantic import BaseModel, ValidationError
+
+from service.errors import with_param
+from service.grpc.gen.tuneserve.v1 import admin_pb2, inference_pb2 as pb
+from service.schemas import ChatCompletionRequest, ClassifyRequest, CompletionRequest, LoadAdapterRequest
+from training.artifact.errors import InvalidRequest
+
+_OPTIONAL_SAMPLING = ("max_tokens", "temperature", "top_p", "seed", "n")
+
+
+def validated(cls: type[BaseModel], data: dict[str, Any]) -> Any:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "request"
+        raise with_param(InvalidRequest(f"{field}: {first['msg']}", "fix the field and send the request again"),
+                         field) from None
+
+
+def _require_model(model: str) -> None:
+    if not model:
+        raise with_param(InvalidRequest("model is required", "set `model` to an id from ListModels"), "model")
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    return obj.model_dump() if isinstance(obj, BaseModel) else dict(obj)
+
+
+# ---- requests ---------------------------------------------------------------------------
+def generate_request(msg: pb.GenerateRequest, stream: bool = False) -> CompletionRequest | ChatCompletionRequest:
+    _require_model(msg.model)
+    data: dict[str, Any] = {"model": msg.model}
+    data.update({name: getattr(msg, name) for name in _OPTIONAL_SAMPLING if msg.HasField(name)})
+    if msg.stop:
+        data["stop"] = list(msg.stop)
+    if stream:
+        data.update(stream=True, stream_options={"include_usage": True})
+    which = msg.WhichOneof("input")
+    if which == "prompt":
+        data["prompt"] = msg.prompt
+        if msg.HasField("logprobs"):
+            data["logprobs"] = msg.logprobs
+        return validated(CompletionRequest, data)
+    if which == "messages":
+        data["messages"] = [{"role": m.role, "content": m.content} for m in msg.messages.messages]
+        if msg.HasField("logprobs"):
+            data.update(logprobs=True, top_logprobs=msg.logprobs)
+        return validated(ChatCompletionRequest, data)
+    raise with_param(InvalidRequest("the request has neither prompt nor messages", "set exactly one of them"), "prompt")
+
+
+def classify_request(msg: pb.ClassifyRequest) -> ClassifyRequest:
+    _require_model(msg.model)
+    data: dict[str, Any] = {"model": msg.model, "input": list(msg.inputs)}
+    if msg.HasField("top_k"):
+        data["top_k"] = msg.top_k
+    return validated(ClassifyRequest, data)
+
+
+def load_adapter_request(msg: admin_pb2.LoadAdapterRequest) -> LoadAdapterRequest:
+    data: dict[str, Any] = {"name": msg.name, "pin": msg.pin}
+    if msg.HasField("path"):
+        data["path"] = msg.path
+    return validated(LoadAdapterRequest, data)
+
+
+# ---- responses --------------------------------------------------------------------------
+def _usage(data: dict[str, Any] | None) -> pb.Usage | None:
+    return pb.Usage(**{k: data[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}) if data else None
+
+
+def _token_triples(lp: dict[str, Any]) -> Iterable[tuple[str, float, list[tuple[str, float]]]]:
+    if "content" in lp:  # chat shape: [{token, logprob, top_logprobs: [{token, logprob}]}]
+        for item in lp["content"] or ():
+            yield item["token"], item["logprob"], [(t["token"], t["logprob"]) for t in item.get("top_logprobs") or ()]
+        return
+    tops = lp.get("top_logprobs") or [{}] * len(lp.get("tokens") or ())  # completion shape: parallel lists
+    for token, logprob, top in zip(lp.get("tokens") or (), lp.get("token_logprobs") or (), tops):
+        yield token, logprob, list((top or {}).items())
+
+
+def _logprobs(lp: dict[str, Any] | None) -> pb.Logprobs | None:
+    if lp is None:
+        return None
+    return pb.Logprobs(tokens=[pb.TokenLogprob(token=t, logprob=v, top_logprobs=[pb.TopLogprob(token=a, logprob=b) for a, b in top])
+                               for t, v, top in _token_triples(lp)])
+
+
+def _text(choice: dict[str, Any]) -> str:
+    if "text" in choice:
+        return choice["text"] or ""
+    return (choice.get("message") or choice.get("delta") or {}).get("content") or ""
+
+
+def _choice(choice: dict[str, Any], cls: type = pb.Choice) -> Any:
+    return cls(index=choice["index"], text=_text(choice), finish_reason=choice.get("finish_reason") or "",
+               logprobs=_logprobs(choice.get("logprobs")))
+
+
+def generate_response(resp: Any) -> pb.GenerateResponse:
+    d = as_dict(resp)
+    return pb.GenerateResponse(id=d["id"], model=d["model"], created=d["created"],
+                               choices=[_choice(c) for c in d["choices"]], usage=_usage(d.get("usage")))
+
+
+def generate_chunk(chunk: Any) -> pb.GenerateChunk | None:
+    """A stream chunk, or None when it carries no text, finish reason, logprobs or usage (chat's role opener)."""
+    d = as_dict(chunk)
+    choices = [_choice(c, pb.ChunkChoice) for c in d.get("choices") or ()]
+    choices = [c for c in choices if c.text or c.finish_reason or c.HasField("logprobs")]
+    usage = _usage(d.get("usage"))
+    if not choices and usage is None:
+        return None
+    return pb.GenerateChunk(id=d["id"], model=d["model"], created=d.get("created", 0), choices=choices, usage=usage)
+
+
+def classify_response(resp: Any) -> pb.ClassifyResponse:
+    d = as_dict(resp)
+    results = [pb.Classification(index=r["index"], label=r["label"], score=r["score"],
+                                 scores=[pb.LabelScore(label=s["label"], score=s["score"]) for s in r["scores"]])
+               for r in d["data"]]
+    return pb.ClassifyResponse(id=d["id"], model=d["model"], created=d["created"], results=results,
+                               usage=_usage(d.get("usage")))
+
+
+def list_models_response(resp: Any) -> pb.ListModelsResponse:
+    fields = pb.ModelInfo.DESCRIPTOR.fields_by_name
+    return pb.ListModelsResponse(models=[pb.ModelInfo(**{k: v for k, v in as_dict(m).items() if k in fields})
+                                         for m in as_dict(resp)["data"]])
+
+
+def adapter_info(info: Any) -> admin_pb2.AdapterInfo:
+    fields = admin_pb2.AdapterInfo.DESCRIPTOR.fields_by_name
+    return admin_pb2.AdapterInfo(**{k: v for k, v in as_dict(info).items() if k in fields})
+
+
+def list_adapters_response(resp: Any) -> admin_pb2.ListAdaptersResponse:
+    return admin_pb2.ListAdaptersResponse(adapters=[adapter_info(a) for a in as_dict(resp)["data"]])
+
+
+def unload_adapter_response(resp: Any) -> admin_pb2.UnloadAdapterResponse:
+    d = as_dict(resp)
+    return admin_pb2.UnloadAdapterResponse(name=d["name"], unloaded=bool(d["unloaded"]))

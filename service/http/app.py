@@ -1,0 +1,138 @@
+"""The OpenAI-compatible REST app: auth dependencies, routes, SSE streaming; no serving logic.
+
+    app = create_app(backend, Authenticator.from_settings(settings), settings)
+    # backend: a ServingCore, or any object with its async methods (e.g. the Ray handle proxy)
+
+Routes: GET /health (liveness), GET /ready (readiness), GET /v1/models, POST /v1/completions,
+POST /v1/chat/completions, POST /v1/classify, and admin GET/POST /v1/admin/adapters,
+DELETE /v1/admin/adapters/{name}, POST /v1/admin/adapters/{name}/pin. Keys go in
+`Authorization: Bearer <key>` (or `x-api-key`). Errors use OpenAI's error body.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, AsyncIterator
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from service import metrics
+from service.auth import Authenticator, Principal
+from service.errors import openai_error_body
+from service.http.errors import error_response, install_error_handlers
+from service.security import SecurityGuard
+from service.security.http import auth_dependency, prompt_texts, secure_request, tally_stream
+from service.schemas import (
+    AdapterInfo, AdapterList, ChatCompletionRequest, ChatCompletionResponse, ClassifyRequest, ClassifyResponse,
+    CompletionRequest, CompletionResponse, LoadAdapterRequest, ModelList, PinRequest,
+)
+
+
+def create_app(backend: Any, auth: Authenticator, settings, guard: SecurityGuard | None = None) -> FastAPI:
+    app = FastAPI(title="tuneserve", version="0.1.0",
+                  description="OpenAI-compatible completions, chat and classification over a base model and LoRA adapters.")
+    install_error_handlers(app)
+    max_body = settings.limits.max_body_bytes
+    guard = app.state.guard = guard or SecurityGuard.from_settings(settings, auth)
+
+    def require(scope: str):
+        return auth_dependency(guard, scope)  # blocking, authentication, scope, rate limits (service.security)
+
+    @app.middleware("http")
+    async def guard_and_measure(request: Request, call_next):
+        started = time.perf_counter()
+        response = await secure_request(guard, max_body, request, call_next, error_response)
+        route = request.scope.get("route")
+        metrics.request_finished(getattr(route, "path", request.url.path), getattr(request.state, "model", ""),
+                                 "http", response.status_code, time.perf_counter() - started)
+        return response
+
+    @app.get("/health", tags=["ops"], summary="Liveness: the process answers")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    metrics_access = [] if settings.security.public_metrics else [Depends(require("metrics"))]
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics of every serving process on this node",
+             response_class=PlainTextResponse, dependencies=metrics_access)
+    async def prometheus_metrics() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.get("/ready", tags=["ops"], summary="Readiness: models loaded and the engine running")
+    async def ready():
+        state = await backend.health()
+        return JSONResponse(state.model_dump(), status_code=200 if state.status == "ok" else 503)
+
+    @app.get("/v1/models", response_model=ModelList, tags=["inference"])
+    async def models(principal: Principal = Depends(require("infer"))):
+        return await backend.list_models(principal)
+
+    async def generation(body, request: Request, principal: Principal, unary, streamed):
+        request.state.model = body.model
+        guard.inspect_prompts(body.model, prompt_texts(body))
+        if body.stream:
+            return await sse(tally_stream(guard, request, streamed(body, principal)))
+        reply = await unary(body, principal)
+        request.state.usage = reply.usage
+        return reply
+
+    @app.post("/v1/completions", response_model=CompletionResponse, tags=["inference"])
+    async def completions(body: CompletionRequest, request: Request, principal: Principal = Depends(require("infer"))):
+        return await generation(body, request, principal, backend.complete, backend.stream_complete)
+
+    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, tags=["inference"])
+    async def chat(body: ChatCompletionRequest, request: Request, principal: Principal = Depends(require("infer"))):
+        return await generation(body, request, principal, backend.chat, backend.stream_chat)
+
+    @app.post("/v1/classify", response_model=ClassifyResponse, tags=["inference"])
+    async def classify(body: ClassifyRequest, request: Request, principal: Principal = Depends(require("infer"))):
+        request.state.model = body.model
+        reply = await backend.classify(body, principal)
+        request.state.usage = reply.usage
+        return reply
+
+    @app.get("/v1/admin/adapters", response_model=AdapterList, tags=["admin"])
+    async def list_adapters(principal: Principal = Depends(require("admin"))):
+        return await backend.list_adapters(principal)
+
+    @app.post("/v1/admin/adapters", response_model=AdapterInfo, tags=["admin"],
+              summary="Load an adapter, or replace a loaded one in place with a new version")
+    async def load_adapter(body: LoadAdapterRequest, principal: Principal = Depends(require("admin"))):
+        return await backend.load_adapter(body, principal)
+
+    @app.delete("/v1/admin/adapters/{name}", tags=["admin"])
+    async def unload_adapter(name: str, force: bool = False, principal: Principal = Depends(require("admin"))):
+        return await backend.unload_adapter(name, force, principal)
+
+    @app.post("/v1/admin/adapters/{name}/pin", response_model=AdapterInfo, tags=["admin"])
+    async def pin_adapter(name: str, body: PinRequest, principal: Principal = Depends(require("admin"))):
+        return await backend.pin_adapter(name, body.pinned, principal)
+
+    return app
+
+
+async def sse(chunks: AsyncIterator[dict]) -> StreamingResponse:
+    """Server-sent events; the first chunk is awaited here so request errors keep their HTTP status."""
+    iterator = chunks.__aiter__()
+    try:
+        first = await iterator.__anext__()
+    except StopAsyncIteration:
+        first = None
+
+    async def events():
+        try:
+            if first is not None:
+                yield f"data: {json.dumps(first)}\n\n"
+            async for chunk in iterator:
+                yield f"data: {json.dumps(chunk)}\n\n"
+        except Exception as exc:  # noqa: BLE001 - after the status line, errors travel in the stream
+            yield f"data: {json.dumps(openai_error_body(exc))}\n\n"
+        finally:
+            await iterator.aclose()
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

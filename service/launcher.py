@@ -1,0 +1,247 @@
+"""Start and stop the serving application on a local Ray cluster (what `tuneserve serve` and
+the demo use). Equivalent to `serve run service/configs/serve.yaml`, plus safe local defaults.
+
+    server = start("service/configs/serve.yaml", ["artifacts_dir=artifacts", "port=8001"])
+    print(server.url); ...; stop()
+    python -m service.launcher [serve.yaml] [key=value ...]     # start and block until Ctrl-C
+
+Local Ray runs with usage stats off, no dashboard, a short temp dir (`RAY_TMPDIR`, default
+/tmp/ts-ray) and token authentication (`RAY_AUTH_MODE=token`): the token is read from
+`RAY_AUTH_TOKEN`/`RAY_AUTH_TOKEN_PATH` when set, otherwise generated once into
+`<tuneserve cache>/ray/auth_token` (mode 0600).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+from training.artifact import cache_dir
+from training.artifact.errors import ConfigError, Unavailable
+from training.artifact.config import parse_override, read_yaml, set_dotted
+
+from service.security.tls import base_url, ready_verify, tls_http_options
+from service.settings import ServiceSettings, load_settings
+
+DEFAULT_CONFIG = "serve.yaml"
+APP_READY_TIMEOUT_S = 300
+
+
+@dataclass
+class ServerHandle:
+    url: str
+    app_name: str
+    settings: ServiceSettings
+    config: dict[str, Any]
+
+
+def default_config_path() -> Path:
+    return Path(str(resources.files("service.configs").joinpath(DEFAULT_CONFIG)))
+
+
+def build_config(config_path: str | Path | None, overrides: Iterable[str] = ()) -> tuple[dict[str, Any], ServiceSettings]:
+    """Read a Serve config, apply `key=value` overrides to the (single) application's args, validate."""
+    config = copy.deepcopy(read_yaml(config_path or default_config_path()))
+    apps = config.get("applications") or []
+    if len(apps) != 1:
+        raise ConfigError(f"the serve config must hold exactly one application, found {len(apps)}",
+                          "start from service/configs/serve.yaml")
+    args = apps[0].setdefault("args", {})
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(args, key, value)
+    settings = absolute_paths(load_settings(args))
+    apps[0]["args"] = settings.model_dump(mode="json")
+    http = config.setdefault("http_options", {})
+    if any(o.split("=", 1)[0] in ("port", "host") for o in overrides) or "port" not in http:
+        http.update(host=settings.host, port=settings.port)
+    http.update(tls_http_options(settings.security))  # HTTPS on Ray's proxy when cert/key are set
+    return config, settings
+
+
+def absolute_paths(settings: ServiceSettings) -> ServiceSettings:
+    """Replicas may run in another working directory: make every local path absolute."""
+    updates: dict[str, Any] = {"models": [p.resolve() for p in settings.models],
+                               "adapters": {k: p.resolve() for k, p in settings.adapters.items()}}
+    for name in ("artifacts_dir", "keys_file"):
+        value = getattr(settings, name)
+        updates[name] = value.expanduser().resolve() if value is not None else None
+    if Path(settings.base_model).exists():
+        updates["base_model"] = str(Path(settings.base_model).resolve())
+    return settings.model_copy(update=updates)
+
+
+def ray_auth_token_path() -> Path:
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or cache_dir() / "ray" / "auth_token")
+    if not os.environ.get("RAY_AUTH_TOKEN") and not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return path
+
+
+def prepare_ray_env() -> str:
+    """Environment for local Ray; must run before Ray is first imported (it reads RAY_AUTH_MODE then)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if os.environ["RAY_AUTH_MODE"] == "token":
+        os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(ray_auth_token_path()))
+    tmp = os.environ.setdefault("RAY_TMPDIR", "/tmp/ts-ray")
+    Path(tmp).mkdir(parents=True, exist_ok=True)
+    return tmp
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    tmp = prepare_ray_env()
+    import ray
+
+    if ray.is_initialized():
+        return
+    from service.metrics import MULTIPROC_ENV, prepare_metrics_dir
+
+    # One metrics dir per node, inherited by every Ray worker (see service/metrics.py).
+    prepare_metrics_dir(os.environ.get(MULTIPROC_ENV) or Path(tmp) / f"metrics-{os.getpid()}")
+    metrics_port = os.environ.get("TUNESERVE_RAY_METRICS_PORT")
+    for attempt in range(3):  # Ray waits a fixed 30 s for its raylet; a loaded machine can miss that
+        try:
+            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, namespace="tuneserve",
+                     _temp_dir=tmp, configure_logging=False, log_to_driver=False,
+                     **({"_metrics_export_port": int(metrics_port)} if metrics_port else {}))
+            return
+        except Exception as exc:  # noqa: BLE001 - only the startup timeout is retried
+            if "timed out during startup" not in str(exc) or attempt == 2:
+                raise
+            ray.shutdown()
+
+
+def _check_cpus(config: dict[str, Any], available: float) -> None:
+    wanted = sum(float((d.get("ray_actor_options") or {}).get("num_cpus", 1))
+                 * int((d.get("autoscaling_config") or {}).get("min_replicas", d.get("num_replicas", 1)) or 1)
+                 for d in config["applications"][0].get("deployments", []))
+    if wanted > available:
+        raise ConfigError(f"the serve config asks for {wanted:g} CPUs but this machine has {available:g}",
+                          "lower ray_actor_options.num_cpus or min_replicas in the config")
+
+
+def start(config_path: str | Path | None = None, overrides: Iterable[str] = (), num_cpus: int | None = None,
+          timeout_s: float = APP_READY_TIMEOUT_S) -> ServerHandle:
+    config, settings = build_config(config_path, list(overrides))
+    _check_cpus(config, float(num_cpus or os.cpu_count() or 1))
+    init_ray(num_cpus)
+    from ray.serve._private import api as serve_api
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(config)
+    client = serve_api.serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)
+    client.deploy_apps(schema, _blocking=False)
+    name = schema.applications[0].name
+    wait_running(name, timeout_s)
+    return ServerHandle(base_url(settings), name, settings, config)
+
+
+def wait_running(name: str, timeout_s: float) -> None:
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        app = serve.status().applications.get(name)
+        status = str(getattr(app, "status", "")) if app else ""
+        if status.endswith("RUNNING"):
+            return
+        if status.endswith("DEPLOY_FAILED") or status.endswith("UNHEALTHY"):
+            raise Unavailable(f"application {name} failed to deploy: {app.message}",
+                              "fix the error above (artifacts_dir, base model, config) and start again")
+        time.sleep(0.5)
+    raise Unavailable(f"application {name} was not running after {timeout_s:.0f} s",
+                      "check the Ray logs under RAY_TMPDIR; the base model may still be loading")
+
+
+def spawn(overrides: Iterable[str], log_path: Path, config_path: str | Path | None = None,
+          env: dict[str, str] | None = None, timeout_s: float = 240.0):
+    """Run `python -m service.launcher` in its own process group and wait until /ready answers.
+
+    For tests and benchmarks that must not own a Ray cluster in their own process. Returns
+    (Popen, url); end it with `terminate(proc)`.
+    """
+    import subprocess
+    import sys
+
+    import httpx
+
+    _, settings = build_config(config_path, list(overrides))
+    url = base_url(settings)
+    args = [sys.executable, "-m", "service.launcher", *([str(config_path)] if config_path else []), *overrides]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise Unavailable(f"server exited with code {proc.returncode}:\n{Path(log_path).read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=2, verify=ready_verify(settings)).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            terminate(proc)
+            raise Unavailable(f"server not ready after {timeout_s:.0f} s:\n{Path(log_path).read_text()[-3000:]}")
+        time.sleep(1)
+
+
+def terminate(proc, timeout_s: float = 60.0) -> None:
+    """SIGTERM a process started by `spawn` (clean Serve/Ray shutdown), SIGKILL its group if it hangs."""
+    import signal
+    import subprocess
+
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def serve_forever() -> None:
+    """Block until Ctrl-C or SIGTERM, then shut Serve and Ray down."""
+    import signal
+    import threading
+
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        while not stopped.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop()
+
+
+def stop() -> None:
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
+if __name__ == "__main__":  # python -m service.launcher [serve.yaml] [key=value ...]
+    import sys
+
+    _config = next((a for a in sys.argv[1:] if "=" not in a), None)
+    _server = start(_config, [a for a in sys.argv[1:] if "=" in a])
+    print(f"serving at {_server.url}", flush=True)
+    serve_forever()

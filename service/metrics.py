@@ -1,0 +1,288 @@
+"""tuneserve's Prometheus metrics: the metric objects, the hook functions the serving path calls,
+and the `/metrics` exposition that aggregates every serving process of the node.
+
+Scraping under Ray Serve (several processes: proxy, Ingress and Engine replicas) uses
+prometheus_client's **multiprocess mode**: the launcher points `PROMETHEUS_MULTIPROC_DIR` at
+one empty directory per node before Ray starts (`prepare_metrics_dir()`), every replica
+inherits it and writes its samples to memory-mapped files there, and `render()` (served at
+`GET /metrics` by whichever Ingress replica answers) merges all files, so any replica returns
+the whole node. Ray's own metrics (`ray_serve_*`) stay on Ray's metrics export port, scraped
+as a second target of job `tuneserve` (see docs/observability.md). Without the variable
+(tests, in-process use) the default single-process registry is used.
+
+    from service import metrics
+    metrics.request_finished("/v1/completions", "a1", "http", 200, 0.12)
+    body, content_type = metrics.render()
+
+Names follow `tuneserve_<what>_<unit>`; the contract is docs/observability.md and the rules in
+deploy/prometheus/rules/. Labels are bounded: adapter names pass `adapter_label`, which caps
+the number of distinct values. Security code records through the published objects
+(`AUTH_FAILURES`, `RATE_LIMITED`, `BLOCKED_CLIENTS`, `KEY_CLIENT_ADDRESSES`,
+`PROMPT_INJECTION_SUSPECTED`) or the helpers below them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+    values,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+log = logging.getLogger("tuneserve.service.metrics")
+if os.environ.get(MULTIPROC_ENV):  # prometheus_client picks its value class at import; the env may come later
+    values.ValueClass = values.get_value_class()
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+MAX_ADAPTER_LABELS = 256
+OTHER = "other"
+_LABEL_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
+
+REQUESTS = Counter("tuneserve_requests", "Finished requests.", ["adapter", "transport", "route", "code"])
+REQUEST_DURATION = Histogram("tuneserve_request_duration_seconds", "Request latency.",
+                             ["adapter", "transport", "route"], buckets=LATENCY_BUCKETS)
+FIRST_TOKEN = Histogram("tuneserve_time_to_first_token_seconds", "Time from arrival to the first generated token.",
+                        ["adapter", "transport"], buckets=TOKEN_BUCKETS)
+INTER_TOKEN = Histogram("tuneserve_inter_token_latency_seconds", "Time between consecutive generated tokens.",
+                        ["adapter", "transport"], buckets=TOKEN_BUCKETS)
+PROMPT_TOKENS = Counter("tuneserve_prompt_tokens", "Prompt tokens processed.", ["adapter"])
+COMPLETION_TOKENS = Counter("tuneserve_completion_tokens", "Completion tokens generated.", ["adapter"])
+QUEUE_WAIT = Histogram("tuneserve_queue_wait_seconds", "Time queued before joining a batch.", ["adapter"],
+                       buckets=TOKEN_BUCKETS)
+QUEUE_DEPTH = Gauge("tuneserve_queue_depth", "Requests waiting for a batch slot.", multiprocess_mode="livesum")
+QUEUE_CAPACITY = Gauge("tuneserve_queue_capacity", "Bound of the request queue.", multiprocess_mode="livesum")
+BATCH_SIZE = Histogram("tuneserve_batch_size", "Rows per engine batch when rows join it.", buckets=BATCH_BUCKETS)
+CACHE_REQUESTS = Counter("tuneserve_cache_requests", "Cache lookups.", ["cache", "result"])
+ADAPTER_LOADS = Counter("tuneserve_adapter_loads", "Adapter load attempts.", ["adapter", "result"])
+ADAPTER_EVICTIONS = Counter("tuneserve_adapter_evictions", "Adapters evicted from the loaded set.", ["adapter"])
+ADAPTERS_LOADED = Gauge("tuneserve_adapters_loaded", "Adapters currently loaded.", multiprocess_mode="livesum")
+MODEL_LOAD = Gauge("tuneserve_model_load_seconds", "How long loading a model or adapter took.", ["model"],
+                   multiprocess_mode="max")
+CLASSIFIED = Counter("tuneserve_classified_inputs", "Texts classified.", ["adapter"])
+RESIDENT_MEMORY = Gauge("tuneserve_process_resident_memory_bytes", "Resident memory of the serving processes.",
+                        multiprocess_mode="livesum")
+GPU_MEMORY = Gauge("tuneserve_gpu_memory_allocated_bytes", "CUDA memory allocated by torch.", ["device"],
+                   multiprocess_mode="livesum")
+
+# Security signals (recorded by service.auth / service.keys / the rate limiter).
+AUTH_FAILURES = Counter("tuneserve_auth_failures", "Rejected authentications.", ["reason", "transport"])
+RATE_LIMITED = Counter("tuneserve_rate_limited", "Requests rejected by the rate limiter.", ["key_id", "kind"])
+BLOCKED_CLIENTS = Gauge("tuneserve_blocked_clients", "Client addresses currently blocked.", multiprocess_mode="livemax")
+KEY_CLIENT_ADDRESSES = Gauge("tuneserve_key_client_addresses", "Distinct client addresses per key in the window.",
+                             ["key_id"], multiprocess_mode="livemax")
+PROMPT_INJECTION_SUSPECTED = Counter("tuneserve_prompt_injection_suspected", "Prompts matching injection heuristics.",
+                                     ["adapter"])
+
+# Drift (written by service.drift's background monitor).
+DRIFT_SCORE = Gauge("tuneserve_drift_score", "Drift of live traffic vs the adapter's reference profile.",
+                    ["adapter", "feature", "method"], multiprocess_mode="livemax")
+DRIFT_THRESHOLD = Gauge("tuneserve_drift_threshold", "Configured threshold of a drift score.",
+                        ["adapter", "feature", "method"], multiprocess_mode="livemax")
+DRIFT_WINDOW = Gauge("tuneserve_drift_window_samples", "Samples in the current drift window.", ["adapter"],
+                     multiprocess_mode="livemax")
+
+_adapters: set[str] = set()
+_GRPC_BY_STATUS: dict[int, str] = {}
+_lock = threading.Lock()
+_memory_at = 0.0
+
+
+def adapter_label(name: str | None) -> str:
+    """A bounded label value for a model/adapter name: "" for none, "other" past the cap or when odd."""
+    if not name:
+        return ""
+    if name in _adapters:
+        return name
+    if not _LABEL_OK.match(name):
+        return OTHER
+    with _lock:
+        if len(_adapters) >= MAX_ADAPTER_LABELS:
+            return OTHER
+        _adapters.add(name)
+    return name
+
+
+def _sample_memory(min_interval_s: float = 1.0) -> None:
+    """Refresh this process's memory gauges, at most once per `min_interval_s` (cheap: /proc read)."""
+    global _memory_at
+    now = time.monotonic()
+    if now - _memory_at < min_interval_s:
+        return
+    _memory_at = now
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        RESIDENT_MEMORY.set(pages * os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, IndexError):
+        pass
+    torch = __import__("sys").modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        for device in range(torch.cuda.device_count()):
+            GPU_MEMORY.labels(str(device)).set(torch.cuda.memory_allocated(device))
+
+
+# ---- hooks called by the serving path -----------------------------------------------------
+def grpc_code_name(code: int | str) -> str:
+    """The upper-case gRPC code name for a gRPC call recorded with the HTTP status of its error."""
+    if isinstance(code, str) and not code.isdigit():
+        return code.upper()
+    if not _GRPC_BY_STATUS:
+        from service.errors import ERROR_TABLE, INTERNAL
+
+        _GRPC_BY_STATUS.update({200: "OK", 499: "CANCELLED", INTERNAL.http_status: INTERNAL.grpc_code})
+        for spec in ERROR_TABLE.values():
+            _GRPC_BY_STATUS.setdefault(spec.http_status, spec.grpc_code)
+    return _GRPC_BY_STATUS.get(int(code), "UNKNOWN")
+
+
+def request_finished(route: str, model: str, transport: str, code: int | str, seconds: float) -> None:
+    """One finished HTTP or gRPC request. `code`: HTTP status (gRPC calls: the status of the error,
+    turned into the gRPC code name here). A 404 names no model we serve, so its (free-text) model
+    name is never used as a label."""
+    adapter = "" if str(code) == "404" else adapter_label(model)
+    label = grpc_code_name(code) if transport == "grpc" else str(code)
+    REQUESTS.labels(adapter, transport, route, label).inc()
+    REQUEST_DURATION.labels(adapter, transport, route).observe(seconds)
+    _sample_memory()
+
+
+def generation_finished(model: str, prompt_tokens: int, completion_tokens: int, seconds: float) -> None:
+    adapter = adapter_label(model)
+    PROMPT_TOKENS.labels(adapter).inc(prompt_tokens)
+    COMPLETION_TOKENS.labels(adapter).inc(completion_tokens)
+    _sample_memory()
+
+
+def first_token(model: str, seconds: float, transport: str = "any") -> None:
+    FIRST_TOKEN.labels(adapter_label(model), transport).observe(seconds)
+
+
+def inter_token(model: str, seconds: float, transport: str = "any") -> None:
+    INTER_TOKEN.labels(adapter_label(model), transport).observe(seconds)
+
+
+def cache_lookup(model: str, hit: bool, cache: str = "response") -> None:
+    CACHE_REQUESTS.labels(cache, "hit" if hit else "miss").inc()
+
+
+def batch_admitted(new_rows: int, running_rows: int) -> None:
+    BATCH_SIZE.observe(new_rows + running_rows)
+
+
+def queue_waited(model: str, seconds: float) -> None:
+    QUEUE_WAIT.labels(adapter_label(model)).observe(seconds)
+
+
+def queue_state(depth: int, capacity: int) -> None:
+    QUEUE_DEPTH.set(depth)
+    QUEUE_CAPACITY.set(capacity)
+
+
+def adapter_event(adapter: str, event: str, seconds: float | None = None) -> None:
+    """event: "loaded" (seconds = load time), "load_failed", "unloaded" or "evicted"."""
+    name = adapter_label(adapter)
+    if event == "loaded":
+        ADAPTER_LOADS.labels(name, "ok").inc()
+        if seconds is not None:
+            MODEL_LOAD.labels(name).set(seconds)
+    elif event == "load_failed":
+        ADAPTER_LOADS.labels(name, "error").inc()
+    elif event == "evicted":
+        ADAPTER_EVICTIONS.labels(name).inc()
+
+
+def poll(callback, interval_s: float = 5.0) -> threading.Event:
+    """Run `callback()` every `interval_s` in a daemon thread (state gauges: queue, adapters);
+    set the returned event to stop it."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            try:
+                callback()
+            except Exception:
+                log.exception("metrics poll failed")
+
+    callback_thread = threading.Thread(target=loop, name="tuneserve-metrics-poll", daemon=True)
+    callback_thread.start()
+    return stop
+
+
+def adapters_loaded(count: int) -> None:
+    ADAPTERS_LOADED.set(count)
+
+
+def model_loaded(model: str, seconds: float) -> None:
+    MODEL_LOAD.labels(adapter_label(model)).set(seconds)
+
+
+def classified(model: str, n_inputs: int, seconds: float) -> None:
+    CLASSIFIED.labels(adapter_label(model)).inc(n_inputs)
+
+
+def auth_failed(reason: str, transport: str) -> None:
+    """reason: missing / invalid / expired / revoked / forbidden / blocked."""
+    AUTH_FAILURES.labels(reason, transport).inc()
+
+
+def rate_limited(key_id: str, kind: str) -> None:
+    """kind: requests / tokens."""
+    RATE_LIMITED.labels(key_id, kind).inc()
+
+
+def prompt_injection_suspected(model: str) -> None:
+    PROMPT_INJECTION_SUSPECTED.labels(adapter_label(model)).inc()
+
+
+# ---- exposition ---------------------------------------------------------------------------
+def multiprocess_dir() -> Path | None:
+    value = os.environ.get(MULTIPROC_ENV)
+    return Path(value) if value else None
+
+
+def prepare_metrics_dir(path: str | Path) -> Path:
+    """Empty `path` (files of dead processes would be summed in) and export it for Ray's workers.
+    Call before Ray starts; every process started afterwards inherits it."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    os.environ[MULTIPROC_ENV] = str(path)
+    values.ValueClass = values.get_value_class()
+    return path
+
+
+def mark_process_dead(pid: int | None = None) -> None:
+    """Drop a stopped process's live gauges (call on replica shutdown)."""
+    if multiprocess_dir() is not None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid or os.getpid())
+
+
+def render() -> tuple[bytes, str]:
+    """(body, content type) of the node's metrics: every process's files in multiprocess mode."""
+    _sample_memory(0.0)
+    if multiprocess_dir() is None:
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    ProcessCollector(registry=registry)  # process_* of the answering replica
+    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,54 @@
+"""The gRPC transport's side of security: admission from call metadata and the audit line.
+
+    principal = await admit_call(guard, context, "infer")           # in Gateway.principal
+    record_call(guard, context, route, model, code, started, principal, usage)   # in `recorded`
+    port = bind(server, "0.0.0.0:9000", settings.security)         # TLS when cert/key are set
+
+The client address is the peer of the call (`ipv4:10.0.0.7:53211` → `10.0.0.7`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from service.security.tls import grpc_server_credentials
+
+
+def peer_address(peer: str | None) -> str:
+    """`ipv4:1.2.3.4:5678` → `1.2.3.4`; `ipv6:[::1]:5678` → `::1`; anything else unchanged."""
+    if not peer:
+        return "unknown"
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rsplit(":", 1)[0]
+    if kind == "ipv6":
+        return rest.rsplit(":", 1)[0].strip("[]").replace("%5B", "").replace("%5D", "")
+    return peer
+
+
+async def admit_call(guard, context, scope: str) -> Any:
+    from service.grpc.status import api_key_from_metadata
+
+    token = api_key_from_metadata(context.invocation_metadata())
+    return await guard.admit(token, peer_address(context.peer()), "grpc", scope)
+
+
+async def record_call(guard, context, route: str, model: str, code: int, started: float,
+                      principal: Any = None, usage: Any = None, error: BaseException | None = None) -> None:
+    prompt = getattr(usage, "prompt_tokens", None)
+    completion = getattr(usage, "completion_tokens", None)
+    if principal is not None and usage is not None:
+        await guard.charge(principal, (prompt or 0) + (completion or 0))
+    guard.audit.record(transport="grpc", route=route, method="RPC", key_id=getattr(principal, "key_id", None),
+                       adapter=model or None, status=code, prompt_tokens=prompt, completion_tokens=completion,
+                       latency_s=time.perf_counter() - started, client=peer_address(context.peer()),
+                       admin="/tuneserve.v1.Admin/" in route, reason=getattr(error, "audit_reason", None))
+
+
+def bind(server, address: str, security) -> int:
+    """Listen on `address`, with TLS when security.tls_certfile/tls_keyfile are set."""
+    credentials = grpc_server_credentials(security) if security is not None else None
+    if credentials is None:
+        return server.add_insecure_port(address)
+    return server.add_secure_port(address, credentials)

@@ -1,0 +1,112 @@
+"""`SecurityGuard`: what every transport runs around a request, in one place.
+
+    guard = SecurityGuard.from_settings(settings, auth)
+    principal = await guard.admit(token, client="10.0.0.7", transport="grpc", scope="infer")
+    guard.inspect_prompts(principal, "support-v2", ["user text", ...])   # counts injection markers
+    await guard.charge(principal, prompt_tokens + completion_tokens)      # tokens/min bucket
+
+`admit` order: blocked address → authenticate → authorize scope → per-key address tracking →
+requests/min bucket → tokens/min debt. Failures raise the error table's classes (401/403/429,
+UNAUTHENTICATED/PERMISSION_DENIED/RESOURCE_EXHAUSTED) and are counted in the Prometheus series
+of `service.security.metrics`; each failure also carries `audit_reason` for the audit line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from training.artifact.errors import PermissionDenied, RateLimited, TuneserveError, Unauthenticated
+
+from service.security import metrics
+from service.security.audit import AuditLog
+from service.security.config import SecuritySettings
+from service.security.detect import ActivityTracker, injection_markers
+from service.security.ratelimit import bucket_store
+
+UNKNOWN_CLIENT = "unknown"
+
+
+def failure_reason(exc: TuneserveError) -> str:
+    """missing | invalid | expired | revoked | forbidden (the `reason` label of auth failures)."""
+    reason = getattr(exc, "reason", None)
+    if reason:
+        return reason
+    if isinstance(exc, PermissionDenied):
+        return "forbidden"
+    text = exc.message.lower()
+    for word, label in (("no api key", "missing"), ("revoked", "revoked"), ("expired", "expired")):
+        if word in text:
+            return label
+    return "invalid"
+
+
+def _tag(exc: TuneserveError, reason: str) -> TuneserveError:
+    exc.audit_reason = reason  # type: ignore[attr-defined]
+    return exc
+
+
+class SecurityGuard:
+    def __init__(self, auth: Any, security: SecuritySettings | None = None, store: Any = None,
+                 audit: AuditLog | None = None, tracker: ActivityTracker | None = None) -> None:
+        self.auth = auth
+        self.security = security or SecuritySettings()
+        s = self.security
+        self.store = store if store is not None else bucket_store(s.rate_limit_store)
+        self.audit = audit or AuditLog(s.audit_log, s.audit_max_bytes, s.audit_backups)
+        self.tracker = tracker or ActivityTracker(s.block_after_failures, s.failure_window_s, s.block_s,
+                                                  s.address_window_s)
+
+    @classmethod
+    def from_settings(cls, settings: Any, auth: Any) -> "SecurityGuard":
+        return cls(auth, getattr(settings, "security", None))
+
+    async def admit(self, token: str | None, client: str | None, transport: str, scope: str,
+                    adapter: str | None = None) -> Any:
+        client = client or UNKNOWN_CLIENT
+        left = self.tracker.blocked_for(client)
+        if left > 0:
+            metrics.AUTH_FAILURES.labels("blocked", transport).inc()
+            raise _tag(PermissionDenied(f"client address {client} is blocked for {left:.0f} s after repeated "
+                                        "authentication failures",
+                                        "fix the client's API key and retry after the block expires"), "blocked")
+        try:
+            principal = self.auth.authenticate(token)
+            self.auth.authorize(principal, scope, adapter)
+        except (Unauthenticated, PermissionDenied) as exc:
+            reason = failure_reason(exc)
+            metrics.AUTH_FAILURES.labels(reason, transport).inc()
+            if isinstance(exc, Unauthenticated) and self.tracker.auth_failed(client):
+                metrics.BLOCKED_CLIENTS.set(self.tracker.blocked_count())
+            raise _tag(exc, reason)
+        metrics.KEY_ADDRESSES.labels(principal.key_id).set(self.tracker.key_used(principal.key_id, client))
+        await self._limit(principal, "requests", 1)
+        await self._limit(principal, "tokens", 0)
+        return principal
+
+    def _per_min(self, principal: Any, kind: str) -> int | None:
+        own = getattr(principal, f"{kind}_per_min", None)
+        return own if own is not None else getattr(self.security, f"{kind}_per_min")
+
+    async def _limit(self, principal: Any, kind: str, amount: float) -> None:
+        per_min = self._per_min(principal, kind)
+        if per_min is None:
+            return
+        wait = await self.store.take(f"{principal.key_id}:{kind}", per_min, amount)
+        if wait > 0:
+            metrics.RATE_LIMITED.labels(principal.key_id, kind).inc()
+            raise _tag(RateLimited(f"API key {principal.key_id} exceeded its limit of {per_min} {kind}/min",
+                                   f"retry after {wait:.1f} s, or ask an admin for a higher limit",
+                                   retry_after=wait), f"rate_limited_{kind}")
+
+    async def charge(self, principal: Any, tokens: int) -> None:
+        per_min = self._per_min(principal, "tokens")
+        if per_min is not None and tokens > 0:
+            await self.store.charge(f"{principal.key_id}:tokens", per_min, tokens)
+
+    def inspect_prompts(self, adapter: str, texts: list[str]) -> list[str]:
+        if not self.security.detect_prompt_injection:
+            return []
+        found = sorted({marker for text in texts for marker in injection_markers(text)})
+        if found:
+            metrics.PROMPT_INJECTION.labels(metrics.adapter_label(adapter)).inc()
+        return found

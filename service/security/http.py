@@ -1,0 +1,138 @@
+"""The REST transport's side of security: the auth dependency, the request middleware (body
+size incl. chunked bodies, JSON depth, audit line, token charge) and the stream tally.
+
+    guard = SecurityGuard.from_settings(settings, auth)
+    Depends(auth_dependency(guard, "infer"))                        # per route
+    response = await secure_request(guard, max_body, request, call_next)   # in the http middleware
+    chunks = tally_stream(guard, request, chunks)                   # around SSE chunks
+
+Every request gets exactly one audit line: written by the middleware, or, for a streamed reply,
+when the stream ends (tokens are known then).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+from fastapi import Header, Request
+from starlette.responses import Response
+
+from training.artifact.errors import PermissionDenied
+
+from service.errors import describe
+from service.http.errors import body_too_large
+from service.security import metrics
+from service.security.limits import check_json_depth
+
+ADMIN_PREFIX = "/v1/admin"
+CLIENT_CLOSED = 499
+
+
+def auth_dependency(guard, scope: str) -> Callable[..., Awaitable[Any]]:
+    from service.auth import bearer_token
+
+    async def dependency(request: Request, authorization: str | None = Header(None),
+                         x_api_key: str | None = Header(None)):
+        principal = await guard.admit(bearer_token(authorization, x_api_key), client_of(request), "http", scope)
+        request.state.principal = principal
+        return principal
+
+    return dependency
+
+
+def prompt_texts(body: Any) -> list[str]:
+    """The user-controlled texts of a completion or chat request (for injection heuristics)."""
+    if hasattr(body, "messages"):
+        return [m.text() for m in body.messages]
+    return body.prompts()
+
+
+def client_of(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def read_limited(request: Request, max_body: int) -> bytes:
+    """The body, refused with 413 as soon as it passes `max_body` (chunked bodies included)."""
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > max_body:
+        raise body_too_large(max_body, int(length))
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_body:
+            raise body_too_large(max_body, size)
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    request._body = raw  # downstream (FastAPI's body parsing) reads the cached body
+    return raw
+
+
+async def secure_request(guard, max_body: int, request: Request,
+                         call_next: Callable[[Request], Awaitable[Response]],
+                         render_error: Callable[[BaseException], Response]) -> Response:
+    request.state.started = time.perf_counter()
+    try:
+        if request.method in ("POST", "PUT", "PATCH"):
+            check_json_depth(await read_limited(request, max_body), guard.security.max_json_depth)
+        response = await call_next(request)
+    except Exception as exc:  # noqa: BLE001 - rendered by the error table, like the app's handlers
+        request.state.error = exc
+        response = render_error(exc)
+    error = getattr(request.state, "error", None)
+    if isinstance(error, PermissionDenied) and not hasattr(error, "audit_reason"):
+        error.audit_reason = "forbidden"  # adapter checks in the core: count like the guard does
+        metrics.AUTH_FAILURES.labels("forbidden", "http").inc()
+    if not getattr(request.state, "streaming", False):
+        await finish(guard, request, response.status_code)
+    return response
+
+
+async def finish(guard, request: Request, status: int) -> None:
+    """Charge the tokens used and write the request's one audit line."""
+    principal = getattr(request.state, "principal", None)
+    usage = getattr(request.state, "usage", None)
+    prompt = getattr(usage, "prompt_tokens", None)
+    completion = getattr(usage, "completion_tokens", None)
+    if principal is not None and usage is not None:
+        await guard.charge(principal, (prompt or 0) + (completion or 0))
+    route = request.scope.get("route")
+    path = getattr(route, "path", request.url.path)
+    error = getattr(request.state, "error", None)
+    guard.audit.record(transport="http", route=path, method=request.method,
+                       key_id=getattr(principal, "key_id", None), adapter=getattr(request.state, "model", None),
+                       status=status, prompt_tokens=prompt, completion_tokens=completion,
+                       latency_s=time.perf_counter() - request.state.started, client=client_of(request),
+                       admin=path.startswith(ADMIN_PREFIX), reason=getattr(error, "audit_reason", None))
+
+
+class StreamUsage:
+    def __init__(self) -> None:
+        self.prompt_tokens: int | None = None
+        self.completion_tokens = 0
+
+
+async def tally_stream(guard, request: Request, chunks: AsyncIterator[dict]) -> AsyncIterator[dict]:
+    """Pass chunks through; count completion tokens (usage chunk when asked for, else one per
+    text event); at the end, charge and audit the request."""
+    request.state.streaming = True
+    usage = request.state.usage = StreamUsage()
+    status = 200
+    try:
+        async for chunk in chunks:
+            reported = chunk.get("usage")
+            if reported:
+                usage.prompt_tokens = reported.get("prompt_tokens")
+                usage.completion_tokens = reported.get("completion_tokens", usage.completion_tokens)
+            elif any(c.get("text") or (c.get("delta") or {}).get("content") for c in chunk.get("choices", ())):
+                usage.completion_tokens += 1
+            yield chunk
+    except Exception as exc:
+        request.state.error = exc
+        status = describe(exc).http_status
+        raise
+    except BaseException:  # cancelled, or the client went away (GeneratorExit)
+        status = CLIENT_CLOSED
+        raise
+    finally:
+        await finish(guard, request, status)

@@ -1,0 +1,126 @@
+"""Helpers and fixtures for service tests (importable by other areas' tests).
+
+    from tests.service_fixtures import make_adapter, make_classifier
+    make_adapter(base_dir, tmp_path / "a1", name="a1", seed=1)     # LoRA adapter artifact on the base
+
+Pytest fixtures (import them into a test module, e.g. `from tests.service_fixtures import
+served_app  # noqa: F401`): `service_artifacts` (adapters a1, a2, a3 + a classifier in one
+artifacts dir), `serve_keys` (a keys file with infer and admin keys) and `served_app` (the
+real Ray Serve app on a free port, started once per session; integration only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from training.artifact import ArtifactWriter, fingerprint_model_dir
+
+LORA_TARGETS = ["q_proj", "v_proj"]
+
+
+def make_adapter(base_dir: Path, dest: Path, name: str, seed: int = 0, version: str = "1", r: int = 8,
+                 task: str = "causal-lm") -> Path:
+    """A LoRA adapter artifact with random (non-zero) weights on the base at `base_dir`."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir))
+    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=LORA_TARGETS, init_lora_weights=False)
+    model = get_peft_model(base, config)
+    with torch.no_grad():  # strong enough to change greedy outputs of the tiny base
+        for param_name, param in model.named_parameters():
+            if "lora_" in param_name:
+                param.mul_(4.0)
+    manifest = {"name": name, "kind": "adapter", "task": task, "method": "lora", "version": version,
+                "base": {"id": "tiny-llama", "sha256": fingerprint_model_dir(base_dir)}}
+    with ArtifactWriter(dest, manifest, overwrite=True) as writer:
+        model.save_pretrained(str(writer.path), safe_serialization=True)
+        for extra in ("README.md",):
+            (writer.path / extra).unlink(missing_ok=True)
+    return dest
+
+
+def make_classifier(base_dir: Path, dest: Path, name: str, labels: list[str], seed: int = 0) -> Path:
+    """A full-model classification artifact (sequence classification head on the tiny base)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(base_dir), num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)})
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    manifest = {"name": name, "kind": "full-model", "task": "classification", "labels": labels,
+                "base": {"id": "tiny-llama", "sha256": fingerprint_model_dir(base_dir)}}
+    with ArtifactWriter(dest, manifest, overwrite=True) as writer:
+        model.save_pretrained(str(writer.path), safe_serialization=True)
+        tokenizer.save_pretrained(str(writer.path))
+    return dest
+
+
+import pytest  # noqa: E402
+
+ADAPTERS = ("a1", "a2", "a3")
+
+
+@pytest.fixture(scope="session")
+def service_artifacts(tiny_base_dir, tmp_path_factory) -> Path:
+    """An artifacts dir with LoRA adapters a1..a3 and a classifier `clf` (labels neg/pos)."""
+    root = tmp_path_factory.mktemp("serve-artifacts")
+    for i, name in enumerate(ADAPTERS):
+        make_adapter(tiny_base_dir, root / name, name, seed=i + 1)
+    make_classifier(tiny_base_dir, root / "clf", "clf", ["neg", "pos"])
+    return root
+
+
+@pytest.fixture(scope="session")
+def serve_keys(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """A keys file with an infer key, an admin key and a key limited to adapter a1."""
+    from service.keys import add_key, create_key
+
+    path = tmp_path_factory.mktemp("serve-keys") / "keys.json"
+    keys = {}
+    for label, scopes, adapters in [("infer", ["infer"], ["*"]), ("admin", ["infer", "admin"], ["*"]),
+                                    ("only-a1", ["infer"], ["a1"])]:
+        plain, record = create_key(label, scopes, adapters)
+        add_key(path, record)
+        keys[label] = plain
+    return path, keys
+
+
+def service_args(base_dir: Path, artifacts: Path, keys_file: Path, **extra) -> dict:
+    """Application args for tests: small limits, auth from the keys file only."""
+    return {"base_model": str(base_dir), "artifacts_dir": str(artifacts), "keys_file": str(keys_file),
+            "api_keys_env": None, "max_adapters": 3, **extra}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def served_app(tiny_base_dir, service_artifacts, serve_keys, tmp_path_factory):
+    """The real Ray Serve app (`python -m service.launcher`) on a free port, once per session.
+
+    Yields a dict: url, keys ({label: plain key}), artifacts (dir), log (server log path).
+    Runs in a subprocess so the test process never owns a Ray cluster.
+    """
+    from service.launcher import spawn, terminate
+
+    port, grpc_port = free_port(), free_port()
+    log_path = tmp_path_factory.mktemp("served-app") / "server.log"
+    args = service_args(tiny_base_dir, service_artifacts, serve_keys[0], port=port, grpc_port=grpc_port,
+                        **{"cache.enabled": False})
+    overrides = [f"{k}={'null' if v is None else v}" for k, v in args.items()]
+    proc, url = spawn(overrides, log_path, env={"RAY_TMPDIR": "/tmp/ts-ray-test"})
+    try:
+        yield {"url": url, "grpc": f"127.0.0.1:{grpc_port}", "keys": serve_keys[1], "artifacts": service_artifacts,
+               "log": log_path}
+    finally:
+        terminate(proc)

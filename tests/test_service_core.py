@@ -1,0 +1,220 @@
+"""ServingCore + engine on the tiny base with real LoRA adapters (no Ray): batching, mixed adapters,
+streaming, sampling, stop strings, logprobs, limits, cache, adapter registry (LRU, pin, hot swap)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+
+import pytest
+
+from service.core import ServingCore
+from service.schemas import ChatCompletionRequest, ClassifyRequest, CompletionRequest, LoadAdapterRequest
+from service.settings import load_settings
+from tests.service_fixtures import make_adapter, service_args, service_artifacts, serve_keys  # noqa: F401
+from training.artifact.errors import ArtifactInvalid, Conflict, InvalidRequest, NotFound
+
+PROMPT = "To be, or not to be"
+
+
+@pytest.fixture(scope="module")
+def core(tiny_base_dir, service_artifacts, serve_keys):
+    core = ServingCore(load_settings(service_args(tiny_base_dir, service_artifacts, serve_keys[0])))
+    core.start()
+    yield core
+    core.stop()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def complete(core, model, prompt=PROMPT, **kw):
+    kw.setdefault("temperature", 0)
+    kw.setdefault("max_tokens", 12)
+    return run(core.complete(CompletionRequest(model=model, prompt=prompt, **kw), None))
+
+
+def test_models_lists_base_adapters_and_classifier(core):
+    ids = {m.id: m.kind for m in run(core.list_models(None)).data}
+    assert ids[core.registry.base_name] == "base"
+    assert {ids["a1"], ids["a2"], ids["a3"], ids["clf"]} == {"adapter", "model"}
+
+
+def test_adapters_change_greedy_output_and_usage_counts(core):
+    base = complete(core, core.registry.base_name)
+    a1 = complete(core, "a1")
+    assert base.choices[0].text != a1.choices[0].text
+    usage = a1.usage
+    assert usage.prompt_tokens > 0 and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert a1.choices[0].finish_reason in ("stop", "length")
+
+
+def test_mixed_adapter_batch_equals_single_requests(core):
+    core.engine.cache.clear()
+    names = [core.registry.base_name, "a1", "a2", "a3"]
+    single = {n: complete(core, n, max_tokens=10).choices[0].text for n in names}
+    core.engine.cache.clear()
+
+    async def together():
+        reqs = [CompletionRequest(model=n, prompt=PROMPT, temperature=0, max_tokens=10) for n in names * 2]
+        return await asyncio.gather(*[core.complete(r, None) for r in reqs])
+
+    results = run(together())
+    assert [r.choices[0].text for r in results] == [single[n] for n in names * 2]
+
+
+def test_stream_concatenates_to_the_same_text(core):
+    expected = complete(core, "a2", max_tokens=10).choices[0].text
+
+    async def collect():
+        req = CompletionRequest(model="a2", prompt=PROMPT, temperature=0, max_tokens=10, stream=True,
+                                stream_options={"include_usage": True})
+        return [c async for c in core.stream_complete(req, None)]
+
+    chunks = run(collect())
+    assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == expected
+    assert chunks[-1]["usage"]["completion_tokens"] > 0
+
+
+def test_stop_string_truncates_and_reports_stop(core):
+    full = complete(core, "a1", max_tokens=24).choices[0].text
+    stop = full[5:8]
+    cut = complete(core, "a1", max_tokens=24, stop=[stop]).choices[0]
+    assert cut.text == full[: full.find(stop)] and cut.finish_reason == "stop"
+
+
+def test_max_tokens_reports_length(core):
+    choice = complete(core, core.registry.base_name, max_tokens=3)
+    assert choice.usage.completion_tokens <= 3
+    if choice.usage.completion_tokens == 3:
+        assert choice.choices[0].finish_reason == "length"
+
+
+def test_seeded_sampling_reproducible_and_n_choices(core):
+    a = complete(core, "a1", temperature=0.9, seed=7, n=3, max_tokens=6)
+    core.engine.cache.clear()
+    b = complete(core, "a1", temperature=0.9, seed=7, n=3, max_tokens=6)
+    assert [c.text for c in a.choices] == [c.text for c in b.choices]
+    assert [c.index for c in a.choices] == [0, 1, 2]
+    assert len({c.text for c in a.choices}) > 1
+
+
+def test_logprobs_top_k(core):
+    resp = complete(core, "a1", max_tokens=5, logprobs=3)
+    lp = resp.choices[0].logprobs
+    assert len(lp.token_logprobs) == resp.usage.completion_tokens
+    assert all(v <= 0 for v in lp.token_logprobs) and all(len(t) == 3 for t in lp.top_logprobs)
+    for chosen, top in zip(lp.token_logprobs, lp.top_logprobs):  # greedy: the chosen token is the best
+        assert abs(chosen - max(top.values())) < 1e-5
+
+
+def test_chat_uses_a_template(core):
+    resp = run(core.chat(ChatCompletionRequest(model="a1", messages=[{"role": "user", "content": "hi"}],
+                                               temperature=0, max_tokens=6), None))
+    assert resp.choices[0].message.role == "assistant" and resp.usage.prompt_tokens > 3
+
+
+def test_classify_returns_probabilities(core):
+    resp = run(core.classify(ClassifyRequest(model="clf", input=["good", "bad day"]), None))
+    assert [d.index for d in resp.data] == [0, 1]
+    for item in resp.data:
+        assert {s.label for s in item.scores} == {"neg", "pos"}
+        assert abs(sum(s.score for s in item.scores) - 1) < 1e-5 and item.label == item.scores[0].label
+
+
+@pytest.mark.parametrize("fields,param", [({"max_tokens": 10_000}, "max_tokens"), ({"n": 99}, "n"),
+                                          ({"stop": ["a", "b", "c", "d", "e"]}, "stop"), ({"logprobs": 50}, "logprobs"),
+                                          ({"echo": True}, "echo")])
+def test_limits_are_enforced_with_the_field_named(core, fields, param):
+    with pytest.raises(InvalidRequest) as info:
+        complete(core, "a1", **fields)
+    assert info.value.param == param
+
+
+def test_unknown_model_and_wrong_task(core):
+    with pytest.raises(NotFound):
+        complete(core, "nope")
+    with pytest.raises(InvalidRequest, match="classification"):
+        complete(core, "clf")
+
+
+def test_cache_hits_only_deterministic_requests(core):
+    core.engine.cache.clear()
+    before = dict(core.engine.cache.stats())
+    first = complete(core, "a3", prompt="cache me")
+    second = complete(core, "a3", prompt="cache me")
+    stats = core.engine.cache.stats()
+    assert first.choices[0].text == second.choices[0].text and stats["hits"] == before["hits"] + 1
+    complete(core, "a3", prompt="cache me", temperature=0.8)
+    assert core.engine.cache.stats()["hits"] == stats["hits"]
+
+
+def test_cancelled_stream_leaves_the_batch(core):
+    async def start_and_leave():
+        req = CompletionRequest(model="a1", prompt=PROMPT, temperature=0.7, max_tokens=200, stream=True)
+        agen = core.stream_complete(req, None)
+        async for _ in agen:
+            break
+        await agen.aclose()
+
+    run(start_and_leave())
+    deadline = time.time() + 5
+    while core.engine.scheduler.active_rows and time.time() < deadline:
+        time.sleep(0.02)
+    assert core.engine.scheduler.active_rows == 0
+
+
+def test_adapter_lru_pin_hot_swap_and_corrupt_refusal(core, tiny_base_dir, tmp_path):
+    reg = core.registry
+    run(core.pin_adapter("a1", True))
+    for name in ("a2", "a3", "a1"):
+        complete(core, name, max_tokens=2)  # use order: a2 is least recently used
+    extra = make_adapter(tiny_base_dir, tmp_path / "a4", "a4", seed=9)
+    run(core.load_adapter(LoadAdapterRequest(name="a4", path=str(extra))))
+    assert set(reg.adapters) == {"a1", "a3", "a4"}  # a2 evicted, pinned a1 kept
+    with pytest.raises(Conflict):
+        run(core.unload_adapter("a1"))
+    complete(core, "a2", max_tokens=2)  # known in the catalog: loads on demand, evicting an unpinned one
+    assert "a2" in reg.adapters and "a1" in reg.adapters
+
+    before = complete(core, "a3", max_tokens=12).choices[0].text
+    broken = tmp_path / "a3-broken"
+    shutil.copytree(reg.adapters["a3"].path, broken)
+    with open(broken / "adapter_model.safetensors", "r+b") as handle:
+        handle.seek(-8, 2)
+        handle.write(b"\x00" * 8)
+    with pytest.raises(ArtifactInvalid, match="checksum"):
+        run(core.load_adapter(LoadAdapterRequest(name="a3", path=str(broken))))
+    core.engine.cache.clear()
+    assert complete(core, "a3", max_tokens=12).choices[0].text == before
+
+    v2 = make_adapter(tiny_base_dir, tmp_path / "a3-v2", "a3", seed=42, version="2")
+    info = run(core.load_adapter(LoadAdapterRequest(name="a3", path=str(v2))))
+    assert info.version == "2"
+    assert complete(core, "a3", max_tokens=12).choices[0].text != before  # cache keyed by version
+    run(core.pin_adapter("a1", False))
+    run(core.unload_adapter("a3"))
+    assert "a3" not in reg.adapters and len(reg.adapters) <= 3
+
+
+def test_batched_multi_lora_matches_peft_mixed_batch(core):
+    import torch
+
+    target = core.registry.base
+    assert target.multilora is not None
+    slots = [core.registry.acquire(n) for n in ("a1", "a2")]
+    try:
+        names = [slots[0].slot, None, slots[1].slot, slots[0].slot]
+        assert all(s in target.multilora.slots for s in names if s)
+        ids = torch.randint(3, 200, (4, 7))
+        with core.registry.model_lock, torch.inference_mode():
+            ours = target.forward(names, batched_lora=True, input_ids=ids).logits
+            peft = target.forward(names, batched_lora=False, input_ids=ids).logits
+            bare = target.forward([None] * 4, batched_lora=True, input_ids=ids).logits
+    finally:
+        for lease in slots:
+            lease.release()
+    assert torch.allclose(ours, peft, atol=1e-4)
+    assert not torch.allclose(ours[0], bare[0], atol=1e-3) and torch.allclose(ours[1], bare[1], atol=1e-5)

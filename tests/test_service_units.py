@@ -1,0 +1,166 @@
+"""Unit tests of the service's small parts: error table, keys/auth, response cache, stop-string tracking."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from service.auth import Authenticator
+from service.engine.cache import ResponseCache
+from service.engine.text import TextTracker
+from service.engine.types import SamplingParams
+from service.errors import ERROR_TABLE, describe, from_wire, http_error, openai_error_body, to_wire
+from service.keys import add_key, create_key, read_keys, write_keys
+from training.artifact.errors import (
+    ArtifactInvalid, BaseModelMismatch, Conflict, InvalidRequest, NotFound, PayloadTooLarge, PermissionDenied,
+    RateLimited, TuneserveError, Unauthenticated, Unavailable,
+)
+
+
+@pytest.mark.parametrize("cls,status,code", [
+    (InvalidRequest, 400, "INVALID_ARGUMENT"), (PayloadTooLarge, 413, "INVALID_ARGUMENT"),
+    (Unauthenticated, 401, "UNAUTHENTICATED"), (PermissionDenied, 403, "PERMISSION_DENIED"),
+    (NotFound, 404, "NOT_FOUND"), (Conflict, 409, "FAILED_PRECONDITION"), (RateLimited, 429, "RESOURCE_EXHAUSTED"),
+    (Unavailable, 503, "UNAVAILABLE"), (ArtifactInvalid, 422, "FAILED_PRECONDITION"),
+    (BaseModelMismatch, 422, "FAILED_PRECONDITION"),
+])
+def test_error_table_maps_each_class(cls, status, code):
+    spec = describe(cls("m", "h"))
+    assert (spec.http_status, spec.grpc_code) == (status, code)
+    assert cls in ERROR_TABLE
+
+
+def test_unknown_error_is_generic_500_without_details():
+    status, body, _ = http_error(RuntimeError("secret path /etc/x"))
+    assert status == 500
+    assert body["error"]["type"] == "internal_error" and "secret" not in body["error"]["message"]
+
+
+def test_error_body_and_wire_roundtrip_keep_message_hint_and_retry():
+    exc = RateLimited("too many", "slow down", retry_after=7)
+    body = openai_error_body(exc)["error"]
+    assert body["message"] == "too many (slow down)" and body["code"] == "RateLimited"
+    back = from_wire(to_wire(exc))
+    assert isinstance(back, RateLimited) and back.hint == "slow down" and back.retry_after == 7
+    assert http_error(exc)[2]["Retry-After"] == "7"
+
+
+def _auth(tmp_path, records, env=()):
+    path = tmp_path / "keys.json"
+    write_keys(path, records)
+    return Authenticator(keys_file=path, env_keys=list(env))
+
+
+def test_keys_file_authenticates_hashed_keys_and_never_stores_plain(tmp_path):
+    plain, record = create_key("alice", ["infer"], ["support-*"])
+    scrypt_plain, scrypt_record = create_key("bob", ["admin"], algorithm="scrypt")
+    auth = _auth(tmp_path, [record, scrypt_record])
+    assert plain not in (tmp_path / "keys.json").read_text()
+    principal = auth.authenticate(plain)
+    assert principal.owner == "alice"
+    auth.authorize(principal, "infer", "support-v2")
+    with pytest.raises(PermissionDenied):
+        auth.authorize(principal, "infer", "other")
+    with pytest.raises(PermissionDenied):
+        auth.authorize(principal, "admin")
+    assert auth.authenticate(scrypt_plain).scopes == ("admin",)
+    for bad in (None, "", plain[:-1] + ("x" if plain[-1] != "x" else "y"), "tsk_nope_x", "random"):
+        with pytest.raises(Unauthenticated):
+            auth.authenticate(bad)
+
+
+def test_revoked_and_expired_keys_are_refused_after_file_change(tmp_path):
+    plain, record = create_key("carol")
+    auth = _auth(tmp_path, [record])
+    assert auth.authenticate(plain).owner == "carol"
+    import os
+    import time
+
+    write_keys(tmp_path / "keys.json", [record.model_copy(update={"revoked": True})])
+    os.utime(tmp_path / "keys.json", (time.time() + 5, time.time() + 5))
+    with pytest.raises(Unauthenticated, match="revoked"):
+        auth.authenticate(plain)
+    expired = record.model_copy(update={"expires_at": datetime.now(timezone.utc) - timedelta(seconds=1)})
+    with pytest.raises(Unauthenticated, match="expired"):
+        _auth(tmp_path, [expired]).authenticate(plain)
+
+
+def test_env_keys_and_add_key(tmp_path):
+    auth = _auth(tmp_path, [], env=["k-one", "k-two"])
+    assert auth.authenticate("k-two").key_id == "env-1"
+    _, record = create_key("dave")
+    add_key(tmp_path / "keys.json", record)
+    assert [r.owner for r in read_keys(tmp_path / "keys.json")] == ["dave"]
+
+
+def test_response_cache_ttl_size_and_counts():
+    now = [0.0]
+    cache = ResponseCache(size=2, ttl_s=10, clock=lambda: now[0])
+    params = SamplingParams(temperature=0)
+    keys = [cache.key("m", "v", [i], params) for i in range(3)]
+    assert cache.key("m", "v2", [0], params) != keys[0]
+    for i, key in enumerate(keys):
+        cache.put(key, i)
+    assert cache.get(keys[0]) is None  # evicted by size
+    assert cache.get(keys[2]) == 2
+    now[0] = 11
+    assert cache.get(keys[2]) is None  # expired
+    assert cache.stats() == {"entries": 1, "hits": 1, "misses": 2}
+
+
+class CharTokenizer:
+    """One token per character: enough to test incremental detokenization."""
+
+    def decode(self, ids, **_):
+        return "".join(chr(i) for i in ids)
+
+
+def test_text_tracker_holds_back_possible_stop_prefix():
+    tracker = TextTracker(CharTokenizer(), stop=("END",))
+    out = [tracker.push(ord(c)) for c in "abEN"]
+    assert "".join(t for t, _ in out) == "ab"  # "EN" could start "END"
+    text, stopped = tracker.push(ord("D"))
+    assert (text, stopped, tracker.text) == ("", True, "ab")
+    tracker = TextTracker(CharTokenizer(), stop=("END",))
+    emitted = "".join(tracker.push(ord(c))[0] for c in "xENy") + tracker.flush()
+    assert emitted == "xENy"
+
+
+def test_sampling_params_determinism_flag():
+    assert SamplingParams(temperature=0).deterministic and SamplingParams(temperature=1, seed=3).deterministic
+    assert not SamplingParams(temperature=0.7).deterministic
+    assert issubclass(PayloadTooLarge, TuneserveError)
+
+
+def test_packaged_serve_config_validates_with_overrides(tmp_path, monkeypatch):
+    from ray.serve.schema import ServeDeploySchema
+
+    from service.launcher import _check_cpus, build_config
+    from training.artifact.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    config, settings = build_config(None, ["artifacts_dir=arts", "port=8011", "batching.max_batch_size=4"])
+    schema = ServeDeploySchema.model_validate(config)
+    app = schema.applications[0]
+    assert app.import_path == "service.app:app_builder" and schema.http_options.port == 8011
+    assert app.args["artifacts_dir"] == str(tmp_path / "arts") and app.args["batching"]["max_batch_size"] == 4
+    assert settings.port == 8011
+    _check_cpus(config, 2)
+    with pytest.raises(ConfigError, match="CPUs"):
+        _check_cpus(config, 1)
+    with pytest.raises(ConfigError, match="max_adapters"):
+        build_config(None, ["max_adapters=0"])
+    with pytest.raises(ConfigError, match="unknown key"):
+        build_config(None, ["bogus=1"])
+
+
+def test_serve_command_creates_an_admin_key_once(tmp_path, monkeypatch):
+    from tuneserve.commands.serve import ensure_key
+
+    monkeypatch.setenv("TUNESERVE_CACHE", str(tmp_path))
+    overrides, plain, path = ensure_key(["port=1"], new_key=False)
+    assert plain and overrides[-1] == f"keys_file={tmp_path / 'keys.json'}"
+    assert Authenticator(keys_file=tmp_path / "keys.json").authenticate(plain).scopes == ("infer", "admin", "metrics")
+    assert ensure_key([], new_key=False)[1] is None  # a key exists: nothing new is printed
+    assert ensure_key([], new_key=True)[1] not in (None, plain)
