@@ -1,0 +1,109 @@
+"""Benchmark: LoRA vs full fine-tuning of all-MiniLM-L6-v2 on Banking77 intent classification.
+
+Runs `training.train.compare` (the code behind `tuneserve compare`) on the real Banking77
+data in `../shared/data/banking77` (train.csv with 10% held out for validation, test.csv
+for the test accuracy) and checks goals Q1 (LoRA test accuracy >= 0.90 within 15 minutes
+on 2 cores) and Q2 (LoRA within 2 accuracy points of full fine-tuning, measured in the same run).
+
+    python benchmarks/banking77_compare.py [--epochs 3] [--threads 2]
+Writes benchmarks/results/banking77_compare.{json,md} (+ comparison.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DATA = ROOT.parent / "shared" / "data" / "banking77"
+
+
+def versions() -> dict[str, str]:
+    import peft
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__}
+
+
+def machine(threads: int, note: str) -> dict[str, object]:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": threads,
+            "processor": platform.processor() or platform.machine(), "load_average_at_start": load,
+            "note": note}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lora-lr", type=float, default=2e-3)
+    parser.add_argument("--full-lr", type=float, default=1e-4)
+    parser.add_argument("--keep-artifacts", action="store_true")
+    parser.add_argument("--data", default=str(DATA), help="folder with Banking77 train.csv / test.csv")
+    parser.add_argument("--note", default="CPU shared with other engineers' test runs during the benchmark")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from training.config import load_config
+    from training.train.compare import CompareConfig, compare
+
+    work = Path(tempfile.mkdtemp(prefix="banking77-"))
+    shared = [f"data.path={args.data}", "data.label_field=category", "data.max_length=64", "data.validation_fraction=0.1",
+              "base=all-minilm-l6-v2", "task=classification", f"epochs={args.epochs}", f"batch_size={args.batch_size}",
+              f"threads={args.threads}", "optim.scheduler=linear", "optim.warmup_ratio=0.06", "profile.embed=true",
+              "eval_batches=20", "output=unused"]
+    from training.train.config import TrainConfig
+
+    train_cfg = load_config(TrainConfig, None, shared)
+    cfg = CompareConfig(methods=["lora", "full"], train=train_cfg, output=str(work),
+                        overrides={"lora": {"optim": {"lr": args.lora_lr},
+                                            "lora": {"r": 16, "alpha": 32, "dropout": 0.1,
+                                                     "target_modules": ["query", "key", "value", "dense"]}},
+                                   "full": {"optim": {"lr": args.full_lr, "weight_decay": 0.01}}})
+    started = time.time()
+    result = compare(cfg)
+    rows = {r["method"]: r for r in result["results"]}
+    lora, full = rows["lora"], rows["full"]
+    lora_acc, full_acc = lora["metrics"]["test_accuracy"], full["metrics"]["test_accuracy"]
+    gap = (full_acc - lora_acc) * 100
+    goals = [
+        {"id": "Q1", "measure": "LoRA test accuracy (train time s)", "value": round(lora_acc, 4),
+         "train_seconds": lora["train_seconds"], "goal": ">= 0.90 within 900 s on 2 cores",
+         "met": lora_acc >= 0.90 and lora["train_seconds"] <= 900},
+        {"id": "Q2", "measure": "full minus LoRA test accuracy (points)", "value": round(gap, 2), "goal": "<= 2.0",
+         "met": gap <= 2.0},
+    ]
+    shutil.copy(result["plot"], RESULTS / "banking77_compare.png")
+    report = {"benchmark": "banking77_compare", "goals": goals, "results": result["results"],
+              "baseline": "full fine-tuning of the same model on the same data in the same run",
+              "machine": machine(args.threads, args.note), "versions": versions(),
+              "command": "python benchmarks/banking77_compare.py " + " ".join(sys.argv[1:]),
+              "total_seconds": round(time.time() - started, 1)}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "banking77_compare.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    table = Path(result["markdown"]).read_text(encoding="utf-8")
+    lines = ["# Banking77: LoRA vs full fine-tuning (all-MiniLM-L6-v2)", "",
+             f"Command: `{report['command']}`  ", f"Machine: {report['machine']}  ", f"Versions: {report['versions']}", "",
+             table, "| goal | measure | value | target | met |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {g['id']} | {g['measure']} | {g['value']} | {g['goal']} | {g['met']} |" for g in goals]
+    lines += ["", "![comparison](banking77_compare.png)", ""]
+    (RESULTS / "banking77_compare.md").write_text("\n".join(lines), encoding="utf-8")
+    print("\n".join(lines))
+    if not args.keep_artifacts:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

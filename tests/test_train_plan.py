@@ -1,0 +1,73 @@
+"""`tuneserve plan`: estimates follow the documented formulas on known sizes; recommendations make sense."""
+
+from __future__ import annotations
+
+import pytest
+
+from training.errors import ConfigError
+from training.train.plan import GB, PlanRequest, parse_size, plan, shape_from_size
+
+
+def _by_method(result):
+    return {c["method"]: c for c in result["candidates"]}
+
+
+def test_parse_sizes():
+    assert parse_size("7b") == 7_000_000_000 and parse_size("350M") == 350_000_000
+    assert parse_size("1.3e9") == 1_300_000_000 and parse_size("tiny-llama") is None
+
+
+def test_llama_like_shape_for_7b():
+    shape = shape_from_size(7_000_000_000, None)
+    assert 4000 <= shape.hidden <= 4400 and 30 <= shape.layers <= 35
+
+
+def test_1b_on_gpu_matches_formulas():
+    result = plan(PlanRequest(model="1b", gpu_memory_gb=80, batch_size=1, seq_len=256, task="classification"))
+    c = _by_method(result)
+    p = 1_000_000_000
+    assert c["full"]["weights"] == p * 2 + p * 4  # bf16 weights + fp32 master copy
+    assert c["full"]["gradients"] == p * 4 and c["full"]["optimizer"] == p * 8
+    assert c["qlora"]["weights"] < c["lora"]["weights"] / 3
+    assert c["lora"]["trainable"] == 8 * 2 * result["model"]["hidden"] * 2 * result["model"]["layers"]
+    assert c["lora"]["activations"] == c["full"]["activations"] == c["prompt"]["activations"]
+    assert result["recommendation"] == "lora"  # 1000 rows: full fits but is not worth it
+
+
+def test_7b_on_24gb_gpu_recommends_lora_and_on_12gb_qlora():
+    big = plan(PlanRequest(model="7b", gpu_memory_gb=24, batch_size=1, seq_len=512))
+    assert not _by_method(big)["full"]["fits"] and _by_method(big)["lora"]["fits"]
+    assert big["recommendation"] == "lora"
+    small = plan(PlanRequest(model="7b", gpu_memory_gb=12, batch_size=1, seq_len=512))
+    assert not _by_method(small)["lora"]["fits"] and small["recommendation"] == "qlora"
+    assert "4-bit" in small["reason"]
+
+
+def test_full_recommended_for_small_model_and_large_data_on_cpu():
+    result = plan(PlanRequest(model="125m", cpu_memory_gb=24, rows=200_000, batch_size=8, seq_len=256))
+    assert result["device"] == "CPU" and result["recommendation"] == "full"
+    assert _by_method(result)["full"]["weights"] == 125_000_000 * 4  # fp32 on CPU, no master copy
+
+
+def test_nothing_fits_says_what_to_do():
+    result = plan(PlanRequest(model="70b", gpu_memory_gb=8))
+    assert result["recommendation"] is None and "batch_size" in result["reason"]
+
+
+def test_model_dir_is_sized_from_safetensors(tiny_base_dir):
+    import json
+
+    import safetensors.torch
+
+    result = plan(PlanRequest(model=str(tiny_base_dir), cpu_memory_gb=4))
+    tensors = safetensors.torch.load_file(str(next(tiny_base_dir.glob("*.safetensors"))))
+    assert result["model"]["params"] == sum(t.numel() for t in tensors.values())
+    assert result["model"]["hidden"] == json.loads((tiny_base_dir / "config.json").read_text())["hidden_size"]
+    assert result["recommendation"] is not None and result["budget_bytes"] == 4 * GB
+
+
+def test_plan_needs_memory_and_a_known_model():
+    with pytest.raises(Exception):
+        PlanRequest(model="7b")
+    with pytest.raises(ConfigError, match="cannot size"):
+        plan(PlanRequest(model="/no/such/model", cpu_memory_gb=1))

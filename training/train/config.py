@@ -1,0 +1,137 @@
+"""The typed configuration of one training run (`tuneserve train [CONFIG.yaml] [key=value ...]`).
+
+Every knob of a run lives here with its default; YAML files in `training/configs/` and
+`key=value` overrides fill it (see `training.config.load_config`). Method-specific options
+live in the sub-config of the same name (`lora.r=16`, `prompt.num_virtual_tokens=20`);
+which one is used is chosen by the single `method:` key (see `training.train.methods`).
+
+    cfg = load_config(TrainConfig, "training/configs/lora-tiny.yaml", ["optim.lr=1e-3"])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from training.config import StrictModel
+
+ENV_PREFIX = "TUNESERVE_TRAIN__"
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class DataConfig(StrictModel):
+    """Where the rows come from: a prepared dataset dir, or a raw JSON/JSONL/CSV file."""
+
+    path: str = "../shared/data/alpaca_en_demo/alpaca_en_demo.json"
+    validation_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="held out of a raw file (prepared dirs have splits)")
+    max_rows: int | None = Field(None, gt=0, description="use only the first N training rows")
+    max_length: int = Field(256, gt=8, description="tokens per example; longer ones are truncated")
+    text_field: str | None = Field(None, description="classification text column (default: text)")
+    label_field: str | None = Field(None, description="classification label column (default: label/category/intent)")
+
+
+class LoraOptions(StrictModel):
+    r: int = Field(8, gt=0)
+    alpha: int = Field(16, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = Field(None, description="linear module names; default: the attention projections")
+
+
+class QloraOptions(StrictModel):
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    blocksize: int = Field(64, gt=0, description="4-bit quantization block; linear weights must be a multiple of it")
+
+
+class VirtualTokenOptions(StrictModel):
+    num_virtual_tokens: int = Field(16, gt=0)
+    encoder_hidden_size: int = Field(64, gt=0, description="p-tuning prompt encoder width")
+    init_text: str | None = Field(None, description="prompt tuning: initialise virtual tokens from this text")
+
+
+class Ia3Options(StrictModel):
+    target_modules: list[str] | None = None
+    feedforward_modules: list[str] | None = None
+
+
+class OptimConfig(StrictModel):
+    lr: float = Field(2e-4, description="peak learning rate")
+    scheduler: Literal["constant", "linear", "cosine"] = "linear"
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    warmup_steps: int | None = Field(None, ge=0, description="overrides warmup_ratio")
+    weight_decay: float = Field(0.0, ge=0.0)
+    l1: float = Field(0.0, ge=0.0, description="L1 penalty on trainable weights (sum |w| times this)")
+    grad_clip: float | None = Field(1.0, description="max grad norm; null disables clipping")
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_lr(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError(f"learning rate must be > 0 (try 2e-4 for LoRA, 2e-5 for full fine-tuning), got {value}")
+        return value
+
+
+class EarlyStopping(StrictModel):
+    enabled: bool = False
+    metric: str = Field("val_loss", description="val_loss, or val_accuracy for classification")
+    patience: int = Field(3, gt=0, description="evaluations without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0.0)
+    restore_best: bool = True
+
+
+class ProfileOptions(StrictModel):
+    enabled: bool = True
+    embed: bool = Field(True, description="store a MiniLM embedding sample for drift (costs a few seconds)")
+    sample: int = Field(256, gt=0)
+
+
+class TrainConfig(StrictModel):
+    """One training run: base, task, data, method, optimisation, outputs."""
+
+    base: str = "tiny-llama"
+    task: Literal["causal-lm", "classification"] = "causal-lm"
+    method: str = "lora"
+    output: str = "artifacts/adapter"
+    name: str | None = Field(None, description="artifact name (default: output directory name)")
+    overwrite: bool = False
+    data: DataConfig = Field(default_factory=DataConfig)
+    lora: LoraOptions = Field(default_factory=LoraOptions)
+    qlora: QloraOptions = Field(default_factory=QloraOptions)
+    prompt: VirtualTokenOptions = Field(default_factory=VirtualTokenOptions)
+    ia3: Ia3Options = Field(default_factory=Ia3Options)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
+    batch_size: int = Field(8, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    dropout: float | None = Field(None, ge=0.0, lt=1.0, description="override the model's own dropout probabilities")
+    seed: int = 42
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, gt=0, description="torch CPU threads")
+    eval_every: int | None = Field(None, gt=0, description="validate every N steps (default: at the end only)")
+    eval_batches: int | None = Field(None, gt=0, description="limit validation to N batches")
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    checkpoint_every: int | None = Field(None, gt=0, description="write a resumable checkpoint every N steps")
+    checkpoint_dir: str | None = Field(None, description="default: <output>.checkpoints")
+    keep_checkpoints: int = Field(2, gt=0)
+    resume: bool = False
+    evaluate_test: bool = Field(True, description="report test_* metrics when the data has a test split")
+    merge: bool = Field(False, description="also write a merged full model (LoRA-family methods)")
+    profile: ProfileOptions = Field(default_factory=ProfileOptions)
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_eval(self) -> TrainConfig:
+        if self.early_stopping.enabled and self.eval_every is None:
+            raise ValueError("early_stopping.enabled needs eval_every (validate every N steps)")
+        return self
+
+    def checkpoint_path(self) -> Path:
+        return Path(self.checkpoint_dir) if self.checkpoint_dir else Path(f"{self.output}.checkpoints")
+
+    def artifact_name(self) -> str:
+        return self.name or Path(self.output).name

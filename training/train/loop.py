@@ -1,0 +1,218 @@
+"""The training loop: schedule, accumulation, clipping, L1, class weights, eval, early stop, checkpoints.
+
+`TrainLoop.run()` performs optimizer steps on pre-tokenized examples. The data order is a
+function of (seed, epoch), so a checkpoint only needs the step number to know the data
+position; together with the saved optimizer and RNG state, `--resume` continues exactly
+where a killed run stopped. Evaluation reports `val_loss` (and `val_accuracy` for
+classification); early stopping watches one of them.
+
+    loop = TrainLoop(cfg, model, train_examples, val_examples, collate, task="causal-lm")
+    result = loop.run(resume_from=latest_checkpoint(cfg.checkpoint_path()))
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from training.errors import ConfigError
+from training.train.checkpoint import (
+    restore_checkpoint,
+    save_checkpoint,
+    trainable_state,
+)
+from training.train.config import TrainConfig
+
+# Test/debug throttle: seconds to sleep after each optimizer step (lets tests kill a run mid-way).
+STEP_DELAY_ENV = "TUNESERVE_TRAIN_STEP_DELAY_S"
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    stopped_early: bool = False
+    samples: int = 0
+    train_seconds: float = 0.0
+    resumed_from: int | None = None
+
+
+def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return max(0.0, 1.0 - progress)
+
+
+def lower_is_better(metric: str) -> bool:
+    return "loss" in metric
+
+
+class TrainLoop:
+    def __init__(self, cfg: TrainConfig, model: Any, train: list[dict], validation: list[dict],
+                 collate: Callable[[list[dict]], dict], task: str, device: Any,
+                 class_weights: list[float] | None = None, identity: dict[str, Any] | None = None) -> None:
+        import torch
+
+        self.cfg, self.model, self.train, self.validation = cfg, model, train, validation
+        self.collate, self.task, self.device = collate, task, device
+        self.identity = identity or {}
+        self.class_weights = torch.tensor(class_weights, dtype=torch.float32, device=device) if class_weights else None
+        self.batches_per_epoch = math.ceil(len(train) / cfg.batch_size)
+        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.batches_per_epoch / cfg.grad_accum))
+        warm = cfg.optim.warmup_steps if cfg.optim.warmup_steps is not None else int(cfg.optim.warmup_ratio * self.total_steps)
+        self.warmup = min(warm, self.total_steps)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ConfigError("the model has no trainable parameters", "check the method and its target modules")
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.optim.lr, betas=cfg.optim.betas,
+                                           weight_decay=cfg.optim.weight_decay)
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self._precision())
+        self._orders: dict[int, list[int]] = {}
+
+    def _precision(self) -> str:
+        if self.cfg.precision != "auto":
+            return self.cfg.precision
+        return "bf16" if self.device.type == "cuda" else "fp32"
+
+    def _order(self, epoch: int) -> list[int]:
+        import torch
+
+        if epoch not in self._orders:
+            gen = torch.Generator().manual_seed(self.cfg.seed + epoch)
+            self._orders = {epoch: torch.randperm(len(self.train), generator=gen).tolist()}
+        return self._orders[epoch]
+
+    def micro_batch(self, index: int) -> list[dict]:
+        epoch, pos = divmod(index, self.batches_per_epoch)
+        order = self._order(epoch)
+        return [self.train[i] for i in order[pos * self.cfg.batch_size:(pos + 1) * self.cfg.batch_size]]
+
+    def _forward_loss(self, batch: dict[str, Any]):
+        import torch
+
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            if self.task == "classification":
+                labels = batch.pop("labels")
+                logits = self.model(**batch).logits.float()
+                return torch.nn.functional.cross_entropy(logits, labels, weight=self.class_weights), logits, labels
+            return self.model(**batch).loss.float(), None, None
+
+    def evaluate(self, limit: bool = True) -> dict[str, float]:
+        import torch
+
+        if not self.validation:
+            return {}
+        self.model.eval()
+        size = self.cfg.batch_size * 2
+        chunks = [self.validation[i:i + size] for i in range(0, len(self.validation), size)]
+        chunks = chunks[: self.cfg.eval_batches] if self.cfg.eval_batches and limit else chunks
+        total, weight, correct, seen = 0.0, 0, 0, 0
+        with torch.no_grad():
+            for chunk in chunks:
+                loss, logits, labels = self._forward_loss(self.collate(chunk))
+                total += float(loss) * len(chunk)
+                weight += len(chunk)
+                if logits is not None:
+                    correct += int((logits.argmax(-1) == labels).sum())
+                    seen += len(chunk)
+        self.model.train()
+        metrics = {"val_loss": total / max(1, weight)}
+        if seen:
+            metrics["val_accuracy"] = correct / seen
+        return metrics
+
+    def _penalty(self):
+        return self.cfg.optim.l1 * sum(p.abs().sum() for p in self.params)
+
+    def _step(self, step: int) -> float:
+        import torch
+
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.optim.lr * lr_factor(step, self.total_steps, self.warmup, self.cfg.optim.scheduler)
+        accumulated = 0.0
+        for k in range(self.cfg.grad_accum):
+            loss, _, _ = self._forward_loss(self.collate(self.micro_batch(step * self.cfg.grad_accum + k)))
+            if self.cfg.optim.l1:
+                loss = loss + self._penalty()
+            (loss / self.cfg.grad_accum).backward()
+            accumulated += float(loss.detach()) / self.cfg.grad_accum
+        if self.cfg.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return accumulated
+
+    def run(self, resume_from: Path | None = None, progress: Any = None,
+            on_eval: Callable[[int, dict[str, float]], None] | None = None) -> LoopResult:
+        """Train to the end; `on_eval(step, record)` sees each mid-run evaluation (hyper-parameter
+        search reports it to its pruner, which may stop the run by raising)."""
+        import torch
+
+        torch.manual_seed(self.cfg.seed)
+        self.model.train()
+        es = self.cfg.early_stopping
+        state: dict[str, Any] = {"history": [], "best": None, "bad_evals": 0, "samples": 0, "train_seconds": 0.0}
+        start, resumed = 0, None
+        if resume_from is not None:
+            saved = restore_checkpoint(resume_from, self.model, self.optimizer, self.identity)
+            start = resumed = saved["step"]
+            state.update({k: saved[k] for k in state if k in saved})
+        best_weights = None
+        delay = float(os.environ.get(STEP_DELAY_ENV, "0") or 0)
+        stopped = False
+        task = progress.add_task("training", total=self.total_steps, completed=start, loss=float("nan")) if progress else None
+        step = start
+        for step in range(start, self.total_steps):
+            began = time.perf_counter()
+            loss = self._step(step)
+            state["train_seconds"] += time.perf_counter() - began
+            state["samples"] += self.cfg.batch_size * self.cfg.grad_accum
+            record = {"step": step + 1, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"]}
+            if self.cfg.eval_every and (step + 1) % self.cfg.eval_every == 0 and step + 1 < self.total_steps:
+                record.update(self.evaluate())
+                if es.enabled:
+                    value = record.get(es.metric)
+                    if value is None:
+                        raise ConfigError(f"early_stopping.metric {es.metric!r} is not reported",
+                                          f"use one of {sorted(k for k in record if k.startswith('val_'))}")
+                    sign = 1 if lower_is_better(es.metric) else -1
+                    if state["best"] is None or sign * (state["best"] - value) > es.min_delta:
+                        state["best"], state["bad_evals"] = value, 0
+                        best_weights = trainable_state(self.model) if es.restore_best else None
+                    else:
+                        state["bad_evals"] += 1
+                        stopped = state["bad_evals"] >= es.patience
+                if on_eval is not None:
+                    on_eval(step + 1, record)
+            state["history"].append(record)
+            if progress:
+                progress.update(task, advance=1, loss=loss)
+            if self.cfg.checkpoint_every and (step + 1) % self.cfg.checkpoint_every == 0 and step + 1 < self.total_steps:
+                save_checkpoint(self.cfg.checkpoint_path(), step + 1, self.model, self.optimizer,
+                                {**state, "identity": self.identity}, self.cfg.keep_checkpoints)
+            if delay:
+                time.sleep(delay)
+            if stopped:
+                break
+        if stopped and best_weights is not None:
+            self.model.load_state_dict(best_weights, strict=False)
+        final = self.evaluate()
+        tail = [r["loss"] for r in state["history"][-max(1, self.batches_per_epoch // 4):]]
+        metrics = {"train_loss": sum(tail) / max(1, len(tail)), **final}
+        if state["history"]:
+            metrics["train_loss_first"] = state["history"][0]["loss"]
+        return LoopResult(steps=min(step + 1, self.total_steps), metrics=metrics, history=state["history"],
+                          stopped_early=stopped, samples=state["samples"], train_seconds=state["train_seconds"],
+                          resumed_from=resumed)

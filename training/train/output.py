@@ -1,0 +1,65 @@
+"""Writing what a run produced as artifacts: adapter, full model, merged model, with the reference profile.
+
+The manifest records the base (id + fingerprint), method, hyperparameters, data
+(fingerprint, rows, source), metrics, trainable parameter count, wall time and tokenizer
+facts (template kind, special tokens). Weights are saved by `save_pretrained(...,
+safe_serialization=True)` into the writer's temp dir, so only safetensors ever land there.
+
+    write_artifact(dest, fields, save=lambda d: model.save_pretrained(d, safe_serialization=True), profile=p)
+    merge_adapter(adapter_path, dest, fields)     # kind merged-model
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from training.artifact import ArtifactWriter, load_artifact
+from training.artifact.loading import attach_adapter, load_base
+from training.artifact.profile import write_reference_profile
+
+RUN_KEYS = ("epochs", "max_steps", "batch_size", "grad_accum", "dropout", "seed", "precision")
+
+
+def hyperparameters(cfg: Any, method: Any, steps: int) -> dict[str, Any]:
+    return {"method_options": method.hyperparameters(cfg), "optim": cfg.optim.model_dump(),
+            "max_length": cfg.data.max_length, "steps": steps, **{k: getattr(cfg, k) for k in RUN_KEYS}}
+
+
+def tokenizer_info(tokenizer: Any, template: dict[str, Any]) -> dict[str, Any]:
+    return {"class": type(tokenizer).__name__, "vocab_size": len(tokenizer), "pad_token": tokenizer.pad_token,
+            "eos_token": tokenizer.eos_token, "bos_token": tokenizer.bos_token,
+            "has_chat_template": bool(getattr(tokenizer, "chat_template", None)), **template}
+
+
+def write_artifact(dest: str | Path, fields: dict[str, Any], save: Callable[[Path], None],
+                   profile: dict[str, Any] | None, overwrite: bool = False) -> Path:
+    with ArtifactWriter(dest, fields, overwrite=overwrite) as writer:
+        save(writer.path)
+        if profile is not None:
+            write_reference_profile(writer.path, profile)
+    return writer.dest
+
+
+def save_model(model: Any, tokenizer: Any | None = None) -> Callable[[Path], None]:
+    def save(path: Path) -> None:
+        model.save_pretrained(str(path), safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(path))
+        readme = path / "README.md"  # peft's generated model card says nothing the manifest doesn't
+        if readme.exists():
+            readme.unlink()
+
+    return save
+
+
+def merge_adapter(adapter_path: Path, dest: str | Path, fields: dict[str, Any], profile: dict[str, Any] | None,
+                  overwrite: bool = False) -> Path:
+    """Fold a saved adapter into a fresh full-precision copy of its base and write a merged-model artifact."""
+    artifact = load_artifact(adapter_path, expect_kind="adapter")
+    manifest = artifact.manifest
+    base = load_base(manifest.base.id, task=manifest.task, labels=manifest.labels)
+    merged = attach_adapter(base.model, artifact, "merge").merge_and_unload()
+    return write_artifact(dest, {**fields, "kind": "merged-model", "merged_from": str(adapter_path)},
+                          save_model(merged, base.tokenizer), profile, overwrite)

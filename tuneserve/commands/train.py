@@ -1,0 +1,71 @@
+"""CLI: `tuneserve train`, `tuneserve plan`, `tuneserve compare`.
+
+    tuneserve train training/configs/lora-tiny.yaml optim.lr=1e-3 max_steps=50
+    tuneserve train training/configs/lora-tiny.yaml --resume          # continue a killed run
+    tuneserve train method=lora output=artifacts/a --merge              # also write <output>-merged
+    tuneserve plan model=tiny-llama task=causal-lm rows=1000 gpu_memory_gb=24
+    tuneserve compare training/configs/compare-tiny.yaml methods=[lora,full]
+
+Heavy libraries (torch, transformers, peft) are imported inside the command bodies.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from tuneserve.commands.common import console, load_cli_config
+
+ARGS_HELP = "optional CONFIG.yaml, then key=value overrides (e.g. method=lora optim.lr=2e-4 lora.r=16)"
+
+
+def _train(args: list[str] | None, resume: bool, merge: bool, overwrite: bool) -> None:
+    from training.train.config import ENV_PREFIX, TrainConfig
+    from training.train.run import train
+
+    cfg = load_cli_config(TrainConfig, args, ENV_PREFIX)
+    updates = {k: True for k, flag in (("resume", resume), ("merge", merge), ("overwrite", overwrite)) if flag}
+    cfg = cfg.model_copy(update=updates) if updates else cfg
+    console.print(f"[bold]training[/] {cfg.method} on {cfg.base} ({cfg.task}) → {cfg.output}")
+    outcome = train(cfg)
+    metrics = outcome.manifest["metrics"]
+    shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+    console.print(f"[green]wrote[/] {outcome.artifact}  ({outcome.result.steps} steps; {shown})")
+    if outcome.merged:
+        console.print(f"[green]wrote[/] {outcome.merged} (merged model)")
+
+
+def _plan(args: list[str] | None) -> None:
+    from training.train.plan import ENV_PREFIX, PlanRequest, plan, render_plan
+
+    render_plan(plan(load_cli_config(PlanRequest, args, ENV_PREFIX)), console)
+
+
+def _compare(args: list[str] | None) -> None:
+    from training.train.compare import ENV_PREFIX, CompareConfig, compare
+
+    result = compare(load_cli_config(CompareConfig, args, ENV_PREFIX), console)
+    console.print(f"[green]wrote[/] {result['markdown']}, {result['json']}, {result['plot']}")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train")
+    def train_cmd(
+        args: list[str] | None = typer.Argument(None, help=ARGS_HELP),
+        resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint of this run."),
+        merge: bool = typer.Option(False, "--merge", help="Also write a merged full model (LoRA-family methods)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output artifact."),
+    ) -> None:
+        """Fine-tune a base model (full, lora, qlora, dora, prefix, prompt, p-tuning, ia3, loha, lokr)."""
+        _train(args, resume, merge, overwrite)
+
+    @app.command("plan")
+    def plan_cmd(args: list[str] | None = typer.Argument(None, help="optional CONFIG.yaml, then model=... task=... rows=... "
+                                                                     "gpu_memory_gb=... cpu_memory_gb=...")) -> None:
+        """Estimate memory for full / lora / qlora / prompt tuning and recommend one."""
+        _plan(args)
+
+    @app.command("compare")
+    def compare_cmd(args: list[str] | None = typer.Argument(None, help="optional CONFIG.yaml, then methods=[lora,full] "
+                                                                        "train.data.path=... output=...")) -> None:
+        """Train several methods on the same data; write a markdown/JSON table and a plot."""
+        _compare(args)
