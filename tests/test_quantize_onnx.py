@@ -1,0 +1,105 @@
+"""ONNX export (fp32, ORT int8 dynamic/static) for the causal LM with KV cache and the MiniLM classifier."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+import torch
+from quantize_support import PROMPTS, greedy_tokens, last_logits
+
+from training.artifact import load_artifact
+from training.artifact.errors import DataError
+from training.artifact.loading import load_base, load_model_artifact
+from training.quantize import ParityConfig, QuantizeConfig, quantize
+
+FAST = ParityConfig(samples=2, new_tokens=4, latency_repeats=0)
+ONNX_FP32_TOLERANCE = 1e-3
+INT8_LOGIT_TOLERANCE = 0.5
+INT8_MIN_AGREEMENT = 0.75
+ALLOWED_SUFFIXES = (".onnx", ".json", ".txt", ".jinja")  # tokenizer files may include a chat template
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def fp32_model(tiny_base_dir):
+    return load_base(str(tiny_base_dir))
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A prepared text dataset (the shape `tuneserve data prepare` writes) for calibration."""
+    root = tmp_path_factory.mktemp("prepared")
+    rows = [{"text": f"{p} and then the {w} came home."} for p in PROMPTS for w in ("duke", "queen", "fool", "night")]
+    (root / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (root / "dataset.json").write_text(json.dumps({"task": "text", "fingerprint": "calib-fp-123", "rows": {"train": 16}}))
+    return root
+
+
+def _assert_onnx_only(path):
+    artifact = load_artifact(path, expect_kind="onnx-model")
+    assert artifact.manifest.files and all(f.endswith(ALLOWED_SUFFIXES) for f in artifact.manifest.files)
+    return artifact
+
+
+def test_causal_lm_export_with_kv_cache_matches_torch(tiny_base_dir, fp32_model, tmp_path):
+    out = tmp_path / "onnx"
+    quantize(str(tiny_base_dir), QuantizeConfig(scheme="onnx-fp32", opset=17, parity=FAST), out, kinds=("onnx-model",))
+    artifact = _assert_onnx_only(out)
+    graph = onnx.load(str(out / "model.onnx"))
+    assert {o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")} == {17}
+    assert any(i.name.startswith("past_key_values") for i in graph.graph.input), "exported without KV cache"
+    loaded = load_model_artifact(artifact)
+    assert type(loaded.model).__name__ == "ORTModelForCausalLM"
+    diff = (last_logits(loaded.model, loaded.tokenizer) - last_logits(fp32_model.model, fp32_model.tokenizer)).abs().max()
+    assert diff <= ONNX_FP32_TOLERANCE
+    assert torch.equal(greedy_tokens(loaded.model, loaded.tokenizer), greedy_tokens(fp32_model.model, fp32_model.tokenizer))
+    parity = artifact.manifest.metrics["parity"]
+    assert parity["max_abs_logit_diff"] <= ONNX_FP32_TOLERANCE and parity["greedy_token_agreement"] == 1.0
+
+
+def test_int8_dynamic_export_is_smaller_and_close(tiny_base_dir, fp32_model, tmp_path):
+    out = tmp_path / "onnx-int8"
+    quantize(str(tiny_base_dir), QuantizeConfig(scheme="onnx-int8-dynamic", parity=FAST), out)
+    artifact = _assert_onnx_only(out)
+    q = artifact.manifest.quantization
+    assert q["bits"] == 8 and q["quantized_embeddings"] >= 1 and q["activations"] == "dynamic"
+    initializers = {i.name: i.data_type for i in onnx.load(str(out / "model.onnx")).graph.initializer}
+    assert initializers["model.embed_tokens.weight_int8"] == onnx.TensorProto.INT8
+    assert "model.embed_tokens.weight" not in initializers, "the float embedding table is still in the graph"
+    loaded = load_model_artifact(artifact)
+    diff = (last_logits(loaded.model, loaded.tokenizer) - last_logits(fp32_model.model, fp32_model.tokenizer)).abs().max()
+    assert diff <= INT8_LOGIT_TOLERANCE
+    agreement = (greedy_tokens(loaded.model, loaded.tokenizer) == greedy_tokens(fp32_model.model, fp32_model.tokenizer)).float().mean()
+    assert agreement >= INT8_MIN_AGREEMENT
+
+
+def test_static_int8_needs_calibration_and_records_it(tiny_base_dir, prepared, tmp_path):
+    with pytest.raises(DataError, match="needs calibration data"):
+        quantize(str(tiny_base_dir), QuantizeConfig(scheme="onnx-int8-static"), tmp_path / "x")
+    with pytest.raises(DataError, match="has no train.jsonl"):
+        quantize(str(tiny_base_dir), QuantizeConfig(scheme="onnx-int8-static", calibration=tmp_path), tmp_path / "x")
+    out = tmp_path / "static"
+    manifest = quantize(str(tiny_base_dir), QuantizeConfig(scheme="onnx-int8-static", calibration=prepared, parity=FAST), out)
+    assert manifest.quantization["calibration"]["fingerprint"] == "calib-fp-123"
+    assert manifest.data.fingerprint == "calib-fp-123" and manifest.data.rows == 16
+    loaded = load_model_artifact(_assert_onnx_only(out))
+    assert greedy_tokens(loaded.model, loaded.tokenizer).shape == (len(PROMPTS), 12)
+    assert manifest.metrics["parity"]["max_abs_logit_diff"] <= manifest.metrics["parity"]["tolerance"]["max_abs_logit_diff"]
+
+
+@pytest.mark.slow  # exports the 90 MB MiniLM; ~15 s on an idle 2-core machine
+def test_minilm_classifier_export_int8(tmp_path):
+    labels = ["card_arrival", "card_linking", "exchange_rate"]
+    out = tmp_path / "minilm-int8"
+    manifest = quantize("all-minilm-l6-v2", QuantizeConfig(scheme="onnx-int8-dynamic", task="classification",
+                                                           labels=labels, parity=FAST), out)
+    assert manifest.task == "classification" and manifest.labels == labels
+    assert manifest.quantization["size_ratio"] <= 0.3
+    loaded = load_model_artifact(_assert_onnx_only(out))
+    assert type(loaded.model).__name__ == "ORTModelForSequenceClassification" and loaded.labels == labels
+    batch = loaded.tokenizer(["my card has not arrived"], return_tensors="pt")
+    logits = loaded.model(**batch).logits
+    assert logits.shape == (1, 3)
+    assert manifest.metrics["parity"]["label_agreement"] >= 0.75
