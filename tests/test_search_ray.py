@@ -1,0 +1,30 @@
+"""`backend=ray`: two tiny trials run as Ray Tune trials on a local 2-CPU Ray instance and land in the SQLite study."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from search_support import data_file, make_search_config, search_args
+
+pytestmark = pytest.mark.integration
+
+
+def test_ray_backend_runs_trials_into_the_study(tiny_base_dir, tmp_path, monkeypatch):
+    import optuna
+
+    from training.search import search
+
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.setenv("RAY_TMPDIR", "/tmp/rts")  # short: Ray's socket paths must stay under 107 bytes
+    os.makedirs("/tmp/rts", exist_ok=True)
+    out = tmp_path / "search"
+    cfg = make_search_config(*search_args(tiny_base_dir, data_file(tmp_path), out, "backend=ray", "sampler=random",
+                                          "pruner=none", "n_trials=2", "ray.num_cpus=2"))
+    report = search(cfg)
+    assert report["backend"] == "ray" and report["states"] == {"COMPLETE": 2}
+    study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage_url())
+    trials = study.get_trials()
+    assert len({t.params["optim.lr"] for t in trials}) == 2, "each Ray trial got its own sampled parameters"
+    assert all(len(t.intermediate_values) == 2 for t in trials), "workers reported each mid-run evaluation"
+    assert (out / "best").is_dir() and report["best"]["number"] in {t.number for t in trials}
