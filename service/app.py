@@ -100,16 +100,20 @@ class RemoteCore:
 class Ingress:
     async def __init__(self, engine: DeploymentHandle, settings: dict[str, Any]) -> None:
         from service.grpc.server import start_grpc_server
+        from service.security import SecurityGuard
 
         self.settings = ServiceSettings.model_validate(settings)
         self.backend = RemoteCore(engine)
+        self.auth = Authenticator.from_settings(self.settings)
+        # one guard per replica: both transports share its blocking state, audit log and rate-limit store
+        self.guard = SecurityGuard.from_settings(self.settings, self.auth)
         # gRPC is hosted here, beside the HTTP app, over the same serving backend (see service/grpc/server.py).
-        self.grpc = await start_grpc_server(self.backend, Authenticator.from_settings(self.settings), self.settings)
+        self.grpc = await start_grpc_server(self.backend, self.auth, self.settings, guard=self.guard)
 
     def __serve_build_asgi_app__(self):
         from service.http.app import create_app
 
-        return create_app(self.backend, Authenticator.from_settings(self.settings), self.settings)
+        return create_app(self.backend, self.auth, self.settings, guard=self.guard)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

@@ -29,6 +29,7 @@ from service.errors import with_param
 from service.render import (
     ChoiceResult, chat_choice, chat_chunk, completion_choice, completion_chunk, usage, usage_chunk,
 )
+from service.security.limits import confined_path
 from service.schemas import (
     AdapterInfo, AdapterList, ChatCompletionRequest, ChatCompletionResponse, Classification,
     ClassifyRequest, ClassifyResponse, CompletionRequest, CompletionResponse, Health, LabelScore,
@@ -141,7 +142,9 @@ class ServingCore:
             started = time.perf_counter()
             ranked = await asyncio.to_thread(self.engine.classify, lease, texts, self.settings.limits.max_prompt_tokens)
             metrics.classified(request.model, len(texts), time.perf_counter() - started)
-            self.drift.observe_ranked(request.model, ranked)
+            tokenizer = lease.target.loaded.tokenizer
+            self.drift.observe_prompts(request.model, texts, [self._encode(tokenizer, t) for t in texts], tokenizer,
+                                       ranked)
         finally:
             lease.release()
         tokens = sum(len(lease.target.loaded.tokenizer(t)["input_ids"]) for t in texts)
@@ -160,7 +163,10 @@ class ServingCore:
     # ---- administration --------------------------------------------------------------
     async def load_adapter(self, request: LoadAdapterRequest, principal: Principal | None = None) -> AdapterInfo:
         self._authorize(principal, "admin")
-        info = await asyncio.to_thread(self.registry.load_adapter, request.name, request.path, request.pin)
+        path = request.path
+        if path is not None:  # adapters load only from the artifacts dir (or configured roots): no traversal
+            path = str(confined_path([self.settings.artifacts_dir, *self.settings.security.adapter_roots], path))
+        info = await asyncio.to_thread(self.registry.load_adapter, request.name, path, request.pin)
         self.drift.forget(request.name)  # a new version brings its own reference profile
         return AdapterInfo(**info)
 

@@ -77,13 +77,13 @@ def service_artifacts(tiny_base_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def serve_keys(tmp_path_factory) -> tuple[Path, dict[str, str]]:
-    """A keys file with an infer key, an admin key and a key limited to adapter a1."""
+    """A keys file with an infer key, an admin key, a key limited to adapter a1 and a metrics-only key."""
     from service.keys import add_key, create_key
 
     path = tmp_path_factory.mktemp("serve-keys") / "keys.json"
     keys = {}
     for label, scopes, adapters in [("infer", ["infer"], ["*"]), ("admin", ["infer", "admin"], ["*"]),
-                                    ("only-a1", ["infer"], ["a1"])]:
+                                    ("only-a1", ["infer"], ["a1"]), ("metrics", ["metrics"], ["*"])]:
         plain, record = create_key(label, scopes, adapters)
         add_key(path, record)
         keys[label] = plain
@@ -92,8 +92,11 @@ def serve_keys(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 def service_args(base_dir: Path, artifacts: Path, keys_file: Path, **extra) -> dict:
     """Application args for tests: small limits, auth from the keys file only."""
+    import tempfile
+
+    # tests load adapters built under the temp dir besides artifacts_dir (paths outside the roots are refused)
     return {"base_model": str(base_dir), "artifacts_dir": str(artifacts), "keys_file": str(keys_file),
-            "api_keys_env": None, "max_adapters": 3, **extra}
+            "api_keys_env": None, "max_adapters": 3, "security": {"adapter_roots": [tempfile.gettempdir()]}, **extra}
 
 
 def free_port() -> int:

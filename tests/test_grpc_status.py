@@ -8,6 +8,7 @@ Pure translation tests: a fake backend behind a real grpc.aio server, no model.
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -121,7 +122,7 @@ class OpenAuth:
     def authenticate(token):
         if token != "k":
             raise Unauthenticated("invalid API key", "use k")
-        return "p"
+        return SimpleNamespace(key_id="k1")
 
     @staticmethod
     def authorize(principal, scope, adapter=None):

@@ -38,10 +38,11 @@ def error_of(response):
     return body["error"]
 
 
-def test_health_ready_openapi_need_no_key(client):
+def test_health_ready_need_no_key_openapi_needs_one(client, keys):
     assert client.get("/health").json() == {"status": "ok"}
     assert client.get("/ready").json()["status"] == "ok"
-    paths = client.get("/openapi.json").json()["paths"]
+    assert client.get("/openapi.json").status_code == 401  # every other route needs a key (docs/security.md)
+    paths = client.get("/openapi.json", headers=keys["infer"]).json()["paths"]
     assert {"/v1/completions", "/v1/chat/completions", "/v1/classify", "/v1/models"} <= set(paths)
 
 

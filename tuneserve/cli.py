@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "tuneserve.commands.evaluate",
     "tuneserve.commands.data",
     "tuneserve.commands.keys",
+    "tuneserve.commands.search",
 ]
 
 app = typer.Typer(

@@ -44,7 +44,9 @@ from service import metrics
 from service.errors import describe
 from service.grpc import translate
 from service.grpc.gen.tuneserve.v1 import admin_pb2, admin_pb2_grpc, inference_pb2, inference_pb2_grpc
-from service.grpc.status import abort, api_key_from_metadata
+from service.grpc.status import abort
+from service.security.grpc import CallRecord, admit_call, bind, record_call
+from service.security.guard import StreamUsage, count_forbidden, prompt_texts
 from training.artifact.errors import Unavailable
 
 log = logging.getLogger("tuneserve.grpc")
@@ -54,44 +56,49 @@ CLIENT_CLOSED = 499  # the `code` label of a call the client cancelled (nginx's 
 
 
 class Gateway:
-    """What every handler shares: the backend and the authenticator (metadata key → principal)."""
+    """What every handler shares: the backend and the security guard (metadata key → principal)."""
 
-    def __init__(self, backend: Any, auth: Any) -> None:
+    def __init__(self, backend: Any, guard: Any) -> None:
         self.backend = backend
-        self.auth = auth
+        self.guard = guard
 
-    def principal(self, context: grpc.aio.ServicerContext, scope: str) -> Any:
-        principal = self.auth.authenticate(api_key_from_metadata(context.invocation_metadata()))
-        self.auth.authorize(principal, scope)
-        return principal
+    async def principal(self, context: grpc.aio.ServicerContext, scope: str, call: CallRecord) -> Any:
+        """Blocking, authentication, scope and rate limits (the same guard as HTTP)."""
+        call.principal = await admit_call(self.guard, context, scope)
+        return call.principal
 
 
 @asynccontextmanager
-async def recorded(context: grpc.aio.ServicerContext, route: str, model: str) -> AsyncIterator[None]:
-    """Around one call: any failure becomes its table status; the request metric is recorded."""
-    started, code = time.perf_counter(), 200
+async def recorded(gateway: Gateway, context: grpc.aio.ServicerContext, route: str,
+                   model: str) -> AsyncIterator[CallRecord]:
+    """Around one call: any failure becomes its table status; the request metric and the call's
+    audit line are recorded, and its tokens charged to the key."""
+    started, code, error, call = time.perf_counter(), 200, None, CallRecord()
     try:
-        yield
+        yield call
     except asyncio.CancelledError:
         code = CLIENT_CLOSED
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes a status
-        code = describe(exc).http_status
+        error, code = exc, describe(exc).http_status
+        count_forbidden(exc, "grpc")
         await abort(context, exc)
     finally:
         metrics.request_finished(route, model, "grpc", code, time.perf_counter() - started)
+        await record_call(gateway.guard, context, route, model, code, started, call.principal, call.usage, error)
 
 
 def unary(service: str, scope: str) -> Callable:
-    """Wrap `async def Rpc(self, request, principal)` with authentication and `recorded`."""
+    """Wrap `async def Rpc(self, request, principal, call)` with admission and `recorded`."""
 
     def decorate(method: Callable[..., Awaitable[Any]]) -> Callable:
         route = f"/{service}/{method.__name__}"
 
         @functools.wraps(method)
         async def handler(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            async with recorded(context, route, getattr(request, "model", "")):
-                return await method(self, request, self.gateway.principal(context, scope))
+            async with recorded(self.gateway, context, route, getattr(request, "model", "")) as call:
+                principal = await self.gateway.principal(context, scope, call)
+                return await method(self, request, principal, call)
 
         return handler
 
@@ -120,29 +127,37 @@ class InferenceService(GatewayService, inference_pb2_grpc.InferenceServicer):
     NAME = SERVICE_NAMES[0]
 
     @unary(NAME, "infer")
-    async def Generate(self, request, principal):
+    async def Generate(self, request, principal, call):
         body = translate.generate_request(request)
+        self.gateway.guard.inspect_prompts(body.model, prompt_texts(body))
         run = self.gateway.backend.chat if request.WhichOneof("input") == "messages" else self.gateway.backend.complete
-        return translate.generate_response(await run(body, principal))
+        reply = await run(body, principal)
+        call.usage = reply.usage
+        return translate.generate_response(reply)
 
     async def GenerateStream(self, request, context):
-        async with recorded(context, f"/{self.NAME}/GenerateStream", request.model):
-            principal = self.gateway.principal(context, "infer")
+        async with recorded(self.gateway, context, f"/{self.NAME}/GenerateStream", request.model) as call:
+            principal = await self.gateway.principal(context, "infer", call)
             body = translate.generate_request(request, stream=True)
+            self.gateway.guard.inspect_prompts(body.model, prompt_texts(body))
             backend = self.gateway.backend
             stream = backend.stream_chat if request.WhichOneof("input") == "messages" else backend.stream_complete
+            call.usage = StreamUsage()
             async with closing(stream(body, principal)) as chunks:
                 async for chunk in chunks:
+                    call.usage.add(chunk)
                     message = translate.generate_chunk(chunk)
                     if message is not None:
                         yield message
 
     @unary(NAME, "infer")
-    async def Classify(self, request, principal):
-        return translate.classify_response(await self.gateway.backend.classify(translate.classify_request(request), principal))
+    async def Classify(self, request, principal, call):
+        reply = await self.gateway.backend.classify(translate.classify_request(request), principal)
+        call.usage = reply.usage
+        return translate.classify_response(reply)
 
     @unary(NAME, "infer")
-    async def ListModels(self, request, principal):
+    async def ListModels(self, request, principal, call):
         return translate.list_models_response(await self.gateway.backend.list_models(principal))
 
 
@@ -150,17 +165,17 @@ class AdminService(GatewayService, admin_pb2_grpc.AdminServicer):
     NAME = SERVICE_NAMES[1]
 
     @unary(NAME, "admin")
-    async def LoadAdapter(self, request, principal):
+    async def LoadAdapter(self, request, principal, call):
         info = await self.gateway.backend.load_adapter(translate.load_adapter_request(request), principal)
         return translate.adapter_info(info)
 
     @unary(NAME, "admin")
-    async def UnloadAdapter(self, request, principal):
+    async def UnloadAdapter(self, request, principal, call):
         reply = await self.gateway.backend.unload_adapter(request.name, request.force, principal)
         return translate.unload_adapter_response(reply)
 
     @unary(NAME, "admin")
-    async def ListAdapters(self, request, principal):
+    async def ListAdapters(self, request, principal, call):
         return translate.list_adapters_response(await self.gateway.backend.list_adapters(principal))
 
 
@@ -168,11 +183,15 @@ class GrpcServer:
     """The grpc.aio server with the API, health and reflection; start/stop inside an event loop."""
 
     def __init__(self, backend: Any, auth: Any, host: str = "127.0.0.1", port: int = 9000,
-                 max_message_bytes: int = 4 * 1024 * 1024, health_interval_s: float = 5.0) -> None:
+                 max_message_bytes: int = 4 * 1024 * 1024, health_interval_s: float = 5.0,
+                 guard: Any = None, security: Any = None) -> None:
+        from service.security import SecurityGuard
+
         self.backend, self.host, self.requested_port = backend, host, port
         self.health_interval_s = health_interval_s
+        self.security = security if security is not None else getattr(guard, "security", None)
         self.health = health.aio.HealthServicer()
-        gateway = Gateway(backend, auth)
+        gateway = Gateway(backend, guard if guard is not None else SecurityGuard(auth, self.security))
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes),
                                                ("grpc.so_reuseport", 1)])
         inference_pb2_grpc.add_InferenceServicer_to_server(InferenceService(gateway), self.server)
@@ -185,7 +204,7 @@ class GrpcServer:
     async def start(self) -> int:
         address = f"{self.host}:{self.requested_port}"
         try:
-            self.port = self.server.add_insecure_port(address)
+            self.port = bind(self.server, address, self.security)  # TLS when cert and key are configured
         except RuntimeError as exc:
             raise Unavailable(f"cannot listen for gRPC on {address}: {exc}",
                               "choose a free port with grpc_port=..., or grpc_port=0 for any") from None
@@ -219,10 +238,12 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
-async def start_grpc_server(backend: Any, auth: Any, settings: Any) -> GrpcServer | None:
-    """Start the server on `settings.host:settings.grpc_port`; None when grpc_port is null (off)."""
+async def start_grpc_server(backend: Any, auth: Any, settings: Any, guard: Any = None) -> GrpcServer | None:
+    """Start the server on `settings.host:settings.grpc_port`; None when grpc_port is null (off).
+    `guard` (shared with the HTTP app of the same replica) defaults to one from `settings.security`."""
     if settings.grpc_port is None:
         return None
-    server = GrpcServer(backend, auth, settings.host, settings.grpc_port, max_message_bytes=settings.limits.max_body_bytes)
+    server = GrpcServer(backend, auth, settings.host, settings.grpc_port, max_message_bytes=settings.limits.max_body_bytes,
+                        guard=guard, security=settings.security)
     await server.start()
     return server

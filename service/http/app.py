@@ -23,7 +23,8 @@ from service.auth import Authenticator, Principal
 from service.errors import openai_error_body
 from service.http.errors import error_response, install_error_handlers
 from service.security import SecurityGuard
-from service.security.http import auth_dependency, prompt_texts, secure_request, tally_stream
+from service.security.guard import prompt_texts
+from service.security.http import auth_dependency, secure_request, tally_stream
 from service.schemas import (
     AdapterInfo, AdapterList, ChatCompletionRequest, ChatCompletionResponse, ClassifyRequest, ClassifyResponse,
     CompletionRequest, CompletionResponse, LoadAdapterRequest, ModelList, PinRequest,
@@ -31,14 +32,21 @@ from service.schemas import (
 
 
 def create_app(backend: Any, auth: Authenticator, settings, guard: SecurityGuard | None = None) -> FastAPI:
+    public_docs = settings.security.public_docs
     app = FastAPI(title="tuneserve", version="0.1.0",
-                  description="OpenAI-compatible completions, chat and classification over a base model and LoRA adapters.")
+                  description="OpenAI-compatible completions, chat and classification over a base model and LoRA adapters.",
+                  **({} if public_docs else {"openapi_url": None, "docs_url": None, "redoc_url": None}))
     install_error_handlers(app)
     max_body = settings.limits.max_body_bytes
     guard = app.state.guard = guard or SecurityGuard.from_settings(settings, auth)
 
     def require(scope: str):
         return auth_dependency(guard, scope)  # blocking, authentication, scope, rate limits (service.security)
+
+    if not public_docs:  # every route but liveness/readiness needs a key; the schema needs any valid one
+        @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require(None))])
+        async def openapi_schema() -> JSONResponse:
+            return JSONResponse(app.openapi())
 
     @app.middleware("http")
     async def guard_and_measure(request: Request, call_next):

@@ -35,9 +35,13 @@ class SecuritySettings(StrictModel):
     failure_window_s: float = Field(60.0, gt=0)
     block_s: float = Field(300.0, ge=0, description="how long an address stays blocked (0: never block)")
     address_window_s: float = Field(3600.0, gt=0, description="window for distinct addresses per key")
+    adapter_roots: list[Path] = Field(default_factory=list, description="directories besides artifacts_dir "
+                                                                      "that admins may load adapters from")
     max_json_depth: int = Field(32, ge=2, description="nesting depth limit of JSON request bodies")
     adapter_name_pattern: str = ADAPTER_NAME_PATTERN
     detect_prompt_injection: bool = True
+    public_docs: bool = Field(False, description="serve /openapi.json and /docs without a key (else /openapi.json "
+                                                 "needs any valid key and /docs is off)")
     public_metrics: bool = Field(False, description="serve /metrics without a key (only when the port is "
                                                     "reachable by Prometheus alone); else the `metrics` scope")
     tls_certfile: Path | None = None

@@ -52,3 +52,11 @@ def bind(server, address: str, security) -> int:
     if credentials is None:
         return server.add_insecure_port(address)
     return server.add_secure_port(address, credentials)
+
+
+class CallRecord:
+    """What a gRPC handler learns during a call, for its audit line: who called and the tokens used."""
+
+    def __init__(self) -> None:
+        self.principal: Any = None
+        self.usage: Any = None

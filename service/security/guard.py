@@ -26,6 +26,30 @@ from service.security.ratelimit import bucket_store
 UNKNOWN_CLIENT = "unknown"
 
 
+def prompt_texts(body: Any) -> list[str]:
+    """The user-controlled texts of a completion or chat request (for injection heuristics)."""
+    if hasattr(body, "messages"):
+        return [m.text() for m in body.messages]
+    return body.prompts()
+
+
+class StreamUsage:
+    """Tokens of a streamed reply: the usage chunk when the client asked for one, else one
+    completion token per text event (the engine emits one event per generated token)."""
+
+    def __init__(self) -> None:
+        self.prompt_tokens: int | None = None
+        self.completion_tokens = 0
+
+    def add(self, chunk: dict) -> None:
+        reported = chunk.get("usage")
+        if reported:
+            self.prompt_tokens = reported.get("prompt_tokens")
+            self.completion_tokens = reported.get("completion_tokens", self.completion_tokens)
+        elif any(c.get("text") or (c.get("delta") or {}).get("content") for c in chunk.get("choices", ())):
+            self.completion_tokens += 1
+
+
 def failure_reason(exc: TuneserveError) -> str:
     """missing | invalid | expired | revoked | forbidden (the `reason` label of auth failures)."""
     reason = getattr(exc, "reason", None)
@@ -38,6 +62,13 @@ def failure_reason(exc: TuneserveError) -> str:
         if word in text:
             return label
     return "invalid"
+
+
+def count_forbidden(error: BaseException | None, transport: str) -> None:
+    """A PermissionDenied raised past the guard (the core's adapter checks) counts like the guard's own."""
+    if isinstance(error, PermissionDenied) and not hasattr(error, "audit_reason"):
+        error.audit_reason = "forbidden"  # type: ignore[attr-defined]
+        metrics.AUTH_FAILURES.labels("forbidden", transport).inc()
 
 
 def _tag(exc: TuneserveError, reason: str) -> TuneserveError:
@@ -60,7 +91,7 @@ class SecurityGuard:
     def from_settings(cls, settings: Any, auth: Any) -> "SecurityGuard":
         return cls(auth, getattr(settings, "security", None))
 
-    async def admit(self, token: str | None, client: str | None, transport: str, scope: str,
+    async def admit(self, token: str | None, client: str | None, transport: str, scope: str | None,
                     adapter: str | None = None) -> Any:
         client = client or UNKNOWN_CLIENT
         left = self.tracker.blocked_for(client)
@@ -71,7 +102,8 @@ class SecurityGuard:
                                         "fix the client's API key and retry after the block expires"), "blocked")
         try:
             principal = self.auth.authenticate(token)
-            self.auth.authorize(principal, scope, adapter)
+            if scope is not None:  # None: any valid key (e.g. the API schema)
+                self.auth.authorize(principal, scope, adapter)
         except (Unauthenticated, PermissionDenied) as exc:
             reason = failure_reason(exc)
             metrics.AUTH_FAILURES.labels(reason, transport).inc()

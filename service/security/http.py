@@ -18,11 +18,11 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from fastapi import Header, Request
 from starlette.responses import Response
 
-from training.artifact.errors import PermissionDenied
 
 from service.errors import describe
 from service.http.errors import body_too_large
 from service.security import metrics
+from service.security.guard import StreamUsage, count_forbidden
 from service.security.limits import check_json_depth
 
 ADMIN_PREFIX = "/v1/admin"
@@ -39,13 +39,6 @@ def auth_dependency(guard, scope: str) -> Callable[..., Awaitable[Any]]:
         return principal
 
     return dependency
-
-
-def prompt_texts(body: Any) -> list[str]:
-    """The user-controlled texts of a completion or chat request (for injection heuristics)."""
-    if hasattr(body, "messages"):
-        return [m.text() for m in body.messages]
-    return body.prompts()
 
 
 def client_of(request: Request) -> str:
@@ -80,9 +73,7 @@ async def secure_request(guard, max_body: int, request: Request,
         request.state.error = exc
         response = render_error(exc)
     error = getattr(request.state, "error", None)
-    if isinstance(error, PermissionDenied) and not hasattr(error, "audit_reason"):
-        error.audit_reason = "forbidden"  # adapter checks in the core: count like the guard does
-        metrics.AUTH_FAILURES.labels("forbidden", "http").inc()
+    count_forbidden(error, "http")
     if not getattr(request.state, "streaming", False):
         await finish(guard, request, response.status_code)
     return response
@@ -106,12 +97,6 @@ async def finish(guard, request: Request, status: int) -> None:
                        admin=path.startswith(ADMIN_PREFIX), reason=getattr(error, "audit_reason", None))
 
 
-class StreamUsage:
-    def __init__(self) -> None:
-        self.prompt_tokens: int | None = None
-        self.completion_tokens = 0
-
-
 async def tally_stream(guard, request: Request, chunks: AsyncIterator[dict]) -> AsyncIterator[dict]:
     """Pass chunks through; count completion tokens (usage chunk when asked for, else one per
     text event); at the end, charge and audit the request."""
@@ -120,12 +105,7 @@ async def tally_stream(guard, request: Request, chunks: AsyncIterator[dict]) -> 
     status = 200
     try:
         async for chunk in chunks:
-            reported = chunk.get("usage")
-            if reported:
-                usage.prompt_tokens = reported.get("prompt_tokens")
-                usage.completion_tokens = reported.get("completion_tokens", usage.completion_tokens)
-            elif any(c.get("text") or (c.get("delta") or {}).get("content") for c in chunk.get("choices", ())):
-                usage.completion_tokens += 1
+            usage.add(chunk)
             yield chunk
     except Exception as exc:
         request.state.error = exc

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Sequence
 
 from training.artifact.errors import InvalidRequest, PermissionDenied
 
@@ -63,14 +64,17 @@ def check_adapter_name(name: str, pattern: str, param: str = "name") -> str:
     return name
 
 
-def confined_path(root: Path | None, path: str, param: str = "path") -> Path:
-    if root is None:
+def confined_path(roots: Path | Sequence[Path] | None, path: str, param: str = "path") -> Path:
+    """`path` resolved (symlinks followed) if it lies inside one of `roots`; relative paths start
+    at the first root (the artifacts directory)."""
+    bases = [Path(r).resolve() for r in ([roots] if isinstance(roots, (str, Path)) else roots or []) if r is not None]
+    if not bases:
         raise with_param(PermissionDenied("adapters load only from the artifacts directory, and none is configured",
                                           "set artifacts_dir and load adapters by name"), param)
-    base = Path(root).resolve()
     candidate = Path(path)
-    resolved = (candidate if candidate.is_absolute() else base / candidate).resolve()
-    if resolved != base and base not in resolved.parents:
+    resolved = (candidate if candidate.is_absolute() else bases[0] / candidate).resolve()
+    if not any(resolved == base or base in resolved.parents for base in bases):
         raise with_param(PermissionDenied(f"adapter path {path!r} is outside the artifacts directory",
-                                          f"put the adapter under {base} and give its name or a path inside it"), param)
+                                          f"put the adapter under {bases[0]} and give its name or a path inside it"),
+                         param)
     return resolved
