@@ -36,6 +36,10 @@ def test_compose_bind_mounts_and_named_volumes_exist():
         assert secret["source"] in COMPOSE["secrets"]
         assert secret["target"] == "/etc/tuneserve/keys.json"
     assert "keys.json" in (DEPLOY / ".gitignore").read_text().split()
+    scrape_key = COMPOSE["services"]["prometheus"]["secrets"]  # /metrics needs a `metrics` key
+    assert [(s["source"], s["target"]) for s in scrape_key] == [("metrics-key", "/etc/prometheus/metrics.key")]
+    assert COMPOSE["secrets"]["metrics-key"]["file"] == "./metrics.key"
+    assert "metrics.key" in (DEPLOY / ".gitignore").read_text().split()
 
 
 def test_prometheus_and_grafana_point_at_compose_services():

@@ -25,7 +25,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from genutil import DASHBOARDS_DIR, SERVER_ERROR_CODES, SLI_FILTER, generator_main  # noqa: E402
 from panels import (  # noqa: E402
-    RATE, Panel, Row, dashboard, label_variable, panel_exprs, q, quantile, quantile_queries, rate, ratio, stat, table,
+    RATE, Panel, Row, dashboard, fraction, label_variable, panel_exprs, q, quantile, quantile_queries, rate, ratio, stat, table,
 )
 
 ERRORS = f'code=~"{SERVER_ERROR_CODES}"'
@@ -41,7 +41,7 @@ def adapter_variable() -> dict:
 
 def error_ratio(selector: str = "", by: str = "") -> str:
     sep = ", " if selector else ""
-    return ratio(rate("tuneserve_requests_total", f"{selector}{sep}{ERRORS}", by), rate("tuneserve_requests_total", selector, by))
+    return fraction(rate("tuneserve_requests_total", f"{selector}{sep}{ERRORS}", by), rate("tuneserve_requests_total", selector, by))
 
 
 def overview() -> dict:
@@ -78,7 +78,7 @@ def overview() -> dict:
               thresholds=[(None, "green"), (0.8, "orange"), (0.95, "red")], show_thresholds=True, min=0, max=1),
         Panel("Batch size", [q(ratio(rate("tuneserve_batch_size_sum"), rate("tuneserve_batch_size_count")), "mean"),
                              *quantile_queries("tuneserve_batch_size", phis=(0.95,))], "short"),
-        Panel("Cache hit ratio", [q(ratio(rate("tuneserve_cache_requests_total", 'result="hit"', "cache"),
+        Panel("Cache hit ratio", [q(fraction(rate("tuneserve_cache_requests_total", 'result="hit"', "cache"),
                                           rate("tuneserve_cache_requests_total", by="cache")), "{{cache}}")],
               "percentunit", min=0, max=1),
         Panel("Healthy Ray Serve replicas", [q("sum by (application, deployment) (ray_serve_deployment_replica_healthy)",

@@ -47,6 +47,12 @@ def ratio(numerator: str, denominator: str) -> str:
     return f"{numerator}\n/\n{denominator}"
 
 
+def fraction(part: str, whole: str) -> str:
+    """`part / whole` where both are sums by the same labels: label sets that had no `part` event
+    (no server error yet, no cache hit) read 0, not "No data"."""
+    return ratio(f"({part}\nor\n{whole} * 0)", whole)
+
+
 def quantile_queries(histogram: str, selector: str = "", by: str = "", phis=(0.5, 0.95, 0.99)) -> list[Query]:
     prefix = f"{{{{{by}}}}} " if by else ""
     return [q(quantile(phi, histogram, selector, by), f"{prefix}p{round(phi * 100)}") for phi in phis]

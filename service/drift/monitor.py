@@ -1,7 +1,7 @@
 """Per-adapter rolling windows of live traffic and the background thread that scores them.
 
-The request path only appends to bounded deques (`observe_prompt`, `observe_classification`:
-a few microseconds); every `interval_s` a daemon thread reads each adapter's reference profile
+The request path only appends to bounded deques (`observe_prompts`, with each classifier
+input's top label and score when given: a few microseconds); every `interval_s` a daemon thread reads each adapter's reference profile
 (once, from its artifact), computes the scores of `service.drift.features` and exports them as
 `tuneserve_drift_score{adapter,feature,method}` next to `tuneserve_drift_threshold` and
 `tuneserve_drift_window_samples{adapter}`.
@@ -9,6 +9,7 @@ a few microseconds); every `interval_s` a daemon thread reads each adapter's ref
     monitor = DriftMonitor(DriftSettings(window=500), profile_source=lambda name: artifact_dir_or_None)
     monitor.start()
     monitor.observe_prompt("a1", "some prompt", n_tokens=12, token_ids=[...])
+    monitor.observe_prompts("clf", texts, token_ids_per_text, tokenizer, ranked=[[("card", 0.9), ...], ...])
     monitor.compute_all()          # what the thread runs; returns {adapter: {(feature, method): score}}
     monitor.stop()
 """
@@ -106,20 +107,21 @@ class DriftMonitor:
         if window is not None:
             window.add_prompt(text, n_tokens, token_ids)
 
-    def observe_prompts(self, adapter: str, texts: list[str], prompts: list[list[int]], tokenizer: Any) -> None:
-        """Encoded prompts as the service sees them; special tokens dropped (the profile has none)."""
+    def observe_prompts(self, adapter: str, texts: list[str], prompts: list[list[int]], tokenizer: Any,
+                        ranked: list[list[tuple[str, float]]] | None = None) -> None:
+        """Encoded prompts as the service sees them (special tokens dropped: the profile has none);
+        for a classifier also each input's result ((label, score) best first), kept with its prompt."""
         specials = self._specials.get(id(tokenizer))
         if specials is None:
             specials = self._specials.setdefault(id(tokenizer), frozenset(getattr(tokenizer, "all_special_ids", ())))
-        for text, ids in zip(texts, prompts):
+        for i, (text, ids) in enumerate(zip(texts, prompts)):
+            window = self._window(adapter)
+            if window is None:
+                continue
             plain = [t for t in ids if t not in specials]
-            self.observe_prompt(adapter, text, len(plain), plain)
-
-    def observe_ranked(self, adapter: str, ranked: list[list[tuple[str, float]]]) -> None:
-        """Classifier results (per input: (label, score) best first)."""
-        for row in ranked:
-            if row:
-                self.observe_classification(adapter, row[0][0], row[0][1])
+            window.add_prompt(text, len(plain), plain)
+            if ranked is not None and ranked[i]:
+                window.add_classification(ranked[i][0][0], ranked[i][0][1])
 
     def observe_classification(self, adapter: str, label: str, confidence: float) -> None:
         window = self.windows.get(adapter) if self.settings.enabled else None

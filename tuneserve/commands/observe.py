@@ -8,6 +8,8 @@ binaries `prometheus` and `prometheus-alertmanager` (upstream name `alertmanager
     apt-get install -y prometheus prometheus-alertmanager
     tuneserve observe                                  # scrape localhost:8000, ports 9090/9093
     tuneserve observe --target 10.0.0.5:8000 --ray-target 10.0.0.5:8080 --prometheus-port 0
+    tuneserve keys create prometheus --scope metrics --key-out ~/.config/tuneserve/metrics.key
+    tuneserve observe --metrics-key-file ~/.config/tuneserve/metrics.key   # /metrics needs a `metrics` key
     tuneserve observe observe.yaml scrape_interval=5s  # ObserveConfig fields as YAML / key=value
 
 In code: `with ObserveStack(config) as stack: stack.prometheus_url ...` (used by the tests).
@@ -42,6 +44,9 @@ class ObserveConfig(StrictModel):
     targets: list[str] = Field(default_factory=lambda: ["localhost:8000"],
                                description="host:port of the service's /metrics (job tuneserve)")
     ray_targets: list[str] = Field(default_factory=list, description="host:port of Ray's metrics export port")
+    metrics_key_file: Path | None = Field(None, description="file holding an API key with the `metrics` scope; "
+                                                            "Prometheus sends it as a Bearer token (not needed "
+                                                            "when the service sets security.public_metrics)")
     listen_host: str = "127.0.0.1"
     prometheus_port: int = Field(9090, ge=0, le=65535, description="0 picks a free port")
     alertmanager_port: int = Field(9093, ge=0, le=65535, description="0 picks a free port")
@@ -79,13 +84,16 @@ def scrape_config(config: ObserveConfig, alertmanager_address: str, prometheus_a
     static = [{"targets": config.targets, "labels": {"component": "service"}}]
     if config.ray_targets:
         static.append({"targets": config.ray_targets, "labels": {"component": "ray"}})
+    job = {"job_name": "tuneserve", "metrics_path": "/metrics", "static_configs": static}
+    if config.metrics_key_file is not None:  # Ray's export port ignores the header; /metrics needs it
+        job["authorization"] = {"type": "Bearer", "credentials_file": str(config.metrics_key_file.resolve())}
     return {
         "global": {"scrape_interval": config.scrape_interval, "evaluation_interval": config.evaluation_interval,
                    "external_labels": {"monitor": "tuneserve-observe"}},
         "rule_files": [str(config.rules_dir.resolve() / "*.yml")],
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager_address]}]}]},
         "scrape_configs": [
-            {"job_name": "tuneserve", "metrics_path": "/metrics", "static_configs": static},
+            job,
             {"job_name": "prometheus", "static_configs": [{"targets": [prometheus_address]}]},
         ],
     }
@@ -247,11 +255,13 @@ def register(app: typer.Typer) -> None:
         ray_target: list[str] = typer.Option(None, "--ray-target", help="Ray metrics export host:port (repeatable)"),
         prometheus_port: int = typer.Option(None, "--prometheus-port", help="0 picks a free port (default 9090)"),
         alertmanager_port: int = typer.Option(None, "--alertmanager-port", help="0 picks a free port (default 9093)"),
+        metrics_key_file: Path = typer.Option(None, "--metrics-key-file",
+                                              help="file with an API key of scope `metrics` (Prometheus' Bearer token)"),
     ) -> None:
         """Run a local Prometheus (with the tuneserve alert rules) and Alertmanager against a service."""
         config = load_cli_config(ObserveConfig, args, ENV_PREFIX)
         options = {"targets": target, "ray_targets": ray_target, "prometheus_port": prometheus_port,
-                   "alertmanager_port": alertmanager_port}
+                   "alertmanager_port": alertmanager_port, "metrics_key_file": metrics_key_file}
         given = {key: value for key, value in options.items() if value not in (None, [])}
         config = ObserveConfig.model_validate({**config.model_dump(), **given})
         with ObserveStack(config) as stack:

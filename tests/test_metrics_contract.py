@@ -1,0 +1,125 @@
+"""The metric contract: every tuneserve_* series the committed alert rules and dashboards use is
+exported by service.metrics with the labels they group by; label values stay bounded.
+
+    pytest tests/test_metrics_contract.py
+"""
+
+import re
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from service import metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+SUFFIXES = ("_bucket", "_count", "_sum", "_total")
+
+
+def _exercise():
+    metrics.request_finished("/v1/completions", "a1", "http", 200, 0.2)
+    metrics.request_finished("/tuneserve.v1.Inference/Complete", "a1", "grpc", 503, 0.2)
+    metrics.generation_finished("a1", 5, 7, 0.3)
+    metrics.first_token("a1", 0.05, "http")
+    metrics.inter_token("a1", 0.01, "http")
+    metrics.cache_lookup("a1", True)
+    metrics.batch_admitted(2, 3)
+    metrics.queue_waited("a1", 0.002)
+    metrics.queue_state(1, 64)
+    metrics.adapter_event("a1", "loaded", 0.5)
+    metrics.adapter_event("a1", "load_failed")
+    metrics.adapter_event("a1", "evicted")
+    metrics.model_loaded("tiny-llama", 2.0)
+    metrics.auth_failed("invalid", "http")
+    metrics.rate_limited("k1", "requests")
+    metrics.BLOCKED_CLIENTS.set(1)
+    metrics.KEY_CLIENT_ADDRESSES.labels("k1").set(2)
+    metrics.prompt_injection_suspected("a1")
+    metrics.DRIFT_SCORE.labels("a1", "prompt_length", "psi").set(0.1)
+    metrics.DRIFT_THRESHOLD.labels("a1", "prompt_length", "psi").set(0.25)
+    metrics.DRIFT_WINDOW.labels("a1").set(40)
+
+
+@pytest.fixture(scope="module")
+def exported():
+    _exercise()
+    body = metrics.render()[0].decode()
+    samples = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample.labels)
+    return body, samples
+
+
+def _used_names() -> dict[str, set[str]]:
+    """tuneserve_* series in rules + dashboard queries -> label names used with them (by/on/selectors)."""
+    sys.path.insert(0, str(ROOT / "deploy" / "grafana"))
+    from generate import all_queries
+
+    texts = [p.read_text() for p in (ROOT / "deploy" / "prometheus" / "rules").glob("*.yml")] + list(all_queries())
+    used: dict[str, set[str]] = {}
+    for text in texts:
+        for match in re.finditer(r"\b(tuneserve_[a-z_]+)(\{[^}]*\})?", text):
+            labels = set(re.findall(r"([a-z_]+)\s*[=!]~?", match.group(2) or "")) - {"le", "job", "instance"}
+            used.setdefault(match.group(1), set()).update(labels)
+    return used
+
+
+def test_every_series_used_by_rules_and_dashboards_is_exported_with_its_labels(exported):
+    _, samples = exported
+    used = _used_names()
+    assert len(used) >= 20
+    for name, labels in used.items():
+        assert name in samples, f"{name} is used by a rule or dashboard but not exported"
+        have = set().union(*(set(s) for s in samples[name]))
+        assert labels <= have, (name, labels - have)
+
+
+def test_label_sets_units_and_buckets(exported):
+    body, samples = exported
+    assert {"adapter", "transport", "route", "code"} == set(samples["tuneserve_requests_total"][0])
+    for name, label_sets in samples.items():
+        if name.startswith("tuneserve_") and name != "tuneserve_model_load_seconds":
+            assert all("model" not in labels for labels in label_sets), name
+    buckets = {s["le"] for s in samples["tuneserve_request_duration_seconds_bucket"]}
+    assert "5.0" in buckets and "60.0" in buckets and "0.005" in buckets
+    grpc_codes = {s["code"] for s in samples["tuneserve_requests_total"] if s["transport"] == "grpc"}
+    # other tests in the process may have recorded more gRPC calls: every code is a gRPC code name
+    assert "UNAVAILABLE" in grpc_codes and grpc_codes <= {c.name for c in grpc.StatusCode}
+    assert re.search(r"tuneserve_process_resident_memory_bytes \d", body)
+
+
+def test_adapter_labels_are_bounded(monkeypatch):
+    monkeypatch.setattr(metrics, "_adapters", set())
+    monkeypatch.setattr(metrics, "MAX_ADAPTER_LABELS", 3)
+    assert [metrics.adapter_label(n) for n in ("a", "b", "c", "d", "a")] == ["a", "b", "c", "other", "a"]
+    assert metrics.adapter_label("has space\nand newline") == "other"
+    assert metrics.adapter_label(None) == ""
+    metrics.request_finished("/v1/completions", "no-such-model-xyz", "http", 404, 0.01)
+    assert "no-such-model-xyz" not in metrics.render()[0].decode()
+
+
+def test_grpc_codes_map_from_error_statuses():
+    assert [metrics.grpc_code_name(c) for c in (200, 400, 401, 404, 429, 499, 500, 503, 418)] == [
+        "OK", "INVALID_ARGUMENT", "UNAUTHENTICATED", "NOT_FOUND", "RESOURCE_EXHAUSTED", "CANCELLED",
+        "INTERNAL", "UNAVAILABLE", "UNKNOWN"]
+    assert metrics.grpc_code_name("deadline_exceeded") == "DEADLINE_EXCEEDED"
+
+
+def test_multiprocess_mode_aggregates_processes(tmp_path):
+    """Two processes writing to one PROMETHEUS_MULTIPROC_DIR; render() in a third sees both."""
+    import subprocess
+
+    code = ("import os, sys; from service import metrics; metrics.prepare_metrics_dir(sys.argv[1]) if sys.argv[2] == 'prep' "
+            "else None; metrics.request_finished('/v1/completions', 'a1', 'http', 200, 0.1); "
+            "metrics.queue_state(2, 10)")
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    subprocess.run([sys.executable, "-c", code, str(tmp_path), "prep"], check=True, cwd=ROOT, env=env)
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path), "-"], check=True, cwd=ROOT, env=env)
+    out = subprocess.run([sys.executable, "-c", "from service import metrics; print(metrics.render()[0].decode())"],
+                         check=True, cwd=ROOT, env=env, capture_output=True, text=True).stdout
+    assert 'tuneserve_requests_total{adapter="a1",code="200",route="/v1/completions",transport="http"} 3.0' in out
+    assert "process_cpu_seconds_total" in out
