@@ -199,6 +199,23 @@ def test_adapter_lru_pin_hot_swap_and_corrupt_refusal(core, tiny_base_dir, tmp_p
     assert "a3" not in reg.adapters and len(reg.adapters) <= 3
 
 
+def test_evicting_the_only_loaded_adapter_keeps_serving(tiny_base_dir, service_artifacts, serve_keys):
+    """With one slot, every switch evicts the last adapter PEFT holds; base and adapters keep answering."""
+    one = ServingCore(load_settings(service_args(tiny_base_dir, service_artifacts, serve_keys[0], max_adapters=1),
+                                    ["cache.enabled=false"]))
+    one.start()
+    try:
+        first = {name: complete(one, name, max_tokens=6).choices[0].text for name in ("a1", "a2")}
+        assert list(one.registry.adapters) == ["a2"]
+        base = complete(one, one.registry.base_name, max_tokens=6).choices[0].text
+        assert complete(one, "a1", max_tokens=6).choices[0].text == first["a1"]
+        run(one.unload_adapter("a1"))
+        assert complete(one, one.registry.base_name, max_tokens=6).choices[0].text == base
+        assert complete(one, "a2", max_tokens=6).choices[0].text == first["a2"]
+    finally:
+        one.stop()
+
+
 def test_batched_multi_lora_matches_peft_mixed_batch(core):
     import torch
 

@@ -293,7 +293,16 @@ class ModelRegistry:
 
     def _delete_slot(self, entry: AdapterEntry) -> None:
         with self.model_lock:
-            if self.base.multilora is not None:
-                self.base.multilora.remove(entry.slot)
-            if entry.slot in getattr(self.base.model, "peft_config", {}):
-                self.base.model.delete_adapter(entry.slot)
+            base = self.base
+            if base.multilora is not None:
+                base.multilora.remove(entry.slot)
+            slots = getattr(base.model, "peft_config", {})
+            if entry.slot not in slots:
+                return
+            if len(slots) == 1:
+                # PEFT keeps a deleted last adapter "active" (every later forward fails with KeyError):
+                # remove the adapter layers instead and serve the bare base until the next load.
+                base.model = base.model.unload()
+                base.multilora = None
+            else:
+                base.model.delete_adapter(entry.slot)
