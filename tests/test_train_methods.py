@@ -47,7 +47,17 @@ def test_method_trains_saves_and_reloads(name, tiny_base_dir, data_file, tmp_pat
     expected = logits_of(outcome.model, outcome.collate, outcome.examples[:4])
     reloaded, _, _ = load_trained(outcome.artifact)
     got = logits_of(reloaded, outcome.collate, outcome.examples[:4])
-    assert torch.equal(expected, got), (expected - got).abs().max()
+    if name == "qlora":
+        # bitsandbytes' CPU kernels repack a 4-bit layer's double-quantized absmax into bf16, in place, on
+        # the first no-grad forward; the trained model went through that at a different point than the
+        # fresh 4-bit load, so the base differs in the last bits. The saved adapter itself must be exact.
+        trained = {n: p for n, p in outcome.model.named_parameters() if p.requires_grad}
+        loaded = dict(reloaded.named_parameters())
+        assert trained and all(torch.equal(p, loaded[n]) for n, p in trained.items())
+        assert torch.allclose(expected, got, atol=5e-2), (expected - got).abs().max()
+        assert torch.equal(expected.argmax(-1), got.argmax(-1))
+    else:
+        assert torch.equal(expected, got), (expected - got).abs().max()
     if before is not None:
         after = {n: p for n, p in outcome.model.named_parameters() if p.requires_grad}
         assert any(not torch.equal(before[n], after[n]) for n in before)
