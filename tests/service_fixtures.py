@@ -19,22 +19,26 @@ LORA_TARGETS = ["q_proj", "v_proj"]
 
 
 def make_adapter(base_dir: Path, dest: Path, name: str, seed: int = 0, version: str = "1", r: int = 8,
-                 task: str = "causal-lm") -> Path:
-    """A LoRA adapter artifact with random (non-zero) weights on the base at `base_dir`."""
+                 task: str = "causal-lm", method: str = "lora") -> Path:
+    """A LoRA adapter artifact with random (non-zero) weights on the base at `base_dir`; `method`
+    dora makes it DoRA, lora-head adds a trained copy of lm_head (PEFT's modules_to_save)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     base = AutoModelForCausalLM.from_pretrained(str(base_dir))
-    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=LORA_TARGETS, init_lora_weights=False)
+    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=LORA_TARGETS, init_lora_weights=False,
+                        use_dora=method == "dora", modules_to_save=["lm_head"] if method == "lora-head" else None)
     model = get_peft_model(base, config)
     with torch.no_grad():  # strong enough to change greedy outputs of the tiny base
         for param_name, param in model.named_parameters():
             if "lora_" in param_name:
                 param.mul_(4.0)
-    manifest = {"name": name, "kind": "adapter", "task": task, "method": "lora", "version": version,
-                "base": {"id": "tiny-llama", "sha256": fingerprint_model_dir(base_dir)}}
+            elif "modules_to_save" in param_name:  # a trained copy of the head
+                param.add_(0.05 * torch.randn_like(param))
+    manifest = {"name": name, "kind": "adapter", "task": task, "method": "lora" if method == "lora-head" else method,
+                "version": version, "base": {"id": "tiny-llama", "sha256": fingerprint_model_dir(base_dir)}}
     with ArtifactWriter(dest, manifest, overwrite=True) as writer:
         model.save_pretrained(str(writer.path), safe_serialization=True)
         for extra in ("README.md",):

@@ -216,11 +216,23 @@ def test_evicting_the_only_loaded_adapter_keeps_serving(tiny_base_dir, service_a
         one.stop()
 
 
-def test_batched_multi_lora_matches_peft_mixed_batch(core):
+def _peft_reference(base_dir, artifacts: dict):
+    """The base with `artifacts` ({name: path}) attached the plain PEFT way (no stacking)."""
+    from training.artifact import load_artifact
+    from training.artifact.loading import attach_adapter, load_base
+
+    model = load_base(str(base_dir)).model
+    for name, path in artifacts.items():
+        model = attach_adapter(model, load_artifact(path), name)
+    return model.eval()
+
+
+def test_batched_multi_lora_matches_peft_mixed_batch(core, tiny_base_dir, service_artifacts):
     import torch
 
     target = core.registry.base
     assert target.multilora is not None
+    reference = _peft_reference(tiny_base_dir, {n: service_artifacts / n for n in ("a1", "a2")})
     slots = [core.registry.acquire(n) for n in ("a1", "a2")]
     try:
         names = [slots[0].slot, None, slots[1].slot, slots[0].slot]
@@ -228,10 +240,116 @@ def test_batched_multi_lora_matches_peft_mixed_batch(core):
         ids = torch.randint(3, 200, (4, 7))
         with core.registry.model_lock, torch.inference_mode():
             ours = target.forward(names, batched_lora=True, input_ids=ids).logits
-            peft = target.forward(names, batched_lora=False, input_ids=ids).logits
             bare = target.forward([None] * 4, batched_lora=True, input_ids=ids).logits
     finally:
         for lease in slots:
             lease.release()
+    with torch.inference_mode():
+        peft = reference(input_ids=ids, adapter_names=["a1", "__base__", "a2", "a1"]).logits
     assert torch.allclose(ours, peft, atol=1e-4)
     assert not torch.allclose(ours[0], bare[0], atol=1e-3) and torch.allclose(ours[1], bare[1], atol=1e-5)
+
+
+def test_stacked_adapters_leave_peft_small_and_mix_with_peft_only_adapters(tiny_base_dir, service_artifacts,
+                                                                          serve_keys, tmp_path):
+    """LoRA and DoRA weights live in the stacks only (PEFT keeps an anchor, so loading does not walk
+    every loaded adapter's modules); an adapter with a trained head (PEFT's own path) mixes with
+    them in one batch; every row equals the plain PEFT model's output."""
+    import torch
+
+    many = ServingCore(load_settings(service_args(tiny_base_dir, service_artifacts, serve_keys[0], max_adapters=12),
+                                     ["cache.enabled=false"]))
+    many.start()
+    try:
+        extra = {"d1": make_adapter(tiny_base_dir, tmp_path / "d1", "d1", seed=7, method="dora"),
+                 "h1": make_adapter(tiny_base_dir, tmp_path / "h1", "h1", seed=8, method="lora-head")}
+        extra.update({f"c{i}": make_adapter(tiny_base_dir, tmp_path / f"c{i}", f"c{i}", seed=20 + i) for i in range(5)})
+        for name, path in extra.items():
+            run(many.load_adapter(LoadAdapterRequest(name=name, path=str(path)), None))
+        base, reg = many.registry.base, many.registry
+        stacked = {reg.adapters[n].slot for n in ("d1", "c0", "c4", "a1")}
+        assert stacked <= set(base.multilora.slots) and reg.adapters["h1"].slot not in base.multilora.slots
+        assert len(base.model.peft_config) <= 3, set(base.model.peft_config)  # anchor + h1 (+ one in flight)
+        names = ["c0", "d1", reg.base_name, "h1", "c4", "d1", "a2"]
+        single = {n: complete(many, n, max_tokens=8).choices[0].text for n in set(names)}
+
+        async def together():
+            return await asyncio.gather(*[many.complete(CompletionRequest(model=n, prompt=PROMPT, temperature=0,
+                                                                          max_tokens=8), None) for n in names])
+
+        assert [r.choices[0].text for r in run(together())] == [single[n] for n in names]
+        rows = ["c0", "d1", "h1", None]
+        reference = _peft_reference(tiny_base_dir, {n: extra[n] for n in rows if n})
+        leases = [reg.acquire(n) for n in rows if n]
+        try:
+            ids = torch.randint(3, 200, (len(rows), 6))
+            with reg.model_lock, torch.inference_mode():
+                ours = base.forward([lease.slot for lease in leases] + [None], input_ids=ids).logits
+        finally:
+            for lease in leases:
+                lease.release()
+        with torch.inference_mode():  # PEFT mixes no DoRA rows: the reference runs one adapter at a time
+            expected = []
+            for i, name in enumerate(rows):
+                with (reference.disable_adapter() if name is None else _active(reference, name)):
+                    expected.append(reference(input_ids=ids[i:i + 1]).logits)
+        assert torch.allclose(ours, torch.cat(expected), atol=1e-4), (ours - torch.cat(expected)).abs().max()
+        for name in list(reg.adapters):  # unload everything: back to the bare base
+            run(many.unload_adapter(name, True))
+        assert not hasattr(reg.base.model, "peft_config")
+        assert complete(many, reg.base_name, max_tokens=8).choices[0].text == single[reg.base_name]
+    finally:
+        many.stop()
+
+
+def _active(model, name):
+    from contextlib import contextmanager
+
+    @contextmanager
+    def scope():
+        model.set_adapter(name)
+        yield
+
+    return scope()
+
+
+def test_layer_stack_reuses_rows_and_grows():
+    import torch
+
+    from service.engine.multilora import _LayerStack
+
+    stack = _LayerStack()
+    pairs = {f"s{i}": (torch.randn(2 if i < 5 else 4, 3), torch.randn(5, 2 if i < 5 else 4)) for i in range(7)}
+    for slot, (a, b) in pairs.items():
+        stack.put(slot, a, b)
+    assert stack.a.shape[0] >= 8 and stack.a.shape[1] == 4 and 0 not in stack.index.values()
+    for slot, (a, b) in pairs.items():  # smaller ranks are zero-padded
+        row, rank = stack.index[slot], a.shape[0]
+        assert torch.equal(stack.a[row, :rank], a) and torch.equal(stack.b[row, :, :rank], b)
+        assert not stack.a[row, rank:].any() and not stack.b[row, :, rank:].any()
+    row = stack.index["s1"]
+    stack.drop("s1")
+    assert not stack.a[row].any() and "s1" not in stack.index
+    stack.put("s9", *pairs["s0"])
+    assert stack.index["s9"] == row and not stack.a[0].any() and not stack.b[0].any()  # row 0: the bare base
+
+
+def test_an_adapter_of_another_peft_type_is_refused_clearly(core, tiny_base_dir, tmp_path):
+    import torch
+    from peft import IA3Config, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from training.artifact import ArtifactWriter, fingerprint_model_dir
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_base_dir)),
+                           IA3Config(target_modules=["q_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"]))
+    manifest = {"name": "ia", "kind": "adapter", "task": "causal-lm", "method": "ia3", "version": "1",
+                "base": {"id": "tiny-llama", "sha256": fingerprint_model_dir(tiny_base_dir)}}
+    with ArtifactWriter(tmp_path / "ia", manifest) as writer:
+        model.save_pretrained(str(writer.path), safe_serialization=True)
+        (writer.path / "README.md").unlink(missing_ok=True)
+    before = set(core.registry.adapters)
+    with pytest.raises(ArtifactInvalid, match="IA3 adapter.*LORA"):
+        run(core.load_adapter(LoadAdapterRequest(name="ia", path=str(tmp_path / "ia"))))
+    assert set(core.registry.adapters) == before and complete(core, "a1", max_tokens=2).choices

@@ -11,8 +11,14 @@ add every row's delta at once:
     with ml.rows(["a1", None, "a2"]):          # PEFT's own LoRA path is switched off inside
         logits = peft_model(input_ids=...).logits
 
-Only plain LoRA adapters on Linear layers qualify (`supports(slot)`); others (DoRA, IA3,
-LoHa, ...) keep using PEFT's `adapter_names` path.
+LoRA and DoRA adapters on Linear layers qualify (`supports(slot)`; DoRA adds its per-output
+factor g = magnitude / ||W + sBA||: y = base(x) + (g - 1) W x + g sBAx, and PEFT refuses DoRA
+in mixed batches altogether); others (IA3, LoHa, LoKr, ...) keep using PEFT's `adapter_names`
+path, also inside a batch that mixes both kinds
+(`rows(..., peft=True)`: PEFT serves its rows, the hooks add the stacked adapters' deltas).
+Once stacked, an adapter's weights live here only (the registry deletes PEFT's copy and keeps
+one adapter in PEFT as the anchor of the wrapped layers), so PEFT's per-load module walk does
+not grow with the number of adapters loaded.
 """
 
 from __future__ import annotations
@@ -22,29 +28,75 @@ from contextlib import contextmanager
 import torch
 
 
-class _LayerStack:
-    def __init__(self) -> None:
-        self.pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # slot -> (A [r, in], B*scale [out, r])
-        self.a: torch.Tensor | None = None
-        self.b: torch.Tensor | None = None
-        self.index: dict[str, int] = {}
+def _variant(module, slot: str) -> str | None:
+    """None for plain LoRA, "dora" for DoRA, else the variant's class name (not stackable)."""
+    variant = getattr(module, "lora_variant", {}).get(slot)
+    if variant is None:
+        return None
+    return "dora" if "Dora" in type(variant).__name__ else type(variant).__name__
 
-    def rebuild(self, order: list[str]) -> None:
-        present = [s for s in order if s in self.pairs]
-        if not present:
-            self.a = self.b = None
-            self.index = {}
-            return
-        rank = max(self.pairs[s][0].shape[0] for s in present)
-        a0, b0 = self.pairs[present[0]]
-        a = torch.zeros((len(present) + 1, rank, a0.shape[1]), dtype=a0.dtype)
-        b = torch.zeros((len(present) + 1, b0.shape[0], rank), dtype=b0.dtype)
-        for i, slot in enumerate(present, start=1):
-            sa, sb = self.pairs[slot]
-            a[i, : sa.shape[0]] = sa
-            b[i, :, : sb.shape[1]] = sb
-        self.a, self.b = a, b
-        self.index = {s: i for i, s in enumerate(present, start=1)}
+
+def _dora_scale(module, slot: str, scaled_delta: torch.Tensor) -> torch.Tensor | None:
+    """DoRA's per-output factor magnitude / ||W + s B A|| (its norm is a constant at inference)."""
+    if _variant(module, slot) != "dora":
+        return None
+    weight = module.base_layer.weight.detach().to(scaled_delta.dtype)
+    magnitude = module.lora_magnitude_vector[slot].weight.detach().to(scaled_delta.dtype)
+    return magnitude / torch.linalg.norm(weight + scaled_delta, dim=1)
+
+
+class _LayerStack:
+    """One LoRA layer's adapters, stacked for gathering. Row 0 stays zero (the bare base); a
+    removed adapter's row is zeroed and reused, and the stacks grow by doubling, so adding an
+    adapter copies only its own weights (amortized O(1) in the number already loaded)."""
+
+    def __init__(self) -> None:
+        self.a: torch.Tensor | None = None  # [capacity, r_max, in]
+        self.b: torch.Tensor | None = None  # [capacity, out, r_max] (B already scaled)
+        self.g: torch.Tensor | None = None  # [capacity, out]: DoRA's magnitude / column norm (1 = plain LoRA)
+        self.index: dict[str, int] = {}
+        self.free: list[int] = []
+        self.scaled: set[str] = set()  # slots with a DoRA scale
+
+    def _grow(self, capacity: int, rank: int, like_a: torch.Tensor, like_b: torch.Tensor) -> None:
+        a = torch.zeros((capacity, rank, like_a.shape[1]), dtype=like_a.dtype)
+        b = torch.zeros((capacity, like_b.shape[0], rank), dtype=like_b.dtype)
+        g = torch.ones((capacity, like_b.shape[0]), dtype=like_b.dtype)
+        old = 1
+        if self.a is not None:
+            old, old_rank = self.a.shape[0], self.a.shape[1]
+            a[:old, :old_rank] = self.a
+            b[:old, :, :old_rank] = self.b
+            g[:old] = self.g
+        self.a, self.b, self.g = a, b, g
+        self.free.extend(range(capacity - 1, old - 1, -1))  # pop() hands out the lowest row first
+
+    def put(self, slot: str, a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor | None = None) -> None:
+        rank = a.shape[0]
+        if self.a is None:
+            self._grow(4, rank, a, b)
+        elif rank > self.a.shape[1]:
+            self._grow(self.a.shape[0], rank, a, b)
+        if not self.free:
+            self._grow(2 * self.a.shape[0], self.a.shape[1], a, b)
+        row = self.free.pop()
+        self.a[row].zero_()
+        self.b[row].zero_()
+        self.a[row, :rank] = a
+        self.b[row, :, :rank] = b
+        self.g[row] = 1.0 if scale is None else scale
+        self.index[slot] = row
+        if scale is not None:
+            self.scaled.add(slot)
+
+    def drop(self, slot: str) -> None:
+        row = self.index.pop(slot, None)
+        if row is not None:
+            self.a[row].zero_()
+            self.b[row].zero_()
+            self.g[row] = 1.0
+            self.free.append(row)
+            self.scaled.discard(slot)
 
 
 class MultiLora:
@@ -63,10 +115,17 @@ class MultiLora:
         return [m for m in model.modules() if isinstance(m, LoraLinear)]
 
     def supports(self, slot: str) -> bool:
+        """LoRA or DoRA on Linear layers, and nothing else trained (no `modules_to_save` heads)."""
+        config = getattr(self.model, "peft_config", {}).get(slot)
+        if config is None or getattr(config, "modules_to_save", None):
+            return False
         layers = [m for m in self._lora_layers(self.model) if slot in m.lora_A]
-        return bool(layers) and all(slot not in getattr(m, "lora_variant", {}) for m in layers)
+        return bool(layers) and all(not m.fan_in_fan_out and (_variant(m, slot) is None or (
+            _variant(m, slot) == "dora" and isinstance(getattr(m.base_layer, "weight", None), torch.Tensor)))
+            for m in layers)
 
     def add(self, slot: str) -> None:
+        """Copy PEFT's weights of `slot` into the stacks (PEFT's own copy may be deleted afterwards)."""
         for module in self._lora_layers(self.model):
             if slot not in module.lora_A:
                 continue
@@ -74,9 +133,9 @@ class MultiLora:
             if key not in self.layers:
                 self.layers[key] = (module, _LayerStack())
                 module.register_forward_hook(self._hook)
-            a = module.lora_A[slot].weight.detach().clone()
-            b = (module.lora_B[slot].weight.detach() * module.scaling[slot]).clone()
-            self.layers[key][1].pairs[slot] = (a, b)
+            a = module.lora_A[slot].weight.detach()
+            b = module.lora_B[slot].weight.detach() * module.scaling[slot]
+            self.layers[key][1].put(slot, a, b, _dora_scale(module, slot, b @ a))
         self.slots.append(slot)
         self.refresh()
 
@@ -84,21 +143,20 @@ class MultiLora:
         if slot in self.slots:
             self.slots.remove(slot)
             for _, stack in self.layers.values():
-                stack.pairs.pop(slot, None)
-            self.refresh()
+                stack.drop(slot)
 
     def refresh(self) -> None:
+        """Re-list PEFT's tuner layers (after PEFT wrapped new modules)."""
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         self._tuner_layers = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
-        for _, stack in self.layers.values():
-            stack.rebuild(self.slots)
 
     @contextmanager
-    def rows(self, slots: list[str | None]):
-        """Run the wrapped model with row i using adapter slots[i] (None = bare base)."""
+    def rows(self, slots: list[str | None], peft: bool = False):
+        """Run the wrapped model with row i using adapter slots[i] (None = bare base). With `peft`,
+        PEFT's own adapter path stays on (rows of PEFT-only adapters via `adapter_names`)."""
         self._rows, self._cache = slots, {}
-        modules = self._tuner_layers
+        modules = [] if peft else self._tuner_layers
         # PEFT's disable_adapter() re-enables through set_adapter, O(adapters) per layer; the flag alone is O(1)
         for module in modules:
             module._disable_adapters = True
@@ -121,11 +179,19 @@ class MultiLora:
         if self._rows is None:
             return output
         stack = self.layers[id(module)][1]
-        if stack.a is None:
+        if not stack.index:
             return output
         index = self._row_index(stack)
         if not bool(index.any()):
             return output
         x = args[0].to(stack.a.dtype)
         down = torch.bmm(x, stack.a[index].transpose(1, 2))  # [B, S, r]
-        return output + torch.bmm(down, stack.b[index].transpose(1, 2)).to(output.dtype)
+        delta = torch.bmm(down, stack.b[index].transpose(1, 2))
+        if not stack.scaled:
+            return output + delta.to(output.dtype)
+        # DoRA: y = base(x) + (g - 1) * W x + g * (s B A x); g = 1 on plain LoRA and base rows
+        g = stack.g[index].unsqueeze(1)
+        out = output.to(delta.dtype)
+        bias = module.base_layer.bias
+        plain = out if bias is None else out - bias.to(delta.dtype)
+        return (out + (g - 1) * plain + g * delta).to(output.dtype)

@@ -11,6 +11,9 @@ Adapters are attached to the base as PEFT adapters under internal slot names, so
 version is attached next to the old one and swapped in one step; the old slot is deleted
 when the last running request that uses it finishes. At most `max_adapters` stay loaded;
 the least recently used unpinned idle one is evicted. A failed load changes nothing.
+Plain LoRA adapters of a causal LM are then copied into the batched multi-LoRA stacks and
+PEFT's copy is deleted (PEFT keeps one adapter as the anchor of its wrapped layers), so a
+load costs the same with 1 or 100 adapters loaded; other methods stay in PEFT.
 """
 
 from __future__ import annotations
@@ -87,10 +90,16 @@ class Target:
         if not self.takes_adapters:
             return self.model(**inputs)
         ml = self.multilora
-        if batched_lora and ml is not None and all(a is None or a in ml.slots for a in adapters):
+        if not batched_lora or ml is None:
+            return self.model(**inputs, adapter_names=[a or BASE_ADAPTER for a in adapters])
+        stacked = [a if a in ml.slots else None for a in adapters]
+        if stacked == adapters:
             with ml.rows(adapters):
                 return self.model(**inputs)
-        return self.model(**inputs, adapter_names=[a or BASE_ADAPTER for a in adapters])
+        # PEFT-only adapters (DoRA, IA3, ...) through adapter_names; stacked rows through the hooks
+        with ml.rows(stacked, peft=True):
+            return self.model(**inputs, adapter_names=[BASE_ADAPTER if s or not a else a
+                                                       for a, s in zip(adapters, stacked)])
 
 
 @dataclass
@@ -125,6 +134,7 @@ class ModelRegistry:
         self.adapters: OrderedDict[str, AdapterEntry] = OrderedDict()  # LRU order, oldest first
         self.catalog = Catalog()
         self.base_name = ""
+        self._orphans: set[str] = set()  # PEFT slots of unloaded adapters kept as the layers' anchor
 
     # ---- start -------------------------------------------------------------------------
     def start(self) -> None:
@@ -218,20 +228,19 @@ class ModelRegistry:
             with self._state:
                 old = self.adapters.get(name)
                 if old is None:
-                    self._make_room()
+                    self._eviction_victim()  # refuse early when no slot can be freed
             slot = f"a{next(self._slots)}"
             with self.model_lock:
-                base = self.base
-                base.model = attach_adapter(base.model, artifact, slot)
-                if self.config.batched_lora:
-                    base.multilora = base.multilora or MultiLora(base.model)
-                    if base.multilora.supports(slot):
-                        base.multilora.add(slot)
-                    else:  # served through PEFT's adapter_names path
-                        base.multilora.refresh()
+                self._attach(artifact, slot)
             entry = AdapterEntry(name, slot, artifact.path, artifact.manifest,
                                  pinned=pin if pin is not None else (old.pinned if old else name in self.config.pinned))
             with self._state:
+                if old is None:  # evict only once the new adapter is in: a failed load changes nothing
+                    try:
+                        self._make_room()
+                    except Exception:
+                        self._delete_slot(entry)
+                        raise
                 self.adapters[name] = entry
                 self.adapters.move_to_end(name)
                 self.catalog.adapters[name] = artifact.path
@@ -239,6 +248,21 @@ class ModelRegistry:
                     self._retire(old)
             log.info("adapter %s loaded from %s (slot %s, version %s)", name, artifact.path, slot, artifact.manifest.version)
             return entry.info(self.base_name)
+
+    def _attach(self, artifact, slot: str) -> None:
+        """Attach `artifact` under `slot` (model lock held); stack it when the batched path can serve it."""
+        base = self.base
+        base.model = attach_adapter(base.model, artifact, slot)
+        if not self.config.batched_lora:
+            return
+        base.multilora = base.multilora or MultiLora(base.model)
+        if not base.multilora.supports(slot):  # served through PEFT's adapter_names path
+            base.multilora.refresh()
+            return
+        base.multilora.add(slot)
+        # generation reads the stacks only (classification keeps PEFT's path and heads)
+        if base.loaded.task == "causal-lm" and len(base.model.peft_config) > 1:
+            base.model.delete_adapter(slot)
 
     def unload_adapter(self, name: str, force: bool = False) -> None:
         with self._state:
@@ -264,21 +288,27 @@ class ModelRegistry:
             entry.pinned = pinned
             return entry.info(self.base_name)
 
-    def _make_room(self) -> None:
+    def _eviction_victim(self) -> str | None:
+        """The adapter `_make_room` would evict (None when a slot is free); raises when none can go."""
         if len(self.adapters) < self.config.max_adapters:
-            return
+            return None
         for name, entry in self.adapters.items():  # oldest use first
             if not entry.pinned and entry.in_use == 0:
-                log.info("evicting adapter %s (least recently used)", name)
-                del self.adapters[name]
-                self._retire(entry)
-                metrics.adapter_event(name, "evicted")
-                return
+                return name
         if all(e.pinned for e in self.adapters.values()):
             raise Conflict(f"all {self.config.max_adapters} adapter slots hold pinned adapters",
                            "unpin or unload one, or raise max_adapters")
         raise Unavailable(f"all {self.config.max_adapters} adapter slots are busy with running requests",
                           "retry in a moment, or raise max_adapters")
+
+    def _make_room(self) -> None:
+        name = self._eviction_victim()
+        if name is None:
+            return
+        log.info("evicting adapter %s (least recently used)", name)
+        entry = self.adapters.pop(name)
+        self._retire(entry)
+        metrics.adapter_event(name, "evicted")
 
     def _retire(self, entry: AdapterEntry) -> None:
         entry.retired = True
@@ -296,13 +326,15 @@ class ModelRegistry:
             base = self.base
             if base.multilora is not None:
                 base.multilora.remove(entry.slot)
-            slots = getattr(base.model, "peft_config", {})
-            if entry.slot not in slots:
-                return
-            if len(slots) == 1:
-                # PEFT keeps a deleted last adapter "active" (every later forward fails with KeyError):
-                # remove the adapter layers instead and serve the bare base until the next load.
+            peft = getattr(base.model, "peft_config", {})
+            if entry.slot in peft:
+                if len(peft) > 1:
+                    base.model.delete_adapter(entry.slot)
+                else:  # PEFT's last adapter anchors the wrapped layers the stacks hook into: keep it
+                    self._orphans.add(entry.slot)
+            if peft and set(peft) <= self._orphans and not (base.multilora and base.multilora.slots):
+                # Nothing is served through the adapter layers any more. (PEFT would keep a deleted
+                # last adapter "active" and fail every later forward): unwrap to the bare base.
                 base.model = base.model.unload()
                 base.multilora = None
-            else:
-                base.model.delete_adapter(entry.slot)
+                self._orphans.clear()

@@ -137,6 +137,12 @@ def attach_adapter(model, artifact: Artifact, adapter_name: str):
     else:
         if adapter_name in model.peft_config:
             raise ArtifactInvalid(f"adapter name {adapter_name!r} is already attached", "unload it first")
+        loaded_types = {str(c.peft_type.value) for c in model.peft_config.values()}
+        if str(config.peft_type.value) not in loaded_types:  # PEFT holds one adapter type per model
+            raise ArtifactInvalid(f"adapter {artifact.path} is a {config.peft_type.value} adapter, but this model "
+                                  f"already holds {', '.join(sorted(loaded_types))} adapters",
+                                  "serve adapters of one PEFT type per base model (LoRA and DoRA mix; "
+                                  "IA3/LoHa/LoKr/prompt adapters need a deployment of their own)")
         model.add_adapter(adapter_name, config)
     try:
         result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)
