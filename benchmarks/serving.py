@@ -205,7 +205,8 @@ def main() -> None:
     naive = _spawn_naive(base_dir, artifacts / names[0], naive_port, work / "naive.log")
     overrides = [f"base_model={base_dir}", f"artifacts_dir={artifacts}", f"keys_file={work / 'keys.json'}",
                  "api_keys_env=null", f"port={port}", "grpc_port=0", "cache.enabled=false",
-                 f"max_adapters={args.many + 16}"]
+                 f"max_adapters={args.many + 16}",
+                 f"security.adapter_roots=[{extra}]"]  # admins may load from there besides artifacts_dir
     try:
         proc, url = spawn(overrides, work / "server.log", env={"RAY_TMPDIR": "/tmp/ts-ray-bench"})
     except BaseException:
