@@ -199,3 +199,18 @@ def test_observe_command_prints_urls_and_stops_children_on_sigterm(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+@pytest.mark.integration
+def test_start_then_with_starts_one_pair_and_stop_leaves_no_process(fake_service, tmp_path):
+    """`with stack.start():` used to start a second Prometheus + Alertmanager and orphan the first."""
+    import subprocess
+
+    require_tool("prometheus")
+    address, _ = fake_service
+    stack = ObserveStack(ObserveConfig(targets=[address], prometheus_port=0, alertmanager_port=0, work_dir=tmp_path))
+    with stack.start() as same:
+        assert same is stack and len(stack.processes) == 2
+        running = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
+        assert sorted(map(int, running)) == sorted(p.process.pid for p in stack.processes)
+    assert subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split() == []

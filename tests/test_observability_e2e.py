@@ -163,7 +163,7 @@ def stack(artifacts, tiny_base_dir, serve_keys, tmp_path_factory):
                            alertmanager_config=_alertmanager_config(work / "alertmanager.yml", webhook),
                            work_dir=work / "observe")
     try:
-        with ObserveStack(config).start() as observe:
+        with ObserveStack(config) as observe:
             yield {"url": url, "keys": {**serve_keys[1], "limited": plain}, "prometheus": observe.prometheus_url, "webhook": webhook,
                    "log": work / "server.log"}
     finally:

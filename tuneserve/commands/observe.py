@@ -167,6 +167,9 @@ class ObserveStack:
         return f"{self.config.listen_host}:{pick_port(self.config.listen_host, port)}"
 
     def start(self) -> "ObserveStack":
+        """Start both (a no-op while they run: `with stack.start():` must not start a second pair)."""
+        if self.processes and all(process.exited() is None for process in self.processes):
+            return self
         config = self.config
         prometheus_bin = find_binary([config.prometheus_bin])
         alertmanager_bin = find_binary(config.alertmanager_bin)
