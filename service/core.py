@@ -73,7 +73,7 @@ class ServingCore:
                            pinned=list(settings.pinned), batched_lora=settings.batched_lora),
             max_batch_size=settings.batching.max_batch_size, batch_wait_timeout_s=settings.batching.batch_wait_timeout_s,
             cache_size=settings.cache.size if settings.cache.enabled else 0, cache_ttl_s=settings.cache.ttl_s,
-            num_threads=settings.num_threads)
+            num_threads=settings.num_threads, batch_max_wait_s=settings.batching.batch_max_wait_s)
         self.registry = self.engine.registry
         self.drift = DriftMonitor(settings.drift, self._artifact_dir)
         self._stop_gauges = None

@@ -24,7 +24,9 @@ ENV_PREFIX = "TUNESERVE_SERVE__"
 
 class BatchingSettings(StrictModel):
     max_batch_size: int = Field(16, ge=1, le=256)
-    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=5.0)
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=5.0, description="an idle engine keeps collecting "
+                                        "requests while they arrive less than this apart ...")
+    batch_max_wait_s: float = Field(0.1, ge=0.0, le=5.0, description="... for at most this long in all")
 
 
 class LimitSettings(StrictModel):

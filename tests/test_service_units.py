@@ -164,3 +164,33 @@ def test_serve_command_creates_an_admin_key_once(tmp_path, monkeypatch):
     assert Authenticator(keys_file=tmp_path / "keys.json").authenticate(plain).scopes == ("infer", "admin", "metrics")
     assert ensure_key([], new_key=False)[1] is None  # a key exists: nothing new is printed
     assert ensure_key([], new_key=True)[1] not in (None, plain)
+
+
+def test_idle_scheduler_collects_a_burst_while_arrivals_keep_coming():
+    """An idle engine keeps collecting while requests arrive closer than batch_wait_timeout_s,
+    up to batch_max_wait_s; a longer gap starts the batch."""
+    import threading
+    import time
+
+    from service.engine.scheduler import Scheduler
+
+    def feed(sched, gaps):
+        for gap in gaps:
+            time.sleep(gap)
+            sched.inbox.put(object())
+
+    burst = Scheduler(None, max_batch_size=16, batch_wait_timeout_s=0.05, batch_max_wait_s=1.0)
+    burst.inbox.put(object())
+    feeder = threading.Thread(target=feed, args=(burst, [0.01] * 6))  # 70 ms in all, gaps well under 50 ms
+    feeder.start()
+    burst._collect(block=True)
+    feeder.join()
+    assert len(burst.waiting) == 7
+
+    sparse = Scheduler(None, max_batch_size=16, batch_wait_timeout_s=0.02, batch_max_wait_s=1.0)
+    sparse.inbox.put(object())
+    feeder = threading.Thread(target=feed, args=(sparse, [0.3]))
+    feeder.start()
+    sparse._collect(block=True)
+    feeder.join()
+    assert len(sparse.waiting) == 1

@@ -1,6 +1,6 @@
 """`Engine`: the registry, the engine thread and the response cache of one replica. No Ray here.
 
-    engine = Engine(RegistryConfig(...), max_batch_size=16, batch_wait_timeout_s=0.01)
+    engine = Engine(RegistryConfig(...), max_batch_size=16, batch_wait_timeout_s=0.01, batch_max_wait_s=0.1)
     engine.start()
     lease = engine.registry.acquire("my-adapter")
     stream = engine.generate(lease, prompt_ids, SamplingParams(max_tokens=32), n=1)   # inside an event loop
@@ -20,9 +20,10 @@ from service.engine.types import GenRow, RequestStream, SamplingParams
 
 class Engine:
     def __init__(self, config: RegistryConfig, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.01,
-                 cache_size: int = 1024, cache_ttl_s: float = 300.0, num_threads: int | None = None) -> None:
+                 cache_size: int = 1024, cache_ttl_s: float = 300.0, num_threads: int | None = None,
+                 batch_max_wait_s: float = 0.1) -> None:
         self.registry = ModelRegistry(config)
-        self.scheduler = Scheduler(self.registry, max_batch_size, batch_wait_timeout_s)
+        self.scheduler = Scheduler(self.registry, max_batch_size, batch_wait_timeout_s, batch_max_wait_s)
         self.cache = ResponseCache(cache_size, cache_ttl_s)
         self.num_threads = num_threads
         self.started = False

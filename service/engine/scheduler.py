@@ -1,14 +1,16 @@
 """The engine thread: continuous batching of generation rows across models and adapters.
 
-    sched = Scheduler(registry, max_batch_size=16, batch_wait_timeout_s=0.01)
+    sched = Scheduler(registry, max_batch_size=16, batch_wait_timeout_s=0.01, batch_max_wait_s=0.1)
     sched.start()
     sched.submit([row, ...])     # rows of one request; events arrive on row.stream
     sched.stop()
 
 One thread owns all decoding. Each model target has one `DecodeBatch`; new rows join it at
 the next step boundary (up to max_batch_size rows), so a long generation never blocks a
-short one from starting. When the engine is idle, the first request waits up to
-batch_wait_timeout_s for others so they share one prefill.
+short one from starting. When the engine is idle, the first request waits for others so
+they share one prefill and one full decode batch: as long as requests keep arriving less than
+batch_wait_timeout_s apart, up to batch_max_wait_s in all (a burst of HTTP clients reaches the
+engine spread over tens of ms; a fixed 10 ms window started most of them in small batches).
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ log = logging.getLogger("tuneserve.service.scheduler")
 
 
 class Scheduler:
-    def __init__(self, registry, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.01) -> None:
+    def __init__(self, registry, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.01,
+                 batch_max_wait_s: float = 0.1) -> None:
         self.registry = registry
         self.max_batch_size = max_batch_size
         self.batch_wait_timeout_s = batch_wait_timeout_s
+        self.batch_max_wait_s = max(batch_max_wait_s, batch_wait_timeout_s)
         self.inbox: queue.Queue[GenRow | None] = queue.Queue()
         self.waiting: list[GenRow] = []
         self.batches: dict[str, DecodeBatch] = {}
@@ -74,9 +78,9 @@ class Scheduler:
             if first is None:
                 return
             self.waiting.append(first)
-            deadline = time.monotonic() + self.batch_wait_timeout_s
+            deadline = time.monotonic() + self.batch_max_wait_s
             while len(self.waiting) < self.max_batch_size:
-                remaining = deadline - time.monotonic()
+                remaining = min(self.batch_wait_timeout_s, deadline - time.monotonic())  # the gap, capped
                 if remaining <= 0:
                     break
                 try:
