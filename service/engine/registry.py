@@ -96,7 +96,7 @@ class Target:
         if stacked == adapters:
             with ml.rows(adapters):
                 return self.model(**inputs)
-        # PEFT-only adapters (DoRA, IA3, ...) through adapter_names; stacked rows through the hooks
+        # adapters PEFT serves (e.g. LoRA with a trained head) through adapter_names; stacked rows through the hooks
         with ml.rows(stacked, peft=True):
             return self.model(**inputs, adapter_names=[BASE_ADAPTER if s or not a else a
                                                        for a, s in zip(adapters, stacked)])
