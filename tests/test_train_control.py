@@ -96,3 +96,35 @@ def test_checkpoints_hold_no_pickle(tiny_base_dir, data_file, tmp_path):
     assert ckpts == ["step-2", "step-4"]
     files = {p.name for p in (cfg.checkpoint_path() / "step-4").iterdir()}
     assert files == {"trainable.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"}
+
+
+def _loop_over(lengths, group_by_length, seed=3):
+    from training.train.config import TrainConfig
+    from training.train.loop import TrainLoop
+
+    cfg = TrainConfig(batch_size=8, seed=seed, group_by_length=group_by_length, progress=False)
+    examples = [{"input_ids": [1] * n, "row": k} for k, n in enumerate(lengths)]
+    return TrainLoop(cfg, torch.nn.Linear(2, 2), examples, [], collate=lambda b: b, task="causal-lm",
+                     device=torch.device("cpu"))
+
+
+def test_group_by_length_cuts_padding_and_stays_a_seeded_permutation():
+    import random
+
+    rng = random.Random(0)
+    lengths = [rng.randint(3, 60) for _ in range(1003)]
+    grouped, plain = _loop_over(lengths, True), _loop_over(lengths, False)
+
+    def padded(loop, epoch):
+        batches = [loop.micro_batch(epoch * loop.batches_per_epoch + b) for b in range(loop.batches_per_epoch)]
+        assert sorted(id(e) for b in batches for e in b) == sorted(id(e) for e in loop.train)
+        return sum(max(len(e["input_ids"]) for e in b) * len(b) for b in batches)
+
+    assert padded(grouped, 0) < 0.6 * padded(plain, 0)
+    assert all(len(grouped.micro_batch(b)) == 8 for b in range(grouped.batches_per_epoch - 1))
+    again = _loop_over(lengths, True)
+    assert [again.micro_batch(b) for b in range(5)] == [grouped.micro_batch(b) for b in range(5)]
+    next_epoch = [grouped.micro_batch(grouped.batches_per_epoch + b) for b in range(5)]
+    assert next_epoch != [grouped.micro_batch(b) for b in range(5)]
+    first = [[len(e["input_ids"]) for e in grouped.micro_batch(b)] for b in range(10)]
+    assert sorted(first) != first, "batch order must be shuffled, not sorted by length"

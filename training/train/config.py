@@ -107,6 +107,8 @@ class TrainConfig(StrictModel):
     max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
     batch_size: int = Field(8, gt=0)
     grad_accum: int = Field(1, gt=0)
+    group_by_length: bool = Field(False, description="batch examples of similar length (less padding, faster on "
+                                  "short texts); order stays random across batches and a function of seed and epoch")
     dropout: float | None = Field(None, ge=0.0, lt=1.0, description="override the model's own dropout probabilities")
     seed: int = 42
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")

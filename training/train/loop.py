@@ -30,6 +30,8 @@ from training.train.config import TrainConfig
 
 # Test/debug throttle: seconds to sleep after each optimizer step (lets tests kill a run mid-way).
 STEP_DELAY_ENV = "TUNESERVE_TRAIN_STEP_DELAY_S"
+# group_by_length sorts windows of this many batches (randomness across windows, little padding within).
+GROUP_WINDOW = 50
 
 
 @dataclass
@@ -90,8 +92,27 @@ class TrainLoop:
 
         if epoch not in self._orders:
             gen = torch.Generator().manual_seed(self.cfg.seed + epoch)
-            self._orders = {epoch: torch.randperm(len(self.train), generator=gen).tolist()}
+            order = torch.randperm(len(self.train), generator=gen).tolist()
+            if self.cfg.group_by_length:
+                order = self._grouped(order, gen)
+            self._orders = {epoch: order}
         return self._orders[epoch]
+
+    def _grouped(self, order: list[int], gen: Any) -> list[int]:
+        """Sort windows of GROUP_WINDOW batches by length, cut them into batches, shuffle the full
+        batches (a short last batch stays last so every batch starts at a multiple of batch_size)."""
+        import torch
+
+        size = self.cfg.batch_size
+        window = size * GROUP_WINDOW
+        batches: list[list[int]] = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start:start + window], key=lambda i: -len(self.train[i]["input_ids"]))
+            batches += [chunk[k:k + size] for k in range(0, len(chunk), size)]
+        tail = [b for b in batches if len(b) < size]
+        full = [b for b in batches if len(b) == size]
+        full = [full[i] for i in torch.randperm(len(full), generator=gen).tolist()]
+        return [i for batch in full + tail for i in batch]
 
     def micro_batch(self, index: int) -> list[dict]:
         epoch, pos = divmod(index, self.batches_per_epoch)
