@@ -353,3 +353,33 @@ def test_an_adapter_of_another_peft_type_is_refused_clearly(core, tiny_base_dir,
     with pytest.raises(ArtifactInvalid, match="IA3 adapter.*LORA"):
         run(core.load_adapter(LoadAdapterRequest(name="ia", path=str(tmp_path / "ia"))))
     assert set(core.registry.adapters) == before and complete(core, "a1", max_tokens=2).choices
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_engine_mask_matches_transformers_own(tiny_base_dir, attention):
+    """The engine builds the 4D causal + padding mask itself (transformers' builder cost a third of a
+    step); logits must equal those from transformers' own mask, prefill and cached decode, left-padded."""
+    import torch
+    from transformers import AutoModelForCausalLM, DynamicCache
+
+    from service.engine.decode import full_attention_mask
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_base_dir), attn_implementation=attention).eval()
+    ids = torch.tensor([[0, 0, 0, 11, 12, 13], [21, 22, 23, 24, 25, 26], [0, 31, 32, 33, 34, 35]])
+    attn = (torch.arange(6)[None, :] >= torch.tensor([[3], [0], [1]])).long()
+    positions = (attn.cumsum(-1) - 1).clamp(min=0)
+    outputs = []
+    for mask_of in (lambda a, q: a, lambda a, q: full_attention_mask(a, q, model)):
+        cache = DynamicCache()
+        with torch.inference_mode():
+            first = model(input_ids=ids, attention_mask=mask_of(attn, 6), position_ids=positions,
+                          past_key_values=cache, use_cache=True).logits
+            step_attn = torch.cat([attn, torch.ones(3, 1, dtype=torch.long)], dim=1)
+            second = model(input_ids=torch.tensor([[7], [8], [9]]), attention_mask=mask_of(step_attn, 1),
+                           position_ids=positions[:, -1:] + 1, past_key_values=cache, use_cache=True).logits
+        outputs.append((first, second))
+    (ref_first, ref_second), (first, second) = outputs
+    real = attn.bool()
+    assert torch.allclose(ref_first[real], first[real], atol=1e-5)
+    assert torch.allclose(ref_second, second, atol=1e-5)
+    assert full_attention_mask(attn, 1, object()) is attn  # non-torch models (ONNX Runtime) keep the 2D mask
