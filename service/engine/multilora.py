@@ -26,6 +26,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 
 
 def _variant(module, slot: str) -> str | None:
@@ -167,13 +168,15 @@ class MultiLora:
                 module._disable_adapters = False
             self._rows, self._cache = None, {}
 
-    def _row_index(self, stack: _LayerStack) -> torch.Tensor:
+    def _row_index(self, stack: _LayerStack) -> tuple[torch.Tensor, int | None]:
+        """Each row's stack position (0 = no adapter), and that position when all rows share one."""
         key = id(stack)
-        index = self._cache.get(key)
-        if index is None:
-            index = torch.tensor([stack.index.get(s, 0) if s else 0 for s in self._rows], dtype=torch.long)
-            self._cache[key] = index
-        return index
+        cached = self._cache.get(key)
+        if cached is None:
+            positions = [stack.index.get(s, 0) if s else 0 for s in self._rows]
+            shared = positions[0] if len(set(positions)) == 1 else None
+            cached = self._cache[key] = (torch.tensor(positions, dtype=torch.long), shared)
+        return cached
 
     def _hook(self, module, args, output):
         if self._rows is None:
@@ -181,12 +184,15 @@ class MultiLora:
         stack = self.layers[id(module)][1]
         if not stack.index:
             return output
-        index = self._row_index(stack)
-        if not bool(index.any()):
+        index, shared = self._row_index(stack)
+        if shared == 0:
             return output
         x = args[0].to(stack.a.dtype)
-        down = torch.bmm(x, stack.a[index].transpose(1, 2))  # [B, S, r]
-        delta = torch.bmm(down, stack.b[index].transpose(1, 2))
+        if shared is not None:  # one adapter for the whole batch: two plain matmuls, no per-row gather
+            delta = F.linear(F.linear(x, stack.a[shared]), stack.b[shared])
+        else:
+            down = torch.bmm(x, stack.a[index].transpose(1, 2))  # [B, S, r]
+            delta = torch.bmm(down, stack.b[index].transpose(1, 2))
         if not stack.scaled:
             return output + delta.to(output.dtype)
         # DoRA: y = base(x) + (g - 1) * W x + g * (s B A x); g = 1 on plain LoRA and base rows
