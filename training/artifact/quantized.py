@@ -10,7 +10,8 @@ Schemes and their on-disk formats (weights are always safetensors, never pickle)
   Embedding, other tensors as float. At load, Linear layers become torch dynamic-int8
   modules (`torch.ao.nn.quantized.dynamic.Linear`), embeddings are dequantized.
 - `onnx-fp32`, `onnx-int8-dynamic`, `onnx-int8-static`: `model.onnx` (+ config, tokenizer);
-  loaded as optimum `ORTModelForCausalLM` / `ORTModelForSequenceClassification`.
+  causal LMs load as `onnx_lm.OnnxCausalLM` (lean ORT decode loop, service-compatible
+  forward), classifiers as optimum `ORTModelForSequenceClassification`.
 - `bnb-int8`, `bnb-nf4`, `bnb-fp4`: float safetensors + `bnb_config`; quantized by
   bitsandbytes while loading (`BitsAndBytesConfig`), the QLoRA-style serving path.
 
@@ -26,12 +27,12 @@ from typing import Any
 
 from training.artifact.errors import ArtifactInvalid
 from training.artifact.loading import LoadedModel, load_tokenizer, register_model_loader, torch_dtype
+from training.artifact.onnx_lm import ONNX_FILE
 from training.artifact.store import Artifact
 
 INT8_WEIGHTS = "model.safetensors"
 INT8_FORMAT = "tuneserve-int8-v1"
 INT8_SUFFIX, SCALE_SUFFIX = ".int8", ".scale"
-ONNX_FILE = "model.onnx"
 BNB_CONFIG = "bnb_config.json"
 # safetensors metadata of an int8 file: Linear modules to rebuild as dynamic int8, embedding
 # modules to dequantize, and packed weights stored once for two tied parameters.
@@ -140,12 +141,16 @@ def _load_int8(artifact: Artifact, dtype: str) -> LoadedModel:
 
 
 def _load_onnx(artifact: Artifact, dtype: str) -> LoadedModel:
-    from optimum.onnxruntime import ORTModelForCausalLM, ORTModelForSequenceClassification
-
     artifact.file(ONNX_FILE)
-    cls = ORTModelForSequenceClassification if artifact.manifest.task == "classification" else ORTModelForCausalLM
-    kwargs = {"use_cache": True} if cls is ORTModelForCausalLM else {}
-    model = cls.from_pretrained(str(artifact.path), provider="CPUExecutionProvider", use_io_binding=False, **kwargs)
+    if artifact.manifest.task == "classification":
+        from optimum.onnxruntime import ORTModelForSequenceClassification
+
+        model = ORTModelForSequenceClassification.from_pretrained(str(artifact.path), provider="CPUExecutionProvider",
+                                                                  use_io_binding=False)
+    else:
+        from training.artifact.onnx_lm import OnnxCausalLM
+
+        model = OnnxCausalLM(artifact.path)
     return _loaded(artifact, model, {"runtime": "onnxruntime"})
 
 
