@@ -73,7 +73,8 @@ class ServingCore:
                            pinned=list(settings.pinned), batched_lora=settings.batched_lora),
             max_batch_size=settings.batching.max_batch_size, batch_wait_timeout_s=settings.batching.batch_wait_timeout_s,
             cache_size=settings.cache.size if settings.cache.enabled else 0, cache_ttl_s=settings.cache.ttl_s,
-            num_threads=settings.num_threads, batch_max_wait_s=settings.batching.batch_max_wait_s)
+            num_threads=settings.num_threads, batch_max_wait_s=settings.batching.batch_max_wait_s,
+            join_wait_s=settings.batching.join_wait_s, join_min_rows=settings.batching.join_min_rows)
         self.registry = self.engine.registry
         self.drift = DriftMonitor(settings.drift, self._artifact_dir)
         self._stop_gauges = None

@@ -130,10 +130,46 @@ def _check_cpus(config: dict[str, Any], available: float) -> None:
                           "lower ray_actor_options.num_cpus or min_replicas in the config")
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def ingress_replicas(config: dict[str, Any]) -> int:
+    """The most Ingress replicas the serve config allows."""
+    for deployment in config["applications"][0].get("deployments") or []:
+        if deployment.get("name") == "Ingress":
+            scaling = deployment.get("autoscaling_config") or {}
+            counts = [deployment.get("num_replicas"), scaling.get("min_replicas"), scaling.get("max_replicas")]
+            return max([int(c) for c in counts if isinstance(c, int)] or [1])
+    return 1
+
+
+def use_direct_ingress(config: dict[str, Any], settings: ServiceSettings) -> None:
+    """Ray Serve's throughput-optimized mode: the Ingress replica's own HTTP server listens on
+    `settings.port` (Ray's proxy moves to a free internal port). Through the proxy, every request
+    crossed two more processes; on 2 cores that halved served tokens/s (benchmarks/serving.py).
+    Must run before Ray starts; RAY_SERVE_* variables already set by the user win."""
+    if not settings.direct_ingress or settings.port == 0 or ingress_replicas(config) > 1:
+        return  # several Ingress replicas on a node share the public port only through the proxy
+    for name, value in {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+                        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(settings.port),
+                        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(settings.port + 1),
+                        # one local node, no external load balancer to drain from or to protect
+                        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+                        "RAY_SERVE_PORT_QUARANTINE_S": "0"}.items():
+        os.environ.setdefault(name, value)
+    config["http_options"]["port"] = free_port(settings.host)
+
+
 def start(config_path: str | Path | None = None, overrides: Iterable[str] = (), num_cpus: int | None = None,
           timeout_s: float = APP_READY_TIMEOUT_S) -> ServerHandle:
     config, settings = build_config(config_path, list(overrides))
     _check_cpus(config, float(num_cpus or os.cpu_count() or 1))
+    use_direct_ingress(config, settings)
     init_ray(num_cpus)
     from ray.serve._private import api as serve_api
     from ray.serve.schema import ServeDeploySchema

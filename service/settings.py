@@ -27,6 +27,10 @@ class BatchingSettings(StrictModel):
     batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=5.0, description="an idle engine keeps collecting "
                                         "requests while they arrive less than this apart ...")
     batch_max_wait_s: float = Field(0.1, ge=0.0, le=5.0, description="... for at most this long in all")
+    join_wait_s: float = Field(0.03, ge=0.0, le=1.0, description="a running batch admits new requests once "
+                               "join_min_rows wait or the oldest waited this long (each admission costs one prefill "
+                               "pass the running rows wait for); 0: admit at the next step")
+    join_min_rows: int = Field(4, ge=1, le=256)
 
 
 class LimitSettings(StrictModel):
@@ -67,6 +71,9 @@ class ServiceSettings(StrictModel):
                                        description="rate limits, audit log, blocking, TLS (docs/security.md)")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    direct_ingress: bool = Field(True, description="`tuneserve serve`: the Ingress replica serves HTTP on `port` "
+                                 "itself (Ray Serve's throughput-optimized mode, no proxy hop). Used when the serve config "
+                                 "allows one Ingress replica; more replicas, or false: Ray's HTTP proxy")
     grpc_port: int | None = Field(9000, ge=0, le=65535,
                                   description="gRPC port of the grpc.aio server in the Ingress replica (0: a free port, null: no gRPC)")
     num_threads: int = Field(2, ge=1, description="torch threads in the engine replica")

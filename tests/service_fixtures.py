@@ -104,11 +104,9 @@ def service_args(base_dir: Path, artifacts: Path, keys_file: Path, **extra) -> d
 
 
 def free_port() -> int:
-    import socket
+    from service.launcher import free_port as pick
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return pick()
 
 
 @pytest.fixture(scope="session")

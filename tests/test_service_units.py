@@ -194,3 +194,51 @@ def test_idle_scheduler_collects_a_burst_while_arrivals_keep_coming():
     sparse._collect(block=True)
     feeder.join()
     assert len(sparse.waiting) == 1
+
+
+def test_running_batch_lets_joiners_gather_before_one_prefill():
+    """A running batch admits waiting rows once join_min_rows wait (or the free slots are filled),
+    or the oldest waited join_wait_s; an empty batch admits at once."""
+    from service.engine.scheduler import Scheduler
+
+    class Batch:
+        def __init__(self, rows):
+            self.rows = rows
+
+        def __len__(self):
+            return self.rows
+
+    sched = Scheduler(None, max_batch_size=16, join_wait_s=0.03, join_min_rows=4)
+    now = 100.0
+    assert sched._joins_now(Batch(0), 1, now, now)              # nothing running: no one to hold up
+    assert not sched._joins_now(Batch(10), 2, now - 0.01, now)  # two joiners, young: wait for more
+    assert sched._joins_now(Batch(10), 4, now - 0.01, now)      # enough to share a prefill
+    assert sched._joins_now(Batch(10), 2, now - 0.031, now)     # the oldest waited long enough
+    assert sched._joins_now(Batch(14), 2, now - 0.01, now)      # they fill the free slots
+    assert Scheduler(None, join_wait_s=0.0)._joins_now(Batch(10), 1, now, now)  # 0 turns it off
+
+
+def test_direct_ingress_only_with_one_ingress_replica(monkeypatch):
+    """`tuneserve serve` lets the single Ingress replica serve the public port (no proxy hop); with
+    several Ingress replicas, or direct_ingress=false, Ray's proxy keeps the port."""
+    import os
+
+    from service.launcher import build_config, use_direct_ingress
+
+    for name in ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT",
+                 "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S",
+                 "RAY_SERVE_PORT_QUARANTINE_S"):
+        monkeypatch.delenv(name, raising=False)  # restored (absent) after the test
+    config, settings = build_config(None, ["port=18123"])
+    use_direct_ingress(config, settings)
+    assert os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == "18123"
+    assert os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1" and config["http_options"]["port"] != 18123
+    for name in ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"):
+        monkeypatch.delenv(name)
+    config, settings = build_config(None, ["port=18123", "direct_ingress=false"])
+    use_direct_ingress(config, settings)
+    assert config["http_options"]["port"] == 18123 and "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in os.environ
+    config, settings = build_config(None, ["port=18123"])
+    next(d for d in config["applications"][0]["deployments"] if d["name"] == "Ingress")["num_replicas"] = 2
+    use_direct_ingress(config, settings)
+    assert config["http_options"]["port"] == 18123 and "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in os.environ

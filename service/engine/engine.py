@@ -21,9 +21,10 @@ from service.engine.types import GenRow, RequestStream, SamplingParams
 class Engine:
     def __init__(self, config: RegistryConfig, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.01,
                  cache_size: int = 1024, cache_ttl_s: float = 300.0, num_threads: int | None = None,
-                 batch_max_wait_s: float = 0.1) -> None:
+                 batch_max_wait_s: float = 0.1, join_wait_s: float = 0.0, join_min_rows: int = 1) -> None:
         self.registry = ModelRegistry(config)
-        self.scheduler = Scheduler(self.registry, max_batch_size, batch_wait_timeout_s, batch_max_wait_s)
+        self.scheduler = Scheduler(self.registry, max_batch_size, batch_wait_timeout_s, batch_max_wait_s,
+                                   join_wait_s, join_min_rows)
         self.cache = ResponseCache(cache_size, cache_ttl_s)
         self.num_threads = num_threads
         self.started = False

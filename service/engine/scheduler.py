@@ -29,11 +29,13 @@ log = logging.getLogger("tuneserve.service.scheduler")
 
 class Scheduler:
     def __init__(self, registry, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.01,
-                 batch_max_wait_s: float = 0.1) -> None:
+                 batch_max_wait_s: float = 0.1, join_wait_s: float = 0.0, join_min_rows: int = 1) -> None:
         self.registry = registry
         self.max_batch_size = max_batch_size
         self.batch_wait_timeout_s = batch_wait_timeout_s
         self.batch_max_wait_s = max(batch_max_wait_s, batch_wait_timeout_s)
+        self.join_wait_s = join_wait_s
+        self.join_min_rows = join_min_rows
         self.inbox: queue.Queue[GenRow | None] = queue.Queue()
         self.waiting: list[GenRow] = []
         self.batches: dict[str, DecodeBatch] = {}
@@ -97,19 +99,35 @@ class Scheduler:
             if item is not None:
                 self.waiting.append(item)
 
+    def _joins_now(self, batch: DecodeBatch, waiting: int, oldest: float, now: float) -> bool:
+        """Rows joining a running batch share one prefill pass, which the running rows wait for:
+        let a few gather (up to join_wait_s) unless the batch is empty or the free slots are filled."""
+        if not len(batch) or not self.join_wait_s:
+            return True
+        free = self.max_batch_size - len(batch)
+        return waiting >= min(self.join_min_rows, free) or now - oldest >= self.join_wait_s
+
     def _admit(self) -> None:
         groups: dict[str, list[GenRow]] = {}
         still_waiting = []
+        pending: dict[str, list[GenRow]] = {}
         for row in self.waiting:
             if row.stream.cancelled.is_set():
                 row.release()
                 continue
-            batch = self._batch(row.target)
-            group = groups.setdefault(row.target, [])
-            if len(batch) + len(group) < self.max_batch_size:
-                group.append(row)
-            else:
-                still_waiting.append(row)
+            pending.setdefault(row.target, []).append(row)
+        now = time.monotonic()
+        for key, rows in pending.items():
+            batch = self._batch(key)
+            if not self._joins_now(batch, len(rows), min(r.info.get("queued_at", now) for r in rows), now):
+                still_waiting.extend(rows)
+                continue
+            group = groups.setdefault(key, [])
+            for row in rows:
+                if len(batch) + len(group) < self.max_batch_size:
+                    group.append(row)
+                else:
+                    still_waiting.append(row)
         self.waiting = still_waiting
         for key, rows in groups.items():
             if rows:
