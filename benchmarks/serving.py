@@ -184,7 +184,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--requests", type=int, default=4, help="sequential requests per client per phase")
     parser.add_argument("--many", type=int, default=100, help="registered adapters for the P6b phase")
-    parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions of the throughput phases")
+    parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions of the throughput phases")
     args = parser.parse_args()
 
     from service.keys import add_key, create_key
@@ -223,6 +223,8 @@ def main() -> None:
             phases["one_adapter"].append(drive(url, key, [names[0]], args.requests, args.max_tokens))
             phases["eight_adapters"].append(drive(url, key, names, args.requests, args.max_tokens))
         results["raw_tokens_per_s"] = statistics.median(raw)
+        results["per_rep_tokens_per_s"] = {"raw": [round(r) for r in raw],
+                                           **{p: [round(r["tokens_per_s"]) for r in runs] for p, runs in phases.items()}}
         for phase, runs in phases.items():
             results[phase] = median_run(runs)
         results["streaming"] = stream_timings(url, key, names[0], 8, args.max_tokens)
@@ -283,6 +285,8 @@ def write(results: dict) -> None:
     for phase in ("naive", "one_adapter", "eight_adapters"):
         r = results[phase]
         lines.append(f"| {phase} | {r['tokens_per_s']:.0f} | {r['p50_s']:.2f} | {r['p95_s']:.2f} |")
+    lines += ["", "Per repetition (tokens/s, interleaved): " + "; ".join(
+        f"{k} {v}" for k, v in results["per_rep_tokens_per_s"].items())]
     s = results["streaming"]
     lines += ["", f"Streaming: TTFT p50 {s['ttft_p50_ms']:.0f} ms, p95 {s['ttft_p95_ms']:.0f} ms; "
               f"inter-token p50 {s['itl_p50_ms']:.1f} ms, p95 {s['itl_p95_ms']:.1f} ms."]
