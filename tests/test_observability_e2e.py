@@ -219,10 +219,13 @@ def _client_from(address: str, url: str, key: str) -> httpx.Client:
 
 
 def test_in_distribution_traffic_stays_under_the_thresholds(loaded):
+    def scored():  # the monitor scores every drift.interval_s and Prometheus scrapes every second
+        scores = _query(loaded["prometheus"], f'tuneserve_drift_score{{adapter="{DRIFT_ADAPTER}"}}')
+        return {s["metric"]["feature"] for s in scores} >= {"prompt_length", "token_oov"}
+
+    _wait("drift scores of the in-distribution traffic", scored, 30)
     over = _query(loaded["prometheus"], f'tuneserve_drift_score{{adapter="{DRIFT_ADAPTER}"}} > on (adapter, feature, '
                                         "method) tuneserve_drift_threshold")
-    scores = _query(loaded["prometheus"], f'tuneserve_drift_score{{adapter="{DRIFT_ADAPTER}"}}')
-    assert {s["metric"]["feature"] for s in scores} >= {"prompt_length", "token_oov"}
     assert over == [], over
 
 
