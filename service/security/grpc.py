@@ -9,7 +9,6 @@ The client address is the peer of the call (`ipv4:10.0.0.7:53211` → `10.0.0.7`
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from service.security.tls import grpc_server_credentials
@@ -36,14 +35,8 @@ async def admit_call(guard, context, scope: str) -> Any:
 
 async def record_call(guard, context, route: str, model: str, code: int, started: float,
                       principal: Any = None, usage: Any = None, error: BaseException | None = None) -> None:
-    prompt = getattr(usage, "prompt_tokens", None)
-    completion = getattr(usage, "completion_tokens", None)
-    if principal is not None and usage is not None:
-        await guard.charge(principal, (prompt or 0) + (completion or 0))
-    guard.audit.record(transport="grpc", route=route, method="RPC", key_id=getattr(principal, "key_id", None),
-                       adapter=model or None, status=code, prompt_tokens=prompt, completion_tokens=completion,
-                       latency_s=time.perf_counter() - started, client=peer_address(context.peer()),
-                       admin="/tuneserve.v1.Admin/" in route, reason=getattr(error, "audit_reason", None))
+    await guard.finish_call("grpc", route, "RPC", principal, usage, model, code, started,
+                            peer_address(context.peer()), "/tuneserve.v1.Admin/" in route, error)
 
 
 def bind(server, address: str, security) -> int:

@@ -13,6 +13,7 @@ of `service.security.metrics`; each failure also carries `audit_reason` for the 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from training.artifact.errors import PermissionDenied, RateLimited, TuneserveError, Unauthenticated
@@ -129,6 +130,19 @@ class SecurityGuard:
             raise _tag(RateLimited(f"API key {principal.key_id} exceeded its limit of {per_min} {kind}/min",
                                    f"retry after {wait:.1f} s, or ask an admin for a higher limit",
                                    retry_after=wait), f"rate_limited_{kind}")
+
+    async def finish_call(self, transport: str, route: str, method: str, principal: Any, usage: Any,
+                          adapter: str | None, status: int, started: float, client: str | None, admin: bool,
+                          error: BaseException | None = None) -> None:
+        """The end of every call, either transport: charge the tokens used, write its one audit line."""
+        prompt = getattr(usage, "prompt_tokens", None)
+        completion = getattr(usage, "completion_tokens", None)
+        if principal is not None and usage is not None:
+            await self.charge(principal, (prompt or 0) + (completion or 0))
+        self.audit.record(transport=transport, route=route, method=method, key_id=getattr(principal, "key_id", None),
+                          adapter=adapter or None, status=status, prompt_tokens=prompt, completion_tokens=completion,
+                          latency_s=time.perf_counter() - started, client=client, admin=admin,
+                          reason=getattr(error, "audit_reason", None))
 
     async def charge(self, principal: Any, tokens: int) -> None:
         per_min = self._per_min(principal, "tokens")

@@ -81,20 +81,12 @@ async def secure_request(guard, max_body: int, request: Request,
 
 async def finish(guard, request: Request, status: int) -> None:
     """Charge the tokens used and write the request's one audit line."""
-    principal = getattr(request.state, "principal", None)
-    usage = getattr(request.state, "usage", None)
-    prompt = getattr(usage, "prompt_tokens", None)
-    completion = getattr(usage, "completion_tokens", None)
-    if principal is not None and usage is not None:
-        await guard.charge(principal, (prompt or 0) + (completion or 0))
     route = request.scope.get("route")
     path = getattr(route, "path", request.url.path)
-    error = getattr(request.state, "error", None)
-    guard.audit.record(transport="http", route=path, method=request.method,
-                       key_id=getattr(principal, "key_id", None), adapter=getattr(request.state, "model", None),
-                       status=status, prompt_tokens=prompt, completion_tokens=completion,
-                       latency_s=time.perf_counter() - request.state.started, client=client_of(request),
-                       admin=path.startswith(ADMIN_PREFIX), reason=getattr(error, "audit_reason", None))
+    await guard.finish_call("http", path, request.method, getattr(request.state, "principal", None),
+                            getattr(request.state, "usage", None), getattr(request.state, "model", None), status,
+                            request.state.started, client_of(request), path.startswith(ADMIN_PREFIX),
+                            getattr(request.state, "error", None))
 
 
 async def tally_stream(guard, request: Request, chunks: AsyncIterator[dict]) -> AsyncIterator[dict]:
