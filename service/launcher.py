@@ -39,6 +39,7 @@ class ServerHandle:
     app_name: str
     settings: ServiceSettings
     config: dict[str, Any]
+    direct_ingress: bool = False
 
 
 def default_config_path() -> Path:
@@ -148,13 +149,13 @@ def ingress_replicas(config: dict[str, Any]) -> int:
     return 1
 
 
-def use_direct_ingress(config: dict[str, Any], settings: ServiceSettings) -> None:
+def use_direct_ingress(config: dict[str, Any], settings: ServiceSettings) -> bool:
     """Ray Serve's throughput-optimized mode: the Ingress replica's own HTTP server listens on
     `settings.port` (Ray's proxy moves to a free internal port). Through the proxy, every request
     crossed two more processes; on 2 cores that halved served tokens/s (benchmarks/serving.py).
     Must run before Ray starts; RAY_SERVE_* variables already set by the user win."""
     if not settings.direct_ingress or settings.port == 0 or ingress_replicas(config) > 1:
-        return  # several Ingress replicas on a node share the public port only through the proxy
+        return False  # several Ingress replicas on a node share the public port only through the proxy
     for name, value in {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
                         "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(settings.port),
                         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(settings.port + 1),
@@ -163,13 +164,14 @@ def use_direct_ingress(config: dict[str, Any], settings: ServiceSettings) -> Non
                         "RAY_SERVE_PORT_QUARANTINE_S": "0"}.items():
         os.environ.setdefault(name, value)
     config["http_options"]["port"] = free_port(settings.host)
+    return True
 
 
 def start(config_path: str | Path | None = None, overrides: Iterable[str] = (), num_cpus: int | None = None,
           timeout_s: float = APP_READY_TIMEOUT_S) -> ServerHandle:
     config, settings = build_config(config_path, list(overrides))
     _check_cpus(config, float(num_cpus or os.cpu_count() or 1))
-    use_direct_ingress(config, settings)
+    direct = use_direct_ingress(config, settings)
     init_ray(num_cpus)
     from ray.serve._private import api as serve_api
     from ray.serve.schema import ServeDeploySchema
@@ -179,7 +181,7 @@ def start(config_path: str | Path | None = None, overrides: Iterable[str] = (), 
     client.deploy_apps(schema, _blocking=False)
     name = schema.applications[0].name
     wait_running(name, timeout_s)
-    return ServerHandle(base_url(settings), name, settings, config)
+    return ServerHandle(base_url(settings), name, settings, config, direct)
 
 
 def wait_running(name: str, timeout_s: float) -> None:
@@ -279,5 +281,6 @@ if __name__ == "__main__":  # python -m service.launcher [serve.yaml] [key=value
 
     _config = next((a for a in sys.argv[1:] if "=" not in a), None)
     _server = start(_config, [a for a in sys.argv[1:] if "=" in a])
-    print(f"serving at {_server.url}", flush=True)
+    print(f"serving at {_server.url}" + (" (direct ingress: the Ingress replica serves this port)"
+                                         if _server.direct_ingress else " (through Ray's HTTP proxy)"), flush=True)
     serve_forever()

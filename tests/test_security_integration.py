@@ -154,3 +154,30 @@ def test_schemathesis_fuzzing_finds_no_server_errors(secure_app):
     assert calls and len({label for label, _ in calls}) >= 8, "every operation must have been exercised"
     assert not [c for c in calls if c[1] >= 500], "server errors"
     assert not failures, "\n".join(failures[:10])
+
+
+def test_https_on_direct_ingress(tiny_base_dir, service_artifacts, tmp_path):
+    """With one Ingress replica `tuneserve serve` lets that replica serve the public port itself
+    (direct ingress): TLS must hold there too, with the same cert settings."""
+    cert, key = self_signed_cert(tmp_path / "tls")
+    keys_file = tmp_path / "keys.json"
+    plain, record = create_key("infer", ["infer"], ["*"])
+    add_key(keys_file, record)
+    args = service_args(tiny_base_dir, service_artifacts, keys_file, port=free_port(), grpc_port=None,
+                        **{"security.tls_certfile": cert, "security.tls_keyfile": key})
+    overrides = [f"{k}={'null' if v is None else v}" for k, v in args.items()]
+    proc, url = spawn(overrides, tmp_path / "server.log", env={"RAY_TMPDIR": "/tmp/ts-ray-sec"})
+    try:
+        assert url.startswith("https://")
+        deadline = time.monotonic() + 20  # the launcher prints its mode right after /ready answers
+        while "serving at" not in (tmp_path / "server.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "(direct ingress" in (tmp_path / "server.log").read_text()
+        with httpx.Client(base_url=url, verify=str(cert), timeout=60) as client:
+            reply = client.post("/v1/completions", headers=bearer(plain), json={"model": "a1", "prompt": "Hi",
+                                                                                 "max_tokens": 2})
+            assert reply.status_code == 200, reply.text
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(url.replace("https://", "http://") + "/health", timeout=5)
+    finally:
+        terminate(proc)
