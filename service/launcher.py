@@ -145,14 +145,14 @@ def ingress_replicas(config: dict[str, Any]) -> int:
         if deployment.get("name") == "Ingress":
             scaling = deployment.get("autoscaling_config") or {}
             counts = [deployment.get("num_replicas"), scaling.get("min_replicas"), scaling.get("max_replicas")]
-            return max([int(c) for c in counts if isinstance(c, int)] or [1])
+            return max([c for c in counts if isinstance(c, int)] or [1])
     return 1
 
 
 def use_direct_ingress(config: dict[str, Any], settings: ServiceSettings) -> bool:
     """Ray Serve's throughput-optimized mode: the Ingress replica's own HTTP server listens on
-    `settings.port` (Ray's proxy moves to a free internal port). Through the proxy, every request
-    crossed two more processes; on 2 cores that halved served tokens/s (benchmarks/serving.py).
+    `settings.port` (Ray's proxy moves to a free internal port). Through the proxy every request
+    crossed one more process: ~7 ms of proxy CPU per completion on this 2-core box.
     Must run before Ray starts; RAY_SERVE_* variables already set by the user win."""
     if not settings.direct_ingress or settings.port == 0 or ingress_replicas(config) > 1:
         return False  # several Ingress replicas on a node share the public port only through the proxy
