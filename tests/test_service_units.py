@@ -225,16 +225,14 @@ def test_direct_ingress_only_with_one_ingress_replica(monkeypatch):
 
     from service.launcher import build_config, use_direct_ingress
 
-    for name in ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT",
-                 "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S",
-                 "RAY_SERVE_PORT_QUARANTINE_S"):
-        monkeypatch.delenv(name, raising=False)  # restored (absent) after the test
+    # a private copy: the launcher sets these with setdefault, and a later spawned server must not inherit them
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")})
     config, settings = build_config(None, ["port=18123"])
     use_direct_ingress(config, settings)
     assert os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == "18123"
     assert os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1" and config["http_options"]["port"] != 18123
     for name in ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"):
-        monkeypatch.delenv(name)
+        del os.environ[name]
     config, settings = build_config(None, ["port=18123", "direct_ingress=false"])
     use_direct_ingress(config, settings)
     assert config["http_options"]["port"] == 18123 and "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in os.environ
