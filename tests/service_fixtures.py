@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from service.launcher import free_port  # noqa: F401 - re-exported for tests and benchmarks
 from training.artifact import ArtifactWriter, fingerprint_model_dir
 
 LORA_TARGETS = ["q_proj", "v_proj"]
@@ -101,12 +102,6 @@ def service_args(base_dir: Path, artifacts: Path, keys_file: Path, **extra) -> d
     # tests load adapters built under the temp dir besides artifacts_dir (paths outside the roots are refused)
     return {"base_model": str(base_dir), "artifacts_dir": str(artifacts), "keys_file": str(keys_file),
             "api_keys_env": None, "max_adapters": 3, "security": {"adapter_roots": [tempfile.gettempdir()]}, **extra}
-
-
-def free_port() -> int:
-    from service.launcher import free_port as pick
-
-    return pick()
 
 
 @pytest.fixture(scope="session")

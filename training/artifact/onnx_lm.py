@@ -46,7 +46,6 @@ class OnnxCausalLM:
 
         self.config = AutoConfig.from_pretrained(str(model_dir))
         self.generation_config = GenerationConfig.from_model_config(self.config)
-        self.device = torch.device("cpu")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()  # respects Ray's per-replica limit
         options.inter_op_num_threads = 1
@@ -67,16 +66,6 @@ class OnnxCausalLM:
         self.kv_shape = [d if isinstance(d, int) else None for d in spec.shape]  # [batch, heads, seq, head_dim]
         self.kv_dtype = NUMPY_DTYPES.get(spec.type, "float32")
         self.takes_positions = "position_ids" in inputs
-
-    # transformers-style surface used by tuneserve (loading, parity, eval, the service engine)
-    def eval(self) -> OnnxCausalLM:
-        return self
-
-    def parameters(self):
-        return iter(())
-
-    def can_generate(self) -> bool:
-        return True
 
     def _empty_past(self, batch: int):
         import numpy as np
