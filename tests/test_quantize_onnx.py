@@ -47,8 +47,18 @@ def _assert_onnx_only(path):
 
 @pytest.fixture(scope="module")
 def onnx_fp32(tiny_base_dir, tmp_path_factory):
+    """optimum's standard-ops export (at opset 17, below the lean builder's minimum)."""
     out = tmp_path_factory.mktemp("onnx-fp32") / "tiny-onnx"
-    quantize(str(tiny_base_dir), QuantizeConfig(scheme="onnx-fp32", opset=17, parity=FAST), out, kinds=("onnx-model",))
+    quantize(str(tiny_base_dir), QuantizeConfig(scheme="onnx-fp32", opset=17, onnx_exporter="optimum", parity=FAST),
+             out, kinds=("onnx-model",))
+    return out
+
+
+@pytest.fixture(scope="module")
+def onnx_lean(tiny_base_dir, tmp_path_factory):
+    """tuneserve's lean Llama graph (the default for Llama-family decoders)."""
+    out = tmp_path_factory.mktemp("onnx-lean") / "tiny-onnx-lean"
+    quantize(str(tiny_base_dir), QuantizeConfig(scheme="onnx-fp32", parity=FAST), out, kinds=("onnx-model",))
     return out
 
 
@@ -59,11 +69,13 @@ def onnx_int8(tiny_base_dir, tmp_path_factory):
     return out
 
 
-def test_causal_lm_export_with_kv_cache_matches_torch(fp32_model, onnx_fp32):
-    out = onnx_fp32
+@pytest.mark.parametrize("exported, exporter, opset", [("onnx_fp32", "optimum", 17), ("onnx_lean", "tuneserve", 18)])
+def test_causal_lm_export_with_kv_cache_matches_torch(fp32_model, exported, exporter, opset, request):
+    out = request.getfixturevalue(exported)
     artifact = _assert_onnx_only(out)
+    assert artifact.manifest.quantization["exporter"] == exporter
     graph = onnx.load(str(out / "model.onnx"))
-    assert {o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")} == {17}
+    assert {o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")} == {opset}
     assert any(i.name.startswith("past_key_values") for i in graph.graph.input), "exported without KV cache"
     loaded = load_model_artifact(artifact)
     assert type(loaded.model).__name__ == "OnnxCausalLM"
@@ -74,10 +86,11 @@ def test_causal_lm_export_with_kv_cache_matches_torch(fp32_model, onnx_fp32):
     assert parity["max_abs_logit_diff"] <= ONNX_FP32_TOLERANCE and parity["greedy_token_agreement"] == 1.0
 
 
-def test_onnx_lm_fills_a_dynamic_cache_step_by_step(fp32_model, onnx_fp32):
+@pytest.mark.parametrize("exported", ["onnx_fp32", "onnx_lean"])
+def test_onnx_lm_fills_a_dynamic_cache_step_by_step(fp32_model, exported, request):
     from transformers import DynamicCache
 
-    model = load_model_artifact(load_artifact(onnx_fp32)).model
+    model = load_model_artifact(load_artifact(request.getfixturevalue(exported))).model
     batch = fp32_model.tokenizer([PROMPTS[0]], return_tensors="pt")
     ids, mask = batch["input_ids"], batch["attention_mask"]
     full = model(input_ids=ids, attention_mask=mask).logits
@@ -109,7 +122,7 @@ def test_onnx_lm_generate_sampling_and_refusals(fp32_model, onnx_fp32):
         model.generate(**batch, max_new_tokens=2, repetition_penalty=1.2)
 
 
-@pytest.mark.parametrize("artifact", ["onnx_fp32", "onnx_int8"])
+@pytest.mark.parametrize("artifact", ["onnx_fp32", "onnx_lean", "onnx_int8"])
 def test_service_serves_onnx_models_with_continuous_batching(tiny_base_dir, serve_keys, artifact, request):
     """The engine's DecodeBatch (prefill, KV merge of late joiners, trims) runs on OnnxCausalLM. fp32 rows
     are batch-invariant, so batched == single; int8 dynamic quantizes activations per batch, so rows may
@@ -135,7 +148,7 @@ def test_service_serves_onnx_models_with_continuous_batching(tiny_base_dir, serv
 
         long, *batched = asyncio.run(together())
         assert long.usage.completion_tokens == 24 and all(r.usage.completion_tokens == 8 for r in batched)
-        if artifact == "onnx_fp32":
+        if artifact != "onnx_int8":
             assert [r.choices[0].text for r in batched] == single * 2
             assert long.choices[0].text.startswith(single[0])
         assert all(single)

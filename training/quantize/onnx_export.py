@@ -1,7 +1,9 @@
-"""Schemes `onnx-fp32`, `onnx-int8-dynamic`, `onnx-int8-static`: optimum ONNX export + ONNX Runtime int8.
+"""Schemes `onnx-fp32`, `onnx-int8-dynamic`, `onnx-int8-static`: ONNX export + ONNX Runtime int8.
 
-Causal LMs are exported with their KV cache (`text-generation-with-past`), classifiers as
-`text-classification`, at the configured opset. Int8 uses ONNX Runtime's quantizer with
+Causal LMs are exported with their KV cache, classifiers as `text-classification`, at the
+configured opset. Llama-family decoders go through tuneserve's lean builder
+(`training.quantize.llama_onnx`, ONNX Runtime's attention kernels, ~5x fewer nodes) unless
+`onnx_exporter: optimum` asks for optimum's standard-ops export, which every other model uses. Int8 uses ONNX Runtime's quantizer with
 per-channel int8 weights on MatMul (the head included) and per-row int8 embedding tables
 (ORT's own Gather quantization is per-tensor, which costs too much quality):
 dynamic quantizes activations at run time, static calibrates activation ranges on
@@ -17,20 +19,39 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from training.artifact.errors import TrainingError
+from training.artifact.errors import ConfigError, TrainingError
 from training.artifact.quantized import ONNX_FILE
 from training.quantize.schemes import Scheme, register_scheme
 
 EXPORT_TASKS = {"causal-lm": "text-generation-with-past", "classification": "text-classification"}
 INT8_OPS = ["MatMul", "Gemm"]
 MIN_EMBEDDING_VALUES = 4096  # smaller Gather tables (e.g. constants) stay float
+FLOAT_TABLE_PREFIXES = ("rotary.",)  # the lean Llama graph's cos/sin tables: positions, not weights
 
 
-def export_onnx(source, config, work: Path) -> Path:
-    """Export the in-memory source model to `work/onnx/model.onnx` through optimum."""
+def choose_exporter(source, config) -> str:
+    """`tuneserve` (lean Llama-family graph) or `optimum`, as `onnx_exporter` asks and the model allows."""
+    from training.quantize.llama_onnx import unsupported_reason
+
+    if config.onnx_exporter == "optimum" or source.task != "causal-lm":
+        return "optimum"
+    reason = unsupported_reason(source.model, config.opset)
+    if reason and config.onnx_exporter == "tuneserve":
+        raise ConfigError(f"onnx_exporter=tuneserve cannot export this model: {reason}",
+                          "use onnx_exporter=auto or onnx_exporter=optimum (optimum's generic export)")
+    return "optimum" if reason else "tuneserve"
+
+
+def export_onnx(source, config, work: Path, exporter: str = "optimum") -> Path:
+    """Export the in-memory source model to `work/onnx/model.onnx` (lean builder or optimum)."""
+    onnx_dir = work / "onnx"
+    if exporter == "tuneserve":
+        from training.quantize.llama_onnx import export_llama_onnx
+
+        return export_llama_onnx(source.model, onnx_dir / ONNX_FILE, config.opset)
     from optimum.exporters.onnx import main_export
 
-    float_dir, onnx_dir = work / "float", work / "onnx"
+    float_dir = work / "float"
     source.model.save_pretrained(float_dir, safe_serialization=True)
     source.tokenizer.save_pretrained(float_dir)
     try:
@@ -94,7 +115,8 @@ def int8_embedding_rows(model_path: Path, out_path: Path) -> int:
         table = numpy_helper.to_array(initializers[node.input[0]]) if node.op_type == "Gather" \
             and node.input[0] in initializers else None
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-        if table is None or axis != 0 or table.ndim != 2 or table.dtype != np.float32 or table.size < MIN_EMBEDDING_VALUES:
+        if table is None or axis != 0 or table.ndim != 2 or table.dtype != np.float32 \
+                or table.size < MIN_EMBEDDING_VALUES or node.input[0].startswith(FLOAT_TABLE_PREFIXES):
             nodes.append(node)
             continue
         scale = np.maximum(np.abs(table).max(axis=1, keepdims=True) / 127.0, 1e-12).astype(np.float32)
@@ -119,13 +141,15 @@ def int8_embedding_rows(model_path: Path, out_path: Path) -> int:
 
 def quantize_onnx(model_path: Path, out_path: Path, static: bool, reader: CalibrationReader | None,
                   weight_type: str) -> None:
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     # Signed int8 weights with uint8 activations saturate in x86 kernels without VNNI; ORT's
     # documented remedy is reduce_range (7-bit weights). uint8 weights avoid it at full range.
     common = {"per_channel": True, "weight_type": QuantType.QUInt8 if weight_type == "uint8" else QuantType.QInt8,
               "reduce_range": weight_type == "int8", "op_types_to_quantize": INT8_OPS,
-              "extra_options": {"MatMulConstBOnly": True}}
+              # ONNX shape inference stops at ORT's contrib ops (the lean Llama graph's attention)
+              "extra_options": {"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT}}
     if static:
         quantize_static(str(model_path), str(out_path), reader, quant_format=QuantFormat.QOperator,
                         activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax, **common)
@@ -136,9 +160,10 @@ def quantize_onnx(model_path: Path, out_path: Path, static: bool, reader: Calibr
 def _build(source, config, out_dir: Path, calibration, mode: str | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tuneserve-onnx-") as tmp:
         work = Path(tmp)
-        exported = export_onnx(source, config, work)
+        exporter = choose_exporter(source, config)
+        exported = export_onnx(source, config, work, exporter)
         details: dict[str, Any] = {"format": "onnx", "opset": config.opset, "export_task": EXPORT_TASKS[source.task],
-                                   "kv_cache": source.task == "causal-lm"}
+                                   "kv_cache": source.task == "causal-lm", "exporter": exporter}
         if mode is None:
             copy_onnx(exported, out_dir)
             return details
