@@ -5,8 +5,8 @@ the demo use). Equivalent to `serve run service/configs/serve.yaml`, plus safe l
     print(server.url); ...; stop()
     python -m service.launcher [serve.yaml] [key=value ...]     # start and block until Ctrl-C
 
-Local Ray runs with usage stats off, no dashboard, a short temp dir (`RAY_TMPDIR`, default
-/tmp/ts-ray) and token authentication (`RAY_AUTH_MODE=token`): the token is read from
+Local Ray runs with usage stats off, no dashboard, Serve's control loop every 0.5 s instead of
+0.1 s, a short temp dir (`RAY_TMPDIR`, default /tmp/ts-ray) and token authentication (`RAY_AUTH_MODE=token`): the token is read from
 `RAY_AUTH_TOKEN`/`RAY_AUTH_TOKEN_PATH` when set, otherwise generated once into
 `<tuneserve cache>/ray/auth_token` (mode 0600).
 """
@@ -91,6 +91,9 @@ def ray_auth_token_path() -> Path:
 def prepare_ray_env() -> str:
     """Environment for local Ray; must run before Ray is first imported (it reads RAY_AUTH_MODE then)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Serve's controller loop runs every 0.1 s by default: 1.1 CPU-s per 20 s of an idle 2-core
+    # box here, 0.44 at 0.5 s, with the same start-up time.
+    os.environ.setdefault("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "0.5")
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     if os.environ["RAY_AUTH_MODE"] == "token":
         os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(ray_auth_token_path()))
