@@ -5,8 +5,8 @@ Goals (ids from the serving issue), every ratio against a baseline measured in t
       `generate` (batch 16, same adapter, greedy)                                  >= 0.7
   P2  served tokens/s / naive FastAPI + generate one request at a time (naive_server.py) >= 3
   P3  served tokens/s with 8 adapters mixed / with one adapter                     >= 0.85
-  P6a adapter hot-load time through the admin API (ms, median of 5)                <= 200
-  P6b p50 latency with 100 registered adapters / with 1                            <= 1.1
+  P6a adapter hot-load time through the admin API (ms, median over --many loads)   <= 200
+  P6b p50 latency with --many + 8 registered adapters / with 8                     <= 1.1
   plus TTFT and inter-token latency p50/p95 from streamed requests.
 Throughput phases repeat `--reps` times, interleaved (raw, one adapter, eight adapters, naive);
 P1-P3 are medians of the per-repetition ratios, since this host's speed drifts within minutes.

@@ -50,6 +50,13 @@ def unsupported_reason(model, opset: int) -> str | None:
     return None
 
 
+def _int64(value):
+    """An int64 initializer value: `_int64(1)` a scalar, `_int64([1])` a 1-D array."""
+    import numpy as np
+
+    return np.array(value, dtype=np.int64)
+
+
 class _Graph:
     """Collects nodes and initializers; node outputs get unique names unless given."""
 
@@ -99,12 +106,12 @@ class _LlamaBuilder:
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        g, i64 = self.g, lambda *v: np.array(v, dtype=np.int64)
+        g = self.g
         self.eps = g.const("rms_eps", np.array(config.rms_norm_eps, dtype=np.float32))
         self.two = g.const("two", np.array(2.0, dtype=np.float32))
-        self.last_axis = g.const("last_axis", i64(-1))
-        self.qkv_split = g.const("qkv_split", i64(self.heads * self.head_dim, *[self.kv_heads * self.head_dim] * 2))
-        self.mlp_split = g.const("mlp_split", i64(config.intermediate_size, config.intermediate_size))
+        self.last_axis = g.const("last_axis", _int64([-1]))
+        self.qkv_split = g.const("qkv_split", _int64([self.heads * self.head_dim, *[self.kv_heads * self.head_dim] * 2]))
+        self.mlp_split = g.const("mlp_split", _int64([config.intermediate_size, config.intermediate_size]))
         cos, sin = _rotary_halves(model, self.head_dim)
         self.cos, self.sin = g.const("rotary.cos", cos), g.const("rotary.sin", sin)
 
@@ -123,22 +130,22 @@ class _LlamaBuilder:
         import numpy as np
         from onnx import TensorProto
 
-        g, i64 = self.g, lambda *v: np.array(v, dtype=np.int64)
-        one_index = g.const("one_index", np.array(1, dtype=np.int64))
-        total = g.op("Gather", [g.op("Shape", ["attention_mask"]), one_index], axis=0)
-        new = g.op("Gather", [g.op("Shape", ["input_ids"]), one_index], axis=0)
-        zero, one = g.const("zero_i64", np.array(0, dtype=np.int64)), g.const("one_i64", np.array(1, dtype=np.int64))
+        g = self.g
+        zero, one = g.const("zero_i64", _int64(0)), g.const("one_i64", _int64(1))  # scalars: index, range bounds
+        total = g.op("Gather", [g.op("Shape", ["attention_mask"]), one], axis=0)
+        new = g.op("Gather", [g.op("Shape", ["input_ids"]), one], axis=0)
         # key j is visible to query i iff attention_mask[j] and j <= T - t + i (GQA applies causality
         # too; the bias must cover left padding, and a full causal bias keeps padded query rows finite)
         query_pos = g.op("Unsqueeze", [g.op("Range", [g.op("Sub", [total, new]), total, one]), self.last_axis])
         causal = g.op("LessOrEqual", [g.op("Range", [zero, total, one]), query_pos])
-        padding = g.op("Unsqueeze", [g.op("Cast", ["attention_mask"], to=TensorProto.BOOL), g.const("axis_1", i64(1))])
+        axis_1 = g.const("axis_1", _int64([1]))  # also the end of the batch-size slice
+        padding = g.op("Unsqueeze", [g.op("Cast", ["attention_mask"], to=TensorProto.BOOL), axis_1])
         blocked = g.const("blocked", np.array(np.finfo(np.float32).min, dtype=np.float32))
         bias = g.op("Unsqueeze", [g.op("Where", [g.op("And", [causal, padding]),
                                                  g.const("zero_f32", np.array(0.0, dtype=np.float32)), blocked]),
-                                  g.const("axis_1b", i64(1))])
+                                  axis_1])
         total_i32 = g.op("Cast", [total], to=TensorProto.INT32)
-        batch = g.op("Slice", [g.op("Shape", ["input_ids"]), g.const("zero_1d", i64(0)), g.const("one_1d", i64(1))])
+        batch = g.op("Slice", [g.op("Shape", ["input_ids"]), g.const("zero_1d", _int64([0])), axis_1])
         seqlens = g.op("Expand", [g.op("Sub", [total_i32, g.const("one_i32", np.array(1, dtype=np.int32))]), batch])
         query_lengths = g.op("Expand", [g.op("Cast", [new], to=TensorProto.INT32), batch])
         return bias, seqlens, total_i32, query_lengths
