@@ -6,8 +6,8 @@ configured opset. Llama-family decoders go through tuneserve's lean builder
 `onnx_exporter: optimum` asks for optimum's standard-ops export, which every other model
 uses. Int8 uses ONNX Runtime's quantizer with per-channel int8 weights on MatMul (the head
 included) and per-row int8 embedding tables (ORT's own Gather quantization is per-tensor,
-which costs too much quality): dynamic quantizes activations at run time, static calibrates activation ranges on
-calibration texts (MinMax) and needs `--calibration`.
+which costs too much quality): dynamic quantizes activations at run time, static calibrates
+activation ranges on calibration texts (MinMax) and needs `--calibration`.
 
     tuneserve export artifacts/my-merged --out artifacts/my-onnx --int8 dynamic --opset 18
 """
