@@ -1,6 +1,6 @@
 """Architecture rules that must not erode: package boundaries and a lazy CLI.
 
-- `training` never imports `service`; `service` imports from training only `training.artifact`.
+- `training` never imports `service` or the CLI (`tuneserve`); `service` imports from training only `training.artifact`.
 - `training.artifact` imports nothing else from training (it is the shared contract).
 - Importing the CLI loads no torch, ray, transformers or peft, so `tuneserve --help` is instant.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -31,9 +32,10 @@ def imported_modules(package: str) -> list[tuple[str, str]]:
     return found
 
 
-def test_training_never_imports_service():
-    bad = [(f, m) for f, m in imported_modules("training") if m == "service" or m.startswith("service.")]
-    assert not bad, f"training must not import service: {bad}"
+@pytest.mark.parametrize("outer", ["service", "tuneserve"])
+def test_training_never_imports_service_or_cli(outer):
+    bad = [(f, m) for f, m in imported_modules("training") if m == outer or m.startswith(f"{outer}.")]
+    assert not bad, f"training must not import {outer}: {bad}"
 
 
 def test_service_reads_training_only_through_artifact():
@@ -46,6 +48,17 @@ def test_artifact_contract_is_self_contained():
     bad = [(f, m) for f, m in imported_modules("training/artifact")
            if m.startswith("training.") and not m.startswith("training.artifact")]
     assert not bad, f"training.artifact must not depend on the rest of training: {bad}"
+
+
+def test_one_version_source():
+    from training.artifact import Manifest
+    from training.artifact.version import tuneserve_version
+
+    import tuneserve
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+    manifest = Manifest(name="m", kind="adapter", base={"id": "b", "sha256": "0" * 64})
+    assert tuneserve_version() == tuneserve.__version__ == manifest.tuneserve_version == declared
 
 
 @pytest.mark.parametrize("heavy", ["torch", "ray", "transformers", "peft"])

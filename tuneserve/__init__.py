@@ -1,3 +1,5 @@
 """tuneserve: fine-tune LLMs and serve the result (CLI composition root)."""
 
-__version__ = "0.1.0"
+from training.artifact.version import tuneserve_version
+
+__version__ = tuneserve_version()

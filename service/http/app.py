@@ -18,6 +18,8 @@ from typing import Any, AsyncIterator
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+from training.artifact.version import tuneserve_version
+
 from service import metrics
 from service.auth import Authenticator, Principal
 from service.errors import openai_error_body
@@ -33,7 +35,7 @@ from service.schemas import (
 
 def create_app(backend: Any, auth: Authenticator, settings, guard: SecurityGuard | None = None) -> FastAPI:
     public_docs = settings.security.public_docs
-    app = FastAPI(title="tuneserve", version="0.1.0",
+    app = FastAPI(title="tuneserve", version=tuneserve_version(),
                   description="OpenAI-compatible completions, chat and classification over a base model and LoRA adapters.",
                   **({} if public_docs else {"openapi_url": None, "docs_url": None, "redoc_url": None}))
     install_error_handlers(app)

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from training.artifact.version import tuneserve_version
+
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 MANIFEST_NAME = "manifest.json"
@@ -50,5 +52,5 @@ class Manifest(BaseModel):
     wall_time_seconds: float | None = None
     files: dict[str, str] = Field(default_factory=dict)
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    tuneserve_version: str = "0.1.0"
+    tuneserve_version: str = Field(default_factory=tuneserve_version)
     version: str = "1"

@@ -30,6 +30,7 @@ from typing import Iterator
 from pydantic import Field, field_validator, model_validator
 
 from training.artifact import embedded_base_dir, sha256_file
+from training.artifact.version import tuneserve_version
 from training.base.corpus import CORPUS_PATH, split_documents
 from training.config import StrictModel
 from training.errors import ConfigError
@@ -259,8 +260,6 @@ def torch_threads(count: int) -> Iterator[None]:
 def _write_build(cfg: BaseBuildConfig, tmp: Path, progress: bool) -> None:
     import torch
 
-    from tuneserve import __version__
-
     started = time.monotonic()
     documents = corpus_documents()
     tokenizer = train_tokenizer(cfg, documents)
@@ -269,7 +268,7 @@ def _write_build(cfg: BaseBuildConfig, tmp: Path, progress: bool) -> None:
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     window = min(10, len(losses))
-    info = {"format": BUILD_FORMAT, "config": cfg.model_dump(), "tuneserve_version": __version__,
+    info = {"format": BUILD_FORMAT, "config": cfg.model_dump(), "tuneserve_version": tuneserve_version(),
             "torch_threads": torch.get_num_threads(),
             "parameters": sum(p.numel() for p in model.parameters()), "tokenizer_vocab": len(tokenizer),
             "initial_loss": sum(losses[:window]) / window, "final_loss": sum(losses[-window:]) / window,
