@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--note", default="2-core dev box, nothing else heavy running")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from training.config import load_config
+    from training.artifact.config import load_config
     from training.train.compare import CompareConfig, compare
 
     work = Path(tempfile.mkdtemp(prefix="banking77-"))

@@ -92,7 +92,7 @@ def main() -> None:
     import torch
     import transformers
 
-    from training.config import load_config
+    from training.artifact.config import load_config
     from training.train.config import TrainConfig
 
     torch.set_num_threads(args.threads)

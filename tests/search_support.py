@@ -25,7 +25,7 @@ def data_file(directory: Path) -> Path:
 
 
 def make_search_config(*args: str):
-    from training.config import load_config
+    from training.artifact.config import load_config
     from training.search.config import SearchConfig
 
     return load_config(SearchConfig, None, list(args))

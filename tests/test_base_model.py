@@ -16,10 +16,10 @@ import torch
 from typer.testing import CliRunner
 
 from training.artifact import fingerprint_model_dir
+from training.artifact.config import load_config
+from training.artifact.errors import ConfigError
 from training.base.build import BUILD_INFO, CHAT_TEMPLATE, BaseBuildConfig, build_base, read_build_info
 from training.base.corpus import CORPUS_PATH, generate, number_words, split_documents
-from training.config import load_config
-from training.errors import ConfigError
 
 # Tiny but shape-valid: builds in a few seconds (tokenizer training dominates).
 SMALL = dict(vocab_size=1024, hidden_size=64, intermediate_size=128, num_layers=1, num_heads=2, num_kv_heads=1,

@@ -7,8 +7,8 @@ from typing import Literal
 import pytest
 from pydantic import Field
 
-from training.config import StrictModel, load_config
-from training.errors import ConfigError
+from training.artifact.config import StrictModel, load_config
+from training.artifact.errors import ConfigError
 
 
 class Lora(StrictModel):

@@ -8,6 +8,7 @@ import random
 import httpx
 import pytest
 
+from training.artifact.errors import DataError
 from training.data.augment import WORD_OPS, augment_rows
 from training.data.backends import (
     OfflineBackend,
@@ -18,7 +19,6 @@ from training.data.backends import (
 from training.data.config import AugmentConfig, BackendConfig
 from training.data.tasks import TASKS, Row
 from training.data.thesaurus import SYNONYMS
-from training.errors import DataError
 
 WORDS = ["please", "help", "me", "buy", "a", "new", "card", "because", "my", "old", "card", "is", "lost"]
 

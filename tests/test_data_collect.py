@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from training.artifact.errors import DataError
 from training.data.collect import collect
 from training.data.config import DataConfig
-from training.errors import DataError
 
 
 def cfg_for(path, task="classification", **kw) -> DataConfig:
@@ -111,7 +111,7 @@ def test_empty_file_is_a_clear_error(tmp_path):
 
 
 def test_missing_source_and_unknown_mapping(tmp_path):
-    from training.errors import ConfigError
+    from training.artifact.errors import ConfigError
 
     with pytest.raises(DataError, match="does not exist"):
         collect(cfg_for(tmp_path / "nope.csv"))

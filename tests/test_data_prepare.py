@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from training.config import load_config
+from training.artifact.config import load_config
+from training.artifact.errors import DataError
 from training.data import DataConfig, fingerprint_rows, load_prepared, prepare
-from training.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 TICKETS = REPO / "training" / "configs" / "data_demo_tickets.yaml"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from training.config import load_config
+from training.artifact.config import load_config
 from training.data import DataConfig, load_prepared, prepare
 from training.data.dedup import jaccard, normalize_key, shingles
 

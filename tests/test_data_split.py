@@ -75,7 +75,7 @@ def test_grouped_split_keeps_each_group_in_one_split():
 
 
 def test_too_few_rows_is_a_clear_error():
-    from training.errors import DataError
+    from training.artifact.errors import DataError
 
     with pytest.raises(DataError, match="too few"):
         split_rows(labelled_rows({"a": 2}), SplitConfig(), SPEC, stratify=True)

@@ -11,7 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from training.errors import ConfigError
+from training.artifact.errors import ConfigError
 from tuneserve.commands import evaluate as evaluate_commands
 
 SQUAD = "squad_v1.1_dev/squad_v1.1_dev_subset2k.jsonl"

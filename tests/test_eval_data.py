@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from training.errors import ConfigError, DataError
+from training.artifact.errors import ConfigError, DataError
 from training.evaluation.datasets import load_eval_data
 
 

@@ -40,7 +40,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def train_adapter(base: str | Path, data: Path, out: Path, *extra: str) -> Path:
-    from training.config import load_config
+    from training.artifact.config import load_config
     from training.train import TrainConfig, train
 
     cfg = load_config(TrainConfig, None, [f"base={base}", f"data.path={data}", f"output={out}", "progress=false",

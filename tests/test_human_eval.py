@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from training.errors import ConfigError, DataError
+from training.artifact.errors import ConfigError, DataError
 from training.evaluation.human import export_sheet, load_prompts
 from training.evaluation.human_import import import_ratings
 from training.evaluation.human_stats import fleiss_kappa, mean_interval, pairwise_kappa, wilson_interval

@@ -8,7 +8,7 @@ import pytest
 import torch
 from search_support import data_file, make_search_config, search_args
 
-from training.errors import ConfigError
+from training.artifact.errors import ConfigError
 
 torch.set_num_threads(2)
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from training.artifact.errors import ConfigError
 from training.tracking import BACKENDS, Tracker, TrackingConfig, system_info
-from training.errors import ConfigError
 
 
 def make_tracker(tmp_path, **kw) -> Tracker:

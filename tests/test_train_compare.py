@@ -7,7 +7,7 @@ import json
 import pytest
 from train_support import instruction_rows, make_config, train_args, write_jsonl
 
-from training.errors import ConfigError
+from training.artifact.errors import ConfigError
 from training.train.compare import CompareConfig, compare, markdown_table
 
 

@@ -43,7 +43,7 @@ def test_early_stopping_stops_and_restores_best(tiny_base_dir, data_file, tmp_pa
 
 
 def test_early_stopping_requires_eval_every(tiny_base_dir, data_file, tmp_path):
-    from training.errors import ConfigError
+    from training.artifact.errors import ConfigError
 
     with pytest.raises(ConfigError, match="eval_every"):
         make_config(*train_args(tiny_base_dir, data_file, tmp_path / "a", "early_stopping.enabled=true"))

@@ -13,7 +13,7 @@ from train_support import (
     write_jsonl,
 )
 
-from training.errors import ConfigError
+from training.artifact.errors import ConfigError
 from training.train.methods import METHODS, get_method
 
 torch.set_num_threads(2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from training.errors import ConfigError
+from training.artifact.errors import ConfigError
 from training.train.plan import GB, PlanRequest, parse_size, plan, shape_from_size
 
 

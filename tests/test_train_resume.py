@@ -60,7 +60,7 @@ def test_killed_run_resumes_to_the_same_result(tiny_base_dir, tmp_path):
 def test_resume_without_checkpoint_is_a_clear_error(tiny_base_dir, tmp_path):
     from train_support import make_config
 
-    from training.errors import TrainingError
+    from training.artifact.errors import TrainingError
     from training.train.run import train
 
     data = write_jsonl(tmp_path / "rows.jsonl", instruction_rows(8))

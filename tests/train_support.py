@@ -46,7 +46,7 @@ def train_args(base: Path | str, data: Path, out: Path, *extra: str) -> list[str
 
 
 def make_config(*args: str):
-    from training.config import load_config
+    from training.artifact.config import load_config
     from training.train.config import TrainConfig
 
     return load_config(TrainConfig, None, list(args))

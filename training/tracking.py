@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 
 from pydantic import Field
 
-from training.config import StrictModel
+from training.artifact.config import StrictModel
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +309,7 @@ class Tracker:
         self.config = config or TrackingConfig()
         unknown = [b for b in self.config.backends if b not in BACKENDS]
         if unknown:
-            from training.errors import ConfigError
+            from training.artifact.errors import ConfigError
 
             raise ConfigError(f"unknown tracking backend(s) {unknown}", f"choose from {sorted(BACKENDS)}")
 

@@ -30,10 +30,10 @@ from typing import Iterator
 from pydantic import Field, field_validator, model_validator
 
 from training.artifact import embedded_base_dir, sha256_file
+from training.artifact.config import StrictModel
+from training.artifact.errors import ConfigError
 from training.artifact.version import tuneserve_version
 from training.base.corpus import CORPUS_PATH, split_documents
-from training.config import StrictModel
-from training.errors import ConfigError
 
 ENV_PREFIX = "TUNESERVE_BASE__"
 BUILD_INFO = "build_info.json"

@@ -23,11 +23,11 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from training.artifact.errors import ConfigError, DataError
 from training.data.dedup import normalize_key
 from training.data.prepared import canonical_json, write_jsonl
 from training.data.registry import registrar
 from training.data.tasks import Row, TaskSpec
-from training.errors import ConfigError, DataError
 
 
 def row_id(data: dict[str, Any], spec: TaskSpec) -> str:

@@ -16,12 +16,12 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from training.artifact.errors import ConfigError
 from training.data.backends import make_backend
 from training.data.config import AugmentConfig
 from training.data.registry import registrar
 from training.data.tasks import Row, TaskSpec
 from training.data.thesaurus import load_synonyms
-from training.errors import ConfigError
 
 WordOp = Callable[[list[str], float, random.Random, dict[str, list[str]]], list[str]]
 WORD_OPS: dict[str, WordOp] = {}

@@ -17,9 +17,9 @@ import re
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
+from training.artifact.errors import DataError
 from training.data.config import BackendConfig
 from training.data.thesaurus import DE_EN, EN_DE, SYNONYMS
-from training.errors import DataError
 
 
 @runtime_checkable

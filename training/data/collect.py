@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.artifact.errors import DataError
 from training.data.config import DataConfig, SourceConfig
 from training.data.readers import BadRecord, expand_source, read_source
 from training.data.tasks import FieldProblem, Row, TaskSpec, get_task
-from training.errors import DataError
 
 MAX_EXAMPLES = 20
 
@@ -71,7 +71,7 @@ def collect_source(source: SourceConfig, spec: TaskSpec, extra_columns: list[str
                    allow_unlabeled: bool = False) -> list[Row]:
     unknown = sorted(set(source.columns) - set(spec.field_names))
     if unknown:
-        from training.errors import ConfigError
+        from training.artifact.errors import ConfigError
 
         raise ConfigError(f"sources[].columns maps unknown fields {unknown} for task {spec.name}",
                           f"map the task's fields {spec.field_names} to source columns")

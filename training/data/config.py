@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from training.config import StrictModel
+from training.artifact.config import StrictModel
 
 TaskName = Literal["instruction", "classification", "qa", "text"]
 SourceFormat = Literal["json", "jsonl", "csv", "tsv", "parquet", "text", "hf_disk"]

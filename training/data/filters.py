@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from training.artifact.errors import ConfigError
 from training.data.cleaning import RuleResult, drop_where, rule
 from training.data.dedup import UnionFind, near_duplicate_pairs, normalize_key
 from training.data.tasks import Row, TaskSpec
-from training.errors import ConfigError
 
 
 def count_tokens(texts: list[str], tokenizer: str | None) -> list[int]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training.artifact.errors import DataError
 from training.data.bias import bias_stats, label_counts, mitigate
 from training.data.cleaning import run_cleaning
 from training.data.collect import collect
@@ -30,7 +31,6 @@ from training.data.prepared import (
 from training.data.report import write_report
 from training.data.split import find_leakage, fix_leakage, public, split_rows
 from training.data.tasks import Row, get_task
-from training.errors import DataError
 
 
 @dataclass

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.artifact.errors import DataError
 from training.data.config import SPLIT_NAMES
-from training.errors import DataError
 
 DATASET_FILE = "dataset.json"
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training.artifact.errors import DataError
 from training.data.registry import registrar
-from training.errors import DataError
 
 EXTENSIONS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv",
               ".parquet": "parquet", ".txt": "text", ".text": "text", ".md": "text"}

@@ -18,10 +18,10 @@ import random
 from collections import defaultdict
 from typing import Any
 
+from training.artifact.errors import DataError
 from training.data.config import SPLIT_NAMES, SplitConfig
 from training.data.dedup import duplicate_clusters, normalize_key
 from training.data.tasks import Row, TaskSpec
-from training.errors import DataError
 
 
 def largest_remainder(total: int, weights: dict[str, float]) -> dict[str, int]:

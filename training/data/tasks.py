@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from training.errors import ConfigError
+from training.artifact.errors import ConfigError
 
 
 class FieldProblem(ValueError):

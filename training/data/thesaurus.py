@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from training.errors import ConfigError
+from training.artifact.errors import ConfigError
 
 _SYNONYM_LINES = """
 buy purchase get|get obtain receive|need require want|want wish desire|help assist support

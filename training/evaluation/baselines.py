@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 
-from training.errors import ConfigError
+from training.artifact.errors import ConfigError
 from training.evaluation.predictor import ClassPrediction, Generation
 from training.evaluation.prompts import QA_INPUT, render_instruction
 

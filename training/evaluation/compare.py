@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from training.errors import DataError
+from training.artifact.errors import DataError
 from training.evaluation import plots
 from training.evaluation.metrics import paired_bootstrap
 from training.evaluation.render import html_image, html_notes, html_page, html_table, md_table, write_json, write_text

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.errors import ConfigError, DataError
+from training.artifact.errors import ConfigError, DataError
 
 DATASET_META = "dataset.json"
 

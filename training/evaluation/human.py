@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from training.errors import ConfigError, DataError
+from training.artifact.errors import ConfigError, DataError
 from training.evaluation.human_sheet import render_sheet_html
 from training.evaluation.render import write_json, write_jsonl, write_text
 

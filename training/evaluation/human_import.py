@@ -19,7 +19,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from training.errors import DataError
+from training.artifact.errors import DataError
 from training.evaluation.human_stats import (
     fleiss_kappa,
     mean_interval,

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from training.artifact import MANIFEST_NAME, load_artifact, sha256_file
+from training.artifact.errors import ConfigError
 from training.evaluation.predictor import ClassPrediction, Generation
 from training.evaluation.prompts import render_instruction
-from training.errors import ConfigError
 
 
 def model_task(eval_task: str) -> str:

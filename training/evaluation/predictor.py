@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from training.errors import ConfigError
+from training.artifact.errors import ConfigError
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.errors import DataError
+from training.artifact.errors import DataError
 from training.evaluation import plots
 from training.evaluation.render import (
     html_image,

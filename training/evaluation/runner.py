@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from training.config import StrictModel
+from training.artifact.config import StrictModel
 from training.evaluation.compare import compare_results, write_compare_report
 from training.evaluation.datasets import load_eval_data
 from training.evaluation.predictor import BASELINE_PREFIX, Predictor, is_endpoint, open_predictor, split_endpoint
@@ -82,7 +82,7 @@ def _start_run(cfg: EvalConfig, name: str, params: dict, tags: dict):
 def evaluate(cfg: EvalConfig, predictor: Predictor | None = None, progress: bool = True,
              out: Path | None = None) -> tuple[EvalResult, Path]:
     """Evaluate one model on `cfg.data`; write reports and log the run. Returns the result and its directory."""
-    from training.errors import ConfigError
+    from training.artifact.errors import ConfigError
 
     if cfg.data is None:
         raise ConfigError("no evaluation data given", "pass --data PREPARED_DIR or a JSONL/JSON/CSV file with --task")

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from training.config import StrictModel
+from training.artifact.config import StrictModel
 
 
 class ParityConfig(StrictModel):

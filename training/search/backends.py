@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from training.errors import TrainingError
+from training.artifact.errors import TrainingError
 from training.search.config import SearchConfig
 from training.search.study import PRUNERS, SAMPLERS, finished, run_trial, suggest
 

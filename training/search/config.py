@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from training.config import StrictModel, set_dotted
-from training.errors import ConfigError
+from training.artifact.config import StrictModel, set_dotted
+from training.artifact.errors import ConfigError
 from training.tracking import TrackingConfig
 from training.train.config import TrainConfig
 from training.train.loop import lower_is_better

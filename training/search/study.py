@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from training.errors import ConfigError
+from training.artifact.errors import ConfigError
 from training.search.config import ParamSpec, SearchConfig, trial_config
 from training.tracking import Tracker
 

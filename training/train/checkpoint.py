@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from training.errors import TrainingError
+from training.artifact.errors import TrainingError
 
 PREFIX = "step-"
 

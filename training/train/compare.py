@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import Field
 
-from training.config import StrictModel
+from training.artifact.config import StrictModel
 from training.train.config import TrainConfig
 from training.train.methods import get_method
 

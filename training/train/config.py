@@ -1,7 +1,7 @@
 """The typed configuration of one training run (`tuneserve train [CONFIG.yaml] [key=value ...]`).
 
 Every knob of a run lives here with its default; YAML files in `training/configs/` and
-`key=value` overrides fill it (see `training.config.load_config`). Method-specific options
+`key=value` overrides fill it (see `training.artifact.config.load_config`). Method-specific options
 live in the sub-config of the same name (`lora.r=16`, `prompt.num_virtual_tokens=20`);
 which one is used is chosen by the single `method:` key (see `training.train.methods`).
 
@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from training.config import StrictModel
+from training.artifact.config import StrictModel
 
 ENV_PREFIX = "TUNESERVE_TRAIN__"
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.errors import DataError
+from training.artifact.errors import DataError
 from training.train.config import DataConfig
 
 SPLITS = ("train", "validation", "test")

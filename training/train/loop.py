@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.errors import ConfigError
+from training.artifact.errors import ConfigError
 from training.train.checkpoint import (
     restore_checkpoint,
     save_checkpoint,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from training.errors import ConfigError
+from training.artifact.errors import ConfigError
 from training.train.config import TrainConfig
 
 HEAD_NAMES = ("lm_head", "score", "classifier")

@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from training.config import StrictModel
-from training.errors import ConfigError
+from training.artifact.config import StrictModel
+from training.artifact.errors import ConfigError
 
 ENV_PREFIX = "TUNESERVE_PLAN__"
 GB = 1024 ** 3

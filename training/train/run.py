@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from training.artifact import fingerprint_model_dir, resolve_base_dir
+from training.artifact.errors import ConfigError, TrainingError
 from training.artifact.loading import load_tokenizer, require_safetensors
 from training.artifact.profile import build_reference_profile
-from training.errors import ConfigError, TrainingError
 from training.train.checkpoint import latest_checkpoint
 from training.train.config import TrainConfig
 from training.train.data import Splits, load_splits

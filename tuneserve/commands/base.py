@@ -37,8 +37,8 @@ def _info(path: Optional[Path]) -> None:
     from rich.table import Table
 
     from training.artifact import embedded_base_dir, fingerprint_model_dir
+    from training.artifact.errors import ArtifactInvalid
     from training.base.build import read_build_info
-    from training.errors import ArtifactInvalid
 
     model_dir = path or embedded_base_dir()
     info = read_build_info(model_dir)

@@ -24,14 +24,14 @@ def split_config_and_overrides(args: list[str] | None) -> tuple[Path | None, lis
         elif config is None:
             config = Path(item)
         else:
-            from training.errors import ConfigError
+            from training.artifact.errors import ConfigError
 
             raise ConfigError(f"unexpected argument {item!r}", "give at most one config file, then key=value overrides")
     return config, overrides
 
 
 def load_cli_config(cls: type[M], args: list[str] | None, env_prefix: str) -> M:
-    from training.config import load_config
+    from training.artifact.config import load_config
 
     path, overrides = split_config_and_overrides(args)
     return load_config(cls, path, overrides, env_prefix=env_prefix)

@@ -47,9 +47,9 @@ def register(app: typer.Typer) -> None:
     @data_app.command("inspect")
     def inspect_cmd(path: Path = typer.Argument(..., help="A prepared dataset directory.")) -> None:
         """Print the summary of a prepared dataset's report."""
+        from training.artifact.errors import DataError
         from training.data import load_prepared
         from training.data.report import summary_lines
-        from training.errors import DataError
 
         ds = load_prepared(path)
         report_file = path / "data_report.json"

@@ -31,8 +31,8 @@ import typer
 import yaml
 from pydantic import Field
 
+from training.artifact.config import StrictModel
 from training.artifact.errors import ConfigError, Unavailable
-from training.config import StrictModel
 from tuneserve.commands.common import console, load_cli_config
 
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
