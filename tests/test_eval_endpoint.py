@@ -10,7 +10,8 @@ import pytest
 
 from training.artifact.errors import NotFound, Unauthenticated, Unavailable
 from training.evaluation.endpoint import EndpointPredictor
-from training.evaluation.predictor import ScoringUnsupported, split_endpoint
+from training.evaluation.predictions import ScoringUnsupported
+from training.evaluation.predictor import split_endpoint
 from training.evaluation.runner import EvalConfig, evaluate
 from training.tracking import TrackingConfig
 

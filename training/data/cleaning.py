@@ -1,8 +1,9 @@
-"""Cleaning rules: a registry of name -> function, each reporting how many rows it changed or dropped.
+"""Text cleaning rules, and `run_cleaning`, which runs every enabled rule and reports what each did.
 
 Text rules here (unicode, whitespace/control characters, HTML, PII masking) rewrite every text
-field of the task; filter and dedup rules live in `training.data.filters`. Rules run in the
-order of the fields of `CleaningConfig`; each is skipped when its `enabled` is false.
+field of the task; filter and dedup rules live in `training.data.filters`; both register into
+`training.data.rules.CLEANING_RULES`. Rules run in the order of the fields of
+`CleaningConfig`; each is skipped when its `enabled` is false.
 
     rows, results = run_cleaning(rows, cfg.cleaning, TASKS["classification"])
     results["pii"].details   # {"email": 3, "phone": 1, ...}
@@ -14,28 +15,13 @@ import html
 import re
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Any
 
-from training.data.registry import registrar
+import training.data.filters  # noqa: F401  (registers the length, language and dedup rules)
+from training.data.rules import CLEANING_RULES, RuleResult, rule
 from training.data.tasks import Row, TaskSpec
-
-
-@dataclass
-class RuleResult:
-    rows_in: int = 0
-    changed: int = 0
-    dropped: int = 0
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"rows_in": self.rows_in, "changed": self.changed, "dropped": self.dropped, **self.details}
-
-
-Rule = Callable[[list[Row], Any, TaskSpec], tuple[list[Row], RuleResult]]
-CLEANING_RULES: dict[str, Rule] = {}
-rule = registrar(CLEANING_RULES)
 
 
 def map_text(rows: list[Row], spec: TaskSpec, fn: Callable[[str], str]) -> RuleResult:
@@ -214,27 +200,9 @@ def pii_rule(rows: list[Row], opts: Any, spec: TaskSpec) -> tuple[list[Row], Rul
     return rows, result
 
 
-def drop_where(rows: list[Row], drop: Callable[[Row], str | None]) -> tuple[list[Row], RuleResult]:
-    """Keep rows for which `drop` returns None; count the others by the reason it returned."""
-    kept: list[Row] = []
-    reasons: dict[str, int] = {}
-    for row in rows:
-        reason = drop(row)
-        if reason is None:
-            kept.append(row)
-        else:
-            reasons[reason] = reasons.get(reason, 0) + 1
-    result = RuleResult(rows_in=len(rows), dropped=len(rows) - len(kept))
-    if reasons:
-        result.details["reasons"] = reasons
-    return kept, result
-
-
 def run_cleaning(rows: list[Row], cleaning: Any, spec: TaskSpec,
                  on_rule: Callable[[str, int], None] | None = None) -> tuple[list[Row], dict[str, RuleResult]]:
     """Run every enabled rule in `CleaningConfig` field order; returns rows and per-rule results."""
-    import training.data.filters  # noqa: F401  (registers length, language and dedup rules)
-
     results: dict[str, RuleResult] = {}
     for name in type(cleaning).model_fields:
         opts = getattr(cleaning, name)

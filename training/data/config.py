@@ -80,7 +80,7 @@ class NearDedupRule(StrictModel):
 
 
 class CleaningConfig(StrictModel):
-    """One entry per registered rule; rules run in registry order (see `cleaning.CLEANING_RULES`)."""
+    """One entry per registered rule; rules run in registry order (see `rules.CLEANING_RULES`)."""
 
     unicode: UnicodeRule = Field(default_factory=UnicodeRule)
     whitespace: WhitespaceRule = Field(default_factory=WhitespaceRule)

@@ -1,6 +1,6 @@
 """Filter and dedup cleaning rules: length (chars, tokens), language, exact and near duplicates.
 
-Registered into `training.data.cleaning.CLEANING_RULES` on import (`run_cleaning` imports it).
+Registered into `training.data.rules.CLEANING_RULES` on import (`training.data.cleaning` imports it).
 Token lengths use the tokenizer at `length.tokenizer` when given (a local directory), else
 whitespace tokens. The language filter is offline (`langdetect`, seeded so it is
 deterministic) and keeps rows too short to judge.
@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from training.artifact.errors import ConfigError
-from training.data.cleaning import RuleResult, drop_where, rule
 from training.data.dedup import UnionFind, near_duplicate_pairs, normalize_key
+from training.data.rules import RuleResult, drop_where, rule
 from training.data.tasks import Row, TaskSpec
 
 

@@ -12,7 +12,7 @@ import re
 import time
 
 from training.artifact.errors import ConfigError
-from training.evaluation.predictor import ClassPrediction, Generation
+from training.evaluation.predictions import ClassPrediction, Generation, ScoringUnsupported
 from training.evaluation.prompts import QA_INPUT, render_instruction
 
 CONTEXT = re.compile(re.escape(QA_INPUT.split("{")[0]) + r"(.*)", re.S)
@@ -46,8 +46,6 @@ class LeadSentence:
         raise ConfigError(f"baseline {self.name} does not classify", "use it with --task qa")
 
     def score(self, prompts: list[str], continuations: list[str]) -> list[tuple[float, int]]:
-        from training.evaluation.predictor import ScoringUnsupported
-
         raise ScoringUnsupported(f"baseline {self.name} has no token probabilities")
 
     def close(self) -> None:

@@ -27,7 +27,7 @@ from training.artifact.errors import (
     Unauthenticated,
     Unavailable,
 )
-from training.evaluation.predictor import ClassPrediction, Generation, ScoringUnsupported
+from training.evaluation.predictions import ClassPrediction, Generation, ScoringUnsupported
 from training.evaluation.prompts import render_instruction, user_message
 
 ROUTES = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}

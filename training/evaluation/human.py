@@ -16,42 +16,22 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import random
-import string
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from training.artifact.errors import ConfigError, DataError
+from training.evaluation.human_format import KEY_SCHEMA, positions, rating_columns, read_records
 from training.evaluation.human_sheet import render_sheet_html
 from training.evaluation.render import write_json, write_jsonl, write_text
-
-KEY_SCHEMA = "tuneserve.human-eval-key/1"
-
-
-def positions(k: int) -> list[str]:
-    return list(string.ascii_uppercase[:k])
-
-
-def rating_columns(k: int, criteria: list[str]) -> list[str]:
-    """The columns a filled sheet carries (the HTML page downloads exactly these)."""
-    return ["row_id", "rater", "preference", *[f"score_{p}_{c}" for p in positions(k) for c in criteria], "comment"]
-
-
-def _read_records(path: Path) -> list[dict[str, Any]]:
-    from training.data.readers import BadRecord, infer_format, read_source
-
-    if not path.is_file():
-        raise DataError(f"{path} does not exist", "check the path")
-    return [rec for _, rec in read_source(path, infer_format(path)) if not isinstance(rec, BadRecord)]
 
 
 def load_prompts(path: Path, n: int | None = None, seed: int = 0) -> list[dict[str, str]]:
     """Rows with `prompt`, or `instruction` (+ `input`); an `id` column is kept, else the row number is used."""
     items = []
-    for i, rec in enumerate(_read_records(path)):
+    for i, rec in enumerate(read_records(path)):
         instruction = rec.get("prompt") or rec.get("instruction")
         if not instruction:
             raise DataError(f"{path} row {i + 1} has no 'prompt' or 'instruction' field", "add one of these fields")
@@ -71,7 +51,7 @@ def _named(spec: str, what: str) -> tuple[str, str]:
 
 
 def _from_file(items: list[dict[str, str]], path: Path) -> list[str]:
-    found = {str(rec.get("prompt_id", rec.get("id"))): str(rec.get("response", "")) for rec in _read_records(path)}
+    found = {str(rec.get("prompt_id", rec.get("id"))): str(rec.get("response", "")) for rec in read_records(path)}
     missing = [it["id"] for it in items if it["id"] not in found]
     if missing:
         raise DataError(f"{path} has no response for prompt ids {missing[:5]}{'…' if len(missing) > 5 else ''}",

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from training.artifact.errors import DataError
+from training.evaluation.human_format import KEY_SCHEMA, read_records
 from training.evaluation.human_stats import (
     fleiss_kappa,
     mean_interval,
@@ -34,8 +35,6 @@ REPORT_NAME = "human_eval_report"
 
 
 def read_key(path: Path) -> dict[str, Any]:
-    from training.evaluation.human import KEY_SCHEMA
-
     try:
         key = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -45,17 +44,11 @@ def read_key(path: Path) -> dict[str, Any]:
     return key
 
 
-def _records(path: Path) -> list[dict[str, Any]]:
-    from training.evaluation.human import _read_records
-
-    return _read_records(path)
-
-
 def unblind(key: dict[str, Any], path: Path) -> list[dict[str, Any]]:
     """Ratings of one file with positions replaced by model names; malformed values are errors."""
     rows = key["rows"]
     out = []
-    for line, rec in enumerate(_records(path), start=2):
+    for line, rec in enumerate(read_records(path), start=2):
         where = f"{path}:{line}"
         sheet = str(rec.get("sheet_id") or key["sheet_id"])
         if sheet != key["sheet_id"]:

@@ -2,7 +2,7 @@
 
 A rater types their name, picks a preference (a position or tie) and 1–5 scores per criterion
 for each row, then presses "Download ratings" to save `ratings-<rater>.csv` with the columns
-`human.rating_columns` lists. Work in progress is kept in the browser's localStorage.
+`human_format.rating_columns` lists. Work in progress is kept in the browser's localStorage.
 
     html = render_sheet_html(sheet_id, rows, ["A", "B"], ["helpfulness", "correctness"])
 """
@@ -13,6 +13,7 @@ import html
 import json
 from typing import Any
 
+from training.evaluation.human_format import rating_columns
 from training.evaluation.render import STYLE
 
 SCRIPT = r"""
@@ -87,8 +88,6 @@ def _row(row: dict[str, Any], letters: list[str], criteria: list[str]) -> str:
 
 
 def render_sheet_html(sheet_id: str, rows: list[dict[str, Any]], letters: list[str], criteria: list[str]) -> str:
-    from training.evaluation.human import rating_columns
-
     meta = {"sheet_id": sheet_id, "rows": [r["row_id"] for r in rows],
             "columns": ["sheet_id", *rating_columns(len(letters), criteria)]}
     meta_json = json.dumps(meta).replace("</", "<\\/")

@@ -18,7 +18,7 @@ from typing import Any
 
 from training.artifact import MANIFEST_NAME, load_artifact, sha256_file
 from training.artifact.errors import ConfigError
-from training.evaluation.predictor import ClassPrediction, Generation
+from training.evaluation.predictions import ClassPrediction, Generation
 from training.evaluation.prompts import render_instruction
 
 

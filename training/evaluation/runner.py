@@ -23,7 +23,8 @@ from pydantic import Field
 from training.artifact.config import StrictModel
 from training.evaluation.compare import compare_results, write_compare_report
 from training.evaluation.datasets import load_eval_data
-from training.evaluation.predictor import BASELINE_PREFIX, Predictor, is_endpoint, open_predictor, split_endpoint
+from training.evaluation.predictions import Predictor
+from training.evaluation.predictor import BASELINE_PREFIX, is_endpoint, open_predictor, split_endpoint
 from training.evaluation.report import REPORT_NAME, EvalResult, read_eval_report, write_eval_report
 from training.evaluation.tasks import TASK_RUNNERS, RunSettings
 from training.tracking import Tracker, TrackingConfig

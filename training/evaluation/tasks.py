@@ -18,7 +18,7 @@ import numpy as np
 
 from training.evaluation import metrics as M
 from training.evaluation.datasets import EvalData
-from training.evaluation.predictor import Generation, Predictor, ScoringUnsupported
+from training.evaluation.predictions import Generation, Predictor, ScoringUnsupported
 from training.evaluation.prompts import extract_answer, instruction_prompt, qa_prompt
 
 
