@@ -36,7 +36,7 @@ def build(cfg):
     from training.artifact.loading import load_tokenizer
     from training.train.data import load_splits
     from training.train.methods import get_method
-    from training.train.run import encode, load_training_model
+    from training.train.run import encoder, load_training_model
 
     model_dir = resolve_base_dir(cfg.base)
     splits = load_splits(cfg.data, cfg.task, cfg.seed)
@@ -44,8 +44,8 @@ def build(cfg):
     torch.manual_seed(cfg.seed)
     method = get_method(cfg.method)
     model = method.wrap(cfg, load_training_model(cfg, method, model_dir, None, torch.device("cpu")))
-    train_ex, _, collate, _ = encode(cfg, splits, tokenizer)
-    return model, train_ex, collate
+    enc, collate, _ = encoder(cfg, splits, tokenizer)
+    return model, enc(splits.train), collate
 
 
 def run_ours(cfg) -> float:
@@ -54,7 +54,7 @@ def run_ours(cfg) -> float:
     from training.train.loop import TrainLoop
 
     model, train_ex, collate = build(cfg)
-    loop = TrainLoop(cfg, model, train_ex, [], collate, cfg.task, torch.device("cpu"))
+    loop = TrainLoop(cfg, model, train_ex, [], collate, torch.device("cpu"))
     started = time.perf_counter()
     result = loop.run()
     return result.samples / (time.perf_counter() - started)

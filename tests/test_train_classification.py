@@ -35,7 +35,7 @@ def minilm_run(tmp_path_factory):
 
 def test_minilm_lora_learns_and_saves_head(minilm_run):
     outcome = minilm_run
-    assert outcome.manifest["metrics"]["val_accuracy"] >= 0.9, outcome.manifest["metrics"]
+    assert outcome.manifest.metrics["val_accuracy"] >= 0.9, outcome.manifest.metrics
     art = load_artifact(outcome.artifact, expect_kind="adapter")
     assert art.manifest.task == "classification" and art.manifest.labels == ["fruit", "music", "weather"]
     from safetensors import safe_open
@@ -49,7 +49,7 @@ def test_classifier_reloads_identically(minilm_run):
 
     outcome = minilm_run
     expected = logits_of(outcome.model, outcome.collate, outcome.examples[:6])
-    base = load_base(MINILM, task="classification", labels=outcome.manifest["labels"])
+    base = load_base(MINILM, task="classification", labels=outcome.manifest.labels)
     got = logits_of(attach_adapter(base.model, load_artifact(outcome.artifact), "clf"), outcome.collate,
                     outcome.examples[:6])
     assert torch.equal(expected, got)
@@ -87,7 +87,7 @@ def test_weighted_loss_uses_class_weights(tiny_base_dir, tmp_path):
     from training.artifact.loading import load_tokenizer
     from training.train.loop import TrainLoop
     from training.train.methods import get_method
-    from training.train.run import encode, load_training_model
+    from training.train.run import encoder, load_training_model
 
     data = write_jsonl(tmp_path / "r.jsonl", classification_rows(24))
     cfg = make_config(*train_args(tiny_base_dir, data, tmp_path / "o", "task=classification", "data.validation_fraction=0"))
@@ -95,10 +95,11 @@ def test_weighted_loss_uses_class_weights(tiny_base_dir, tmp_path):
     tokenizer = load_tokenizer(tiny_base_dir, padding_side="right")
     model = load_training_model(cfg, get_method("full"), tiny_base_dir, splits.labels, torch.device("cpu"))
     model.config.pad_token_id = tokenizer.pad_token_id
-    train_ex, _, collate, _ = encode(cfg, splits, tokenizer)
+    enc, collate, _ = encoder(cfg, splits, tokenizer)
+    train_ex = enc(splits.train)
     losses = []
     for weights in ([1.0, 1.0, 1.0], [1.0, 10.0, 1.0]):
-        loop = TrainLoop(cfg, model, train_ex, [], collate, "classification", torch.device("cpu"), weights)
+        loop = TrainLoop(cfg, model, train_ex, [], collate, torch.device("cpu"), weights)
         loss, logits, labels = loop._forward_loss(collate(train_ex[:12]))
         manual = torch.nn.functional.cross_entropy(logits, labels, weight=torch.tensor(weights))
         assert torch.allclose(loss, manual)

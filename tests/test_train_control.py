@@ -104,8 +104,7 @@ def _loop_over(lengths, group_by_length, seed=3):
 
     cfg = TrainConfig(batch_size=8, seed=seed, group_by_length=group_by_length, progress=False)
     examples = [{"input_ids": [1] * n, "row": k} for k, n in enumerate(lengths)]
-    return TrainLoop(cfg, torch.nn.Linear(2, 2), examples, [], collate=lambda b: b, task="causal-lm",
-                     device=torch.device("cpu"))
+    return TrainLoop(cfg, torch.nn.Linear(2, 2), examples, [], collate=lambda b: b, device=torch.device("cpu"))
 
 
 def test_group_by_length_cuts_padding_and_stays_a_seeded_permutation():

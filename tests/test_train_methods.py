@@ -41,7 +41,7 @@ def test_method_trains_saves_and_reloads(name, tiny_base_dir, data_file, tmp_pat
     art = load_artifact(outcome.artifact)
     assert art.manifest.method == name
     assert art.kind == ("full-model" if name == "full" else "adapter")
-    trainable = outcome.manifest["trainable_parameters"]
+    trainable = outcome.manifest.trainable_parameters
     total = sum(p.numel() for p in outcome.model.parameters())
     assert 0 < trainable <= total and (name == "full") == (trainable == total)
     expected = logits_of(outcome.model, outcome.collate, outcome.examples[:4])

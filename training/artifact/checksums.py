@@ -22,10 +22,6 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def list_files(root: str | Path) -> list[str]:
     """Every regular file under root as a sorted relative posix path."""
     root = Path(root)

@@ -6,7 +6,7 @@ at any point leaves either the old artifact or nothing, never a manifest over pa
 files. Readers verify the manifest, the schema version, the sha256 of every listed file,
 that no unlisted file was slipped in, and (when asked) the base-model fingerprint.
 
-    with ArtifactWriter("artifacts/my-adapter", manifest_fields) as w:
+    with ArtifactWriter("artifacts/my-adapter", Manifest(name="my-adapter", kind="adapter", base=...)) as w:
         save_file(tensors, w.path / "adapter_model.safetensors")
     art = load_artifact("artifacts/my-adapter", expect_base_sha256=base_fp)
 """
@@ -43,11 +43,16 @@ def _fsync_dir(path: Path) -> None:
 
 
 class ArtifactWriter:
-    """Context manager that builds an artifact in a temp dir and renames it into place."""
+    """Context manager that builds an artifact in a temp dir and renames it into place.
 
-    def __init__(self, dest: str | Path, manifest: dict[str, Any], overwrite: bool = False) -> None:
+    `manifest` is a `Manifest` or its fields as a dict; the writer records `files` (and, for a
+    `Manifest`, `created_at`) itself when it commits.
+    """
+
+    def __init__(self, dest: str | Path, manifest: Manifest | dict[str, Any], overwrite: bool = False) -> None:
         self.dest = Path(dest).resolve()
-        self.manifest_fields = dict(manifest)
+        self.manifest_fields = (manifest.model_dump(exclude={"files", "created_at"}) if isinstance(manifest, Manifest)
+                                else dict(manifest))
         self.overwrite = overwrite
         self.dest.parent.mkdir(parents=True, exist_ok=True)
         if self.dest.exists() and not overwrite:

@@ -308,10 +308,6 @@ def split_documents(text: str) -> list[str]:
     return [doc.strip("\n") for doc in text.split(DOC_SEPARATOR) if doc.strip()]
 
 
-def read_corpus() -> str:
-    return CORPUS_PATH.read_text(encoding="utf-8")
-
-
 if __name__ == "__main__":
     corpus = generate()
     CORPUS_PATH.write_text(corpus, encoding="utf-8")

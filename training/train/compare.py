@@ -102,11 +102,11 @@ def compare(cfg: CompareConfig, console: Any = None) -> dict[str, Any]:
         if console is not None:
             console.print(f"[bold]compare:[/] training {c.method}")
         outcome = train(c)
-        metrics = outcome.manifest["metrics"]
+        metrics = outcome.manifest.metrics
         metric, value = headline(metrics)
         rows.append({"method": c.method, "metric": metric, "value": value, "metrics": metrics,
-                     "trainable_parameters": outcome.manifest["trainable_parameters"],
-                     "train_seconds": outcome.manifest["wall_time_seconds"],
+                     "trainable_parameters": outcome.manifest.trainable_parameters,
+                     "train_seconds": outcome.manifest.wall_time_seconds,
                      "artifact_bytes": dir_size(outcome.artifact), "artifact": str(outcome.artifact)})
     paths = {"markdown": out / "comparison.md", "json": out / "comparison.json", "plot": out / "comparison.png"}
     paths["markdown"].write_text(markdown_table(rows), encoding="utf-8")

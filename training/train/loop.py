@@ -6,7 +6,7 @@ position; together with the saved optimizer and RNG state, `--resume` continues 
 where a killed run stopped. Evaluation reports `val_loss` (and `val_accuracy` for
 classification); early stopping watches one of them.
 
-    loop = TrainLoop(cfg, model, train_examples, val_examples, collate, task="causal-lm")
+    loop = TrainLoop(cfg, model, train_examples, val_examples, collate, device)   # cfg.task picks the loss
     result = loop.run(resume_from=latest_checkpoint(cfg.checkpoint_path()))
 """
 
@@ -62,12 +62,12 @@ def lower_is_better(metric: str) -> bool:
 
 class TrainLoop:
     def __init__(self, cfg: TrainConfig, model: Any, train: list[dict], validation: list[dict],
-                 collate: Callable[[list[dict]], dict], task: str, device: Any,
+                 collate: Callable[[list[dict]], dict], device: Any,
                  class_weights: list[float] | None = None, identity: dict[str, Any] | None = None) -> None:
         import torch
 
         self.cfg, self.model, self.train, self.validation = cfg, model, train, validation
-        self.collate, self.task, self.device = collate, task, device
+        self.collate, self.device = collate, device
         self.identity = identity or {}
         self.class_weights = torch.tensor(class_weights, dtype=torch.float32, device=device) if class_weights else None
         self.batches_per_epoch = math.ceil(len(train) / cfg.batch_size)
@@ -124,7 +124,7 @@ class TrainLoop:
 
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            if self.task == "classification":
+            if self.cfg.task == "classification":
                 labels = batch.pop("labels")
                 logits = self.model(**batch).logits.float()
                 return torch.nn.functional.cross_entropy(logits, labels, weight=self.class_weights), logits, labels

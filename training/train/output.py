@@ -5,8 +5,8 @@ The manifest records the base (id + fingerprint), method, hyperparameters, data
 facts (template kind, special tokens). Weights are saved by `save_pretrained(...,
 safe_serialization=True)` into the writer's temp dir, so only safetensors ever land there.
 
-    write_artifact(dest, fields, save=lambda d: model.save_pretrained(d, safe_serialization=True), profile=p)
-    merge_adapter(adapter_path, dest, fields)     # kind merged-model
+    written = write_artifact(dest, manifest, save_model(model), profile=p)   # an Artifact: path + manifest
+    merge_adapter(written.path, merged_dest, manifest, profile=p)              # kind merged-model
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from training.artifact import ArtifactWriter, load_artifact
+from training.artifact import Artifact, ArtifactWriter, Manifest, load_artifact
 from training.artifact.loading import attach_adapter, load_base
 from training.artifact.profile import write_reference_profile
 
@@ -33,13 +33,13 @@ def tokenizer_info(tokenizer: Any, template: dict[str, Any]) -> dict[str, Any]:
             "has_chat_template": bool(getattr(tokenizer, "chat_template", None)), **template}
 
 
-def write_artifact(dest: str | Path, fields: dict[str, Any], save: Callable[[Path], None],
-                   profile: dict[str, Any] | None, overwrite: bool = False) -> Path:
-    with ArtifactWriter(dest, fields, overwrite=overwrite) as writer:
+def write_artifact(dest: str | Path, manifest: Manifest, save: Callable[[Path], None],
+                   profile: dict[str, Any] | None, overwrite: bool = False) -> Artifact:
+    with ArtifactWriter(dest, manifest, overwrite=overwrite) as writer:
         save(writer.path)
         if profile is not None:
             write_reference_profile(writer.path, profile)
-    return writer.dest
+    return Artifact(path=writer.dest, manifest=writer.manifest)
 
 
 def save_model(model: Any, tokenizer: Any | None = None) -> Callable[[Path], None]:
@@ -54,12 +54,15 @@ def save_model(model: Any, tokenizer: Any | None = None) -> Callable[[Path], Non
     return save
 
 
-def merge_adapter(adapter_path: Path, dest: str | Path, fields: dict[str, Any], profile: dict[str, Any] | None,
-                  overwrite: bool = False) -> Path:
-    """Fold a saved adapter into a fresh full-precision copy of its base and write a merged-model artifact."""
+def merge_adapter(adapter_path: Path, dest: str | Path, manifest: Manifest, profile: dict[str, Any] | None,
+                  overwrite: bool = False) -> Artifact:
+    """Fold a saved adapter into a fresh full-precision copy of its base and write a merged-model artifact.
+
+    `manifest` describes the merged model; its kind becomes merged-model and `merged_from` names the adapter.
+    """
     artifact = load_artifact(adapter_path, expect_kind="adapter")
-    manifest = artifact.manifest
-    base = load_base(manifest.base.id, task=manifest.task, labels=manifest.labels)
+    adapter = artifact.manifest
+    base = load_base(adapter.base.id, task=adapter.task, labels=adapter.labels)
     merged = attach_adapter(base.model, artifact, "merge").merge_and_unload()
-    return write_artifact(dest, {**fields, "kind": "merged-model", "merged_from": str(adapter_path)},
-                          save_model(merged, base.tokenizer), profile, overwrite)
+    merged_manifest = manifest.model_copy(update={"kind": "merged-model", "merged_from": str(adapter_path)})
+    return write_artifact(dest, merged_manifest, save_model(merged, base.tokenizer), profile, overwrite)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.artifact import fingerprint_model_dir, resolve_base_dir
+from training.artifact import BaseRef, DataRef, Manifest, fingerprint_model_dir, resolve_base_dir
 from training.artifact.errors import ConfigError, TrainingError
 from training.artifact.loading import load_tokenizer, require_safetensors
 from training.artifact.profile import build_reference_profile
@@ -52,7 +52,7 @@ class TrainOutcome:
     model: Any
     tokenizer: Any
     result: LoopResult
-    manifest: dict[str, Any]
+    manifest: Manifest
     examples: list[dict]
     collate: Any
 
@@ -108,15 +108,9 @@ def encoder(cfg: TrainConfig, splits: Splits, tokenizer: Any) -> tuple[Any, Any,
     return enc, lambda b: pad_causal(b, pad_id), template
 
 
-def encode(cfg: TrainConfig, splits: Splits, tokenizer: Any) -> tuple[list, list, Any, PromptTemplate | None]:
-    enc, collate, template = encoder(cfg, splits, tokenizer)
-    return enc(splits.train), enc(splits.validation), collate, template
-
-
-def test_metrics(cfg: TrainConfig, loop: TrainLoop, splits: Splits, tokenizer: Any) -> dict[str, float]:
+def test_metrics(cfg: TrainConfig, loop: TrainLoop, splits: Splits, enc: Callable[[list], list]) -> dict[str, float]:
     if not (cfg.evaluate_test and splits.test):
         return {}
-    enc, _, _ = encoder(cfg, splits, tokenizer)
     loop.validation = enc(splits.test)
     metrics = loop.evaluate(limit=False)
     loop.model.eval()
@@ -200,38 +194,39 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, dict[str, float]], None] | N
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model = method.wrap(cfg, model)
-    train_ex, val_ex, collate, template = encode(cfg, splits, tokenizer)
+    enc, collate, template = encoder(cfg, splits, tokenizer)
+    train_ex, val_ex = enc(splits.train), enc(splits.validation)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     identity = {"base_sha256": base_sha, "method": cfg.method, "data": splits.fingerprint, "batch_size": cfg.batch_size,
                 "grad_accum": cfg.grad_accum, "seed": cfg.seed}
     weights = [splits.class_weights[label] for label in splits.labels] if splits.class_weights else None
-    loop = TrainLoop(cfg, model, train_ex, val_ex, collate, cfg.task, device, weights, identity)
+    loop = TrainLoop(cfg, model, train_ex, val_ex, collate, device, weights, identity)
     started = time.perf_counter()
     with progress_bar(cfg.progress) as progress:
         result = loop.run(resume_from=resume_from, progress=progress, on_eval=on_eval)
     wall = time.perf_counter() - started
-    result.metrics.update(test_metrics(cfg, loop, splits, tokenizer))
+    result.metrics.update(test_metrics(cfg, loop, splits, enc))
     model.eval()
     profile = build_profile(cfg, splits, tokenizer, template, model, val_ex, collate, device)
-    fields = {
-        "name": cfg.artifact_name(), "kind": "full-model" if method.build is None else "adapter", "task": cfg.task,
-        "base": {"id": cfg.base, "sha256": base_sha}, "method": cfg.method,
-        "hyperparameters": hyperparameters(cfg, method, result.steps),
-        "tokenizer": tokenizer_info(tokenizer, template.describe() if template else {"template": None}),
-        "data": {"fingerprint": splits.fingerprint, "rows": len(splits.train), "source": splits.source,
-                 "splits": splits.info["rows"]},
-        "metrics": {**result.metrics, "steps": result.steps, "samples_per_second": result.samples / max(result.train_seconds, 1e-9),
-                    "stopped_early": result.stopped_early},
-        "labels": splits.labels, "trainable_parameters": trainable, "wall_time_seconds": round(wall, 3),
-    }
-    artifact = write_artifact(output, fields, save_model(model, tokenizer if method.build is None else None),
-                              profile, cfg.overwrite)
+    manifest = Manifest(
+        name=cfg.artifact_name(), kind="full-model" if method.build is None else "adapter", task=cfg.task,
+        base=BaseRef(id=cfg.base, sha256=base_sha), method=cfg.method,
+        hyperparameters=hyperparameters(cfg, method, result.steps),
+        tokenizer=tokenizer_info(tokenizer, template.describe() if template else {"template": None}),
+        data=DataRef(fingerprint=splits.fingerprint, rows=len(splits.train), source=splits.source,
+                     splits=splits.info["rows"]),
+        metrics={**result.metrics, "steps": result.steps, "samples_per_second": result.samples / max(result.train_seconds, 1e-9),
+                 "stopped_early": result.stopped_early},
+        labels=splits.labels, trainable_parameters=trainable, wall_time_seconds=round(wall, 3),
+    )
+    written = write_artifact(output, manifest, save_model(model, tokenizer if method.build is None else None),
+                             profile, cfg.overwrite)
     merged = None
     if cfg.merge:
-        merged = merge_adapter(artifact, f"{output}-merged", {**fields, "name": f"{cfg.artifact_name()}-merged"},
-                               profile, cfg.overwrite)
-    return TrainOutcome(artifact=artifact, merged=merged, model=model, tokenizer=tokenizer, result=result,
-                        manifest=fields, examples=val_ex or train_ex, collate=collate)
+        merged_manifest = manifest.model_copy(update={"name": f"{cfg.artifact_name()}-merged"})
+        merged = merge_adapter(written.path, f"{output}-merged", merged_manifest, profile, cfg.overwrite).path
+    return TrainOutcome(artifact=written.path, merged=merged, model=model, tokenizer=tokenizer, result=result,
+                        manifest=written.manifest, examples=val_ex or train_ex, collate=collate)
 
 
 def load_trained(artifact_path: str | Path, device: str = "cpu"):

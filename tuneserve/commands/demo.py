@@ -68,7 +68,7 @@ def run_demo(workdir: Path, port: int, keep_serving: bool, base_steps: int | Non
                             max_steps=train_steps, batch_size=8, optim={"lr": 3e-3},
                             profile={"embed": False})
     outcome = train(train_cfg)
-    metrics = outcome.manifest.get("metrics", {})
+    metrics = outcome.manifest.metrics
     console.print(f"adapter: {outcome.artifact}  metrics: { {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)} }")
 
     _step(3, "merge + int8 quantization")

@@ -27,7 +27,7 @@ def _train(args: list[str] | None, resume: bool, merge: bool, overwrite: bool) -
     cfg = cfg.model_copy(update=updates) if updates else cfg
     console.print(f"[bold]training[/] {cfg.method} on {cfg.base} ({cfg.task}) → {cfg.output}")
     outcome = train(cfg)
-    metrics = outcome.manifest["metrics"]
+    metrics = outcome.manifest.metrics
     shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
     console.print(f"[green]wrote[/] {outcome.artifact}  ({outcome.result.steps} steps; {shown})")
     if outcome.merged:
