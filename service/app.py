@@ -17,17 +17,19 @@ from typing import Any, AsyncIterator
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from service.auth import Authenticator
+from service.auth import Authenticator, Principal
+from service.backend import STREAM_CALLS, UNARY_CALLS
 from service.errors import from_wire, to_wire
-from service.settings import ServiceSettings, load_settings
+from service.schemas import (
+    AdapterInfo, AdapterList, ChatCompletionRequest, ChatCompletionResponse, ClassifyRequest, ClassifyResponse,
+    CompletionRequest, CompletionResponse, Health, LoadAdapterRequest, ModelList,
+)
+from service.settings import ENGINE_QUEUE_CAPACITY, ServiceSettings, load_settings
 
 log = logging.getLogger("tuneserve.service.app")
-CALLS = frozenset({"complete", "chat", "classify", "list_models", "load_adapter", "unload_adapter", "pin_adapter",
-                   "list_adapters", "health"})
-STREAMS = frozenset({"stream_complete", "stream_chat"})
 
 
-@serve.deployment(name="Engine", max_ongoing_requests=64, ray_actor_options={"num_cpus": 2})
+@serve.deployment(name="Engine", max_ongoing_requests=ENGINE_QUEUE_CAPACITY, ray_actor_options={"num_cpus": 2})
 class EngineDeployment:
     """Holds the ServingCore; every public coroutine of the core is reachable through `call`/`stream`."""
 
@@ -38,7 +40,7 @@ class EngineDeployment:
         self.core.start()
 
     async def call(self, method: str, *args: Any) -> dict[str, Any]:
-        if method not in CALLS:
+        if method not in UNARY_CALLS:
             return {"error": {"class": "InvalidRequest", "message": f"unknown engine call {method!r}", "hint": None}}
         try:
             return {"ok": await getattr(self.core, method)(*args)}
@@ -46,7 +48,7 @@ class EngineDeployment:
             return {"error": to_wire(exc)}
 
     async def stream(self, method: str, *args: Any) -> AsyncIterator[dict[str, Any]]:
-        if method not in STREAMS:
+        if method not in STREAM_CALLS:
             yield {"error": {"class": "InvalidRequest", "message": f"unknown engine stream {method!r}", "hint": None}}
             return
         try:
@@ -56,8 +58,7 @@ class EngineDeployment:
             yield {"error": to_wire(exc)}
 
     def check_health(self) -> None:
-        thread = self.core.engine.scheduler._thread
-        if thread is None or not thread.is_alive():
+        if not self.core.engine.scheduler.alive:
             raise RuntimeError("engine thread is not running")
 
     def __del__(self) -> None:
@@ -68,31 +69,59 @@ class EngineDeployment:
 
 
 class RemoteCore:
-    """The ServingCore interface over a DeploymentHandle (what the transports call in Ray)."""
+    """The `ServingBackend` over a DeploymentHandle (what the transports call in Ray)."""
 
     def __init__(self, handle: DeploymentHandle) -> None:
         self.handle = handle
 
-    def __getattr__(self, method: str):
-        if method in CALLS:
-            async def call(*args: Any) -> Any:
-                reply = await self.handle.call.remote(method, *args)
+    async def _call(self, method: str, *args: Any) -> Any:
+        reply = await self.handle.call.remote(method, *args)
+        if "error" in reply:
+            raise from_wire(reply["error"])
+        return reply["ok"]
+
+    async def _stream(self, method: str, *args: Any) -> AsyncIterator[dict]:
+        gen = self.handle.options(stream=True).stream.remote(method, *args)
+        try:
+            async for reply in gen:
                 if "error" in reply:
                     raise from_wire(reply["error"])
-                return reply["ok"]
-            return call
-        if method in STREAMS:
-            async def stream(*args: Any) -> AsyncIterator[Any]:
-                gen = self.handle.options(stream=True).stream.remote(method, *args)
-                try:
-                    async for reply in gen:
-                        if "error" in reply:
-                            raise from_wire(reply["error"])
-                        yield reply["ok"]
-                finally:
-                    gen.cancel()  # client gone or done: stop the generation on the engine
-            return stream
-        raise AttributeError(method)
+                yield reply["ok"]
+        finally:
+            gen.cancel()  # client gone or done: stop the generation on the engine
+
+    async def complete(self, request: CompletionRequest, principal: Principal | None) -> CompletionResponse:
+        return await self._call("complete", request, principal)
+
+    async def chat(self, request: ChatCompletionRequest, principal: Principal | None) -> ChatCompletionResponse:
+        return await self._call("chat", request, principal)
+
+    def stream_complete(self, request: CompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
+        return self._stream("stream_complete", request, principal)
+
+    def stream_chat(self, request: ChatCompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
+        return self._stream("stream_chat", request, principal)
+
+    async def classify(self, request: ClassifyRequest, principal: Principal | None) -> ClassifyResponse:
+        return await self._call("classify", request, principal)
+
+    async def list_models(self, principal: Principal | None) -> ModelList:
+        return await self._call("list_models", principal)
+
+    async def load_adapter(self, request: LoadAdapterRequest, principal: Principal | None = None) -> AdapterInfo:
+        return await self._call("load_adapter", request, principal)
+
+    async def unload_adapter(self, name: str, force: bool = False, principal: Principal | None = None) -> dict[str, Any]:
+        return await self._call("unload_adapter", name, force, principal)
+
+    async def pin_adapter(self, name: str, pinned: bool, principal: Principal | None = None) -> AdapterInfo:
+        return await self._call("pin_adapter", name, pinned, principal)
+
+    async def list_adapters(self, principal: Principal | None = None) -> AdapterList:
+        return await self._call("list_adapters", principal)
+
+    async def health(self) -> Health:
+        return await self._call("health")
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})

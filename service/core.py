@@ -8,7 +8,9 @@ generation, usage, response cache and adapter administration live here; transpor
     async for chunk in core.stream_complete(request, principal): ...   # OpenAI chunk dicts
     core.stop()
 
-`principal=None` skips authorization (in-process callers that already checked it).
+`principal=None` skips authorization (in-process callers that already checked it). A request's
+`model` is resolved once, by the lease (`"base"` → the base model's id): every response, metric,
+drift sample and (through the response's `model`) audit line of the request names that id.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ import asyncio
 import secrets
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from training.artifact.errors import InvalidRequest
 
 from service import metrics
 from service.auth import Authenticator, Principal
 from service.drift import DriftMonitor
-from service.engine import Engine, Lease, RegistryConfig, SamplingParams
+from service.engine.engine import Engine
+from service.engine.registry import Lease
+from service.engine.types import SamplingParams
 from service.errors import with_param
 from service.render import (
     ChoiceResult, chat_choice, chat_chunk, completion_choice, completion_chunk, usage, usage_chunk,
@@ -35,9 +39,8 @@ from service.schemas import (
     ClassifyRequest, ClassifyResponse, CompletionRequest, CompletionResponse, Health, LabelScore,
     LoadAdapterRequest, ModelCard, ModelList, SamplingFields,
 )
-from service.settings import ServiceSettings
+from service.settings import ENGINE_QUEUE_CAPACITY, ServiceSettings
 
-ENGINE_QUEUE_CAPACITY = 64  # the Engine deployment's max_ongoing_requests (service/app.py)
 DEFAULT_CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
@@ -51,7 +54,7 @@ def invalid(message: str, param: str | None = None, hint: str | None = None) -> 
 class Job:
     """A validated generation request: one lease and prompt per prompt, shared sampling params."""
 
-    model: str
+    model: str  # the resolved id (leases[0].model_id)
     leases: list[Lease]
     prompts: list[list[int]]
     params: SamplingParams
@@ -66,15 +69,7 @@ class Job:
 class ServingCore:
     def __init__(self, settings: ServiceSettings, engine: Engine | None = None) -> None:
         self.settings = settings
-        self.engine = engine or Engine(
-            RegistryConfig(base_model=settings.base_model, base_task=settings.base_task, dtype=settings.dtype,
-                           artifacts_dir=settings.artifacts_dir, models=list(settings.models),
-                           adapters=dict(settings.adapters), max_adapters=settings.max_adapters,
-                           pinned=list(settings.pinned), batched_lora=settings.batched_lora),
-            max_batch_size=settings.batching.max_batch_size, batch_wait_timeout_s=settings.batching.batch_wait_timeout_s,
-            cache_size=settings.cache.size if settings.cache.enabled else 0, cache_ttl_s=settings.cache.ttl_s,
-            num_threads=settings.num_threads, batch_max_wait_s=settings.batching.batch_max_wait_s,
-            join_wait_s=settings.batching.join_wait_s, join_min_rows=settings.batching.join_min_rows)
+        self.engine = engine or Engine(settings)
         self.registry = self.engine.registry
         self.drift = DriftMonitor(settings.drift, self._artifact_dir)
         self._stop_gauges = None
@@ -101,22 +96,22 @@ class ServingCore:
 
     # ---- inference -------------------------------------------------------------------
     async def complete(self, request: CompletionRequest, principal: Principal | None) -> CompletionResponse:
-        job = await self._job(request, request.prompts(), request.logprobs, principal)
-        results, prompt_tokens = await self._collect(job)
+        job = await self._completion_job(request, principal)
+        results, prompt_tokens = await self._generate(job)
         want = request.logprobs is not None
         return CompletionResponse(id=_id("cmpl"), created=int(time.time()), model=job.model,
                                   choices=[completion_choice(r, want) for r in results],
                                   usage=usage(prompt_tokens, sum(r.completion_tokens for r in results)))
 
     async def chat(self, request: ChatCompletionRequest, principal: Principal | None) -> ChatCompletionResponse:
-        job = await self._job(request, [self._chat_prompt(request)], self._chat_logprobs(request), principal)
-        results, prompt_tokens = await self._collect(job)
+        job = await self._chat_job(request, principal)
+        results, prompt_tokens = await self._generate(job)
         return ChatCompletionResponse(id=_id("chatcmpl"), created=int(time.time()), model=job.model,
                                       choices=[chat_choice(r, request.logprobs) for r in results],
                                       usage=usage(prompt_tokens, sum(r.completion_tokens for r in results)))
 
     async def stream_complete(self, request: CompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
-        job = await self._job(request, request.prompts(), request.logprobs, principal)
+        job = await self._completion_job(request, principal)
         head = {"id": _id("cmpl"), "created": int(time.time()), "model": job.model}
         want = request.logprobs is not None
         async for item in self._stream(job, head, "text_completion", request,
@@ -124,36 +119,33 @@ class ServingCore:
             yield item
 
     async def stream_chat(self, request: ChatCompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
-        job = await self._job(request, [self._chat_prompt(request)], self._chat_logprobs(request), principal)
+        job = await self._chat_job(request, principal)
         head = {"id": _id("chatcmpl"), "created": int(time.time()), "model": job.model}
         async for item in self._stream(job, head, "chat.completion.chunk", request,
                                        lambda i, ev: chat_chunk(head, i, ev, request.logprobs)):
             yield item
 
     async def classify(self, request: ClassifyRequest, principal: Principal | None) -> ClassifyResponse:
-        texts = request.inputs()
-        if not texts or len(texts) > self.settings.limits.max_prompts:
-            raise invalid(f"input must hold 1 to {self.settings.limits.max_prompts} texts, got {len(texts)}", "input",
-                          f"send between 1 and {self.settings.limits.max_prompts} texts per request; split larger jobs")
+        texts = self._counted(request.inputs(), "input", "texts")
         lease = await self._lease(request.model, principal)
         try:
-            if lease.target.loaded.task != "classification":
+            loaded = lease.target.loaded
+            if loaded.task != "classification":
                 raise invalid(f"model {request.model!r} is not a classification model", "model",
                               "use /v1/completions or /v1/chat/completions for it")
             started = time.perf_counter()
             ranked = await asyncio.to_thread(self.engine.classify, lease, texts, self.settings.limits.max_prompt_tokens)
-            metrics.classified(request.model, len(texts), time.perf_counter() - started)
-            tokenizer = lease.target.loaded.tokenizer
-            self.drift.observe_prompts(request.model, texts, [self._encode(tokenizer, t) for t in texts], tokenizer,
-                                       ranked)
+            metrics.classified(lease.model_id, len(texts), time.perf_counter() - started)
+            encoded = [loaded.tokenizer(t)["input_ids"] for t in texts]
+            self.drift.observe_prompts(lease.model_id, texts, [self._nonempty(loaded.tokenizer, ids) for ids in encoded],
+                                       loaded.tokenizer, ranked)
         finally:
             lease.release()
-        tokens = sum(len(lease.target.loaded.tokenizer(t)["input_ids"]) for t in texts)
         top = request.top_k or None
         data = [Classification(index=i, label=r[0][0], score=r[0][1],
                                scores=[LabelScore(label=name, score=s) for name, s in r[:top]]) for i, r in enumerate(ranked)]
-        return ClassifyResponse(id=_id("cls"), created=int(time.time()), model=request.model, data=data,
-                                usage=usage(tokens, 0))
+        return ClassifyResponse(id=_id("cls"), created=int(time.time()), model=lease.model_id, data=data,
+                                usage=usage(sum(len(ids) for ids in encoded), 0))
 
     async def list_models(self, principal: Principal | None) -> ModelList:
         rows = self.registry.list_models()
@@ -200,10 +192,17 @@ class ServingCore:
             Authenticator.authorize(principal, scope, model)
 
     async def _lease(self, model: str, principal: Principal | None) -> Lease:
+        """Authorize `model` for the principal, then resolve it (a load runs off the event loop)."""
         self._authorize(principal, "infer", model)
-        if model in self.registry.adapters or model in self.registry.targets or model == self.registry.base_name:
-            return self.registry.acquire(model)
-        return await asyncio.to_thread(self.registry.acquire, model)
+        lease = self.registry.acquire_resident(model)
+        return lease if lease is not None else await asyncio.to_thread(self.registry.acquire, model)
+
+    def _counted(self, texts: list[str], param: str, what: str) -> list[str]:
+        most = self.settings.limits.max_prompts
+        if not texts or len(texts) > most:
+            raise invalid(f"{param} must hold 1 to {most} {what}, got {len(texts)}", param,
+                          f"send between 1 and {most} {what} per request; split larger jobs")
+        return texts
 
     def _params(self, request: SamplingFields, logprobs: int | None) -> SamplingParams:
         limits = self.settings.limits
@@ -226,20 +225,29 @@ class ServingCore:
                               top_p=1.0 if request.top_p is None else request.top_p, seed=request.seed,
                               stop=tuple(request.stop_list()), logprobs=logprobs)
 
-    async def _job(self, request: SamplingFields, texts: list[str], logprobs: int | None,
-                   principal: Principal | None) -> Job:
+    async def _completion_job(self, request: CompletionRequest, principal: Principal | None) -> Job:
+        texts = self._counted(request.prompts(), "prompt", "prompts")
+        return await self._job(request, request.logprobs, principal, lambda tokenizer: texts)
+
+    async def _chat_job(self, request: ChatCompletionRequest, principal: Principal | None) -> Job:
+        logprobs = (request.top_logprobs or 0) if request.logprobs else None
+        return await self._job(request, logprobs, principal, lambda tokenizer: [self._chat_prompt(request, tokenizer)])
+
+    async def _job(self, request: SamplingFields, logprobs: int | None, principal: Principal | None,
+                   render: Callable[[Any], list[str]]) -> Job:
+        """Validate, lease the model once (authorized once), render the prompts with its tokenizer, encode."""
         limits = self.settings.limits
-        if not texts or len(texts) > limits.max_prompts:
-            raise invalid(f"prompt must hold 1 to {limits.max_prompts} prompts, got {len(texts)}", "prompt",
-                          f"send between 1 and {limits.max_prompts} prompts per request; split larger jobs")
         params = self._params(request, logprobs)
-        leases = [await self._lease(request.model, principal) for _ in texts]
+        lease = await self._lease(request.model, principal)
+        leases = [lease]
         try:
-            loaded = leases[0].target.loaded
+            loaded = lease.target.loaded
             if loaded.task != "causal-lm":
                 raise invalid(f"model {request.model!r} is a {loaded.task} model", "model", "use /v1/classify for it")
-            prompts = [self._encode(loaded.tokenizer, t) for t in texts]
-            self.drift.observe_prompts(request.model, texts, prompts, loaded.tokenizer)
+            texts = render(loaded.tokenizer)
+            leases += [lease.share() for _ in texts[1:]]
+            prompts = [self._nonempty(loaded.tokenizer, loaded.tokenizer(t)["input_ids"]) for t in texts]
+            self.drift.observe_prompts(lease.model_id, texts, prompts, loaded.tokenizer)
             context = getattr(loaded.model.config, "max_position_embeddings", None)
             for ids in prompts:
                 if len(ids) > limits.max_prompt_tokens:
@@ -249,27 +257,21 @@ class ServingCore:
                     raise invalid(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
                                   f"model's context of {context} tokens", "max_tokens", "lower max_tokens")
         except BaseException:
-            for lease in leases:
-                lease.release()
+            for held in leases:
+                held.release()
             raise
-        return Job(request.model, leases, prompts, params, request.n, time.perf_counter())
+        return Job(lease.model_id, leases, prompts, params, request.n, time.perf_counter())
 
     @staticmethod
-    def _encode(tokenizer, text: str) -> list[int]:
-        ids = tokenizer(text)["input_ids"]
+    def _nonempty(tokenizer, ids: list[int]) -> list[int]:
+        """A prompt's ids; an empty encoding becomes one BOS (or EOS) token to generate from."""
         return ids or [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
 
-    def _chat_prompt(self, request: ChatCompletionRequest) -> str:
-        lease_tokenizer = self.registry.base.loaded.tokenizer
-        target = self.registry.targets.get(request.model)
-        tokenizer = target.loaded.tokenizer if target is not None else lease_tokenizer
+    def _chat_prompt(self, request: ChatCompletionRequest, tokenizer: Any) -> str:
+        """The conversation rendered with the chat template of the leased model's tokenizer."""
         template = tokenizer.chat_template or self.settings.chat_template or DEFAULT_CHAT_TEMPLATE
         messages = [{"role": m.role, "content": m.text()} for m in request.messages]
         return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
-
-    @staticmethod
-    def _chat_logprobs(request: ChatCompletionRequest) -> int | None:
-        return (request.top_logprobs or 0) if request.logprobs else None
 
     def _cache_key(self, job: Job) -> str | None:
         if not job.params.deterministic or self.engine.cache.size <= 0:
@@ -278,7 +280,8 @@ class ServingCore:
         version = f"{lease.target.key}:{lease.slot}"
         return self.engine.cache.key(job.model, version, [t for p in job.prompts for t in [*p, -1]], job.params, job.n)
 
-    async def _collect(self, job: Job) -> tuple[list[ChoiceResult], int]:
+    async def _generate(self, job: Job) -> tuple[list[ChoiceResult], int]:
+        """Run a unary job to the end (or answer it from the cache): its choices and prompt tokens."""
         prompt_tokens = sum(len(p) for p in job.prompts)
         key = self._cache_key(job)
         if key is not None:

@@ -60,6 +60,7 @@ ERROR_TABLE: dict[type[BaseException], ErrorSpec] = {
     Unavailable: ErrorSpec(503, "service_unavailable", "UNAVAILABLE"),
 }
 INTERNAL = ErrorSpec(500, "internal_error", "INTERNAL")
+CLIENT_CLOSED = 499  # the status recorded for a request the client cancelled (nginx's convention; gRPC CANCELLED)
 INTERNAL_MESSAGE = "internal server error"
 _BY_NAME = {cls.__name__: cls for cls in ERROR_TABLE}
 

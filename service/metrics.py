@@ -142,9 +142,9 @@ def grpc_code_name(code: int | str) -> str:
     if isinstance(code, str) and not code.isdigit():
         return code.upper()
     if not _GRPC_BY_STATUS:
-        from service.errors import ERROR_TABLE, INTERNAL
+        from service.errors import CLIENT_CLOSED, ERROR_TABLE, INTERNAL
 
-        _GRPC_BY_STATUS.update({200: "OK", 499: "CANCELLED", INTERNAL.http_status: INTERNAL.grpc_code})
+        _GRPC_BY_STATUS.update({200: "OK", CLIENT_CLOSED: "CANCELLED", INTERNAL.http_status: INTERNAL.grpc_code})
         for spec in ERROR_TABLE.values():
             _GRPC_BY_STATUS.setdefault(spec.http_status, spec.grpc_code)
     return _GRPC_BY_STATUS.get(int(code), "UNKNOWN")

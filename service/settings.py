@@ -9,28 +9,18 @@ then `TUNESERVE_SERVE__*` environment variables, then `key=value` overrides:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable
 
 from pydantic import Field
 
 from training.artifact.config import StrictModel, load_config
 
 from service.drift.monitor import DriftSettings
-
+from service.engine.settings import EngineSettings
 from service.security.config import SecuritySettings
 
 ENV_PREFIX = "TUNESERVE_SERVE__"
-
-
-class BatchingSettings(StrictModel):
-    max_batch_size: int = Field(16, ge=1, le=256)
-    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=5.0, description="an idle engine keeps collecting "
-                                        "requests while they arrive less than this apart ...")
-    batch_max_wait_s: float = Field(0.1, ge=0.0, le=5.0, description="... for at most this long in all")
-    join_wait_s: float = Field(0.03, ge=0.0, le=1.0, description="a running batch admits new requests once "
-                               "join_min_rows wait or the oldest waited this long (each admission costs one prefill "
-                               "pass the running rows wait for); 0: admit at the next step")
-    join_min_rows: int = Field(4, ge=1, le=256)
+ENGINE_QUEUE_CAPACITY = 64  # requests one Engine replica takes at once (its max_ongoing_requests, service/app.py)
 
 
 class LimitSettings(StrictModel):
@@ -44,25 +34,10 @@ class LimitSettings(StrictModel):
     max_body_bytes: int = Field(1_048_576, ge=1024)
 
 
-class CacheSettings(StrictModel):
-    enabled: bool = True
-    size: int = Field(1024, ge=0)
-    ttl_s: float = Field(300.0, gt=0)
+class ServiceSettings(EngineSettings):
+    """The engine's settings (models, batching, cache, threads: service/engine/settings.py) and the service's."""
 
-
-class ServiceSettings(StrictModel):
-    base_model: str = "tiny-llama"
-    base_task: Literal["causal-lm", "classification"] = "causal-lm"
-    dtype: str = "float32"
-    artifacts_dir: Path | None = None
-    models: list[Path] = Field(default_factory=list, description="extra full-model artifact dirs served by name")
-    adapters: dict[str, Path] = Field(default_factory=dict, description="extra adapters: name -> artifact dir")
-    max_adapters: int = Field(16, ge=1, description="LRU bound on loaded adapters (pinned ones count)")
-    pinned: list[str] = Field(default_factory=list)
-    batched_lora: bool = Field(True, description="mixed-adapter batches via batched LoRA matmuls (else PEFT adapter_names)")
-    batching: BatchingSettings = Field(default_factory=BatchingSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
-    cache: CacheSettings = Field(default_factory=CacheSettings)
     chat_template: str | None = Field(None, description="Jinja chat template when the tokenizer has none")
     keys_file: Path | None = None
     api_keys_env: str | None = Field("TUNESERVE_API_KEYS", description="env var holding comma-separated plain keys")
@@ -76,7 +51,6 @@ class ServiceSettings(StrictModel):
                                  "allows one Ingress replica; more replicas, or false: Ray's HTTP proxy")
     grpc_port: int | None = Field(9000, ge=0, le=65535,
                                   description="gRPC port of the grpc.aio server in the Ingress replica (0: a free port, null: no gRPC)")
-    num_threads: int = Field(2, ge=1, description="torch threads in the engine replica")
     drift: DriftSettings = Field(default_factory=DriftSettings, description="drift of live traffic vs reference profiles")
 
 

@@ -2,6 +2,9 @@
 
 - `training` never imports `service` or the CLI (`tuneserve`); `service` imports from training only `training.artifact`.
 - `training.artifact` imports nothing else from training (it is the shared contract).
+- The transports (`service/http`, `service/grpc`) never import the engine or the serving core: they
+  call a `ServingBackend` (service/backend.py), which `ServingCore` and `RemoteCore` both are.
+- The engine (`service/engine`) never imports Ray.
 - Importing the CLI loads no torch, ray, transformers or peft, so `tuneserve --help` is instant.
 """
 
@@ -16,6 +19,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def imports_any(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
 
 
 def imported_modules(package: str) -> list[tuple[str, str]]:
@@ -36,6 +43,35 @@ def imported_modules(package: str) -> list[tuple[str, str]]:
 def test_training_never_imports_service_or_cli(outer):
     bad = [(f, m) for f, m in imported_modules("training") if m == outer or m.startswith(f"{outer}.")]
     assert not bad, f"training must not import {outer}: {bad}"
+
+
+@pytest.mark.parametrize("transport", ["service/http", "service/grpc"])
+def test_transports_reach_the_core_only_through_the_backend_protocol(transport):
+    bad = [(f, m) for f, m in imported_modules(transport) if imports_any(m, ("service.engine", "service.core"))]
+    assert not bad, f"{transport} must call a ServingBackend, not import the engine or core: {bad}"
+
+
+def test_engine_runs_without_ray():
+    bad = [(f, m) for f, m in imported_modules("service/engine") if imports_any(m, ("ray",))]
+    assert not bad, f"the engine must not import Ray (the Ray app wraps it in service/app.py): {bad}"
+
+
+def test_both_serving_classes_satisfy_the_backend_protocol():
+    """The in-process core and the Ray handle proxy offer every ServingBackend method with its parameters."""
+    import inspect
+
+    from service.app import RemoteCore
+    from service.backend import STREAM_CALLS, UNARY_CALLS, ServingBackend
+    from service.core import ServingCore
+
+    for cls in (ServingCore, RemoteCore):
+        for name in UNARY_CALLS | STREAM_CALLS:
+            expected = list(inspect.signature(getattr(ServingBackend, name)).parameters)
+            assert list(inspect.signature(getattr(cls, name)).parameters) == expected, (cls.__name__, name)
+        assert inspect.isasyncgenfunction(ServingCore.stream_chat) and inspect.iscoroutinefunction(cls.chat)
+    assert UNARY_CALLS == {"complete", "chat", "classify", "list_models", "load_adapter", "unload_adapter",
+                           "pin_adapter", "list_adapters", "health"}
+    assert isinstance(RemoteCore(handle=None), ServingBackend)
 
 
 def test_service_reads_training_only_through_artifact():

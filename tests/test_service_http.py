@@ -123,3 +123,48 @@ def test_admin_routes(client, keys, tiny_base_dir, tmp_path):
     assert client.delete("/v1/admin/adapters/fresh", headers=keys["admin"]).json() == {"name": "fresh", "unloaded": True}
     missing = client.post("/v1/admin/adapters", headers=keys["admin"], json={"name": "x", "path": str(tmp_path / "none")})
     assert missing.status_code == 422 and "does not exist" in error_of(missing)["message"]
+
+
+def adapter_series() -> dict[tuple, float]:
+    """Every Prometheus sample labelled with an adapter: (name, labels) -> value."""
+    from prometheus_client import REGISTRY
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for metric in REGISTRY.collect() for s in metric.samples if "adapter" in s.labels}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+@pytest.mark.parametrize("named", ["a1", "base"])
+def test_a_chat_request_names_its_resolved_model_in_metrics_drift_and_audit(client, tiny_base_dir, service_artifacts,
+                                                                           serve_keys, tmp_path, monkeypatch, named,
+                                                                           stream):
+    """One request, one model id: the registry's resolution of the name it sent (an adapter is
+    itself, the alias "base" is the base model's id) labels its reply, every metric series it
+    moves (core and engine thread alike), its drift samples and its audit line."""
+    core = client.core
+    resolved = core.registry.base_name if named == "base" else named
+    assert named == "a1" or resolved != named  # the alias case tells the request's name from the resolved id
+    settings = load_settings(service_args(tiny_base_dir, service_artifacts, serve_keys[0],
+                                          security={"audit_log": str(tmp_path / "audit.jsonl")}))
+    audited = TestClient(create_app(core, Authenticator.from_settings(settings), settings))
+    drifted = []
+    observe = core.drift.observe_prompts
+    monkeypatch.setattr(core.drift, "observe_prompts",
+                        lambda adapter, *args, **kw: drifted.append(adapter) or observe(adapter, *args, **kw))
+    before = adapter_series()
+    body = {"model": named, "messages": [{"role": "user", "content": "Tell me a story"}], "max_tokens": 4,
+            "temperature": 1.0, "stream": stream}  # sampled: never answered from the response cache
+    response = audited.post("/v1/chat/completions", headers={"Authorization": f"Bearer {serve_keys[1]['infer']}"},
+                            json=body)
+    assert response.status_code == 200
+    replies = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: {")] \
+        if stream else [response.json()]
+    assert {r["model"] for r in replies} == {resolved}
+    moved = {key for key, value in adapter_series().items() if before.get(key) != value}
+    names = {name for name, _ in moved}
+    assert {"tuneserve_requests_total", "tuneserve_queue_wait_seconds_count",
+            "tuneserve_time_to_first_token_seconds_count", "tuneserve_prompt_tokens_total"} <= names, names
+    assert {dict(labels)["adapter"] for _, labels in moved} == {resolved}, sorted(moved)
+    assert drifted == [resolved]
+    lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [(line["route"], line["adapter"]) for line in lines] == [("/v1/chat/completions", resolved)]

@@ -173,13 +173,14 @@ def test_idle_scheduler_collects_a_burst_while_arrivals_keep_coming():
     import time
 
     from service.engine.scheduler import Scheduler
+    from service.engine.settings import BatchingSettings
 
     def feed(sched, gaps):
         for gap in gaps:
             time.sleep(gap)
             sched.inbox.put(object())
 
-    burst = Scheduler(None, max_batch_size=16, batch_wait_timeout_s=0.05, batch_max_wait_s=1.0)
+    burst = Scheduler(None, BatchingSettings(max_batch_size=16, batch_wait_timeout_s=0.05, batch_max_wait_s=1.0))
     burst.inbox.put(object())
     feeder = threading.Thread(target=feed, args=(burst, [0.01] * 6))  # 70 ms in all, gaps well under 50 ms
     feeder.start()
@@ -187,7 +188,7 @@ def test_idle_scheduler_collects_a_burst_while_arrivals_keep_coming():
     feeder.join()
     assert len(burst.waiting) == 7
 
-    sparse = Scheduler(None, max_batch_size=16, batch_wait_timeout_s=0.02, batch_max_wait_s=1.0)
+    sparse = Scheduler(None, BatchingSettings(max_batch_size=16, batch_wait_timeout_s=0.02, batch_max_wait_s=1.0))
     sparse.inbox.put(object())
     feeder = threading.Thread(target=feed, args=(sparse, [0.3]))
     feeder.start()
@@ -200,6 +201,7 @@ def test_running_batch_lets_joiners_gather_before_one_prefill():
     """A running batch admits waiting rows once join_min_rows wait (or the free slots are filled),
     or the oldest waited join_wait_s; an empty batch admits at once."""
     from service.engine.scheduler import Scheduler
+    from service.engine.settings import BatchingSettings
 
     class Batch:
         def __init__(self, rows):
@@ -208,14 +210,14 @@ def test_running_batch_lets_joiners_gather_before_one_prefill():
         def __len__(self):
             return self.rows
 
-    sched = Scheduler(None, max_batch_size=16, join_wait_s=0.03, join_min_rows=4)
+    sched = Scheduler(None, BatchingSettings(max_batch_size=16, join_wait_s=0.03, join_min_rows=4))
     now = 100.0
     assert sched._joins_now(Batch(0), 1, now, now)              # nothing running: no one to hold up
     assert not sched._joins_now(Batch(10), 2, now - 0.01, now)  # two joiners, young: wait for more
     assert sched._joins_now(Batch(10), 4, now - 0.01, now)      # enough to share a prefill
     assert sched._joins_now(Batch(10), 2, now - 0.031, now)     # the oldest waited long enough
     assert sched._joins_now(Batch(14), 2, now - 0.01, now)      # they fill the free slots
-    assert Scheduler(None, join_wait_s=0.0)._joins_now(Batch(10), 1, now, now)  # 0 turns it off
+    assert Scheduler(None, BatchingSettings(join_wait_s=0.0))._joins_now(Batch(10), 1, now, now)  # 0 turns it off
 
 
 def test_direct_ingress_only_with_one_ingress_replica(monkeypatch):

@@ -1,9 +1,7 @@
-"""The serving engine (plain Python, no Ray): model/adapter registry, continuous-batching
-decode thread with mixed adapters and streaming, response cache. See `engine.Engine`."""
+"""The serving engine (plain Python, no Ray): model/adapter registry (`registry`), continuous-batching
+decode thread with mixed adapters and streaming (`scheduler`, `decode`), response cache (`cache`),
+typed settings (`settings`). Entry point: `service.engine.engine.Engine`.
 
-from service.engine.engine import Engine
-from service.engine.registry import Lease, ModelRegistry, RegistryConfig
-from service.engine.types import Event, RequestStream, SamplingParams, TokenLogprob
-
-__all__ = ["Engine", "Event", "Lease", "ModelRegistry", "RegistryConfig", "RequestStream", "SamplingParams",
-           "TokenLogprob"]
+Import from the modules themselves: this package stays light, so `service.settings` (which derives
+from `service.engine.settings`) loads no torch.
+"""

@@ -1,6 +1,6 @@
 """`Engine`: the registry, the engine thread and the response cache of one replica. No Ray here.
 
-    engine = Engine(RegistryConfig(...), max_batch_size=16, batch_wait_timeout_s=0.01, batch_max_wait_s=0.1)
+    engine = Engine(EngineSettings(base_model="tiny-llama", batching=BatchingSettings(max_batch_size=8)))
     engine.start()
     lease = engine.registry.acquire("my-adapter")
     stream = engine.generate(lease, prompt_ids, SamplingParams(max_tokens=32), n=1)   # inside an event loop
@@ -13,20 +13,20 @@ from __future__ import annotations
 import torch
 
 from service.engine.cache import ResponseCache
-from service.engine.registry import Lease, ModelRegistry, RegistryConfig
+from service.engine.registry import Lease, ModelRegistry
 from service.engine.scheduler import Scheduler
+from service.engine.settings import EngineSettings
 from service.engine.types import GenRow, RequestStream, SamplingParams
 
 
 class Engine:
-    def __init__(self, config: RegistryConfig, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.01,
-                 cache_size: int = 1024, cache_ttl_s: float = 300.0, num_threads: int | None = None,
-                 batch_max_wait_s: float = 0.1, join_wait_s: float = 0.0, join_min_rows: int = 1) -> None:
-        self.registry = ModelRegistry(config)
-        self.scheduler = Scheduler(self.registry, max_batch_size, batch_wait_timeout_s, batch_max_wait_s,
-                                   join_wait_s, join_min_rows)
-        self.cache = ResponseCache(cache_size, cache_ttl_s)
-        self.num_threads = num_threads
+    def __init__(self, settings: EngineSettings) -> None:
+        self.settings = settings
+        self.registry = ModelRegistry(settings)
+        self.scheduler = Scheduler(self.registry, settings.batching)
+        cache = settings.cache
+        self.cache = ResponseCache(cache.size if cache.enabled else 0, cache.ttl_s)
+        self.num_threads = settings.num_threads
         self.started = False
 
     def start(self) -> None:
@@ -50,7 +50,7 @@ class Engine:
             if remaining[0] == 0:
                 lease.release()
 
-        rows = [GenRow(prompt_ids, params, lease.target.key, lease.slot, i, stream, release_one, {"model": lease.model_id})
+        rows = [GenRow(prompt_ids, params, lease.target, lease.slot, i, stream, lease.model_id, release_one)
                 for i in range(n)]
         self.scheduler.submit(rows)
         return stream

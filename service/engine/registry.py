@@ -1,8 +1,10 @@
 """The model registry: the base model, full-model artifacts, and adapters loaded at run time.
 
-    reg = ModelRegistry(RegistryConfig(base_model="tiny-llama", artifacts_dir=Path("artifacts")))
+    reg = ModelRegistry(ModelSettings(base_model="tiny-llama", artifacts_dir=Path("artifacts")))
     reg.start()                                    # base + discovered artifacts
     lease = reg.acquire("my-adapter")              # loads on demand, marks recently used
+    lease.model_id                                 # the resolved id ("base" -> the base model's id)
+    reg.acquire_resident("my-adapter")             # the same without blocking; None when it must load first
     ...; lease.release()
     reg.load_adapter("my-adapter", "/new/version") # hot swap: the new version serves from now on
     reg.unload_adapter("my-adapter")
@@ -23,7 +25,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,24 +36,12 @@ from training.artifact.loading import LoadedModel, attach_adapter, load_base, lo
 from service import metrics
 from service.engine.catalog import Catalog, discover
 from service.engine.multilora import MultiLora
+from service.engine.settings import ModelSettings
 
 log = logging.getLogger("tuneserve.service.registry")
-BASE_TARGET = "__base__"
-BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in adapter_names
+# The bare base: its key among the targets, and PEFT's adapter name for "no adapter" in adapter_names.
+BASE = "__base__"
 BASE_ALIAS = "base"  # requests may always name the base model "base", whatever its id
-
-
-@dataclass
-class RegistryConfig:
-    base_model: str = "tiny-llama"
-    base_task: str = "causal-lm"
-    dtype: str = "float32"
-    artifacts_dir: Path | None = None
-    models: list[Path] = field(default_factory=list)
-    adapters: dict[str, Path] = field(default_factory=dict)
-    max_adapters: int = 16
-    pinned: list[str] = field(default_factory=list)
-    batched_lora: bool = True
 
 
 @dataclass
@@ -91,14 +81,14 @@ class Target:
             return self.model(**inputs)
         ml = self.multilora
         if not batched_lora or ml is None:
-            return self.model(**inputs, adapter_names=[a or BASE_ADAPTER for a in adapters])
+            return self.model(**inputs, adapter_names=[a or BASE for a in adapters])
         stacked = [a if a in ml.slots else None for a in adapters]
         if stacked == adapters:
             with ml.rows(adapters):
                 return self.model(**inputs)
         # adapters PEFT serves (e.g. LoRA with a trained head) through adapter_names; stacked rows through the hooks
         with ml.rows(stacked, peft=True):
-            return self.model(**inputs, adapter_names=[BASE_ADAPTER if s or not a else a
+            return self.model(**inputs, adapter_names=[BASE if s or not a else a
                                                        for a, s in zip(adapters, stacked)])
 
 
@@ -116,6 +106,10 @@ class Lease:
     def slot(self) -> str | None:
         return self.adapter.slot if self.adapter else None
 
+    def share(self) -> "Lease":
+        """Another lease on the same target and adapter version (each engine call releases its own)."""
+        return self.registry._share(self)
+
     def release(self) -> None:
         if not self.released:
             self.released = True
@@ -124,7 +118,7 @@ class Lease:
 
 
 class ModelRegistry:
-    def __init__(self, config: RegistryConfig) -> None:
+    def __init__(self, config: ModelSettings) -> None:
         self.config = config
         self.model_lock = threading.RLock()  # held around forward passes and PEFT module changes
         self._state = threading.RLock()  # adapters / catalog bookkeeping
@@ -142,7 +136,7 @@ class ModelRegistry:
         base = load_base(self.config.base_model, dtype=self.config.dtype, task=self.config.base_task)
         self.base_name = Path(self.config.base_model).name if "/" in self.config.base_model else self.config.base_model
         metrics.model_loaded(self.base_name, time.perf_counter() - started)
-        self.targets[BASE_TARGET] = Target(BASE_TARGET, base, base.model)
+        self.targets[BASE] = Target(BASE, base, base.model)
         self.catalog = discover(self.config.artifacts_dir, base.sha256, self.config.models)
         self.catalog.adapters.update({k: Path(v) for k, v in self.config.adapters.items()})
         for name, path in self.catalog.models.items():
@@ -163,24 +157,33 @@ class ModelRegistry:
 
     @property
     def base(self) -> Target:
-        return self.targets[BASE_TARGET]
+        return self.targets[BASE]
 
     # ---- lookups -----------------------------------------------------------------------
     def target(self, key: str) -> Target:
         return self.targets[key]
 
-    def acquire(self, model_id: str) -> Lease:
-        """Resolve a request's `model` to what it runs on; load a known adapter on demand."""
+    def acquire_resident(self, model_id: str) -> Lease | None:
+        """A lease when `model_id` is resident (the base, a full model, a loaded adapter), else None:
+        never blocks on a load, so the event loop may call it."""
         with self._state:
             if model_id in (self.base_name, BASE_ALIAS):
                 return Lease(self.base_name, self.base, None, self)
-            if model_id in self.targets and model_id != BASE_TARGET:
+            if model_id in self.targets and model_id != BASE:
                 return Lease(model_id, self.targets[model_id], None, self)
             entry = self.adapters.get(model_id)
-            if entry is not None:
-                self.adapters.move_to_end(model_id)
-                entry.in_use += 1
-                return Lease(model_id, self.base, entry, self)
+            if entry is None:
+                return None
+            self.adapters.move_to_end(model_id)
+            entry.in_use += 1
+            return Lease(model_id, self.base, entry, self)
+
+    def acquire(self, model_id: str) -> Lease:
+        """Resolve a request's `model` to what it runs on; load a known adapter on demand (blocks)."""
+        lease = self.acquire_resident(model_id)
+        if lease is not None:
+            return lease
+        with self._state:
             known = model_id in self.catalog.adapters
         if not known:
             raise NotFound(f"model {model_id!r} does not exist",
@@ -191,14 +194,14 @@ class ModelRegistry:
 
     def model_ids(self) -> list[str]:
         with self._state:
-            return [self.base_name, *[k for k in self.targets if k != BASE_TARGET], *self.adapters]
+            return [self.base_name, *[k for k in self.targets if k != BASE], *self.adapters]
 
     def list_models(self) -> list[dict[str, Any]]:
         with self._state:
             base = self.base
             rows = [{"id": self.base_name, "kind": "base", "base": "", "task": base.loaded.task, "created": int(base.created)}]
             rows += [{"id": k, "kind": "model", "base": t.loaded.base_id, "task": t.loaded.task, "created": int(t.created)}
-                     for k, t in self.targets.items() if k != BASE_TARGET]
+                     for k, t in self.targets.items() if k != BASE]
             rows += [{"id": e.name, "kind": "adapter", "base": self.base_name, "task": e.manifest.task,
                       "created": int(e.loaded_at)} for e in self.adapters.values()]
             return rows
@@ -314,6 +317,12 @@ class ModelRegistry:
         entry.retired = True
         if entry.in_use == 0:
             self._delete_slot(entry)
+
+    def _share(self, lease: Lease) -> Lease:
+        with self._state:
+            if lease.adapter is not None:
+                lease.adapter.in_use += 1
+            return replace(lease, released=False)
 
     def _release(self, entry: AdapterEntry) -> None:
         with self._state:

@@ -1,8 +1,9 @@
 """The engine thread: continuous batching of generation rows across models and adapters.
 
-    sched = Scheduler(registry, max_batch_size=16, batch_wait_timeout_s=0.01, batch_max_wait_s=0.1)
+    sched = Scheduler(registry, BatchingSettings(max_batch_size=16))
     sched.start()
     sched.submit([row, ...])     # rows of one request; events arrive on row.stream
+    sched.alive                  # the engine thread runs (the deployment's health check)
     sched.stop()
 
 One thread owns all decoding. Each model target has one `DecodeBatch`; new rows join it at
@@ -22,20 +23,20 @@ import time
 
 from service import metrics
 from service.engine.decode import DecodeBatch
+from service.engine.settings import BatchingSettings
 from service.engine.types import Event, GenRow
 
 log = logging.getLogger("tuneserve.service.scheduler")
 
 
 class Scheduler:
-    def __init__(self, registry, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.01,
-                 batch_max_wait_s: float = 0.1, join_wait_s: float = 0.0, join_min_rows: int = 1) -> None:
+    def __init__(self, registry, batching: BatchingSettings) -> None:
         self.registry = registry
-        self.max_batch_size = max_batch_size
-        self.batch_wait_timeout_s = batch_wait_timeout_s
-        self.batch_max_wait_s = max(batch_max_wait_s, batch_wait_timeout_s)
-        self.join_wait_s = join_wait_s
-        self.join_min_rows = join_min_rows
+        self.max_batch_size = batching.max_batch_size
+        self.batch_wait_timeout_s = batching.batch_wait_timeout_s
+        self.batch_max_wait_s = max(batching.batch_max_wait_s, batching.batch_wait_timeout_s)
+        self.join_wait_s = batching.join_wait_s
+        self.join_min_rows = batching.join_min_rows
         self.inbox: queue.Queue[GenRow | None] = queue.Queue()
         self.waiting: list[GenRow] = []
         self.batches: dict[str, DecodeBatch] = {}
@@ -53,9 +54,13 @@ class Scheduler:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def submit(self, rows: list[GenRow]) -> None:
         for row in rows:
-            row.info["queued_at"] = time.monotonic()
+            row.queued_at = time.monotonic()
             self.inbox.put(row)
 
     @property
@@ -115,11 +120,11 @@ class Scheduler:
             if row.stream.cancelled.is_set():
                 row.release()
                 continue
-            pending.setdefault(row.target, []).append(row)
+            pending.setdefault(row.target.key, []).append(row)
         now = time.monotonic()
         for key, rows in pending.items():
             batch = self._batch(key)
-            if not self._joins_now(batch, len(rows), min(r.info.get("queued_at", now) for r in rows), now):
+            if not self._joins_now(batch, len(rows), min(r.queued_at for r in rows), now):
                 still_waiting.extend(rows)
                 continue
             group = groups.setdefault(key, [])
@@ -134,7 +139,7 @@ class Scheduler:
                 metrics.batch_admitted(len(rows), len(self.batches[key]))
                 now = time.monotonic()
                 for row in rows:
-                    metrics.queue_waited(row.info.get("model", ""), now - row.info.get("queued_at", now))
+                    metrics.queue_waited(row.model, now - row.queued_at)
                 self._guarded(self.batches[key], lambda b=self.batches[key], r=rows: b.admit(r), rows)
 
     def _batch(self, key: str) -> DecodeBatch:

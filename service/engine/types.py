@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from service.engine.registry import Target
 
 
 @dataclass(frozen=True)
@@ -85,9 +88,10 @@ class GenRow:
 
     prompt_ids: list[int]
     params: SamplingParams
-    target: str  # the model object it runs on (registry key)
+    target: "Target"  # the model object it runs on
     adapter: str | None  # internal adapter slot on that model, None = bare model
     index: int
     stream: RequestStream
+    model: str  # the request's resolved model id (metric label)
     release: Callable[[], None] = lambda: None
-    info: dict[str, Any] = field(default_factory=dict)
+    queued_at: float = 0.0  # time.monotonic() when the scheduler received it

@@ -7,15 +7,16 @@
     # or from settings (host, grpc_port, limits.max_body_bytes):
     server = await start_grpc_server(backend, auth, settings)
 
-`backend` is a `ServingCore` or any object with its async methods (the Ray handle proxy the
-REST app uses). Services: `tuneserve.v1.Inference`, `tuneserve.v1.Admin`, standard
+`backend` is a `ServingBackend` (service/backend.py): the `ServingCore`, or the Ray handle proxy
+the REST app uses. Services: `tuneserve.v1.Inference`, `tuneserve.v1.Admin`, standard
 `grpc.health.v1.Health` (SERVING when the backend reports "ok", polled) and server reflection.
 The API key comes from metadata `authorization: Bearer <key>` or `x-api-key: <key>`; errors
 become the status code of `service/errors.py`'s table with the message + hint as details.
 Cancelling a call (client gone, `GenerateStream` left early) closes the backend stream, which
 stops the generation. Each call records `metrics.request_finished(route, model, "grpc", code, s)`
 with `code` the HTTP-equivalent status from the same table (200 ok, 499 cancelled), so
-dashboards compare transports on one label.
+dashboards compare transports on one label; `model` (there and in the audit line) is the id the
+backend resolved the request's model to, once the reply names it.
 
 Why a grpc.aio server inside the app rather than Ray Serve's gRPC proxy: Ray's proxy needs the
 servicer registration functions fixed cluster-wide at `serve.start(grpc_options=...)`, routes by
@@ -41,7 +42,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service import metrics
-from service.errors import describe
+from service.backend import ServingBackend
+from service.errors import CLIENT_CLOSED, describe
 from service.grpc import translate
 from service.grpc.gen.tuneserve.v1 import admin_pb2, admin_pb2_grpc, inference_pb2, inference_pb2_grpc
 from service.grpc.status import abort
@@ -52,13 +54,12 @@ from training.artifact.errors import Unavailable
 log = logging.getLogger("tuneserve.grpc")
 SERVICE_NAMES = (inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name,
                  admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name)
-CLIENT_CLOSED = 499  # the `code` label of a call the client cancelled (nginx's convention)
 
 
 class Gateway:
     """What every handler shares: the backend and the security guard (metadata key → principal)."""
 
-    def __init__(self, backend: Any, guard: Any) -> None:
+    def __init__(self, backend: ServingBackend, guard: Any) -> None:
         self.backend = backend
         self.guard = guard
 
@@ -84,6 +85,7 @@ async def recorded(gateway: Gateway, context: grpc.aio.ServicerContext, route: s
         count_forbidden(exc, "grpc")
         await abort(context, exc)
     finally:
+        model = call.model or model
         metrics.request_finished(route, model, "grpc", code, time.perf_counter() - started)
         await record_call(gateway.guard, context, route, model, code, started, call.principal, call.usage, error)
 
@@ -132,7 +134,7 @@ class InferenceService(GatewayService, inference_pb2_grpc.InferenceServicer):
         self.gateway.guard.inspect_prompts(body.model, prompt_texts(body))
         run = self.gateway.backend.chat if request.WhichOneof("input") == "messages" else self.gateway.backend.complete
         reply = await run(body, principal)
-        call.usage = reply.usage
+        call.model, call.usage = reply.model, reply.usage
         return translate.generate_response(reply)
 
     async def GenerateStream(self, request, context):
@@ -145,6 +147,7 @@ class InferenceService(GatewayService, inference_pb2_grpc.InferenceServicer):
             call.usage = StreamUsage()
             async with closing(stream(body, principal)) as chunks:
                 async for chunk in chunks:
+                    call.model = chunk.get("model", call.model)
                     call.usage.add(chunk)
                     message = translate.generate_chunk(chunk)
                     if message is not None:
@@ -153,7 +156,7 @@ class InferenceService(GatewayService, inference_pb2_grpc.InferenceServicer):
     @unary(NAME, "infer")
     async def Classify(self, request, principal, call):
         reply = await self.gateway.backend.classify(translate.classify_request(request), principal)
-        call.usage = reply.usage
+        call.model, call.usage = reply.model, reply.usage
         return translate.classify_response(reply)
 
     @unary(NAME, "infer")
@@ -182,7 +185,7 @@ class AdminService(GatewayService, admin_pb2_grpc.AdminServicer):
 class GrpcServer:
     """The grpc.aio server with the API, health and reflection; start/stop inside an event loop."""
 
-    def __init__(self, backend: Any, auth: Any, host: str = "127.0.0.1", port: int = 9000,
+    def __init__(self, backend: ServingBackend, auth: Any, host: str = "127.0.0.1", port: int = 9000,
                  max_message_bytes: int = 4 * 1024 * 1024, health_interval_s: float = 5.0,
                  guard: Any = None, security: Any = None) -> None:
         from service.security import SecurityGuard
@@ -238,7 +241,7 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
-async def start_grpc_server(backend: Any, auth: Any, settings: Any, guard: Any = None) -> GrpcServer | None:
+async def start_grpc_server(backend: ServingBackend, auth: Any, settings: Any, guard: Any = None) -> GrpcServer | None:
     """Start the server on `settings.host:settings.grpc_port`; None when grpc_port is null (off).
     `guard` (shared with the HTTP app of the same replica) defaults to one from `settings.security`."""
     if settings.grpc_port is None:

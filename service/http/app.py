@@ -1,7 +1,10 @@
 """The OpenAI-compatible REST app: auth dependencies, routes, SSE streaming; no serving logic.
 
     app = create_app(backend, Authenticator.from_settings(settings), settings)
-    # backend: a ServingCore, or any object with its async methods (e.g. the Ray handle proxy)
+    # backend: a `ServingBackend` (service/backend.py): the ServingCore, or the Ray handle proxy
+
+A request's metric and audit line name the model the backend resolved (the reply's `model`,
+e.g. `"base"` → the base model's id); until it resolves, the model the request named.
 
 Routes: GET /health (liveness), GET /ready (readiness), GET /v1/models, POST /v1/completions,
 POST /v1/chat/completions, POST /v1/classify, and admin GET/POST /v1/admin/adapters,
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -22,6 +25,7 @@ from training.artifact.version import tuneserve_version
 
 from service import metrics
 from service.auth import Authenticator, Principal
+from service.backend import ServingBackend
 from service.errors import openai_error_body
 from service.http.errors import error_response, install_error_handlers
 from service.security import SecurityGuard
@@ -33,7 +37,7 @@ from service.schemas import (
 )
 
 
-def create_app(backend: Any, auth: Authenticator, settings, guard: SecurityGuard | None = None) -> FastAPI:
+def create_app(backend: ServingBackend, auth: Authenticator, settings, guard: SecurityGuard | None = None) -> FastAPI:
     public_docs = settings.security.public_docs
     app = FastAPI(title="tuneserve", version=tuneserve_version(),
                   description="OpenAI-compatible completions, chat and classification over a base model and LoRA adapters.",
@@ -84,9 +88,9 @@ def create_app(backend: Any, auth: Authenticator, settings, guard: SecurityGuard
         request.state.model = body.model
         guard.inspect_prompts(body.model, prompt_texts(body))
         if body.stream:
-            return await sse(tally_stream(guard, request, streamed(body, principal)))
+            return await sse(tally_stream(guard, request, resolved_model(request, streamed(body, principal))))
         reply = await unary(body, principal)
-        request.state.usage = reply.usage
+        request.state.model, request.state.usage = reply.model, reply.usage
         return reply
 
     @app.post("/v1/completions", response_model=CompletionResponse, tags=["inference"])
@@ -101,7 +105,7 @@ def create_app(backend: Any, auth: Authenticator, settings, guard: SecurityGuard
     async def classify(body: ClassifyRequest, request: Request, principal: Principal = Depends(require("infer"))):
         request.state.model = body.model
         reply = await backend.classify(body, principal)
-        request.state.usage = reply.usage
+        request.state.model, request.state.usage = reply.model, reply.usage
         return reply
 
     @app.get("/v1/admin/adapters", response_model=AdapterList, tags=["admin"])
@@ -122,6 +126,16 @@ def create_app(backend: Any, auth: Authenticator, settings, guard: SecurityGuard
         return await backend.pin_adapter(name, body.pinned, principal)
 
     return app
+
+
+async def resolved_model(request: Request, chunks: AsyncIterator[dict]) -> AsyncIterator[dict]:
+    """Pass chunks through; each names the model the backend resolved, which labels the request."""
+    try:
+        async for chunk in chunks:
+            request.state.model = chunk.get("model", request.state.model)
+            yield chunk
+    finally:
+        await chunks.aclose()
 
 
 async def sse(chunks: AsyncIterator[dict]) -> StreamingResponse:

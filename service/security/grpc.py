@@ -48,8 +48,10 @@ def bind(server, address: str, security) -> int:
 
 
 class CallRecord:
-    """What a gRPC handler learns during a call, for its audit line: who called and the tokens used."""
+    """What a gRPC handler learns during a call, for its audit line: who called, the tokens used and
+    the model id the backend resolved the request's model to."""
 
     def __init__(self) -> None:
         self.principal: Any = None
         self.usage: Any = None
+        self.model: str | None = None

@@ -19,14 +19,13 @@ from fastapi import Header, Request
 from starlette.responses import Response
 
 
-from service.errors import describe
+from service.errors import CLIENT_CLOSED, describe
 from service.http.errors import body_too_large
 from service.security import metrics
 from service.security.guard import StreamUsage, count_forbidden
 from service.security.limits import check_json_depth
 
 ADMIN_PREFIX = "/v1/admin"
-CLIENT_CLOSED = 499
 
 
 def auth_dependency(guard, scope: str) -> Callable[..., Awaitable[Any]]:

@@ -1,0 +1,51 @@
+"""`ServingBackend`: the interface the transports call, satisfied by `ServingCore` (in process,
+service/core.py) and `RemoteCore` (over the Engine deployment's handle, service/app.py).
+
+    def create_app(backend: ServingBackend, ...): ...     # service/http/app.py, service/grpc/server.py
+    isinstance(core, ServingBackend)                      # runtime check of the method names
+
+Replies are the `service.schemas` models; the streams yield OpenAI chunk dicts. `principal=None`
+skips authorization. `UNARY_CALLS` and `STREAM_CALLS` name the methods (what crosses the handle).
+Importing this module loads no engine, torch or Ray.
+"""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator, Protocol, runtime_checkable
+
+from service.auth import Principal
+from service.schemas import (
+    AdapterInfo, AdapterList, ChatCompletionRequest, ChatCompletionResponse, ClassifyRequest, ClassifyResponse,
+    CompletionRequest, CompletionResponse, Health, LoadAdapterRequest, ModelList,
+)
+
+
+@runtime_checkable
+class ServingBackend(Protocol):
+    async def complete(self, request: CompletionRequest, principal: Principal | None) -> CompletionResponse: ...
+
+    async def chat(self, request: ChatCompletionRequest, principal: Principal | None) -> ChatCompletionResponse: ...
+
+    def stream_complete(self, request: CompletionRequest, principal: Principal | None) -> AsyncIterator[dict]: ...
+
+    def stream_chat(self, request: ChatCompletionRequest, principal: Principal | None) -> AsyncIterator[dict]: ...
+
+    async def classify(self, request: ClassifyRequest, principal: Principal | None) -> ClassifyResponse: ...
+
+    async def list_models(self, principal: Principal | None) -> ModelList: ...
+
+    async def load_adapter(self, request: LoadAdapterRequest, principal: Principal | None = None) -> AdapterInfo: ...
+
+    async def unload_adapter(self, name: str, force: bool = False,
+                             principal: Principal | None = None) -> dict[str, Any]: ...
+
+    async def pin_adapter(self, name: str, pinned: bool, principal: Principal | None = None) -> AdapterInfo: ...
+
+    async def list_adapters(self, principal: Principal | None = None) -> AdapterList: ...
+
+    async def health(self) -> Health: ...
+
+
+STREAM_CALLS = frozenset({"stream_complete", "stream_chat"})
+UNARY_CALLS = frozenset(name for name in dir(ServingBackend)
+                        if not name.startswith("_") and callable(getattr(ServingBackend, name))) - STREAM_CALLS

@@ -1,0 +1,56 @@
+"""The engine's typed settings, with the one set of defaults (the serving settings derive from them).
+
+    settings = EngineSettings(base_model="tiny-llama", batching=BatchingSettings(max_batch_size=8))
+    engine = Engine(settings)              # registry: the ModelSettings fields; scheduler: settings.batching
+
+`ServiceSettings` (service/settings.py) extends `EngineSettings`, so a service config is an engine
+config: the keys stay top-level (`max_adapters: 4`, `batching.max_batch_size=8`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from training.artifact.config import StrictModel
+
+
+class ModelSettings(StrictModel):
+    """What the registry serves: the base, full-model artifacts and adapters."""
+
+    base_model: str = "tiny-llama"
+    base_task: Literal["causal-lm", "classification"] = "causal-lm"
+    dtype: str = "float32"
+    artifacts_dir: Path | None = None
+    models: list[Path] = Field(default_factory=list, description="extra full-model artifact dirs served by name")
+    adapters: dict[str, Path] = Field(default_factory=dict, description="extra adapters: name -> artifact dir")
+    max_adapters: int = Field(16, ge=1, description="LRU bound on loaded adapters (pinned ones count)")
+    pinned: list[str] = Field(default_factory=list)
+    batched_lora: bool = Field(True, description="mixed-adapter batches via batched LoRA matmuls (else PEFT adapter_names)")
+
+
+class BatchingSettings(StrictModel):
+    max_batch_size: int = Field(16, ge=1, le=256)
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=5.0, description="an idle engine keeps collecting "
+                                        "requests while they arrive less than this apart ...")
+    batch_max_wait_s: float = Field(0.1, ge=0.0, le=5.0, description="... for at most this long in all")
+    join_wait_s: float = Field(0.03, ge=0.0, le=1.0, description="a running batch admits new requests once "
+                               "join_min_rows wait or the oldest waited this long (each admission costs one prefill "
+                               "pass the running rows wait for); 0: admit at the next step")
+    join_min_rows: int = Field(4, ge=1, le=256)
+
+
+class CacheSettings(StrictModel):
+    enabled: bool = True
+    size: int = Field(1024, ge=0)
+    ttl_s: float = Field(300.0, gt=0)
+
+
+class EngineSettings(ModelSettings):
+    """Everything one replica's engine is built from (registry, scheduler, response cache, threads)."""
+
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    num_threads: int = Field(2, ge=1, description="torch threads in the engine replica")
