@@ -18,10 +18,8 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from fastapi import Header, Request
 from starlette.responses import Response
 
-
 from service.errors import describe
 from service.http.errors import body_too_large
-from service.security import metrics
 from service.security.guard import StreamUsage, count_forbidden
 from service.security.limits import check_json_depth
 
