@@ -3,11 +3,12 @@
     tuneserve keys create alice --scope infer --adapter 'support-*' --expires-days 30 --rpm 60 --tpm 20000
     tuneserve keys list [--json]
     tuneserve keys revoke 3fa2c1d04e5b
-    tuneserve keys rotate 3fa2c1d04e5b [--grace-hours 24]
+    tuneserve keys rotate 3fa2c1d04e5b [--grace-hours 24]      # refused for a revoked key
 
 The keys file (default `<tuneserve cache>/keys.json`, or `--keys-file`, or
 `TUNESERVE_SERVE__KEYS_FILE`) is a JSON list of records holding only salted hashes; a new
-key is printed once. Running services re-read the file when it changes (no restart). For
+key is printed once. Edits hold a lock on the file (`service.keys.editing_keys`), so runs at
+once lose no update. Running services re-read the file when it changes (no restart). For
 Kubernetes, create the file here and store it as a Secret mounted at `keys_file`.
 """
 
@@ -114,12 +115,11 @@ def list_keys(as_json: bool = typer.Option(False, "--json", help="Print records 
 def revoke(key_id: str = typer.Argument(..., help="Key id (from `tuneserve keys list`)."),
            keys_file: Optional[Path] = KEYS_FILE_OPTION) -> None:
     """Revoke a key; services refuse it as soon as they see the changed file."""
-    from service.keys import read_keys, write_keys
+    from service.keys import editing_keys
 
     path = keys_path(keys_file)
-    records = read_keys(path)
-    find_record(records, key_id).revoked = True
-    write_keys(path, records)
+    with editing_keys(path) as records:
+        find_record(records, key_id).revoked = True
     console.print(f"key {key_id} revoked in {path}")
 
 
@@ -130,22 +130,26 @@ def rotate(key_id: str = typer.Argument(..., help="Key id to replace."),
     """Mint a new key with the same owner, scopes, adapters and limits; retire the old one."""
     from datetime import datetime, timedelta, timezone
 
-    from service.keys import create_key, read_keys, write_keys
+    from service.keys import create_key, editing_keys
+    from training.artifact.errors import Conflict
 
     path = keys_path(keys_file)
-    records = read_keys(path)
-    old = find_record(records, key_id)
-    algorithm = old.hash.split(":", 1)[0]
-    plain, record = create_key(old.owner, old.scopes, old.adapters, None, algorithm,
-                               requests_per_min=old.requests_per_min, tokens_per_min=old.tokens_per_min)
-    record.expires_at = old.expires_at
-    if grace_hours > 0:
-        grace_end = datetime.now(timezone.utc) + timedelta(hours=grace_hours)
-        old.expires_at = min(filter(None, [old.expires_at, grace_end]),
-                             key=lambda t: t if t.tzinfo else t.replace(tzinfo=timezone.utc))
-    else:
-        old.revoked = True
-    write_keys(path, [*records, record])
+    with editing_keys(path) as records:
+        old = find_record(records, key_id)
+        if old.revoked:
+            raise Conflict(f"key {key_id} is revoked; rotating it would issue a working key",
+                           "create a new key with `tuneserve keys create` if the owner still needs one")
+        algorithm = old.hash.split(":", 1)[0]
+        plain, record = create_key(old.owner, old.scopes, old.adapters, None, algorithm,
+                                   requests_per_min=old.requests_per_min, tokens_per_min=old.tokens_per_min)
+        record.expires_at = old.expires_at
+        if grace_hours > 0:
+            grace_end = datetime.now(timezone.utc) + timedelta(hours=grace_hours)
+            old.expires_at = min(filter(None, [old.expires_at, grace_end]),
+                                 key=lambda t: t if t.tzinfo else t.replace(tzinfo=timezone.utc))
+        else:
+            old.revoked = True
+        records.append(record)
     show_new_key(plain, record, path)
     console.print(f"old key {key_id} " + (f"works until {old.expires_at.isoformat(timespec='minutes')}"
                                           if grace_hours > 0 else "revoked"))
