@@ -107,20 +107,20 @@ class StubBackend:
         return ModelList(data=[ModelCard(id=m, created=0, kind="adapter") for m in ids])
 
     async def load_adapter(self, request, principal=None):
-        self._check(principal, "admin")
+        self._check(principal, "admin", request.name)
         return _adapter(request.name)
 
     async def unload_adapter(self, name, force=False, principal=None):
-        self._check(principal, "admin")
+        self._check(principal, "admin", name)
         return {"name": name, "unloaded": True}
 
     async def pin_adapter(self, name, pinned, principal=None):
-        self._check(principal, "admin")
+        self._check(principal, "admin", name)
         return _adapter(name)
 
     async def list_adapters(self, principal=None):
         self._check(principal, "admin")
-        return AdapterList(data=[_adapter(ADAPTER)])
+        return AdapterList(data=[_adapter(ADAPTER)] if principal is None or principal.may_use(ADAPTER) else [])
 
     async def health(self):
         return Health(status="ok", models=2)

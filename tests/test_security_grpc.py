@@ -31,9 +31,9 @@ RPCS = [
     ("Classify", lambda i, a, md: i.Classify(inference_pb2.ClassifyRequest(model=ADAPTER, inputs=["good"]), metadata=md),
      "infer", True),
     ("ListModels", lambda i, a, md: i.ListModels(inference_pb2.ListModelsRequest(), metadata=md), "infer", False),
-    ("LoadAdapter", lambda i, a, md: a.LoadAdapter(admin_pb2.LoadAdapterRequest(name=ADAPTER), metadata=md), "admin", False),
+    ("LoadAdapter", lambda i, a, md: a.LoadAdapter(admin_pb2.LoadAdapterRequest(name=ADAPTER), metadata=md), "admin", True),
     ("UnloadAdapter", lambda i, a, md: a.UnloadAdapter(admin_pb2.UnloadAdapterRequest(name=ADAPTER), metadata=md),
-     "admin", False),
+     "admin", True),
     ("ListAdapters", lambda i, a, md: a.ListAdapters(admin_pb2.ListAdaptersRequest(), metadata=md), "admin", False),
 ]
 

@@ -25,9 +25,9 @@ ROUTES = [
      "infer", True),
     ("POST", "/v1/classify", {"model": ADAPTER, "input": ["good"]}, "infer", True),
     ("GET", "/v1/admin/adapters", None, "admin", False),
-    ("POST", "/v1/admin/adapters", {"name": ADAPTER}, "admin", False),
-    ("DELETE", f"/v1/admin/adapters/{ADAPTER}", None, "admin", False),
-    ("POST", f"/v1/admin/adapters/{ADAPTER}/pin", {"pinned": True}, "admin", False),
+    ("POST", "/v1/admin/adapters", {"name": ADAPTER}, "admin", True),   # admin keys act only on their globs
+    ("DELETE", f"/v1/admin/adapters/{ADAPTER}", None, "admin", True),
+    ("POST", f"/v1/admin/adapters/{ADAPTER}/pin", {"pinned": True}, "admin", True),
 ]
 
 
