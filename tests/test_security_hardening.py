@@ -54,3 +54,106 @@ def test_admin_operations_apply_the_keys_adapter_globs():
     assert done == [("unload", "team-a-prod"), ("pin", "team-a-prod"), ("load", "team-a-new")]
     assert [a.name for a in run(core.list_adapters(team_a)).data] == ["team-a-prod"]
     assert len(run(core.list_adapters(None)).data) == 2  # in-process callers: no principal, no filter
+
+
+# ---- blocking and client addresses ------------------------------------------------------
+@pytest.mark.parametrize("peer,forwarded,client", [
+    ("10.0.0.5", "203.0.113.7", "203.0.113.7"),                 # from the ingress: its client
+    ("10.0.0.5", "6.6.6.6, 203.0.113.7, 10.0.0.9", "203.0.113.7"),  # a client-written hop is never trusted
+    ("10.0.0.5", "10.0.0.8, 10.0.0.9", "10.0.0.8"),             # all proxies: the farthest one
+    ("10.0.0.5", "junk, 203.0.113.7", "203.0.113.7"),
+    ("10.0.0.5", "203.0.113.7, junk", "10.0.0.5"),              # a garbled hop: stop at the proxy
+    ("198.51.100.1", "203.0.113.7", "198.51.100.1"),            # not a proxy: its header is ignored
+    ("10.0.0.5", None, "10.0.0.5"),
+    ("testclient", "203.0.113.7", "testclient"),
+])
+def test_forwarded_for_is_trusted_only_from_configured_proxies(peer, forwarded, client):
+    from service.security.clients import client_address
+
+    assert client_address(peer, forwarded, ["10.0.0.0/8"]) == client
+    assert client_address(peer, forwarded, []) == peer
+
+
+def http_app(tmp_path, **security):
+    from fastapi.testclient import TestClient
+
+    from service.auth import Authenticator
+    from service.http import create_app
+    from service.settings import load_settings
+    from tests.security_support import StubBackend, make_keyring
+
+    keys = make_keyring(tmp_path / "keys.json")
+    settings = load_settings({"keys_file": str(tmp_path / "keys.json"), "api_keys_env": None,
+                              "security": {"rate_limit_store": "local", "block_after_failures": 3, "block_s": 300,
+                                           **security}})
+    app = create_app(StubBackend(), Authenticator.from_settings(settings), settings)
+    return (lambda peer: TestClient(app, client=(peer, 40000))), keys
+
+
+def bearer(key):
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def test_a_burst_of_keyless_requests_never_blocks_a_valid_key_over_http(tmp_path):
+    client_from, keys = http_app(tmp_path)
+    nat = client_from("192.0.2.10")
+    for _ in range(3):
+        assert nat.get("/v1/models").status_code == 401
+    refused = nat.get("/v1/models", headers=bearer(keys["bad"]))
+    assert refused.status_code == 403 and "blocked" in refused.json()["error"]["message"]
+    assert nat.get("/v1/models").status_code == 403
+    assert nat.get("/v1/models", headers=bearer(keys["good"])).status_code == 200  # same address, valid key
+
+
+def test_clients_behind_a_trusted_proxy_are_blocked_one_by_one(tmp_path):
+    client_from, keys = http_app(tmp_path, trusted_proxies=["10.0.0.0/8"])
+    ingress = client_from("10.0.0.5")
+    for _ in range(3):
+        assert ingress.get("/v1/models", headers={"X-Forwarded-For": "203.0.113.7"}).status_code == 401
+    assert ingress.get("/v1/models", headers={"X-Forwarded-For": "203.0.113.7"}).status_code == 403
+    assert ingress.get("/v1/models", headers={"X-Forwarded-For": "203.0.113.8"}).status_code == 401  # not blocked
+    spoofed = {"X-Forwarded-For": "203.0.113.8, 203.0.113.7"}  # the client cannot pick its address
+    assert ingress.get("/v1/models", headers=spoofed).status_code == 403
+    direct = client_from("198.51.100.1")  # no proxy: its header is ignored
+    for _ in range(3):
+        direct.get("/v1/models", headers={"X-Forwarded-For": "203.0.113.9"})
+    assert ingress.get("/v1/models", headers={"X-Forwarded-For": "203.0.113.9"}).status_code == 401
+
+
+def test_a_burst_of_keyless_calls_never_blocks_a_valid_key_over_grpc(tmp_path):
+    import grpc
+
+    from service.auth import Authenticator
+    from service.grpc.gen.tuneserve.v1 import inference_pb2, inference_pb2_grpc
+    from service.grpc.server import GrpcServer
+    from service.security import SecuritySettings
+    from tests.grpc_support import LoopThread
+    from tests.security_support import StubBackend, make_keyring
+
+    keys = make_keyring(tmp_path / "keys.json")
+    loop = LoopThread()
+
+    async def start() -> GrpcServer:
+        server = GrpcServer(StubBackend(), Authenticator(keys_file=tmp_path / "keys.json"), "127.0.0.1", 0,
+                            health_interval_s=60, security=SecuritySettings(block_after_failures=3,
+                                                                            rate_limit_store="local"))
+        await server.start()
+        return server
+
+    server = loop.run(start())
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = inference_pb2_grpc.InferenceStub(channel)
+    codes = []
+    try:
+        for key in (None, None, None, keys["bad"], None, keys["good"]):
+            metadata = (("authorization", f"Bearer {key}"),) if key else ()
+            try:
+                stub.ListModels(inference_pb2.ListModelsRequest(), metadata=metadata)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as err:
+                codes.append(err.code())
+    finally:
+        channel.close()
+        loop.run(server.stop(0))
+        loop.close()
+    assert codes == [grpc.StatusCode.UNAUTHENTICATED] * 3 + [grpc.StatusCode.PERMISSION_DENIED] * 2 + [grpc.StatusCode.OK]

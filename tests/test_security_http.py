@@ -109,9 +109,10 @@ def test_auth_failures_block_the_address(tmp_path):
     client, keys, audit = build(tmp_path, block_after_failures=3, block_s=60)
     for _ in range(3):
         assert client.get("/v1/models", headers=headers(keys["bad"])).status_code == 401
-    blocked = client.get("/v1/models", headers=headers(keys["good"]))
+    blocked = client.get("/v1/models", headers=headers(keys["bad"]))
     assert blocked.status_code == 403 and "blocked" in blocked.json()["error"]["message"]
     assert audit_lines(audit)[-1]["reason"] == "blocked"
+    assert client.get("/v1/models", headers=headers(keys["good"])).status_code == 200  # valid keys pass
 
 
 def test_oversize_and_deep_bodies_are_refused_with_the_limit_named(app):

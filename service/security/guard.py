@@ -5,10 +5,13 @@
     guard.inspect_prompts(principal, "support-v2", ["user text", ...])   # counts injection markers
     await guard.charge(principal, prompt_tokens + completion_tokens)      # tokens/min bucket
 
-`admit` order: blocked address → authenticate → authorize scope → per-key address tracking →
-requests/min bucket → tokens/min debt. Failures raise the error table's classes (401/403/429,
-UNAUTHENTICATED/PERMISSION_DENIED/RESOURCE_EXHAUSTED) and are counted in the Prometheus series
-of `service.security.metrics`; each failure also carries `audit_reason` for the audit line.
+`admit` order: authenticate (a failure from a blocked address is refused as `blocked`, else
+counted towards blocking it) → authorize scope → per-key address tracking → requests/min bucket
+→ tokens/min debt. A valid key is never blocked: blocking keys on the address, and behind a NAT
+one client's bad keys must not lock out the others. Failures raise the error table's classes
+(401/403/429, UNAUTHENTICATED/PERMISSION_DENIED/RESOURCE_EXHAUSTED) and are counted in the
+Prometheus series of `service.security.metrics`; each failure also carries `audit_reason` for
+the audit line. `guard.client(peer, forwarded)` is the client address (service.security.clients).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from training.artifact.errors import PermissionDenied, RateLimited, TuneserveErr
 
 from service.security import metrics
 from service.security.audit import AuditLog
+from service.security.clients import client_address
 from service.security.config import SecuritySettings
 from service.security.detect import ActivityTracker, injection_markers
 from service.security.ratelimit import bucket_store
@@ -92,20 +96,20 @@ class SecurityGuard:
     def from_settings(cls, settings: Any, auth: Any) -> "SecurityGuard":
         return cls(auth, getattr(settings, "security", None))
 
+    def client(self, peer: str | None, forwarded: str | None = None) -> str:
+        """The client address: the peer, or the X-Forwarded-For client when the peer is a trusted proxy."""
+        return client_address(peer or UNKNOWN_CLIENT, forwarded, self.security.trusted_proxies)
+
     async def admit(self, token: str | None, client: str | None, transport: str, scope: str | None,
                     adapter: str | None = None) -> Any:
         client = client or UNKNOWN_CLIENT
-        left = self.tracker.blocked_for(client)
-        if left > 0:
-            metrics.AUTH_FAILURES.labels("blocked", transport).inc()
-            raise _tag(PermissionDenied(f"client address {client} is blocked for {left:.0f} s after repeated "
-                                        "authentication failures",
-                                        "fix the client's API key and retry after the block expires"), "blocked")
         try:
             principal = self.auth.authenticate(token)
             if scope is not None:  # None: any valid key (e.g. the API schema)
                 self.auth.authorize(principal, scope, adapter)
         except (Unauthenticated, PermissionDenied) as exc:
+            if isinstance(exc, Unauthenticated):
+                self._refuse_if_blocked(client, transport)
             reason = failure_reason(exc)
             metrics.AUTH_FAILURES.labels(reason, transport).inc()
             if isinstance(exc, Unauthenticated) and self.tracker.auth_failed(client):
@@ -115,6 +119,14 @@ class SecurityGuard:
         await self._limit(principal, "requests", 1)
         await self._limit(principal, "tokens", 0)
         return principal
+
+    def _refuse_if_blocked(self, client: str, transport: str) -> None:
+        left = self.tracker.blocked_for(client)
+        if left > 0:
+            metrics.AUTH_FAILURES.labels("blocked", transport).inc()
+            raise _tag(PermissionDenied(f"client address {client} is blocked for {left:.0f} s after repeated "
+                                        "authentication failures (requests with a valid key still pass)",
+                                        "fix the client's API key and retry after the block expires"), "blocked")
 
     def _per_min(self, principal: Any, kind: str) -> int | None:
         own = getattr(principal, f"{kind}_per_min", None)

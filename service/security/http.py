@@ -32,15 +32,20 @@ def auth_dependency(guard, scope: str) -> Callable[..., Awaitable[Any]]:
 
     async def dependency(request: Request, authorization: str | None = Header(None),
                          x_api_key: str | None = Header(None)):
-        principal = await guard.admit(bearer_token(authorization, x_api_key), client_of(request), "http", scope)
+        principal = await guard.admit(bearer_token(authorization, x_api_key), client_of(guard, request), "http", scope)
         request.state.principal = principal
         return principal
 
     return dependency
 
 
-def client_of(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+def client_of(guard, request: Request) -> str:
+    """The client address (X-Forwarded-For only from `security.trusted_proxies`), once per request."""
+    client = getattr(request.state, "client", None)
+    if client is None:
+        peer = request.client.host if request.client else None
+        client = request.state.client = guard.client(peer, ",".join(request.headers.getlist("x-forwarded-for")))
+    return client
 
 
 async def read_limited(request: Request, max_body: int) -> bytes:
@@ -83,7 +88,7 @@ async def finish(guard, request: Request, status: int) -> None:
     path = getattr(route, "path", request.url.path)
     await guard.finish_call("http", path, request.method, getattr(request.state, "principal", None),
                             getattr(request.state, "usage", None), getattr(request.state, "model", None), status,
-                            request.state.started, client_of(request), path.startswith(ADMIN_PREFIX),
+                            request.state.started, client_of(guard, request), path.startswith(ADMIN_PREFIX),
                             getattr(request.state, "error", None))
 
 
