@@ -157,3 +157,79 @@ def test_a_burst_of_keyless_calls_never_blocks_a_valid_key_over_grpc(tmp_path):
         loop.run(server.stop(0))
         loop.close()
     assert codes == [grpc.StatusCode.UNAUTHENTICATED] * 3 + [grpc.StatusCode.PERMISSION_DENIED] * 2 + [grpc.StatusCode.OK]
+
+
+# ---- the shared rate-limit store ----------------------------------------------------------
+class DeadActor:
+    """An actor handle whose calls fail the way Ray's do once the actor died."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.take = self.charge = SimpleNamespace(remote=self._fail)
+
+    async def _fail(self, *args):
+        raise self.error
+
+
+class LiveActor:
+    def __init__(self) -> None:
+        from service.security.ratelimit import Buckets
+
+        self.buckets = Buckets()
+        self.take = SimpleNamespace(remote=self._call("take"))
+        self.charge = SimpleNamespace(remote=self._call("charge"))
+
+    def _call(self, name):
+        async def call(*args):
+            return getattr(self.buckets, name)(*args)
+        return call
+
+
+def test_ray_buckets_refetch_the_actor_after_it_died():
+    from ray.exceptions import ActorDiedError
+
+    from service.security.ratelimit import RayBuckets
+
+    handles = [DeadActor(ActorDiedError()), LiveActor()]
+    store = RayBuckets(connect=lambda: handles.pop(0))
+    assert run(store.take("k:requests", 1, 1)) == 0.0       # re-fetched, retried on the live actor
+    assert run(store.take("k:requests", 1, 1)) > 0          # the live actor holds the bucket now
+    assert handles == []
+
+
+def test_ray_buckets_err_open_and_count_when_the_store_is_unreachable():
+    from ray.exceptions import ActorUnavailableError
+
+    from service.security import metrics
+    from service.security.ratelimit import RayBuckets
+
+    store = RayBuckets(connect=lambda: DeadActor(ActorUnavailableError("restarting", None)))
+    before = metrics.RATE_LIMIT_STORE_ERRORS._value.get()
+    assert run(store.take("k:requests", 1, 1)) == 0.0       # admitted: limits err open
+    run(store.charge("k:tokens", 10, 5))                    # never raises
+    assert metrics.RATE_LIMIT_STORE_ERRORS._value.get() == before + 2
+
+
+def test_the_rate_limit_actor_restarts_after_dying():
+    from service.security.ratelimit import actor_options
+
+    assert actor_options()["max_restarts"] == -1
+
+
+def test_the_audit_line_is_written_even_when_charging_fails(tmp_path):
+    from service.auth import Authenticator
+    from service.security import SecurityGuard, SecuritySettings
+    from service.security.audit import AuditLog
+
+    class BrokenStore:
+        async def charge(self, *args):
+            raise RuntimeError("store gone")
+
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    guard = SecurityGuard(Authenticator(), SecuritySettings(tokens_per_min=10), store=BrokenStore(), audit=audit)
+    principal = Principal("k1", "alice")
+    usage = SimpleNamespace(prompt_tokens=3, completion_tokens=2)
+    with pytest.raises(RuntimeError):
+        run(guard.finish_call("http", "/v1/completions", "POST", principal, usage, "a1", 200, 0.0, "1.2.3.4", False))
+    audit.close()
+    assert '"key_id":"k1"' in (tmp_path / "audit.jsonl").read_text()

@@ -149,12 +149,15 @@ class SecurityGuard:
         """The end of every call, either transport: charge the tokens used, write its one audit line."""
         prompt = getattr(usage, "prompt_tokens", None)
         completion = getattr(usage, "completion_tokens", None)
-        if principal is not None and usage is not None:
-            await self.charge(principal, (prompt or 0) + (completion or 0))
-        self.audit.record(transport=transport, route=route, method=method, key_id=getattr(principal, "key_id", None),
-                          adapter=adapter or None, status=status, prompt_tokens=prompt, completion_tokens=completion,
-                          latency_s=time.perf_counter() - started, client=client, admin=admin,
-                          reason=getattr(error, "audit_reason", None))
+        try:
+            if principal is not None and usage is not None:
+                await self.charge(principal, (prompt or 0) + (completion or 0))
+        finally:
+            self.audit.record(transport=transport, route=route, method=method,
+                              key_id=getattr(principal, "key_id", None),
+                              adapter=adapter or None, status=status, prompt_tokens=prompt,
+                              completion_tokens=completion, latency_s=time.perf_counter() - started, client=client,
+                              admin=admin, reason=getattr(error, "audit_reason", None))
 
     async def charge(self, principal: Any, tokens: int) -> None:
         per_min = self._per_min(principal, "tokens")
