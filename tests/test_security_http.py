@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from service.auth import Authenticator
 from service.http import create_app
+from service.security.audit import flush_audit_logs
 from service.settings import load_settings
 from tests.security_support import ADAPTER, CASES, StubBackend, case_key, expected_status, make_keyring
 
@@ -42,6 +43,7 @@ def build(tmp_path, limits=None, **security):
 
 
 def audit_lines(path):
+    flush_audit_logs()  # lines are written by a background thread
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 

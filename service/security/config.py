@@ -32,6 +32,11 @@ class SecuritySettings(StrictModel):
                                                      "'tuneserve.audit' logger only)")
     audit_max_bytes: int = Field(50 * 1024 * 1024, ge=1024, description="rotate the audit log at this size")
     audit_backups: int = Field(10, ge=1, description="rotated audit files kept")
+    audit_failures_per_client: int = Field(20, ge=0, description="lines of their own for failed calls without a "
+                                                                 "valid key, per address and failure_window_s")
+    audit_failures_total: int = Field(120, ge=0, description="the same, all addresses together; the rest are "
+                                                             "summarised in one line per status and reason")
+    audit_queue_size: int = Field(10_000, ge=1, description="audit lines waiting for the writer; more are dropped")
     block_after_failures: int = Field(20, ge=1, description="auth failures from one address that block it")
     failure_window_s: float = Field(60.0, gt=0)
     block_s: float = Field(300.0, ge=0, description="how long an address stays blocked for requests without "

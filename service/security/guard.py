@@ -22,7 +22,7 @@ from typing import Any
 from training.artifact.errors import PermissionDenied, RateLimited, TuneserveError, Unauthenticated
 
 from service.security import metrics
-from service.security.audit import AuditLog
+from service.security.audit import AuditLog, FailureBudget
 from service.security.clients import client_address
 from service.security.config import SecuritySettings
 from service.security.detect import ActivityTracker, injection_markers
@@ -88,7 +88,9 @@ class SecurityGuard:
         self.security = security or SecuritySettings()
         s = self.security
         self.store = store if store is not None else bucket_store(s.rate_limit_store)
-        self.audit = audit or AuditLog(s.audit_log, s.audit_max_bytes, s.audit_backups)
+        self.audit = audit or AuditLog(s.audit_log, s.audit_max_bytes, s.audit_backups, s.audit_queue_size,
+                                       FailureBudget(s.audit_failures_per_client, s.audit_failures_total,
+                                                     s.failure_window_s))
         self.tracker = tracker or ActivityTracker(s.block_after_failures, s.failure_window_s, s.block_s,
                                                   s.address_window_s)
 
