@@ -85,6 +85,15 @@ class Authenticator:
             raise Unavailable("the server cannot read its API keys",
                               "retry later; an operator must fix the keys file (the server log names it)")
 
+    def slow_check(self, token: str | None) -> bool:
+        """True when checking `token` means a scrypt hash (~50 ms of CPU): callers on an event loop
+        run `authenticate` in a worker thread then (SecurityGuard does)."""
+        if not self.enabled or not token or self.keys_file is None:
+            return False
+        self._reload()
+        record = self._records.get(key_id_of(token) or "")
+        return record is not None and record.hash.startswith("scrypt:")
+
     def authenticate(self, token: str | None) -> Principal:
         if not self.enabled:
             return ANONYMOUS

@@ -298,3 +298,98 @@ def test_audit_lines_are_written_off_the_event_loop_and_dropped_when_the_writer_
     audit.close()
     assert 1 <= len(audit_files(tmp_path)) <= 6
     assert not any(t.name == "tuneserve-audit" for t in threading.enumerate())
+
+
+# ---- cheap checks before and around authentication ----------------------------------------
+def reference_depth(raw: bytes) -> int:
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (byte == 92, byte != 34)
+        elif byte == 34:
+            in_string = True
+        elif byte in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in b"]}":
+            depth -= 1
+    return deepest
+
+
+def test_json_depth_matches_a_byte_scan_on_tricky_strings():
+    import json
+    import random
+
+    from service.security.limits import json_depth
+
+    texts = ['a\\"[', "\\\\", "x]{", '\\\\"', 'q\\\\\\"]]', "[[[[", "}}"]
+    rng = random.Random(7)
+
+    def document(level):
+        roll = rng.random()
+        if level > 6 or roll < 0.3:
+            return rng.choice([*texts, 1, None])
+        if roll < 0.65:
+            return [document(level + 1) for _ in range(rng.randint(0, 3))]
+        return {f"k{i}{rng.choice(texts)}": document(level + 1) for i in range(rng.randint(0, 3))}
+
+    for _ in range(500):
+        raw = json.dumps(document(0)).encode()
+        assert json_depth(raw) == reference_depth(raw), raw
+    assert json_depth(b"[" * 40 + b"]" * 40, cap=8) == 9 and json_depth(b"[[[", cap=8) == 3
+
+
+def test_json_depth_check_of_a_large_body_costs_about_a_parse():
+    import json
+    import time
+
+    from service.security.limits import check_json_depth
+
+    def best(action) -> float:
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            action()
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    body = json.dumps({"model": "a1", "prompt": "Tell me a story. " * 64_000, "stop": [["a"]]}).encode()  # ~1 MiB
+    parse = best(lambda: json.loads(body))
+    assert best(lambda: check_json_depth(body, 32)) < 5 * parse + 0.002
+
+
+def test_scrypt_keys_are_checked_off_the_event_loop(tmp_path):
+    import threading
+
+    from service.auth import Authenticator
+    from service.keys import add_key, create_key
+    from service.security import SecurityGuard, SecuritySettings
+
+    path = tmp_path / "keys.json"
+    plain, record = create_key("bob", ["infer"], algorithm="scrypt")
+    fast, fast_record = create_key("carol", ["infer"])
+    add_key(path, record)
+    add_key(path, fast_record)
+    auth = Authenticator(keys_file=path)
+    threads = []
+    real = auth.authenticate
+
+    def spy(token):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return real(token)
+
+    auth.authenticate = spy
+    guard = SecurityGuard(auth, SecuritySettings(rate_limit_store="local"))
+    assert run(guard.admit(plain, "1.2.3.4", "test", "infer")).key_id == record.id
+    assert run(guard.admit(fast, "1.2.3.4", "test", "infer")).key_id == fast_record.id
+    assert threads == [False, True]  # scrypt in a worker thread; sha256 inline (cheaper than a hop)
+
+
+def test_the_per_key_address_map_is_bounded():
+    from service.security.detect import MAX_ADDRESSES_PER_KEY, ActivityTracker
+
+    tracker = ActivityTracker()
+    counts = [tracker.key_used("k", f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}")
+              for i in range(MAX_ADDRESSES_PER_KEY + 50)]
+    assert max(counts) == MAX_ADDRESSES_PER_KEY and len(tracker.addresses["k"]) == MAX_ADDRESSES_PER_KEY

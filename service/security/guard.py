@@ -16,6 +16,7 @@ the audit line. `guard.client(peer, forwarded)` is the client address (service.s
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -106,7 +107,11 @@ class SecurityGuard:
                     adapter: str | None = None) -> Any:
         client = client or UNKNOWN_CLIENT
         try:
-            principal = self.auth.authenticate(token)
+            slow = getattr(self.auth, "slow_check", None)
+            if slow is not None and slow(token):  # scrypt: keep the event loop free
+                principal = await asyncio.to_thread(self.auth.authenticate, token)
+            else:
+                principal = self.auth.authenticate(token)
             if scope is not None:  # None: any valid key (e.g. the API schema)
                 self.auth.authorize(principal, scope, adapter)
         except (Unauthenticated, PermissionDenied) as exc:
