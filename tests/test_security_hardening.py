@@ -393,3 +393,59 @@ def test_the_per_key_address_map_is_bounded():
     counts = [tracker.key_used("k", f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}")
               for i in range(MAX_ADDRESSES_PER_KEY + 50)]
     assert max(counts) == MAX_ADDRESSES_PER_KEY and len(tracker.addresses["k"]) == MAX_ADDRESSES_PER_KEY
+
+
+# ---- what answers without a key -----------------------------------------------------------
+def test_ready_without_a_key_says_only_the_status(tmp_path):
+    client_from, keys = http_app(tmp_path)
+    client = client_from("192.0.2.1")
+    open_answer = client.get("/ready")
+    assert open_answer.status_code == 200 and open_answer.json() == {"status": "ok"}  # probes: status only
+    detailed = client.get("/ready", headers=bearer(keys["wrong_scope"]))             # any valid key: details
+    assert detailed.status_code == 200 and detailed.json()["models"] == 2
+    assert client.get("/ready", headers=bearer(keys["bad"])).status_code == 401
+
+
+def reflection_names(port: int, metadata=()) -> set[str]:
+    import grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        replies = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), metadata=metadata)
+        return {s.name for reply in replies for s in reply.list_services_response.service}
+
+
+@pytest.mark.parametrize("public_docs", [False, True])
+def test_grpc_reflection_needs_a_key_like_the_openapi_schema(tmp_path, public_docs):
+    import grpc
+
+    from service.auth import Authenticator
+    from service.grpc.server import GrpcServer
+    from service.security import SecuritySettings
+    from tests.grpc_support import LoopThread
+    from tests.security_support import StubBackend, make_keyring
+
+    keys = make_keyring(tmp_path / "keys.json")
+    loop = LoopThread()
+
+    async def start() -> GrpcServer:
+        server = GrpcServer(StubBackend(), Authenticator(keys_file=tmp_path / "keys.json"), "127.0.0.1", 0,
+                            health_interval_s=60,
+                            security=SecuritySettings(rate_limit_store="local", public_docs=public_docs))
+        await server.start()
+        return server
+
+    server = loop.run(start())
+    try:
+        keyed = reflection_names(server.port, (("authorization", f"Bearer {keys['wrong_scope']}"),))
+        assert "tuneserve.v1.Inference" in keyed  # any valid key
+        if public_docs:
+            assert "tuneserve.v1.Inference" in reflection_names(server.port)
+        else:
+            with pytest.raises(grpc.RpcError) as refused:
+                reflection_names(server.port)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        loop.run(server.stop(0))
+        loop.close()

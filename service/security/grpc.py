@@ -3,6 +3,7 @@
     principal = await admit_call(guard, context, "infer")           # in Gateway.principal
     record_call(guard, context, route, model, code, started, principal, usage)   # in `recorded`
     port = bind(server, "0.0.0.0:9000", settings.security)         # TLS when cert/key are set
+    enable_reflection(server, service_names, guard)                 # needs a key unless public_docs
 
 The client address is the peer of the call (`ipv4:10.0.0.7:53211` → `10.0.0.7`), or, when that
 peer is in `security.trusted_proxies`, the client named by its `x-forwarded-for` metadata.
@@ -43,6 +44,27 @@ async def record_call(guard, context, route: str, model: str, code: int, started
                       principal: Any = None, usage: Any = None, error: BaseException | None = None) -> None:
     await guard.finish_call("grpc", route, "RPC", principal, usage, model, code, started,
                             call_client(guard, context), "/tuneserve.v1.Admin/" in route, error)
+
+
+def enable_reflection(server, service_names, guard) -> None:
+    """Server reflection serves the API schema, so it is guarded like `/openapi.json`: any valid
+    key (with blocking and rate limits), or none when `security.public_docs` is set."""
+    from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+
+    from service.grpc.status import abort
+
+    class GuardedReflection(reflection.aio.ReflectionServicer):
+        async def ServerReflectionInfo(self, request_iterator, context):
+            if not guard.security.public_docs:
+                try:
+                    await admit_call(guard, context, None)
+                except Exception as exc:  # noqa: BLE001 - the error table's status
+                    await abort(context, exc)
+            async for reply in super().ServerReflectionInfo(request_iterator, context):
+                yield reply
+
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        GuardedReflection((*service_names, reflection.SERVICE_NAME)), server)
 
 
 def bind(server, address: str, security) -> int:

@@ -5,6 +5,7 @@ size incl. chunked bodies, JSON depth, audit line, token charge) and the stream 
     Depends(auth_dependency(guard, "infer"))                        # per route
     response = await secure_request(guard, max_body, request, call_next)   # in the http middleware
     chunks = tally_stream(guard, request, chunks)                   # around SSE chunks
+    Depends(optional_auth_dependency(guard))                         # None without a key (GET /ready)
 
 Every request gets exactly one audit line: written by the middleware, or, for a streamed reply,
 when the stream ends (tokens are known then).
@@ -34,6 +35,21 @@ def auth_dependency(guard, scope: str) -> Callable[..., Awaitable[Any]]:
                          x_api_key: str | None = Header(None)):
         principal = await guard.admit(bearer_token(authorization, x_api_key), client_of(guard, request), "http", scope)
         request.state.principal = principal
+        return principal
+
+    return dependency
+
+
+def optional_auth_dependency(guard) -> Callable[..., Awaitable[Any]]:
+    """None without a key (e.g. readiness probes); with one, the principal of any valid key (else 401)."""
+    from service.auth import bearer_token
+
+    async def dependency(request: Request, authorization: str | None = Header(None),
+                         x_api_key: str | None = Header(None)):
+        token = bearer_token(authorization, x_api_key)
+        if token is None:
+            return None
+        principal = request.state.principal = await guard.admit(token, client_of(guard, request), "http", None)
         return principal
 
     return dependency
