@@ -3,6 +3,7 @@ instantly) and a keyring with one key per auth case of the route × case matrix.
 
     keys = make_keyring(tmp_path / "keys.json")     # {"good": plain, "expired": plain, ...}
     app = create_app(StubBackend(), Authenticator(keys_file=path), settings)
+    client_from, keys = http_app(tmp_path, trusted_proxies=["10.0.0.0/8"])   # TestClient per peer address
 """
 
 from __future__ import annotations
@@ -124,3 +125,22 @@ class StubBackend:
 
     async def health(self):
         return Health(status="ok", models=2)
+
+
+def http_app(tmp_path, **security):
+    """`client_from(peer)` (TestClient apps seen from that address) and the keyring; blocks after 3 failures."""
+    from fastapi.testclient import TestClient
+
+    from service.http import create_app
+    from service.settings import load_settings
+
+    keys = make_keyring(tmp_path / "keys.json")
+    settings = load_settings({"keys_file": str(tmp_path / "keys.json"), "api_keys_env": None,
+                              "security": {"rate_limit_store": "local", "block_after_failures": 3, "block_s": 300,
+                                           **security}})
+    app = create_app(StubBackend(), Authenticator.from_settings(settings), settings)
+    return (lambda peer: TestClient(app, client=(peer, 40000))), keys
+
+
+def bearer(key):
+    return {"Authorization": f"Bearer {key}"} if key else {}
