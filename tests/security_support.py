@@ -9,6 +9,7 @@ instantly) and a keyring with one key per auth case of the route × case matrix.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -144,3 +145,37 @@ def http_app(tmp_path, **security):
 
 def bearer(key):
     return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+@contextmanager
+def stub_grpc_server(keys_file: Path, **security):
+    """A grpc.aio server over `StubBackend` on a free port (its loop in a thread); yields the server."""
+    from service.grpc.server import GrpcServer
+    from service.security import SecuritySettings
+    from tests.grpc_support import LoopThread
+
+    loop = LoopThread()
+
+    async def start() -> GrpcServer:
+        server = GrpcServer(StubBackend(), Authenticator(keys_file=keys_file), "127.0.0.1", 0, health_interval_s=60,
+                            security=SecuritySettings(rate_limit_store="local", **security))
+        await server.start()
+        return server
+
+    server = loop.run(start())
+    try:
+        yield server
+    finally:
+        loop.run(server.stop(0))
+        loop.close()
+
+
+def rpc_code(call):
+    """The status code a gRPC call ends with (OK when it returns)."""
+    import grpc
+
+    try:
+        call()
+        return grpc.StatusCode.OK
+    except grpc.RpcError as err:
+        return err.code()

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from service.auth import Principal
-from tests.security_support import StubBackend, bearer, http_app, make_keyring
+from tests.security_support import bearer, http_app, make_keyring, rpc_code, stub_grpc_server
 from training.artifact.errors import PermissionDenied
 
 
@@ -105,38 +105,15 @@ def test_clients_behind_a_trusted_proxy_are_blocked_one_by_one(tmp_path):
 def test_a_burst_of_keyless_calls_never_blocks_a_valid_key_over_grpc(tmp_path):
     import grpc
 
-    from service.auth import Authenticator
     from service.grpc.gen.tuneserve.v1 import inference_pb2, inference_pb2_grpc
-    from service.grpc.server import GrpcServer
-    from service.security import SecuritySettings
-    from tests.grpc_support import LoopThread
 
     keys = make_keyring(tmp_path / "keys.json")
-    loop = LoopThread()
-
-    async def start() -> GrpcServer:
-        server = GrpcServer(StubBackend(), Authenticator(keys_file=tmp_path / "keys.json"), "127.0.0.1", 0,
-                            health_interval_s=60, security=SecuritySettings(block_after_failures=3,
-                                                                            rate_limit_store="local"))
-        await server.start()
-        return server
-
-    server = loop.run(start())
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    stub = inference_pb2_grpc.InferenceStub(channel)
-    codes = []
-    try:
-        for key in (None, None, None, keys["bad"], None, keys["good"]):
-            metadata = (("authorization", f"Bearer {key}"),) if key else ()
-            try:
-                stub.ListModels(inference_pb2.ListModelsRequest(), metadata=metadata)
-                codes.append(grpc.StatusCode.OK)
-            except grpc.RpcError as err:
-                codes.append(err.code())
-    finally:
-        channel.close()
-        loop.run(server.stop(0))
-        loop.close()
+    with stub_grpc_server(tmp_path / "keys.json", block_after_failures=3) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        codes = [rpc_code(lambda: stub.ListModels(inference_pb2.ListModelsRequest(), metadata=(
+                     (("authorization", f"Bearer {key}"),) if key else ())))
+                 for key in (None, None, None, keys["bad"], None, keys["good"])]
     assert codes == [grpc.StatusCode.UNAUTHENTICATED] * 3 + [grpc.StatusCode.PERMISSION_DENIED] * 2 + [grpc.StatusCode.OK]
 
 
@@ -336,31 +313,9 @@ def reflection_names(port: int, metadata=()) -> set[str]:
 def test_grpc_reflection_needs_a_key_like_the_openapi_schema(tmp_path, public_docs):
     import grpc
 
-    from service.auth import Authenticator
-    from service.grpc.server import GrpcServer
-    from service.security import SecuritySettings
-    from tests.grpc_support import LoopThread
-
     keys = make_keyring(tmp_path / "keys.json")
-    loop = LoopThread()
-
-    async def start() -> GrpcServer:
-        server = GrpcServer(StubBackend(), Authenticator(keys_file=tmp_path / "keys.json"), "127.0.0.1", 0,
-                            health_interval_s=60,
-                            security=SecuritySettings(rate_limit_store="local", public_docs=public_docs))
-        await server.start()
-        return server
-
-    server = loop.run(start())
-    try:
+    with stub_grpc_server(tmp_path / "keys.json", public_docs=public_docs) as server:
         keyed = reflection_names(server.port, (("authorization", f"Bearer {keys['wrong_scope']}"),))
         assert "tuneserve.v1.Inference" in keyed  # any valid key
-        if public_docs:
-            assert "tuneserve.v1.Inference" in reflection_names(server.port)
-        else:
-            with pytest.raises(grpc.RpcError) as refused:
-                reflection_names(server.port)
-            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    finally:
-        loop.run(server.stop(0))
-        loop.close()
+        keyless = rpc_code(lambda: reflection_names(server.port))
+    assert keyless == (grpc.StatusCode.OK if public_docs else grpc.StatusCode.UNAUTHENTICATED)
