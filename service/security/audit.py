@@ -8,7 +8,7 @@ background thread so the event loop never waits for the disk.
 
 A line: `{"time", "transport", "route", "method", "key_id", "adapter", "status", "prompt_tokens",
 "completion_tokens", "latency_ms", "client", "admin", "reason", "replica"}`. Never the key: only its id
-(the part of `tsk_<id>_<secret>` before the secret, or `-` when authentication failed).
+(the part of `tsk_<id>_<secret>` before the secret, or null when authentication failed).
 Admin routes are marked `"admin": true` and always logged. Without a path the lines go to the
 `tuneserve.audit` logger (the replica log).
 

@@ -8,7 +8,8 @@ size incl. chunked bodies, JSON depth, audit line, token charge) and the stream 
     Depends(optional_auth_dependency(guard))                         # None without a key (GET /ready)
 
 Every request gets exactly one audit line: written by the middleware, or, for a streamed reply,
-when the stream ends (tokens are known then).
+when the stream ends (tokens are known then). Keyless failures past the audit budget are counted
+into a summary line instead (service.security.audit).
 """
 
 from __future__ import annotations
