@@ -13,6 +13,7 @@ With no key source configured every request is refused, unless auth is explicitl
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import threading
 from dataclasses import dataclass, field
@@ -20,11 +21,12 @@ from datetime import datetime, timezone
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from training.artifact.errors import PermissionDenied, Unauthenticated
+from training.artifact.errors import ConfigError, PermissionDenied, Unauthenticated, Unavailable
 
 from service.keys import KeyRecord, key_id_of, read_keys, rehash_like
 
 ALL_SCOPES = ("infer", "admin", "metrics")
+log = logging.getLogger("tuneserve.auth")
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,8 @@ class Authenticator:
     env_keys: list[str] = field(default_factory=list)
     enabled: bool = True
     _records: dict[str, KeyRecord] = field(default_factory=dict)
-    _mtime: float | None = None
+    _stamp: tuple[int, int, int] | None = None  # (st_mtime_ns, st_ino, st_size) of the file last read
+    _broken: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -59,16 +62,37 @@ class Authenticator:
         return cls(keys_file=settings.keys_file, env_keys=keys, enabled=settings.auth_enabled)
 
     def _reload(self) -> None:
+        """Re-read the file when its (mtime_ns, inode, size) changed: an atomic replace within the
+        mtime granularity still changes the inode. A malformed file refuses every file key (503)
+        without showing its path to the client; the server log names it."""
         if self.keys_file is None:
             return
         try:
-            mtime = self.keys_file.stat().st_mtime
+            info = self.keys_file.stat()
+            stamp = (info.st_mtime_ns, info.st_ino, info.st_size)
         except FileNotFoundError:
-            mtime = None
+            stamp = None
         with self._lock:
-            if mtime != self._mtime:
-                self._records = {r.id: r for r in read_keys(self.keys_file)} if mtime else {}
-                self._mtime = mtime
+            if stamp != self._stamp:
+                self._stamp = stamp
+                try:
+                    self._records = {r.id: r for r in read_keys(self.keys_file)} if stamp else {}
+                    self._broken = False
+                except ConfigError as exc:
+                    self._records, self._broken = {}, True
+                    log.error("cannot use the keys file: %s (%s)", exc.message, exc.hint)
+        if self._broken:
+            raise Unavailable("the server cannot read its API keys",
+                              "retry later; an operator must fix the keys file (the server log names it)")
+
+    def slow_check(self, token: str | None) -> bool:
+        """True when checking `token` means a scrypt hash (~50 ms of CPU): callers on an event loop
+        run `authenticate` in a worker thread then (SecurityGuard does)."""
+        if not self.enabled or not token or self.keys_file is None:
+            return False
+        self._reload()
+        record = self._records.get(key_id_of(token) or "")
+        return record is not None and record.hash.startswith("scrypt:")
 
     def authenticate(self, token: str | None) -> Principal:
         if not self.enabled:

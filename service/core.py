@@ -155,7 +155,7 @@ class ServingCore:
 
     # ---- administration --------------------------------------------------------------
     async def load_adapter(self, request: LoadAdapterRequest, principal: Principal | None = None) -> AdapterInfo:
-        self._authorize(principal, "admin")
+        self._authorize(principal, "admin", request.name)  # admin keys act only on adapters their globs match
         path = request.path
         if path is not None:  # adapters load only from the artifacts dir (or configured roots): no traversal
             path = str(confined_path([self.settings.artifacts_dir, *self.settings.security.adapter_roots], path))
@@ -164,19 +164,20 @@ class ServingCore:
         return AdapterInfo(**info)
 
     async def unload_adapter(self, name: str, force: bool = False, principal: Principal | None = None) -> dict:
-        self._authorize(principal, "admin")
+        self._authorize(principal, "admin", name)
         await asyncio.to_thread(self.registry.unload_adapter, name, force)
         metrics.adapter_event(name, "unloaded")
         self.drift.forget(name)
         return {"name": name, "unloaded": True}
 
     async def pin_adapter(self, name: str, pinned: bool, principal: Principal | None = None) -> AdapterInfo:
-        self._authorize(principal, "admin")
+        self._authorize(principal, "admin", name)
         return AdapterInfo(**self.registry.set_pinned(name, pinned))
 
     async def list_adapters(self, principal: Principal | None = None) -> AdapterList:
         self._authorize(principal, "admin")
-        return AdapterList(data=[AdapterInfo(**a) for a in self.registry.list_adapters()])
+        rows = [a for a in self.registry.list_adapters() if principal is None or principal.may_use(a["name"])]
+        return AdapterList(data=[AdapterInfo(**a) for a in rows])
 
     async def health(self) -> Health:
         if not self.engine.started:

@@ -2,23 +2,29 @@
 
     plain, record = create_key("alice", scopes=["infer"], adapters=["support-*"], expires_in_days=30)
     add_key(Path("keys.json"), record)     # the plain key is shown once and never stored
+    with editing_keys(Path("keys.json")) as records:   # read-modify-write under an exclusive lock
+        records[0].revoked = True
 
 A record: `{id, owner, salt, hash, scopes, adapters, expires_at, revoked, created_at,
 requests_per_min, tokens_per_min}` (limits: `create_key(..., requests_per_min=60)`);
 `hash` is `sha256:<hex>` (default: keys are 256-bit random, so a fast hash is enough) or
 `scrypt:<hex>` of salt + key. Plain keys look like `tsk_<id>_<secret>`, so a lookup hashes
-once instead of trying every record.
+once instead of trying every record. Every edit holds an exclusive `flock` on a sidecar
+`.<name>.lock` file (the keys file itself is replaced on each write), so two `tuneserve keys`
+runs at once cannot lose an update.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import secrets
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -98,5 +104,20 @@ def write_keys(path: Path, records: list[KeyRecord]) -> None:
     os.replace(tmp, path)
 
 
+@contextmanager
+def editing_keys(path: Path) -> Iterator[list[KeyRecord]]:
+    """The records, written back when the block ends without error; other edits wait meanwhile."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        records = read_keys(path)
+        yield records
+        write_keys(path, records)
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def add_key(path: Path, record: KeyRecord) -> None:
-    write_keys(path, [*read_keys(path), record])
+    with editing_keys(path) as records:
+        records.append(record)

@@ -3,11 +3,13 @@ instantly) and a keyring with one key per auth case of the route × case matrix.
 
     keys = make_keyring(tmp_path / "keys.json")     # {"good": plain, "expired": plain, ...}
     app = create_app(StubBackend(), Authenticator(keys_file=path), settings)
+    client_from, keys = http_app(tmp_path, trusted_proxies=["10.0.0.0/8"])   # TestClient per peer address
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -107,20 +109,73 @@ class StubBackend:
         return ModelList(data=[ModelCard(id=m, created=0, kind="adapter") for m in ids])
 
     async def load_adapter(self, request, principal=None):
-        self._check(principal, "admin")
+        self._check(principal, "admin", request.name)
         return _adapter(request.name)
 
     async def unload_adapter(self, name, force=False, principal=None):
-        self._check(principal, "admin")
+        self._check(principal, "admin", name)
         return {"name": name, "unloaded": True}
 
     async def pin_adapter(self, name, pinned, principal=None):
-        self._check(principal, "admin")
+        self._check(principal, "admin", name)
         return _adapter(name)
 
     async def list_adapters(self, principal=None):
         self._check(principal, "admin")
-        return AdapterList(data=[_adapter(ADAPTER)])
+        return AdapterList(data=[_adapter(ADAPTER)] if principal is None or principal.may_use(ADAPTER) else [])
 
     async def health(self):
         return Health(status="ok", models=2)
+
+
+def http_app(tmp_path, **security):
+    """`client_from(peer)` (TestClient apps seen from that address) and the keyring; blocks after 3 failures."""
+    from fastapi.testclient import TestClient
+
+    from service.http import create_app
+    from service.settings import load_settings
+
+    keys = make_keyring(tmp_path / "keys.json")
+    settings = load_settings({"keys_file": str(tmp_path / "keys.json"), "api_keys_env": None,
+                              "security": {"rate_limit_store": "local", "block_after_failures": 3, "block_s": 300,
+                                           **security}})
+    app = create_app(StubBackend(), Authenticator.from_settings(settings), settings)
+    return (lambda peer: TestClient(app, client=(peer, 40000))), keys
+
+
+def bearer(key):
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+@contextmanager
+def stub_grpc_server(keys_file: Path, **security):
+    """A grpc.aio server over `StubBackend` on a free port (its loop in a thread); yields the server."""
+    from service.grpc.server import GrpcServer
+    from service.security import SecuritySettings
+    from tests.grpc_support import LoopThread
+
+    loop = LoopThread()
+
+    async def start() -> GrpcServer:
+        server = GrpcServer(StubBackend(), Authenticator(keys_file=keys_file), "127.0.0.1", 0, health_interval_s=60,
+                            security=SecuritySettings(rate_limit_store="local", **security))
+        await server.start()
+        return server
+
+    server = loop.run(start())
+    try:
+        yield server
+    finally:
+        loop.run(server.stop(0))
+        loop.close()
+
+
+def rpc_code(call):
+    """The status code a gRPC call ends with (OK when it returns)."""
+    import grpc
+
+    try:
+        call()
+        return grpc.StatusCode.OK
+    except grpc.RpcError as err:
+        return err.code()

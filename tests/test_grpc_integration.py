@@ -32,12 +32,13 @@ def admin(target, served_app):
         yield client
 
 
-def test_health_and_reflection(target):
+def test_health_and_reflection(target, served_app):
     with TuneserveClient(target) as anonymous:
         assert anonymous.health() == "SERVING" and anonymous.health("tuneserve.v1.Inference") == "SERVING"
-    with grpc.insecure_channel(target) as channel:
+    with grpc.insecure_channel(target) as channel:  # reflection needs any valid key, like /openapi.json
         replies = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+            metadata=(("x-api-key", served_app["keys"]["metrics"]),))
         names = {s.name for r in replies for s in r.list_services_response.service}
     assert {"tuneserve.v1.Inference", "tuneserve.v1.Admin", "grpc.health.v1.Health",
             "grpc.reflection.v1alpha.ServerReflection"} <= names

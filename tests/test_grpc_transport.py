@@ -180,9 +180,10 @@ def test_health_serving_and_reflection_lists_services(served):
     assert served.infer.health("tuneserve.v1.Inference") == "SERVING"
     with grpc.insecure_channel(served.target) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        key = (("x-api-key", served.keys["metrics"]),)  # reflection needs any valid key, like /openapi.json
+        replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), metadata=key)
         names = {s.name for reply in replies for s in reply.list_services_response.service}
         assert {"tuneserve.v1.Inference", "tuneserve.v1.Admin", "grpc.health.v1.Health"} <= names
         replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
-            file_containing_symbol="tuneserve.v1.Admin")]))
+            file_containing_symbol="tuneserve.v1.Admin")]), metadata=key)
         assert any(r.file_descriptor_response.file_descriptor_proto for r in replies)

@@ -31,9 +31,9 @@ RPCS = [
     ("Classify", lambda i, a, md: i.Classify(inference_pb2.ClassifyRequest(model=ADAPTER, inputs=["good"]), metadata=md),
      "infer", True),
     ("ListModels", lambda i, a, md: i.ListModels(inference_pb2.ListModelsRequest(), metadata=md), "infer", False),
-    ("LoadAdapter", lambda i, a, md: a.LoadAdapter(admin_pb2.LoadAdapterRequest(name=ADAPTER), metadata=md), "admin", False),
+    ("LoadAdapter", lambda i, a, md: a.LoadAdapter(admin_pb2.LoadAdapterRequest(name=ADAPTER), metadata=md), "admin", True),
     ("UnloadAdapter", lambda i, a, md: a.UnloadAdapter(admin_pb2.UnloadAdapterRequest(name=ADAPTER), metadata=md),
-     "admin", False),
+     "admin", True),
     ("ListAdapters", lambda i, a, md: a.ListAdapters(admin_pb2.ListAdaptersRequest(), metadata=md), "admin", False),
 ]
 
@@ -148,6 +148,7 @@ def test_grpc_calls_are_audited_rate_limited_and_served_over_tls(tmp_path):
         loop.close()
     assert codes == [grpc.StatusCode.OK] * 2 + [grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.OK,
                                                 grpc.StatusCode.RESOURCE_EXHAUSTED]
+    guard.audit.flush()  # lines are written by a background thread
     lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert [(line["route"].rsplit("/", 1)[1], line["status"]) for line in lines] == [
         ("Generate", 200), ("GenerateStream", 200), ("ListModels", 401), ("ListModels", 200), ("ListModels", 429)]

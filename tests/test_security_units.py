@@ -249,7 +249,7 @@ def test_admit_rate_limits_requests_then_tokens_with_retry_after(keyring):
     assert admin.requests_per_min is None  # unlimited without a default
 
 
-def test_repeated_auth_failures_block_the_address_even_for_good_keys(keyring):
+def test_repeated_auth_failures_block_the_address_but_never_a_valid_key(keyring):
     path, made = keyring
     guard = guard_for(path, block_after_failures=3, block_s=60)
     for _ in range(3):
@@ -257,8 +257,9 @@ def test_repeated_auth_failures_block_the_address_even_for_good_keys(keyring):
             run(guard.admit("tsk_x_y", "6.6.6.6", "test", "infer"))
     assert metrics.BLOCKED_CLIENTS._value.get() >= 1
     with pytest.raises(PermissionDenied, match="blocked") as info:
-        run(guard.admit(made["admin"][0], "6.6.6.6", "test", "infer"))
+        run(guard.admit(None, "6.6.6.6", "test", "infer"))
     assert info.value.audit_reason == "blocked"
+    assert run(guard.admit(made["admin"][0], "6.6.6.6", "test", "infer")).key_id == made["admin"][1]
     assert run(guard.admit(made["admin"][0], "6.6.6.7", "test", "infer")).key_id == made["admin"][1]
 
 

@@ -122,6 +122,6 @@ def test_client_disconnect_cancels_generation(http, served_app):
         for line in response.iter_lines():
             if line.startswith("data: {"):
                 break  # leave after the first chunk: the connection closes
-    while http.get("/ready").json()["active_rows"] and time.perf_counter() - started < 120:
+    while http.get("/ready", headers=headers).json()["active_rows"] and time.perf_counter() - started < 120:
         time.sleep(0.05)
     assert time.perf_counter() - started < 0.5 * full_run

@@ -9,7 +9,8 @@
 
 `backend` is a `ServingBackend` (service/backend.py): the `ServingCore`, or the Ray handle proxy
 the REST app uses. Services: `tuneserve.v1.Inference`, `tuneserve.v1.Admin`, standard
-`grpc.health.v1.Health` (SERVING when the backend reports "ok", polled) and server reflection.
+`grpc.health.v1.Health` (SERVING when the backend reports "ok", polled) and server reflection
+(any valid key, like `/openapi.json`, unless `security.public_docs`).
 The API key comes from metadata `authorization: Bearer <key>` or `x-api-key: <key>`; errors
 become the status code of `service/errors.py`'s table with the message + hint as details.
 Cancelling a call (client gone, `GenerateStream` left early) closes the backend stream, which
@@ -39,7 +40,6 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from service import metrics
 from service.backend import ServingBackend
@@ -47,7 +47,7 @@ from service.errors import CLIENT_CLOSED, describe
 from service.grpc import translate
 from service.grpc.gen.tuneserve.v1 import admin_pb2, admin_pb2_grpc, inference_pb2, inference_pb2_grpc
 from service.grpc.status import abort
-from service.security.grpc import CallRecord, admit_call, bind, record_call
+from service.security.grpc import CallRecord, admit_call, bind, enable_reflection, record_call
 from service.security.guard import StreamUsage, count_forbidden, prompt_texts
 from training.artifact.errors import Unavailable
 
@@ -200,7 +200,7 @@ class GrpcServer:
         inference_pb2_grpc.add_InferenceServicer_to_server(InferenceService(gateway), self.server)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(gateway), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        enable_reflection(self.server, (*SERVICE_NAMES, health.SERVICE_NAME), gateway.guard)  # a key, like /openapi.json
         self.port: int | None = None
         self._watch: asyncio.Task | None = None
 

@@ -30,7 +30,7 @@ from service.errors import openai_error_body
 from service.http.errors import error_response, install_error_handlers
 from service.security import SecurityGuard
 from service.security.guard import prompt_texts
-from service.security.http import auth_dependency, secure_request, tally_stream
+from service.security.http import auth_dependency, optional_auth_dependency, secure_request, tally_stream
 from service.schemas import (
     AdapterInfo, AdapterList, ChatCompletionRequest, ChatCompletionResponse, ClassifyRequest, ClassifyResponse,
     CompletionRequest, CompletionResponse, LoadAdapterRequest, ModelList, PinRequest,
@@ -75,10 +75,12 @@ def create_app(backend: ServingBackend, auth: Authenticator, settings, guard: Se
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    @app.get("/ready", tags=["ops"], summary="Readiness: models loaded and the engine running")
-    async def ready():
+    @app.get("/ready", tags=["ops"], summary="Readiness: models loaded and the engine running "
+                                             "(without a key only the status; queue and cache details need any key)")
+    async def ready(principal: Principal | None = Depends(optional_auth_dependency(guard))):
         state = await backend.health()
-        return JSONResponse(state.model_dump(), status_code=200 if state.status == "ok" else 503)
+        body = state.model_dump() if principal is not None else {"status": state.status}
+        return JSONResponse(body, status_code=200 if state.status == "ok" else 503)
 
     @app.get("/v1/models", response_model=ModelList, tags=["inference"])
     async def models(principal: Principal = Depends(require("infer"))):

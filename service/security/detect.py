@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict, deque
 
 MAX_TRACKED = 10_000  # addresses/keys remembered; the oldest are forgotten first
+MAX_ADDRESSES_PER_KEY = 1_000  # addresses remembered per key; the least recently seen are forgotten first
 
 INJECTION_PATTERNS = {
     "ignore previous instructions": r"\b(ignore|disregard|forget)\b.{0,30}\b(previous|prior|above|earlier)\b.{0,20}"
@@ -88,8 +89,9 @@ class ActivityTracker:
     def key_used(self, key_id: str, address: str) -> int:
         now = self.clock()
         with self.lock:
-            seen = self.addresses.touch(key_id, dict)
+            seen = self.addresses.touch(key_id, OrderedDict)  # address -> last seen, oldest first
+            seen.pop(address, None)
             seen[address] = now
-            for old in [a for a, t in seen.items() if t <= now - self.address_window_s]:
-                del seen[old]
+            while len(seen) > MAX_ADDRESSES_PER_KEY or next(iter(seen.values())) <= now - self.address_window_s:
+                seen.popitem(last=False)
             return len(seen)

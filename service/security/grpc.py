@@ -3,8 +3,10 @@
     principal = await admit_call(guard, context, "infer")           # in Gateway.principal
     record_call(guard, context, route, model, code, started, principal, usage)   # in `recorded`
     port = bind(server, "0.0.0.0:9000", settings.security)         # TLS when cert/key are set
+    enable_reflection(server, service_names, guard)                 # needs a key unless public_docs
 
-The client address is the peer of the call (`ipv4:10.0.0.7:53211` → `10.0.0.7`).
+The client address is the peer of the call (`ipv4:10.0.0.7:53211` → `10.0.0.7`), or, when that
+peer is in `security.trusted_proxies`, the client named by its `x-forwarded-for` metadata.
 """
 
 from __future__ import annotations
@@ -26,17 +28,43 @@ def peer_address(peer: str | None) -> str:
     return peer
 
 
-async def admit_call(guard, context, scope: str) -> Any:
+def call_client(guard, context) -> str:
+    forwarded = ",".join(value for key, value in context.invocation_metadata() or () if key == "x-forwarded-for")
+    return guard.client(peer_address(context.peer()), forwarded)
+
+
+async def admit_call(guard, context, scope: str | None) -> Any:
     from service.grpc.status import api_key_from_metadata
 
     token = api_key_from_metadata(context.invocation_metadata())
-    return await guard.admit(token, peer_address(context.peer()), "grpc", scope)
+    return await guard.admit(token, call_client(guard, context), "grpc", scope)
 
 
 async def record_call(guard, context, route: str, model: str, code: int, started: float,
                       principal: Any = None, usage: Any = None, error: BaseException | None = None) -> None:
     await guard.finish_call("grpc", route, "RPC", principal, usage, model, code, started,
-                            peer_address(context.peer()), "/tuneserve.v1.Admin/" in route, error)
+                            call_client(guard, context), "/tuneserve.v1.Admin/" in route, error)
+
+
+def enable_reflection(server, service_names, guard) -> None:
+    """Server reflection serves the API schema, so it is guarded like `/openapi.json`: any valid
+    key (with blocking and rate limits), or none when `security.public_docs` is set."""
+    from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+
+    from service.grpc.status import abort
+
+    class GuardedReflection(reflection.aio.ReflectionServicer):
+        async def ServerReflectionInfo(self, request_iterator, context):
+            if not guard.security.public_docs:
+                try:
+                    await admit_call(guard, context, None)
+                except Exception as exc:  # noqa: BLE001 - the error table's status
+                    await abort(context, exc)
+            async for reply in super().ServerReflectionInfo(request_iterator, context):
+                yield reply
+
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        GuardedReflection((*service_names, reflection.SERVICE_NAME)), server)
 
 
 def bind(server, address: str, security) -> int:

@@ -5,21 +5,26 @@
     guard.inspect_prompts(principal, "support-v2", ["user text", ...])   # counts injection markers
     await guard.charge(principal, prompt_tokens + completion_tokens)      # tokens/min bucket
 
-`admit` order: blocked address → authenticate → authorize scope → per-key address tracking →
-requests/min bucket → tokens/min debt. Failures raise the error table's classes (401/403/429,
-UNAUTHENTICATED/PERMISSION_DENIED/RESOURCE_EXHAUSTED) and are counted in the Prometheus series
-of `service.security.metrics`; each failure also carries `audit_reason` for the audit line.
+`admit` order: authenticate (a failure from a blocked address is refused as `blocked`, else
+counted towards blocking it) → authorize scope → per-key address tracking → requests/min bucket
+→ tokens/min debt. A valid key is never blocked: blocking keys on the address, and behind a NAT
+one client's bad keys must not lock out the others. Failures raise the error table's classes
+(401/403/429, UNAUTHENTICATED/PERMISSION_DENIED/RESOURCE_EXHAUSTED) and are counted in the
+Prometheus series of `service.security.metrics`; each failure also carries `audit_reason` for
+the audit line. `guard.client(peer, forwarded)` is the client address (service.security.clients).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 from training.artifact.errors import PermissionDenied, RateLimited, TuneserveError, Unauthenticated
 
 from service.security import metrics
-from service.security.audit import AuditLog
+from service.security.audit import AuditLog, FailureBudget
+from service.security.clients import client_address
 from service.security.config import SecuritySettings
 from service.security.detect import ActivityTracker, injection_markers
 from service.security.ratelimit import bucket_store
@@ -84,7 +89,9 @@ class SecurityGuard:
         self.security = security or SecuritySettings()
         s = self.security
         self.store = store if store is not None else bucket_store(s.rate_limit_store)
-        self.audit = audit or AuditLog(s.audit_log, s.audit_max_bytes, s.audit_backups)
+        self.audit = audit or AuditLog(s.audit_log, s.audit_max_bytes, s.audit_backups, s.audit_queue_size,
+                                       FailureBudget(s.audit_failures_per_client, s.audit_failures_total,
+                                                     s.failure_window_s))
         self.tracker = tracker or ActivityTracker(s.block_after_failures, s.failure_window_s, s.block_s,
                                                   s.address_window_s)
 
@@ -92,20 +99,24 @@ class SecurityGuard:
     def from_settings(cls, settings: Any, auth: Any) -> "SecurityGuard":
         return cls(auth, getattr(settings, "security", None))
 
+    def client(self, peer: str | None, forwarded: str | None = None) -> str:
+        """The client address: the peer, or the X-Forwarded-For client when the peer is a trusted proxy."""
+        return client_address(peer or UNKNOWN_CLIENT, forwarded, self.security.trusted_proxies)
+
     async def admit(self, token: str | None, client: str | None, transport: str, scope: str | None,
                     adapter: str | None = None) -> Any:
         client = client or UNKNOWN_CLIENT
-        left = self.tracker.blocked_for(client)
-        if left > 0:
-            metrics.AUTH_FAILURES.labels("blocked", transport).inc()
-            raise _tag(PermissionDenied(f"client address {client} is blocked for {left:.0f} s after repeated "
-                                        "authentication failures",
-                                        "fix the client's API key and retry after the block expires"), "blocked")
         try:
-            principal = self.auth.authenticate(token)
+            slow = getattr(self.auth, "slow_check", None)
+            if slow is not None and slow(token):  # scrypt: keep the event loop free
+                principal = await asyncio.to_thread(self.auth.authenticate, token)
+            else:
+                principal = self.auth.authenticate(token)
             if scope is not None:  # None: any valid key (e.g. the API schema)
                 self.auth.authorize(principal, scope, adapter)
         except (Unauthenticated, PermissionDenied) as exc:
+            if isinstance(exc, Unauthenticated):
+                self._refuse_if_blocked(client, transport)
             reason = failure_reason(exc)
             metrics.AUTH_FAILURES.labels(reason, transport).inc()
             if isinstance(exc, Unauthenticated) and self.tracker.auth_failed(client):
@@ -115,6 +126,14 @@ class SecurityGuard:
         await self._limit(principal, "requests", 1)
         await self._limit(principal, "tokens", 0)
         return principal
+
+    def _refuse_if_blocked(self, client: str, transport: str) -> None:
+        left = self.tracker.blocked_for(client)
+        if left > 0:
+            metrics.AUTH_FAILURES.labels("blocked", transport).inc()
+            raise _tag(PermissionDenied(f"client address {client} is blocked for {left:.0f} s after repeated "
+                                        "authentication failures (requests with a valid key still pass)",
+                                        "fix the client's API key and retry after the block expires"), "blocked")
 
     def _per_min(self, principal: Any, kind: str) -> int | None:
         own = getattr(principal, f"{kind}_per_min", None)
@@ -137,12 +156,15 @@ class SecurityGuard:
         """The end of every call, either transport: charge the tokens used, write its one audit line."""
         prompt = getattr(usage, "prompt_tokens", None)
         completion = getattr(usage, "completion_tokens", None)
-        if principal is not None and usage is not None:
-            await self.charge(principal, (prompt or 0) + (completion or 0))
-        self.audit.record(transport=transport, route=route, method=method, key_id=getattr(principal, "key_id", None),
-                          adapter=adapter or None, status=status, prompt_tokens=prompt, completion_tokens=completion,
-                          latency_s=time.perf_counter() - started, client=client, admin=admin,
-                          reason=getattr(error, "audit_reason", None))
+        try:
+            if principal is not None and usage is not None:
+                await self.charge(principal, (prompt or 0) + (completion or 0))
+        finally:
+            self.audit.record(transport=transport, route=route, method=method,
+                              key_id=getattr(principal, "key_id", None),
+                              adapter=adapter or None, status=status, prompt_tokens=prompt,
+                              completion_tokens=completion, latency_s=time.perf_counter() - started, client=client,
+                              admin=admin, reason=getattr(error, "audit_reason", None))
 
     async def charge(self, principal: Any, tokens: int) -> None:
         per_min = self._per_min(principal, "tokens")

@@ -5,9 +5,11 @@ size incl. chunked bodies, JSON depth, audit line, token charge) and the stream 
     Depends(auth_dependency(guard, "infer"))                        # per route
     response = await secure_request(guard, max_body, request, call_next)   # in the http middleware
     chunks = tally_stream(guard, request, chunks)                   # around SSE chunks
+    Depends(optional_auth_dependency(guard))                         # None without a key (GET /ready)
 
 Every request gets exactly one audit line: written by the middleware, or, for a streamed reply,
-when the stream ends (tokens are known then).
+when the stream ends (tokens are known then). Keyless failures past the audit budget are counted
+into a summary line instead (service.security.audit).
 """
 
 from __future__ import annotations
@@ -18,10 +20,8 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from fastapi import Header, Request
 from starlette.responses import Response
 
-
 from service.errors import CLIENT_CLOSED, describe
 from service.http.errors import body_too_large
-from service.security import metrics
 from service.security.guard import StreamUsage, count_forbidden
 from service.security.limits import check_json_depth
 
@@ -33,15 +33,35 @@ def auth_dependency(guard, scope: str) -> Callable[..., Awaitable[Any]]:
 
     async def dependency(request: Request, authorization: str | None = Header(None),
                          x_api_key: str | None = Header(None)):
-        principal = await guard.admit(bearer_token(authorization, x_api_key), client_of(request), "http", scope)
+        principal = await guard.admit(bearer_token(authorization, x_api_key), client_of(guard, request), "http", scope)
         request.state.principal = principal
         return principal
 
     return dependency
 
 
-def client_of(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+def optional_auth_dependency(guard) -> Callable[..., Awaitable[Any]]:
+    """None without a key (e.g. readiness probes); with one, the principal of any valid key (else 401)."""
+    from service.auth import bearer_token
+
+    async def dependency(request: Request, authorization: str | None = Header(None),
+                         x_api_key: str | None = Header(None)):
+        token = bearer_token(authorization, x_api_key)
+        if token is None:
+            return None
+        principal = request.state.principal = await guard.admit(token, client_of(guard, request), "http", None)
+        return principal
+
+    return dependency
+
+
+def client_of(guard, request: Request) -> str:
+    """The client address (X-Forwarded-For only from `security.trusted_proxies`), once per request."""
+    client = getattr(request.state, "client", None)
+    if client is None:
+        peer = request.client.host if request.client else None
+        client = request.state.client = guard.client(peer, ",".join(request.headers.getlist("x-forwarded-for")))
+    return client
 
 
 async def read_limited(request: Request, max_body: int) -> bytes:
@@ -84,7 +104,7 @@ async def finish(guard, request: Request, status: int) -> None:
     path = getattr(route, "path", request.url.path)
     await guard.finish_call("http", path, request.method, getattr(request.state, "principal", None),
                             getattr(request.state, "usage", None), getattr(request.state, "model", None), status,
-                            request.state.started, client_of(request), path.startswith(ADMIN_PREFIX),
+                            request.state.started, client_of(guard, request), path.startswith(ADMIN_PREFIX),
                             getattr(request.state, "error", None))
 
 

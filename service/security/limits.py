@@ -1,6 +1,6 @@
 """Input-limit helpers the transports and the core share; each failure names its limit.
 
-    check_json_depth(raw_body, limit=32)                  # InvalidRequest "... nesting depth ... limit 32"
+    check_json_depth(raw_body, limit=32)                  # InvalidRequest "... nests more than 32 ... max_json_depth"
     check_adapter_name("support-v2", pattern)             # InvalidRequest for "../etc" etc.
     confined_path(artifacts_root, "support-v2/")          # resolved path inside the root, else PermissionDenied
 
@@ -20,35 +20,38 @@ from training.artifact.errors import InvalidRequest, PermissionDenied
 
 from service.errors import with_param
 
-_OPEN, _CLOSE, _QUOTE, _ESCAPE = frozenset(b"[{"), frozenset(b"]}"), ord('"'), ord("\\")
+_SQUARE = bytes.maketrans(b"{}", b"[]")
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
 
 
-def json_depth(raw: bytes) -> int:
-    """Maximum nesting depth of JSON text, by a linear scan that skips strings (no parse)."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for byte in raw:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == _ESCAPE:
-                escaped = True
-            elif byte == _QUOTE:
-                in_string = False
-        elif byte == _QUOTE:
-            in_string = True
-        elif byte in _OPEN:
-            depth += 1
-            deepest = max(deepest, depth)
-        elif byte in _CLOSE:
-            depth -= 1
-    return deepest
+def _skeleton(raw: bytes) -> bytes:
+    """The brackets outside strings, all as `[` `]`. Only C-level bytes operations (no Python loop
+    per byte): drop escaped backslashes, then escaped quotes, keep every other quote-separated
+    piece (outside strings), keep the brackets."""
+    unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    return b"".join(unescaped.split(b'"')[::2]).translate(_SQUARE, _NOT_BRACKETS)
+
+
+def json_depth(raw: bytes, cap: int | None = None) -> int:
+    """Maximum nesting depth of JSON text (strings skipped, no parse); past `cap`, `cap + 1`.
+    Each round removes the innermost `[]` pairs (one C-level replace), so the cost is at most
+    (cap rounds) x (bracket count); a run of opens longer than what is left of `cap` ends it at
+    once. Unbalanced brackets count as open levels."""
+    skeleton, depth = _skeleton(raw), 0
+    while skeleton:
+        if cap is not None and (depth > cap or b"[" * (cap + 1 - depth) in skeleton):  # a run of opens nests
+            return cap + 1
+        inner = skeleton.replace(b"[]", b"")
+        if len(inner) == len(skeleton):  # unbalanced: each remaining "[" may still open a level
+            return depth + skeleton.count(b"[") if cap is None else min(depth + skeleton.count(b"["), cap + 1)
+        skeleton, depth = inner, depth + 1
+    return depth if cap is None else min(depth, cap + 1)
 
 
 def check_json_depth(raw: bytes, limit: int) -> None:
-    depth = json_depth(raw)
-    if depth > limit:
-        raise with_param(InvalidRequest(f"the JSON body nests {depth} levels deep; the limit (max_json_depth) is {limit}",
+    if json_depth(raw, cap=limit) > limit:
+        raise with_param(InvalidRequest(f"the JSON body nests more than {limit} levels deep; the limit "
+                                        f"(max_json_depth) is {limit}",
                                         "flatten the request; OpenAI requests need only a few levels"), "body")
 
 

@@ -11,16 +11,30 @@ a bucket can go into debt; the next request is refused until the debt is refille
 `Retry-After` says when. Shared state: one named, detached Ray actor (`tuneserve-ratelimits`)
 holds every bucket, so limits hold across Ingress replicas and nodes; each check is one actor
 call (~1 ms). Outside Ray (tests, the in-process app) the same buckets live in the process.
+
+If the actor dies, Ray restarts it (`max_restarts=-1`; its buckets start full); a replica whose
+handle fails with a Ray actor error re-fetches the handle by name (re-creating the actor if it
+is gone for good) and retries once. A store that still fails or does not answer within
+`STORE_TIMEOUT_S` **errs open**: the request is admitted, nothing is charged, and
+`tuneserve_rate_limit_store_errors_total` counts it (an alert signal): limits protect fairness,
+not access, so an outage of the limiter must not become an outage of the API.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any, Callable
+
+from service.security import metrics
 
 ACTOR_NAME = "tuneserve-ratelimits"
 ACTOR_NAMESPACE = "tuneserve"
+STORE_TIMEOUT_S = 2.0
+log = logging.getLogger("tuneserve.security.ratelimit")
 
 
 @dataclass
@@ -71,21 +85,58 @@ class LocalBuckets:
         self.buckets.charge(name, per_min, amount)
 
 
+def actor_options() -> dict[str, Any]:
+    return {"num_cpus": 0, "max_concurrency": 64, "max_restarts": -1}
+
+
+def connect_actor() -> Any:
+    """The handle of the shared bucket actor, created when missing (or dead for good)."""
+    import ray
+
+    actor_class = ray.remote(**actor_options())(Buckets)
+    return actor_class.options(name=ACTOR_NAME, namespace=ACTOR_NAMESPACE, get_if_exists=True,
+                               lifetime="detached").remote()
+
+
+def _actor_gone(exc: BaseException) -> bool:
+    try:
+        from ray.exceptions import RayActorError
+    except ImportError:
+        return False
+    return isinstance(exc, RayActorError)
+
+
 class RayBuckets:
     """Buckets in one named Ray actor shared by all replicas of the cluster."""
 
-    def __init__(self) -> None:
-        import ray
+    def __init__(self, connect: Callable[[], Any] = connect_actor, timeout_s: float = STORE_TIMEOUT_S) -> None:
+        self.connect, self.timeout_s = connect, timeout_s
+        self.actor = connect()
 
-        actor_class = ray.remote(num_cpus=0, max_concurrency=64)(Buckets)
-        self.actor = actor_class.options(name=ACTOR_NAME, namespace=ACTOR_NAMESPACE, get_if_exists=True,
-                                         lifetime="detached").remote()
+    async def _call(self, method: str, *args: Any) -> Any:
+        """The actor's answer, or None when the store is unreachable (counted; the caller errs open)."""
+        for attempt in (1, 2):
+            try:
+                return await asyncio.wait_for(getattr(self.actor, method).remote(*args), self.timeout_s)
+            except Exception as exc:  # noqa: BLE001 - any store failure errs open
+                if attempt == 1 and _actor_gone(exc):
+                    try:
+                        self.actor = self.connect()
+                        continue
+                    except Exception as again:  # noqa: BLE001
+                        exc = again
+                metrics.RATE_LIMIT_STORE_ERRORS.inc()
+                log.warning("rate-limit store %s failed (%s: %s); admitting without a limit",
+                            method, type(exc).__name__, exc)
+                return None
+        return None
 
     async def take(self, name: str, per_min: float, amount: float) -> float:
-        return await self.actor.take.remote(name, per_min, amount)
+        wait = await self._call("take", name, per_min, amount)
+        return 0.0 if wait is None else wait
 
     async def charge(self, name: str, per_min: float, amount: float) -> None:
-        await self.actor.charge.remote(name, per_min, amount)
+        await self._call("charge", name, per_min, amount)
 
 
 def bucket_store(kind: str = "auto") -> LocalBuckets | RayBuckets:
