@@ -184,7 +184,8 @@ def start(config_path: str | Path | None = None, overrides: Iterable[str] = (), 
     if settings.grpc_port is not None:
         ensure_free(settings.host, settings.grpc_port, "grpc_port")
     direct = use_direct_ingress(config, settings)
-    instance = new_instance()  # Ray's processes inherit it; the Ingress names it in /ready
+    # Ray's processes inherit the id and the Ingress names it in /ready; a Ray started elsewhere can't know it
+    instance = None if _ray_started() or os.environ.get("RAY_ADDRESS") else new_instance()
     init_ray(num_cpus)
     from ray.serve._private import api as serve_api
     from ray.serve.schema import ServeDeploySchema
@@ -196,9 +197,15 @@ def start(config_path: str | Path | None = None, overrides: Iterable[str] = (), 
     started = time.monotonic()
     wait_running(name, timeout_s)
     url = base_url(settings)
-    if settings.port:
+    if settings.port and instance:
         wait_owned(url, instance, ready_verify(settings), max(30.0, timeout_s - (time.monotonic() - started)))
     return ServerHandle(url, name, settings, config, direct)
+
+
+def _ray_started() -> bool:
+    import sys
+
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
 def wait_running(name: str, timeout_s: float) -> None:
