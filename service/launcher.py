@@ -32,7 +32,7 @@ from training.artifact import cache_dir
 from training.artifact.errors import ConfigError, Unavailable
 from training.artifact.config import parse_override, read_yaml, set_dotted
 
-from service.ports import ensure_free, free_port, new_instance, wait_owned
+from service.ports import INSTANCE_ENV, ensure_free, free_port, new_instance, wait_owned
 from service.security.tls import base_url, ready_verify, tls_http_options
 from service.settings import ServiceSettings, load_settings
 
@@ -40,7 +40,12 @@ DEFAULT_CONFIG = "serve.yaml"
 APP_READY_TIMEOUT_S = 300
 READY_LINE = "serving at "  # what `python -m service.launcher` prints once it serves (and owns) its port
 log = logging.getLogger("tuneserve.launcher")
-_env_set: dict[str, str] = {}  # RAY_SERVE_* values this module set (a later start may change them; the user's win)
+# What `start` exports for the server's Ray processes; `stop` puts back the values from before, so
+# neither a later start nor a server spawned from this process inherits this server's port or id.
+LAUNCHER_ENV = ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT",
+                "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S",
+                "RAY_SERVE_PORT_QUARANTINE_S", INSTANCE_ENV, "PROMETHEUS_MULTIPROC_DIR")
+_env_before: dict[str, str | None] = {}
 
 
 @dataclass
@@ -167,8 +172,7 @@ def use_direct_ingress(config: dict[str, Any], settings: ServiceSettings) -> boo
                         # one local node, no external load balancer to drain from or to protect
                         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
                         "RAY_SERVE_PORT_QUARANTINE_S": "0"}.items():
-        if os.environ.get(name, value) in (value, _env_set.get(name)):
-            os.environ[name] = _env_set[name] = value
+        os.environ.setdefault(name, value)
     config["http_options"]["port"] = free_port(settings.host)
     return True
 
@@ -179,6 +183,7 @@ def start(config_path: str | Path | None = None, overrides: Iterable[str] = (), 
     A port already in use fails at once (before Ray starts) with the port and a free one to use."""
     config, settings = build_config(config_path, list(overrides))
     _check_cpus(config, float(num_cpus or os.cpu_count() or 1))
+    remember_env()
     http = config["http_options"]
     ensure_free(http.get("host", settings.host), http.get("port"))
     if settings.grpc_port is not None:
@@ -200,6 +205,31 @@ def start(config_path: str | Path | None = None, overrides: Iterable[str] = (), 
     if settings.port and instance:
         wait_owned(url, instance, ready_verify(settings), max(30.0, timeout_s - (time.monotonic() - started)))
     return ServerHandle(url, name, settings, config, direct)
+
+
+def remember_env() -> None:
+    if not _env_before:
+        _env_before.update({name: os.environ.get(name) for name in LAUNCHER_ENV})
+
+
+def _put_back(env: Any) -> None:
+    for name, value in _env_before.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+
+
+def user_env() -> dict[str, str]:
+    """This process's environment without what `start` exported for its server (for other servers)."""
+    env = dict(os.environ)
+    _put_back(env)
+    return env
+
+
+def _restore_env() -> None:
+    _put_back(os.environ)
+    _env_before.clear()
 
 
 def _ray_started() -> bool:
@@ -239,7 +269,7 @@ def spawn(overrides: Iterable[str], log_path: Path, config_path: str | Path | No
     _, settings = build_config(config_path, list(overrides))
     args = [sys.executable, "-m", "service.launcher", *([str(config_path)] if config_path else []), *overrides]
     with open(log_path, "w") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env={**user_env(), **(env or {})},
                                 start_new_session=True)
     deadline = time.monotonic() + timeout_s
     while True:
@@ -305,6 +335,7 @@ def stop(timeout_s: float = STOP_TIMEOUT_S, hurry: Any = None) -> bool:
 
     import ray
 
+    _restore_env()  # Ray's processes keep theirs
     if not ray.is_initialized():
         return True
     own = ray_processes()

@@ -157,3 +157,25 @@ def test_stop_kills_its_ray_processes_when_serve_hangs(monkeypatch):
         hung.set()
         node.kill()
         node.wait()
+
+
+def test_stop_puts_back_the_environment_start_exported(monkeypatch):
+    """An in-process server's direct-ingress port must not leak into servers started later
+    (a later start kept the old RAY_SERVE_DIRECT_INGRESS_* range: NoAvailablePortError)."""
+    from service import launcher
+
+    for name in launcher.LAUNCHER_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAY_SERVE_PORT_QUARANTINE_S", "7")  # the user's own value wins and stays
+    port = ports.free_port()
+    config, settings = launcher.build_config(None, [f"port={port}", "grpc_port=null"])
+    launcher.remember_env()
+    assert launcher.use_direct_ingress(config, settings)
+    ports.new_instance()
+    assert launcher.os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == str(port)
+    assert launcher.os.environ["RAY_SERVE_PORT_QUARANTINE_S"] == "7"
+    child = launcher.user_env()  # what `spawn` hands a server it starts meanwhile
+    assert "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT" not in child and ports.INSTANCE_ENV not in child
+    assert launcher.stop() is True  # no Ray here: only the environment to put back
+    for name in launcher.LAUNCHER_ENV:
+        assert launcher.os.environ.get(name) == ("7" if name == "RAY_SERVE_PORT_QUARANTINE_S" else None), name
