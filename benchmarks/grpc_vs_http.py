@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -34,15 +33,10 @@ SCENARIOS = [("1 token, sequential", 1, 1), ("16 tokens, sequential", 16, 1), ("
 P7_SCENARIO = "16 tokens, sequential"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_app(base: str, workdir: Path):
     from service import launcher
     from service.keys import add_key, create_key
+    from service.ports import free_port
 
     key, record = create_key("bench", ["infer"], ["*"])
     add_key(workdir / "keys.json", record)

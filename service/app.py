@@ -12,9 +12,11 @@ errors keep their class, message and hint; the Ingress re-raises them for the er
 from __future__ import annotations
 
 import logging
-from typing import Any, AsyncIterator
+from contextlib import contextmanager
+from typing import Any, AsyncIterator, Iterator
 
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from service.auth import Authenticator, Principal
@@ -25,6 +27,7 @@ from service.schemas import (
     CompletionRequest, CompletionResponse, Health, LoadAdapterRequest, ModelList,
 )
 from service.settings import ENGINE_QUEUE_CAPACITY, ServiceSettings, load_settings
+from training.artifact.errors import Overloaded
 
 log = logging.getLogger("tuneserve.service.app")
 
@@ -68,6 +71,15 @@ class EngineDeployment:
             pass
 
 
+@contextmanager
+def engine_queue() -> Iterator[None]:
+    """The Engine's full queue (its max_queued_requests) is this request's 503 / RESOURCE_EXHAUSTED."""
+    try:
+        yield
+    except BackPressureError as exc:
+        raise Overloaded(f"the engine is busy: {exc.message}", "retry in a moment, or add Engine replicas") from None
+
+
 class RemoteCore:
     """The `ServingBackend` over a DeploymentHandle (what the transports call in Ray)."""
 
@@ -75,7 +87,8 @@ class RemoteCore:
         self.handle = handle
 
     async def _call(self, method: str, *args: Any) -> Any:
-        reply = await self.handle.call.remote(method, *args)
+        with engine_queue():
+            reply = await self.handle.call.remote(method, *args)
         if "error" in reply:
             raise from_wire(reply["error"])
         return reply["ok"]
@@ -83,10 +96,11 @@ class RemoteCore:
     async def _stream(self, method: str, *args: Any) -> AsyncIterator[dict]:
         gen = self.handle.options(stream=True).stream.remote(method, *args)
         try:
-            async for reply in gen:
-                if "error" in reply:
-                    raise from_wire(reply["error"])
-                yield reply["ok"]
+            with engine_queue():
+                async for reply in gen:
+                    if "error" in reply:
+                        raise from_wire(reply["error"])
+                    yield reply["ok"]
         finally:
             gen.cancel()  # client gone or done: stop the generation on the engine
 
@@ -141,8 +155,11 @@ class Ingress:
 
     def __serve_build_asgi_app__(self):
         from service.http.app import create_app
+        from service.ports import InstanceHeader
 
-        return create_app(self.backend, self.auth, self.settings, guard=self.guard)
+        app = create_app(self.backend, self.auth, self.settings, guard=self.guard)
+        app.add_middleware(InstanceHeader)  # /ready names this server, so its launcher knows it owns the port
+        return app
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

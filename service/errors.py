@@ -24,6 +24,7 @@ from training.artifact.errors import (
     DataError,
     InvalidRequest,
     NotFound,
+    Overloaded,
     PayloadTooLarge,
     PermissionDenied,
     RateLimited,
@@ -57,6 +58,7 @@ ERROR_TABLE: dict[type[BaseException], ErrorSpec] = {
     ConfigError: ErrorSpec(400, "invalid_request_error", "INVALID_ARGUMENT"),
     DataError: ErrorSpec(400, "invalid_request_error", "INVALID_ARGUMENT"),
     TrainingError: ErrorSpec(500, "internal_error", "INTERNAL"),
+    Overloaded: ErrorSpec(503, "service_unavailable", "RESOURCE_EXHAUSTED"),
     Unavailable: ErrorSpec(503, "service_unavailable", "UNAVAILABLE"),
 }
 INTERNAL = ErrorSpec(500, "internal_error", "INTERNAL")

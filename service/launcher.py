@@ -9,11 +9,17 @@ Local Ray runs with usage stats off, no dashboard, Serve's control loop every 0.
 0.1 s, a short temp dir (`RAY_TMPDIR`, default /tmp/ts-ray) and token authentication (`RAY_AUTH_MODE=token`): the token is read from
 `RAY_AUTH_TOKEN`/`RAY_AUTH_TOKEN_PATH` when set, otherwise generated once into
 `<tuneserve cache>/ray/auth_token` (mode 0600).
+
+A start owns its port or fails: a port in use fails before Ray starts ("port N is in use", with a
+free one to pass), and `start` returns only once `/ready` answered with the instance id this start
+gave its server (service/ports.py). A stop is bounded: Serve drains and Ray stops within
+`stop_timeout_s`, else the Ray processes this process started are killed.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import secrets
 import time
@@ -26,11 +32,20 @@ from training.artifact import cache_dir
 from training.artifact.errors import ConfigError, Unavailable
 from training.artifact.config import parse_override, read_yaml, set_dotted
 
+from service.ports import INSTANCE_ENV, ensure_free, free_port, new_instance, wait_owned
 from service.security.tls import base_url, ready_verify, tls_http_options
 from service.settings import ServiceSettings, load_settings
 
 DEFAULT_CONFIG = "serve.yaml"
 APP_READY_TIMEOUT_S = 300
+READY_LINE = "serving at "  # what `python -m service.launcher` prints once it serves (and owns) its port
+log = logging.getLogger("tuneserve.launcher")
+# What `start` exports for the server's Ray processes; `stop` puts back the values from before, so
+# neither a later start nor a server spawned from this process inherits this server's port or id.
+LAUNCHER_ENV = ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT",
+                "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S",
+                "RAY_SERVE_PORT_QUARANTINE_S", INSTANCE_ENV, "PROMETHEUS_MULTIPROC_DIR")
+_env_before: dict[str, str | None] = {}
 
 
 @dataclass
@@ -134,14 +149,6 @@ def _check_cpus(config: dict[str, Any], available: float) -> None:
                           "lower ray_actor_options.num_cpus or min_replicas in the config")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
 def ingress_replicas(config: dict[str, Any]) -> int:
     """The most Ingress replicas the serve config allows."""
     for deployment in config["applications"][0].get("deployments") or []:
@@ -172,9 +179,18 @@ def use_direct_ingress(config: dict[str, Any], settings: ServiceSettings) -> boo
 
 def start(config_path: str | Path | None = None, overrides: Iterable[str] = (), num_cpus: int | None = None,
           timeout_s: float = APP_READY_TIMEOUT_S) -> ServerHandle:
+    """Start Ray and the application; returns once `/ready` answers from this very server.
+    A port already in use fails at once (before Ray starts) with the port and a free one to use."""
     config, settings = build_config(config_path, list(overrides))
     _check_cpus(config, float(num_cpus or os.cpu_count() or 1))
+    remember_env()
+    http = config["http_options"]
+    ensure_free(http.get("host", settings.host), http.get("port"))
+    if settings.grpc_port is not None:
+        ensure_free(settings.host, settings.grpc_port, "grpc_port")
     direct = use_direct_ingress(config, settings)
+    # Ray's processes inherit the id and the Ingress names it in /ready; a Ray started elsewhere can't know it
+    instance = None if _ray_started() or os.environ.get("RAY_ADDRESS") else new_instance()
     init_ray(num_cpus)
     from ray.serve._private import api as serve_api
     from ray.serve.schema import ServeDeploySchema
@@ -183,8 +199,43 @@ def start(config_path: str | Path | None = None, overrides: Iterable[str] = (), 
     client = serve_api.serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)
     client.deploy_apps(schema, _blocking=False)
     name = schema.applications[0].name
+    started = time.monotonic()
     wait_running(name, timeout_s)
-    return ServerHandle(base_url(settings), name, settings, config, direct)
+    url = base_url(settings)
+    if settings.port and instance:
+        wait_owned(url, instance, ready_verify(settings), max(30.0, timeout_s - (time.monotonic() - started)))
+    return ServerHandle(url, name, settings, config, direct)
+
+
+def remember_env() -> None:
+    if not _env_before:
+        _env_before.update({name: os.environ.get(name) for name in LAUNCHER_ENV})
+
+
+def _put_back(env: Any) -> None:
+    for name, value in _env_before.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+
+
+def user_env() -> dict[str, str]:
+    """This process's environment without what `start` exported for its server (for other servers)."""
+    env = dict(os.environ)
+    _put_back(env)
+    return env
+
+
+def _restore_env() -> None:
+    _put_back(os.environ)
+    _env_before.clear()
+
+
+def _ray_started() -> bool:
+    import sys
+
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
 def wait_running(name: str, timeout_s: float) -> None:
@@ -206,39 +257,35 @@ def wait_running(name: str, timeout_s: float) -> None:
 
 def spawn(overrides: Iterable[str], log_path: Path, config_path: str | Path | None = None,
           env: dict[str, str] | None = None, timeout_s: float = 240.0):
-    """Run `python -m service.launcher` in its own process group and wait until /ready answers.
+    """Run `python -m service.launcher` in its own process group and wait until it serves.
 
     For tests and benchmarks that must not own a Ray cluster in their own process. Returns
-    (Popen, url); end it with `terminate(proc)`.
+    (Popen, url); end it with `terminate(proc)`. "Serves" is the launcher's own READY_LINE, printed
+    once `/ready` answered from this server (not from another one on the same port).
     """
     import subprocess
     import sys
 
-    import httpx
-
     _, settings = build_config(config_path, list(overrides))
-    url = base_url(settings)
     args = [sys.executable, "-m", "service.launcher", *([str(config_path)] if config_path else []), *overrides]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+    with open(log_path, "w") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env={**user_env(), **(env or {})},
                                 start_new_session=True)
     deadline = time.monotonic() + timeout_s
     while True:
+        text = Path(log_path).read_text(errors="replace")
+        if READY_LINE in text:
+            return proc, base_url(settings)
         if proc.poll() is not None:
-            raise Unavailable(f"server exited with code {proc.returncode}:\n{Path(log_path).read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=2, verify=ready_verify(settings)).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
+            raise Unavailable(f"server exited with code {proc.returncode}:\n{text[-3000:]}")
         if time.monotonic() > deadline:
             terminate(proc)
-            raise Unavailable(f"server not ready after {timeout_s:.0f} s:\n{Path(log_path).read_text()[-3000:]}")
-        time.sleep(1)
+            raise Unavailable(f"server not ready after {timeout_s:.0f} s:\n{text[-3000:]}")
+        time.sleep(0.5)
 
 
-def terminate(proc, timeout_s: float = 60.0) -> None:
-    """SIGTERM a process started by `spawn` (clean Serve/Ray shutdown), SIGKILL its group if it hangs."""
+def terminate(proc, timeout_s: float = 90.0) -> None:
+    """SIGTERM a process started by `spawn` (bounded Serve/Ray shutdown), SIGKILL its group if it hangs."""
     import signal
     import subprocess
 
@@ -252,31 +299,104 @@ def terminate(proc, timeout_s: float = 60.0) -> None:
         proc.wait()
 
 
-def serve_forever() -> None:
-    """Block until Ctrl-C or SIGTERM, then shut Serve and Ray down."""
+STOP_TIMEOUT_S = 45.0
+
+
+def serve_forever(stop_timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """Block until SIGTERM or Ctrl-C, then `stop` within `stop_timeout_s` (a second signal: at once).
+    When Serve or Ray hung and their processes had to be killed, exits the process with code 1."""
     import signal
+    import sys
     import threading
 
-    stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    stopping, hurry = threading.Event(), threading.Event()
+
+    def on_signal(*_: Any) -> None:
+        (hurry if stopping.is_set() else stopping).set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        while not stopped.wait(1.0):
+        while not stopping.wait(1.0):
             pass
-    except KeyboardInterrupt:
-        pass
+        clean = stop(stop_timeout_s, hurry)
     finally:
-        stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not clean:
+        print(f"Serve/Ray did not stop within {stop_timeout_s:g} s: killed this server's Ray processes",
+              file=sys.stderr, flush=True)
+        os._exit(1)  # a Ray shutdown hung in another thread; exit hooks would wait for it again
 
 
-def stop() -> None:
+def stop(timeout_s: float = STOP_TIMEOUT_S, hurry: Any = None) -> bool:
+    """Shut Serve down (replicas finish their requests), then Ray, within `timeout_s`. Past it, or once
+    the `hurry` event is set, kill the Ray processes this process started and return False."""
+    import threading
+
+    import ray
+
+    _restore_env()  # Ray's processes keep theirs
+    if not ray.is_initialized():
+        return True
+    own = ray_processes()
+    done = threading.Event()
+    threading.Thread(target=_shutdown, args=(done,), name="tuneserve-stop", daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    while not done.wait(0.2):
+        if time.monotonic() > deadline or (hurry is not None and hurry.is_set()):
+            log.warning("Serve/Ray shutdown did not finish; killing %d Ray processes", len(own))
+            kill_tree(own)
+            return False
+    return True
+
+
+def _shutdown(done: Any) -> None:
     import ray
     from ray import serve
 
-    if ray.is_initialized():
+    try:
+        serve.shutdown()
+    except Exception:  # noqa: BLE001 - Ray still has to go
+        log.warning("Serve shutdown failed", exc_info=True)
+    finally:
         try:
-            serve.shutdown()
-        finally:
             ray.shutdown()
+        finally:
+            done.set()
+
+
+def ray_processes() -> list:
+    """The processes of the local Ray node this process started (none when it joined a cluster)."""
+    import psutil
+    from ray._private import worker
+
+    node = getattr(worker, "_global_node", None)
+    pids = [info.process.pid for infos in (getattr(node, "all_processes", None) or {}).values() for info in infos]
+    found = []
+    for pid in pids:
+        try:
+            found.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def kill_tree(processes: list) -> None:
+    """SIGKILL `processes` (psutil.Process) and everything they started (Ray's workers and replicas)."""
+    import psutil
+
+    victims = list(processes)
+    for proc in processes:
+        try:
+            victims += proc.children(recursive=True)
+        except psutil.NoSuchProcess:
+            pass
+    for proc in victims:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(victims, timeout=10)
 
 
 if __name__ == "__main__":  # python -m service.launcher [serve.yaml] [key=value ...]
@@ -284,6 +404,6 @@ if __name__ == "__main__":  # python -m service.launcher [serve.yaml] [key=value
 
     _config = next((a for a in sys.argv[1:] if "=" not in a), None)
     _server = start(_config, [a for a in sys.argv[1:] if "=" in a])
-    print(f"serving at {_server.url}" + (" (direct ingress: the Ingress replica serves this port)"
-                                         if _server.direct_ingress else " (through Ray's HTTP proxy)"), flush=True)
-    serve_forever()
+    print(READY_LINE + _server.url + (" (direct ingress: the Ingress replica serves this port)"
+                                      if _server.direct_ingress else " (through Ray's HTTP proxy)"), flush=True)
+    serve_forever(_server.settings.stop_timeout_s)

@@ -32,6 +32,10 @@ class LimitSettings(StrictModel):
     max_logprobs: int = Field(5, ge=0)
     max_prompts: int = Field(32, ge=1, description="prompts per completion request / texts per classify request")
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    grpc_concurrent_rpcs: int = Field(256, ge=1, description="gRPC calls one Ingress replica handles at once (as "
+                                      "its max_ongoing_requests does for HTTP); more get RESOURCE_EXHAUSTED at once")
+    grpc_health_watches: int = Field(32, ge=0, description="open grpc.health.v1 Watch streams per Ingress replica "
+                                     "(they need no key); more get RESOURCE_EXHAUSTED")
 
 
 class ServiceSettings(EngineSettings):
@@ -51,6 +55,8 @@ class ServiceSettings(EngineSettings):
                                  "allows one Ingress replica; more replicas, or false: Ray's HTTP proxy")
     grpc_port: int | None = Field(9000, ge=0, le=65535,
                                   description="gRPC port of the grpc.aio server in the Ingress replica (0: a free port, null: no gRPC)")
+    stop_timeout_s: float = Field(45.0, ge=1.0, description="`tuneserve serve`: after SIGTERM or Ctrl-C, Serve drains "
+                                  "and Ray stops within this; then the server's Ray processes are killed")
     drift: DriftSettings = Field(default_factory=DriftSettings, description="drift of live traffic vs reference profiles")
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.launcher import free_port  # noqa: F401 - re-exported for tests and benchmarks
+from service.ports import free_port  # noqa: F401 - re-exported for tests and benchmarks (race-free, see there)
 from training.artifact import ArtifactWriter, fingerprint_model_dir
 
 LORA_TARGETS = ["q_proj", "v_proj"]

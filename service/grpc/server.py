@@ -4,7 +4,7 @@
     port = await server.start()        # inside a running event loop; port 0 picks a free port
     ...
     await server.stop()
-    # or from settings (host, grpc_port, limits.max_body_bytes):
+    # or from settings (host, grpc_port, limits.max_body_bytes / grpc_concurrent_rpcs / grpc_health_watches):
     server = await start_grpc_server(backend, auth, settings)
 
 `backend` is a `ServingBackend` (service/backend.py): the `ServingCore`, or the Ray handle proxy
@@ -14,7 +14,9 @@ the REST app uses. Services: `tuneserve.v1.Inference`, `tuneserve.v1.Admin`, sta
 The API key comes from metadata `authorization: Bearer <key>` or `x-api-key: <key>`; errors
 become the status code of `service/errors.py`'s table with the message + hint as details.
 Cancelling a call (client gone, `GenerateStream` left early) closes the backend stream, which
-stops the generation. Each call records `metrics.request_finished(route, model, "grpc", code, s)`
+stops the generation. Overload is refused, not queued: at most `limits.grpc_concurrent_rpcs` calls
+run at once and `limits.grpc_health_watches` Health.Watch streams stay open; more get RESOURCE_EXHAUSTED.
+Each call records `metrics.request_finished(route, model, "grpc", code, s)`
 with `code` the HTTP-equivalent status from the same table (200 ok, 499 cancelled), so
 dashboards compare transports on one label; `model` (there and in the audit line) is the id the
 backend resolved the request's model to, once the reply names it.
@@ -182,21 +184,41 @@ class AdminService(GatewayService, admin_pb2_grpc.AdminServicer):
         return translate.list_adapters_response(await self.gateway.backend.list_adapters(principal))
 
 
+class BoundedHealth(health.aio.HealthServicer):
+    """grpc.health.v1 whose Watch streams (they need no key and stay open) are capped per server."""
+
+    def __init__(self, max_watches: int) -> None:
+        super().__init__()
+        self.max_watches, self.watching = max_watches, 0
+
+    async def Watch(self, request: Any, context: grpc.aio.ServicerContext) -> None:  # noqa: N802 - gRPC API
+        if self.watching >= self.max_watches:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"this server already has {self.max_watches} health watches open; "
+                                "use Health.Check, or retry later")
+        self.watching += 1
+        try:
+            await super().Watch(request, context)
+        finally:
+            self.watching -= 1
+
+
 class GrpcServer:
     """The grpc.aio server with the API, health and reflection; start/stop inside an event loop."""
 
     def __init__(self, backend: ServingBackend, auth: Any, host: str = "127.0.0.1", port: int = 9000,
                  max_message_bytes: int = 4 * 1024 * 1024, health_interval_s: float = 5.0,
-                 guard: Any = None, security: Any = None) -> None:
+                 guard: Any = None, security: Any = None, max_concurrent_rpcs: int | None = 256,
+                 max_health_watches: int = 32) -> None:
         from service.security import SecurityGuard
 
         self.backend, self.host, self.requested_port = backend, host, port
         self.health_interval_s = health_interval_s
         self.security = security if security is not None else getattr(guard, "security", None)
-        self.health = health.aio.HealthServicer()
+        self.health = BoundedHealth(max_health_watches)
         gateway = Gateway(backend, guard if guard is not None else SecurityGuard(auth, self.security))
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes),
-                                               ("grpc.so_reuseport", 1)])
+                                               ("grpc.so_reuseport", 1)], maximum_concurrent_rpcs=max_concurrent_rpcs)
         inference_pb2_grpc.add_InferenceServicer_to_server(InferenceService(gateway), self.server)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(gateway), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -246,7 +268,9 @@ async def start_grpc_server(backend: ServingBackend, auth: Any, settings: Any, g
     `guard` (shared with the HTTP app of the same replica) defaults to one from `settings.security`."""
     if settings.grpc_port is None:
         return None
-    server = GrpcServer(backend, auth, settings.host, settings.grpc_port, max_message_bytes=settings.limits.max_body_bytes,
-                        guard=guard, security=settings.security)
+    limits = settings.limits
+    server = GrpcServer(backend, auth, settings.host, settings.grpc_port, max_message_bytes=limits.max_body_bytes,
+                        guard=guard, security=settings.security, max_concurrent_rpcs=limits.grpc_concurrent_rpcs,
+                        max_health_watches=limits.grpc_health_watches)
     await server.start()
     return server

@@ -87,3 +87,7 @@ class PayloadTooLarge(InvalidRequest):
 
 class Unavailable(TuneserveError):
     """The service cannot take the request now (starting, overloaded, shutting down)."""
+
+
+class Overloaded(Unavailable):
+    """Every queue slot for the request is taken: retry later (HTTP 503, gRPC RESOURCE_EXHAUSTED)."""

@@ -5,7 +5,8 @@
 
 Overrides apply to the application's args (ServiceSettings). Without a keys file, one is
 kept at `<tuneserve cache>/keys.json` and an admin key is created (printed once) when it
-holds none; `--new-key` always mints another. Blocks until Ctrl-C, then shuts down.
+holds none; `--new-key` always mints another. A port already in use fails at once. Blocks until
+Ctrl-C or SIGTERM, then shuts down within `stop_timeout_s` (a second signal: at once).
 """
 
 from __future__ import annotations
@@ -54,5 +55,5 @@ def register(app: typer.Typer) -> None:
         if plain:
             console.print(f"new admin API key (shown once): [bold]{plain}[/]")
         console.print(f"try: curl -H 'Authorization: Bearer <key>' {server.url}/v1/models   — Ctrl-C stops")
-        launcher.serve_forever()
+        launcher.serve_forever(server.settings.stop_timeout_s)
         console.print("stopped")

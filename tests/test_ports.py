@@ -1,0 +1,181 @@
+"""Ports of local servers (service/ports.py): free_port() is race-free, a busy port is refused with
+the fix, a start recognises its own server by instance id, and a hung stop is bounded
+(service/launcher.py: stop)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from service import ports
+from training.artifact.errors import Unavailable
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except OSError:
+        return 32768
+
+
+def test_free_port_never_repeats_and_stays_out_of_the_kernels_range():
+    chosen = [ports.free_port() for _ in range(300)]
+    assert len(set(chosen)) == len(chosen)
+    assert max(chosen) < _ephemeral_low()  # the kernel never hands these to port-0 binds or outgoing connections
+
+
+def _consecutive_free(n: int) -> int:
+    for low in range(ports.PORT_RANGE[0] + 5000, ports.PORT_RANGE[1] - n, n):
+        if all(ports.bindable("127.0.0.1", p) for p in range(low, low + n)):
+            return low
+    raise AssertionError("no free ports")
+
+
+def test_free_port_skips_ports_another_process_holds(tmp_path, monkeypatch):
+    low = _consecutive_free(3)
+    code = ("import sys, time; from pathlib import Path; from service import ports; "
+            f"ports.LOCK_DIR = Path({str(tmp_path)!r}); ports.PORT_RANGE = ({low}, {low + 2}); "
+            "print(sorted([ports.free_port(), ports.free_port()]), flush=True); time.sleep(60)")
+    other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == str([low, low + 1])
+        monkeypatch.setattr(ports, "LOCK_DIR", tmp_path)
+        monkeypatch.setattr(ports, "PORT_RANGE", (low, low + 3))
+        assert ports.free_port() == low + 2  # the two the other process holds are skipped ...
+        with pytest.raises(Unavailable, match="no free port"):
+            ports.free_port()  # ... even when nothing else is left
+    finally:
+        other.kill()
+        other.wait()
+
+
+@pytest.mark.parametrize("reuseport", [False, True], ids=["plain", "so_reuseport"])
+def test_ensure_free_names_the_busy_port_and_a_free_one(reuseport):
+    with socket.socket() as listener:
+        if reuseport:  # gRPC servers listen with SO_REUSEPORT: another one could silently share the port
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        listener.bind(("127.0.0.1", ports.free_port()))
+        listener.listen()
+        busy = listener.getsockname()[1]
+        with pytest.raises(Unavailable) as caught:
+            ports.ensure_free("127.0.0.1", busy)
+    assert str(busy) in caught.value.message and "in use" in caught.value.message
+    assert "port=" in caught.value.hint
+    ports.ensure_free("127.0.0.1", busy)  # free again once the listener is gone
+    ports.ensure_free("127.0.0.1", 0)
+
+
+class _Ready(ThreadingHTTPServer):
+    """Answers GET /ready 200, with `instance` in the instance header when given."""
+
+    def __init__(self, instance: str | None) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server API
+                self.send_response(200)
+                if instance:
+                    self.send_header(ports.INSTANCE_HEADER, instance)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+@pytest.mark.parametrize("answered_by", ["someone-else", None])
+def test_wait_owned_refuses_an_answer_from_another_server(answered_by):
+    other = _Ready(answered_by)
+    try:
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="another server"):
+            ports.wait_owned(other.url, "mine", timeout_s=30, foreign_grace_s=1)
+        assert time.monotonic() - started < 10
+    finally:
+        other.shutdown()
+
+
+def test_wait_owned_accepts_its_own_server():
+    own = _Ready("mine")
+    try:
+        ports.wait_owned(own.url, "mine", timeout_s=10)
+    finally:
+        own.shutdown()
+
+
+def test_instance_header_is_on_ready_only(monkeypatch):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    monkeypatch.setenv(ports.INSTANCE_ENV, "abc123")
+    app = FastAPI()
+    app.get("/ready")(lambda: {"status": "ok"})
+    app.get("/v1/models")(lambda: {"data": []})
+    app.add_middleware(ports.InstanceHeader)
+    with TestClient(app) as client:
+        assert client.get("/ready").headers[ports.INSTANCE_HEADER] == "abc123"
+        assert ports.INSTANCE_HEADER not in client.get("/v1/models").headers
+
+
+def test_stop_kills_its_ray_processes_when_serve_hangs(monkeypatch):
+    import psutil
+    import ray
+    from ray import serve
+
+    from service import launcher
+
+    hung = threading.Event()
+    # a "Ray node" process with a child of its own (as the raylet has workers)
+    node = subprocess.Popen(["sh", "-c", "sleep 600 & wait"])
+    deadline = time.monotonic() + 10
+    while not psutil.Process(node.pid).children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker = psutil.Process(node.pid).children()[0]
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr(serve, "shutdown", hung.wait)  # the controller never answers
+    monkeypatch.setattr(launcher, "ray_processes", lambda: [psutil.Process(node.pid)])
+    result = {}
+    stopping = threading.Thread(target=lambda: result.update(clean=launcher.stop(timeout_s=1)), daemon=True)
+    try:
+        started = time.monotonic()
+        stopping.start()
+        stopping.join(20)
+        assert not stopping.is_alive(), "stop() hung with Serve"
+        assert result == {"clean": False} and time.monotonic() - started < 15
+        assert node.wait(5) is not None and not worker.is_running()
+    finally:
+        hung.set()
+        node.kill()
+        node.wait()
+
+
+def test_stop_puts_back_the_environment_start_exported(monkeypatch):
+    """An in-process server's direct-ingress port must not leak into servers started later
+    (a later start kept the old RAY_SERVE_DIRECT_INGRESS_* range: NoAvailablePortError)."""
+    from service import launcher
+
+    for name in launcher.LAUNCHER_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAY_SERVE_PORT_QUARANTINE_S", "7")  # the user's own value wins and stays
+    port = ports.free_port()
+    config, settings = launcher.build_config(None, [f"port={port}", "grpc_port=null"])
+    launcher.remember_env()
+    assert launcher.use_direct_ingress(config, settings)
+    ports.new_instance()
+    assert launcher.os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == str(port)
+    assert launcher.os.environ["RAY_SERVE_PORT_QUARANTINE_S"] == "7"
+    child = launcher.user_env()  # what `spawn` hands a server it starts meanwhile
+    assert "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT" not in child and ports.INSTANCE_ENV not in child
+    assert launcher.stop() is True  # no Ray here: only the environment to put back
+    for name in launcher.LAUNCHER_ENV:
+        assert launcher.os.environ.get(name) == ("7" if name == "RAY_SERVE_PORT_QUARANTINE_S" else None), name

@@ -1,0 +1,181 @@
+"""`tuneserve serve` owns its ports and stops when told, and overload is refused quickly.
+
+- A port in use (HTTP, or gRPC whose SO_REUSEPORT would silently share it) fails at once,
+  before Ray starts: "port N is in use", a free port to pass, exit code 2, never "serving at".
+- The real server (tiny base, Engine limited to 1 running + 1 queued call): concurrent requests
+  beyond that get HTTP 503 / gRPC RESOURCE_EXHAUSTED; a second start on its port fails at once;
+  one SIGTERM stops it within its stop_timeout_s plus a margin, frees its ports and leaves none
+  of its processes (found by the instance id they inherit) running.
+
+    pytest tests/test_serve_lifecycle.py                     # the busy-port checks only
+    pytest -m integration tests/test_serve_lifecycle.py      # with the real server
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import httpx
+import psutil
+import pytest
+import yaml
+
+from service.launcher import default_config_path
+from service.ports import INSTANCE_ENV, INSTANCE_HEADER, bindable
+from tests.service_fixtures import free_port, serve_keys  # noqa: F401
+
+STOP_TIMEOUT_S = 20
+SERVE_ENV = {"RAY_TMPDIR": "/tmp/ts-ray-lifecycle", "COLUMNS": "200"}
+
+
+def _serve(args: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "tuneserve", "serve", *args], stdout=out,
+                                stderr=subprocess.STDOUT, env={**os.environ, **SERVE_ENV}, start_new_session=True)
+
+
+def _refused_at_once(args: list[str], log: Path, busy: int) -> None:
+    proc = _serve(args, log)
+    try:
+        proc.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail(f"`tuneserve serve` on busy port {busy} kept running:\n{log.read_text()[-2000:]}")
+    text = log.read_text()
+    assert proc.returncode == 2, text
+    assert f"port {busy} is in use" in text and "serving at" not in text, text
+    assert "hint:" in text, text
+
+
+def _listening(reuseport: bool = False) -> socket.socket:
+    sock = socket.socket()
+    if reuseport:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", free_port()))
+    sock.listen()
+    return sock
+
+
+@pytest.mark.parametrize("which", ["port", "grpc_port"])
+def test_serve_on_a_busy_port_fails_at_once(which, tmp_path):
+    with _listening(reuseport=which == "grpc_port") as busy:
+        number = busy.getsockname()[1]
+        ports = {"port": free_port(), "grpc_port": free_port(), which: number}
+        _refused_at_once([f"{k}={v}" for k, v in ports.items()] + [f"keys_file={tmp_path / 'keys.json'}",
+                         "artifacts_dir=null"], tmp_path / "serve.log", number)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_base_dir, serve_keys, tmp_path_factory):  # noqa: F811 - the fixture imported above
+    work = tmp_path_factory.mktemp("lifecycle")
+    config = yaml.safe_load(default_config_path().read_text())
+    for deployment in config["applications"][0]["deployments"]:
+        if deployment["name"] == "Engine":  # one running call and one waiting: the rest is overload
+            deployment.update(max_ongoing_requests=1, max_queued_requests=1)
+    config_path = work / "serve.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    port, grpc_port = free_port(), free_port()
+    args = [str(config_path), f"base_model={tiny_base_dir}", f"keys_file={serve_keys[0]}", "artifacts_dir=null",
+            "api_keys_env=null", "cache.enabled=false", f"port={port}", f"grpc_port={grpc_port}",
+            f"stop_timeout_s={STOP_TIMEOUT_S}"]
+    log = work / "serve.log"
+    proc = _serve(args, log)
+    deadline = time.monotonic() + 300
+    while "serving at" not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"server did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    url = f"http://127.0.0.1:{port}"
+    instance = httpx.get(f"{url}/ready", timeout=10).headers[INSTANCE_HEADER]
+    yield {"proc": proc, "url": url, "port": port, "grpc_port": grpc_port, "args": args, "log": log,
+           "instance": instance, "keys": serve_keys[1], "work": work}
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _http_completion(url: str, key: str, i: int) -> tuple[int, float, str]:
+    started = time.monotonic()
+    reply = httpx.post(f"{url}/v1/completions", headers={"Authorization": f"Bearer {key}"}, timeout=120,
+                       json={"model": "base", "prompt": f"request {i}:", "max_tokens": 48, "temperature": 0})
+    return reply.status_code, time.monotonic() - started, reply.text
+
+
+def _grpc_generate(target: str, key: str, i: int) -> tuple[grpc.StatusCode, float]:
+    from service.grpc.gen.tuneserve.v1 import inference_pb2, inference_pb2_grpc
+
+    started = time.monotonic()
+    with grpc.insecure_channel(target) as channel:
+        try:
+            inference_pb2_grpc.InferenceStub(channel).Generate(
+                inference_pb2.GenerateRequest(model="base", prompt=f"rpc {i}:", max_tokens=48, temperature=0),
+                metadata=(("authorization", f"Bearer {key}"),), timeout=120)
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            code = exc.code()
+    return code, time.monotonic() - started
+
+
+@pytest.mark.integration
+def test_overload_is_refused_quickly_over_http_and_grpc(server):
+    key, target = server["keys"]["infer"], f"127.0.0.1:{server['grpc_port']}"
+    with ThreadPoolExecutor(12) as pool:
+        http = [pool.submit(_http_completion, server["url"], key, i) for i in range(8)]
+        rpcs = [pool.submit(_grpc_generate, target, key, i) for i in range(4)]
+        http, rpcs = [f.result() for f in http], [f.result() for f in rpcs]
+    served = [h for h in http if h[0] == 200] + [r for r in rpcs if r[0] == grpc.StatusCode.OK]
+    refused_http = [h for h in http if h[0] == 503]
+    refused_rpc = [r for r in rpcs if r[0] == grpc.StatusCode.RESOURCE_EXHAUSTED]
+    assert served and refused_http and refused_rpc, (http, rpcs)
+    assert len(served) + len(refused_http) + len(refused_rpc) == 12, (http, rpcs)
+    assert all("engine is busy" in h[2] for h in refused_http), refused_http
+    assert max(t for _, t, *_ in refused_http + refused_rpc) < max(t for _, t, *_ in served)  # not queued
+
+
+@pytest.mark.integration
+def test_a_second_start_on_its_ports_fails_at_once(server):
+    assert "serving at" in server["log"].read_text()
+    _refused_at_once(server["args"], server["work"] / "second.log", server["port"])
+    grpc_only = [a for a in server["args"] if not a.startswith("port=")] + [f"port={free_port()}"]
+    _refused_at_once(grpc_only, server["work"] / "third.log", server["grpc_port"])
+    assert httpx.get(f"{server['url']}/ready", timeout=10).headers[INSTANCE_HEADER] == server["instance"]
+
+
+def _processes_of(instance: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(INSTANCE_ENV) == instance:
+                found.append(proc)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+    return found
+
+
+@pytest.mark.integration
+def test_one_sigterm_stops_the_server_and_frees_its_ports(server):
+    assert _processes_of(server["instance"]), "the server's processes carry its instance id"
+    started = time.monotonic()
+    server["proc"].send_signal(signal.SIGTERM)
+    try:
+        server["proc"].wait(timeout=STOP_TIMEOUT_S + 40)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"one SIGTERM did not stop the server:\n{server['log'].read_text()[-3000:]}")
+    log = server["log"].read_text()
+    assert server["proc"].returncode == 0 or "killed this server's Ray processes" in log, log[-3000:]
+    deadline = time.monotonic() + 15
+    while _processes_of(server["instance"]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _processes_of(server["instance"]), "processes of the stopped server still run"
+    assert bindable("127.0.0.1", server["port"]) and bindable("127.0.0.1", server["grpc_port"])
+    print(f"stopped in {time.monotonic() - started:.1f} s with exit code {server['proc'].returncode}")
