@@ -95,6 +95,15 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
+def dense_load_options() -> dict:
+    """transformers 5 keeps GGUF weights in their quantized blocks unless told to unpack them
+    (such a model cannot be saved); transformers 4 always unpacks them."""
+    import transformers
+
+    config_class = getattr(transformers, "GgufConfig", None)
+    return {"quantization_config": config_class(dequantize=True)} if config_class else {}
+
+
 def fix_tokenizer(tokenizer, spec: GgufBase, max_length: int):
     """Turn-end token as eos and pad, no BOS on plain encodes, left padding like every base here."""
     tokenizer.eos_token = spec.eos_token
@@ -134,11 +143,13 @@ def _write_conversion(spec: GgufBase, gguf_path: Path, gguf_sha256: str, tmp: Pa
         advance(0, stage=CONVERT_STAGES[0])
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
         advance(stage=CONVERT_STAGES[1])
-        with redirect_stderr(io.StringIO()):  # transformers' own tqdm bar for the de-quantization
-            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+        with redirect_stderr(io.StringIO()):  # transformers' plain tqdm bar for the de-quantization
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32,
+                                                         **dense_load_options())
         fix_model(model, fix_tokenizer(tokenizer, spec, model.config.max_position_embeddings))
         advance(stage=CONVERT_STAGES[2])
-        model.save_pretrained(tmp, safe_serialization=True)
+        with redirect_stderr(io.StringIO()):
+            model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         advance(stage="done")
     # Deterministic on purpose (no timings): build_info.json is part of the base fingerprint.
