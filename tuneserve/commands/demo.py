@@ -24,7 +24,7 @@ from tuneserve.commands.common import console
 
 QUESTIONS = ("What is the capital of France?", "Give me a synonym for the word 'happy'.")
 SFT_ROWS, SFT_BATCH = 160, 4  # one epoch of 36 steps (10% held out): ~2 minutes on 2 cores
-INTENT_STEPS = 48  # batches of 32: one pass over the banking77 slice, many over the small shipped tickets
+INTENT_STEPS = 96  # batches of 32: two passes over the banking77 slice, many over the small shipped tickets
 STEPS = 6
 
 
@@ -112,7 +112,7 @@ def run_demo(workdir: Path, port: int, keep_serving: bool, train_steps: int | No
     artifacts.mkdir(parents=True, exist_ok=True)
     shared = find_shared_data(data_dir)
 
-    _step(1, f"real base model {SMOLLM2} (SmolLM2-135M-Instruct, converted once, then cached)")
+    _step(1, f"real base {SMOLLM2} (SmolLM2-135M-Instruct, converted once)")
     base_dir = convert_base(SMOLLM2, progress=True)
     console.print(f"base: {base_dir}")
 
