@@ -15,6 +15,7 @@ Third-party warnings stay out of the output; the server is stopped at the end un
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -69,6 +70,13 @@ def classify(url: str, key: str, model: str, text: str) -> tuple[str, float]:
     return best["label"], best["score"]
 
 
+def curl_line(url: str, key: str, model: str) -> str:
+    """One line to paste into a shell (printed unwrapped, without markup)."""
+    body = {"model": model, "max_tokens": 32, "messages": [{"role": "user", "content": QUESTIONS[0]}]}
+    return (f"  curl -s {url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
+            f"-H 'Content-Type: application/json' -d '{json.dumps(body)}'")
+
+
 def train_sft(base: str, data: Path, out: Path, steps: int | None) -> dict:
     from training.train import TrainConfig, train
 
@@ -100,6 +108,8 @@ def _rounded(metrics: dict) -> dict:
 def run_demo(workdir: Path, port: int, keep_serving: bool, train_steps: int | None,
              data_dir: Path | None = None) -> dict:
     quiet_third_party()
+    from rich.markup import escape
+
     from service import launcher
     from service.keys import create_key, write_keys
     from training.artifact.paths import SMOLLM2
@@ -147,10 +157,10 @@ def run_demo(workdir: Path, port: int, keep_serving: bool, train_steps: int | No
             console.print(f"[bold]question:[/] {question}")
             for model in ("base", adapter_dir.name):
                 answers[(model, question)] = ask(url, plain, model, question)
-                console.print(f"  [green]{model:>10}[/]: {answers[(model, question)]}")
+                console.print(f"  [green]{model:>10}[/]: {escape(answers[(model, question)])}")
         label, score = classify(url, plain, classifier.name, intents.question)
         mark = "[green]right[/]" if label == intents.expected else f"[red]expected {intents.expected}[/]"
-        console.print(f"[bold]/v1/classify[/] {intents.question!r} → {label} ({score:.2f}, {mark})")
+        console.print(f"[bold]/v1/classify[/] {intents.question!r} → {escape(label)} ({score:.2f}, {mark})")
         unauthorized = _post(url, None, "/v1/completions", {"model": "base", "prompt": "hi"})
         console.print(f"without a key the server answers HTTP {unauthorized.status_code}")
         summary = {"base": str(base_dir), "adapter": str(adapter_dir), "classifier": str(classifier),
@@ -160,11 +170,8 @@ def run_demo(workdir: Path, port: int, keep_serving: bool, train_steps: int | No
         console.rule("[bold green]done")
         console.print(f"artifacts: {artifacts}   took {summary['seconds']} s")
         if keep_serving:
-            console.print(f"serving at {url} until Ctrl-C; try:\n"
-                          f"  curl -s {url}/v1/chat/completions -H 'Authorization: Bearer {plain}' "
-                          "-H 'Content-Type: application/json' "
-                          f"-d '{{\"model\": \"{adapter_dir.name}\", \"max_tokens\": 32, "
-                          f"\"messages\": [{{\"role\": \"user\", \"content\": \"{QUESTIONS[0]}\"}}]}}'")
+            console.print(f"serving at {url} until Ctrl-C; try:")
+            console.print(curl_line(url, plain, adapter_dir.name), markup=False, highlight=False, soft_wrap=True)
             try:
                 proc.wait()
             except KeyboardInterrupt:
