@@ -23,6 +23,12 @@ def permute_rows(weight, heads: int):
     return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
+def rope_theta(config) -> float:
+    """transformers 4 keeps it on the config, transformers 5 in `rope_parameters`."""
+    parameters = getattr(config, "rope_parameters", None) or {}
+    return float(parameters.get("rope_theta") or config.rope_theta)
+
+
 def gguf_name(hf_name: str) -> str:
     if hf_name == "model.embed_tokens.weight":
         return "token_embd.weight"
@@ -56,7 +62,7 @@ def write_llama_gguf(path: Path, model, tokenizer, chat_template: str) -> dict:
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)
-    writer.add_rope_freq_base(config.rope_theta)
+    writer.add_rope_freq_base(rope_theta(config))
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
     tokens, types, merges = _tokenizer_tables(tokenizer)
