@@ -101,6 +101,22 @@ def train_intents(data: Path, out: Path, steps: int | None) -> tuple[Path, dict]
     return outcome.merged, outcome.manifest.get("metrics", {})
 
 
+def wait_for_interrupt(proc) -> None:
+    """Until Ctrl-C or SIGTERM (the server runs in its own session: the caller's finally stops it)."""
+    import signal
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _rounded(metrics: dict) -> dict:
     return {k: round(v, 3) for k, v in metrics.items() if isinstance(v, float)}
 
@@ -172,10 +188,7 @@ def run_demo(workdir: Path, port: int, keep_serving: bool, train_steps: int | No
         if keep_serving:
             console.print(f"serving at {url} until Ctrl-C; try:")
             console.print(curl_line(url, plain, adapter_dir.name), markup=False, highlight=False, soft_wrap=True)
-            try:
-                proc.wait()
-            except KeyboardInterrupt:
-                pass
+            wait_for_interrupt(proc)
         return summary
     finally:
         launcher.terminate(proc)
