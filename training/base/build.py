@@ -33,6 +33,7 @@ from training.artifact import embedded_base_dir, sha256_file
 from training.artifact.config import StrictModel
 from training.artifact.errors import ConfigError
 from training.artifact.version import tuneserve_version
+from training.artifact.paths import CACHED_BASES, DEFAULT_BASE
 from training.base.corpus import CORPUS_PATH, split_documents
 
 ENV_PREFIX = "TUNESERVE_BASE__"
@@ -59,7 +60,7 @@ class BaseBuildConfig(StrictModel):
     CPU cores (about 0.3 s a step) while still seeing every corpus token about three times.
     """
 
-    name: str = Field("tiny-llama", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str = Field(DEFAULT_BASE, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     vocab_size: int = Field(4096, ge=512, le=65536)
     hidden_size: int = Field(256, gt=0)
     intermediate_size: int = Field(704, gt=0)
@@ -73,6 +74,14 @@ class BaseBuildConfig(StrictModel):
     lr: float = Field(3e-3, gt=0, le=1)
     warmup_steps: int = Field(20, ge=0)
     seed: int = 0
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_pretrained_name(cls, value: str) -> str:
+        if value != DEFAULT_BASE and value in CACHED_BASES:
+            raise ValueError(f"{value!r} names a pretrained base, not a tiny build: run `{CACHED_BASES[value]}`, "
+                             "or pick another name")
+        return value
 
     @field_validator("vocab_size", "hidden_size", "intermediate_size")
     @classmethod
