@@ -135,7 +135,7 @@ def _write_conversion(spec: GgufBase, gguf_path: Path, gguf_sha256: str, tmp: Pa
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from training.progress import progress_bar
-    from tuneserve import __version__
+    from training.artifact.version import tuneserve_version
 
     _quiet_transformers()
     folder, filename = gguf_path.parent, gguf_path.name
@@ -156,7 +156,7 @@ def _write_conversion(spec: GgufBase, gguf_path: Path, gguf_sha256: str, tmp: Pa
     info = {"format": CONVERT_FORMAT, "kind": "gguf-conversion", "name": spec.name, "source": spec.source,
             "gguf_file": filename, "gguf_sha256": gguf_sha256, "dtype": "float32",
             "parameters": sum(p.numel() for p in model.parameters()), "tokenizer_vocab": len(tokenizer),
-            "tuneserve_version": __version__, "transformers_version": transformers.__version__}
+            "tuneserve_version": tuneserve_version(), "transformers_version": transformers.__version__}
     (tmp / BUILD_INFO).write_text(json.dumps(info, indent=2))
 
 
