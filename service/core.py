@@ -211,7 +211,7 @@ class ServingCore:
 
     def _params(self, request: SamplingFields, logprobs: int | None) -> SamplingParams:
         limits = self.settings.limits
-        max_tokens = request.max_tokens or getattr(request, "max_completion_tokens", None) or limits.default_max_tokens
+        max_tokens = request.completion_limit(limits.default_max_tokens)
         checks = [
             (max_tokens > limits.max_tokens, "max_tokens", f"max_tokens {max_tokens} exceeds the limit {limits.max_tokens}"),
             (request.n > limits.max_n, "n", f"n {request.n} exceeds the limit {limits.max_n}"),

@@ -74,6 +74,10 @@ class SamplingFields(Request):
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
 
+    def completion_limit(self, default: int) -> int:
+        """max_tokens per choice: the request's (chat: or max_completion_tokens), else `default`."""
+        return self.max_tokens or getattr(self, "max_completion_tokens", None) or default
+
     def stop_list(self) -> list[str]:
         if self.stop is None:
             return []

@@ -93,11 +93,11 @@ def test_open_routes_are_only_liveness_and_readiness(app, tmp_path):
 
 
 def test_rate_limits_return_429_with_retry_after_and_token_debt(tmp_path):
-    client, keys, audit = build(tmp_path, {"requests_per_min": 3, "tokens_per_min": 6})
+    client, keys, audit = build(tmp_path, {"requests_per_min": 3, "tokens_per_min": 9})
     h = headers(keys["good"])
-    body = {"model": ADAPTER, "prompt": "hi"}
-    assert client.post("/v1/completions", json=body, headers=h).status_code == 200   # 5 tokens of 6
-    assert client.post("/v1/completions", json=body, headers=h).status_code == 200   # -> 4 tokens in debt
+    body = {"model": ADAPTER, "prompt": "hi", "max_tokens": 1}   # reserves 4 tokens ("hi" + 1 + 1); uses 5
+    assert client.post("/v1/completions", json=body, headers=h).status_code == 200   # 9 -> 5 -> settled 4
+    assert client.post("/v1/completions", json=body, headers=h).status_code == 200   # 4 -> 0 -> 1 token in debt
     limited = client.post("/v1/completions", json=body, headers=h)
     assert limited.status_code == 429 and "tokens/min" in limited.json()["error"]["message"]
     assert int(limited.headers["Retry-After"]) >= 1

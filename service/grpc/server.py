@@ -87,7 +87,8 @@ async def recorded(gateway: Gateway, context: grpc.aio.ServicerContext, route: s
     finally:
         model = call.model or model
         metrics.request_finished(route, model, "grpc", code, time.perf_counter() - started)
-        await record_call(gateway.guard, context, route, model, code, started, call.principal, call.usage, error)
+        await record_call(gateway.guard, context, route, model, code, started, call.principal, call.usage, error,
+                          call.reserved)
 
 
 def unary(service: str, scope: str) -> Callable:
@@ -132,6 +133,7 @@ class InferenceService(GatewayService, inference_pb2_grpc.InferenceServicer):
     async def Generate(self, request, principal, call):
         body = translate.generate_request(request)
         self.gateway.guard.inspect_prompts(body.model, prompt_texts(body))
+        call.reserved = await self.gateway.guard.reserve(principal, body)
         run = self.gateway.backend.chat if request.WhichOneof("input") == "messages" else self.gateway.backend.complete
         reply = await run(body, principal)
         call.model, call.usage = reply.model, reply.usage
@@ -140,8 +142,9 @@ class InferenceService(GatewayService, inference_pb2_grpc.InferenceServicer):
     async def GenerateStream(self, request, context):
         async with recorded(self.gateway, context, f"/{self.NAME}/GenerateStream", request.model) as call:
             principal = await self.gateway.principal(context, "infer", call)
-            body = translate.generate_request(request, stream=True)
+            body = translate.generate_request(request, stream=True)  # always with the usage chunk (charged)
             self.gateway.guard.inspect_prompts(body.model, prompt_texts(body))
+            call.reserved = await self.gateway.guard.reserve(principal, body)
             backend = self.gateway.backend
             stream = backend.stream_chat if request.WhichOneof("input") == "messages" else backend.stream_complete
             call.usage = StreamUsage()
@@ -155,7 +158,9 @@ class InferenceService(GatewayService, inference_pb2_grpc.InferenceServicer):
 
     @unary(NAME, "infer")
     async def Classify(self, request, principal, call):
-        reply = await self.gateway.backend.classify(translate.classify_request(request), principal)
+        body = translate.classify_request(request)
+        call.reserved = await self.gateway.guard.reserve(principal, body)
+        reply = await self.gateway.backend.classify(body, principal)
         call.model, call.usage = reply.model, reply.usage
         return translate.classify_response(reply)
 
