@@ -28,8 +28,10 @@ from service.auth import Authenticator, Principal
 from service.drift import DriftMonitor
 from service.engine.engine import Engine
 from service.engine.registry import Lease
-from service.engine.types import SamplingParams
+from service.engine.sampling import MIN_TEMPERATURE
+from service.engine.types import RequestStream, SamplingParams
 from service.errors import with_param
+from service.loader import AdapterLoader
 from service.render import (
     ChoiceResult, chat_choice, chat_chunk, completion_choice, completion_chunk, usage, usage_chunk,
 )
@@ -71,6 +73,7 @@ class ServingCore:
         self.settings = settings
         self.engine = engine or Engine(settings)
         self.registry = self.engine.registry
+        self.loader = AdapterLoader(self.registry, settings.limits.adapter_loads)
         self.drift = DriftMonitor(settings.drift, self._artifact_dir)
         self._stop_gauges = None
 
@@ -81,6 +84,7 @@ class ServingCore:
 
     def stop(self) -> None:
         self.engine.stop()
+        self.loader.stop()
         self.drift.stop()
         if self._stop_gauges is not None:
             self._stop_gauges.set()
@@ -159,7 +163,7 @@ class ServingCore:
         path = request.path
         if path is not None:  # adapters load only from the artifacts dir (or configured roots): no traversal
             path = str(confined_path([self.settings.artifacts_dir, *self.settings.security.adapter_roots], path))
-        info = await asyncio.to_thread(self.registry.load_adapter, request.name, path, request.pin)
+        info = await self.loader.load(request.name, path, request.pin)
         self.drift.forget(request.name)  # a new version brings its own reference profile
         return AdapterInfo(**info)
 
@@ -193,10 +197,10 @@ class ServingCore:
             Authenticator.authorize(principal, scope, model)
 
     async def _lease(self, model: str, principal: Principal | None) -> Lease:
-        """Authorize `model` for the principal, then resolve it (a load runs off the event loop)."""
+        """Authorize `model` for the principal, then resolve it (an on-demand load runs on the
+        loader's pool, rate-limited per key; service/loader.py)."""
         self._authorize(principal, "infer", model)
-        lease = self.registry.acquire_resident(model)
-        return lease if lease is not None else await asyncio.to_thread(self.registry.acquire, model)
+        return await self.loader.acquire(model, getattr(principal, "key_id", None))
 
     def _counted(self, texts: list[str], param: str, what: str) -> list[str]:
         most = self.settings.limits.max_prompts
@@ -207,11 +211,13 @@ class ServingCore:
 
     def _params(self, request: SamplingFields, logprobs: int | None) -> SamplingParams:
         limits = self.settings.limits
-        max_tokens = request.max_tokens or getattr(request, "max_completion_tokens", None) or limits.default_max_tokens
+        max_tokens = request.completion_limit(limits.default_max_tokens)
         checks = [
             (max_tokens > limits.max_tokens, "max_tokens", f"max_tokens {max_tokens} exceeds the limit {limits.max_tokens}"),
             (request.n > limits.max_n, "n", f"n {request.n} exceeds the limit {limits.max_n}"),
             (len(request.stop_list()) > limits.max_stop, "stop", f"at most {limits.max_stop} stop strings are allowed"),
+            (any(len(s) > limits.max_stop_chars for s in request.stop_list()), "stop",
+             f"a stop string is longer than the limit of {limits.max_stop_chars} characters (max_stop_chars)"),
             (logprobs is not None and logprobs > limits.max_logprobs, "logprobs",
              f"logprobs {logprobs} exceeds the limit {limits.max_logprobs}"),
             (request.presence_penalty != 0 or request.frequency_penalty != 0, "presence_penalty",
@@ -222,6 +228,7 @@ class ServingCore:
             if failed:
                 raise invalid(message, param, "lower the value or leave the field out")
         temperature = 1.0 if request.temperature is None else request.temperature
+        temperature = 0.0 if temperature < MIN_TEMPERATURE else temperature  # below it: greedy (no overflow)
         return SamplingParams(max_tokens=max_tokens, temperature=temperature,
                               top_p=1.0 if request.top_p is None else request.top_p, seed=request.seed,
                               stop=tuple(request.stop_list()), logprobs=logprobs)
@@ -246,7 +253,8 @@ class ServingCore:
             if loaded.task != "causal-lm":
                 raise invalid(f"model {request.model!r} is a {loaded.task} model", "model", "use /v1/classify for it")
             texts = render(loaded.tokenizer)
-            leases += [lease.share() for _ in texts[1:]]
+            for _ in texts[1:]:  # one by one: each lease is released below if a later step fails
+                leases.append(lease.share())
             prompts = [self._nonempty(loaded.tokenizer, loaded.tokenizer(t)["input_ids"]) for t in texts]
             self.drift.observe_prompts(lease.model_id, texts, prompts, loaded.tokenizer)
             context = getattr(loaded.model.config, "max_position_embeddings", None)
@@ -281,6 +289,21 @@ class ServingCore:
         version = f"{lease.target.key}:{lease.slot}"
         return self.engine.cache.key(job.model, version, [t for p in job.prompts for t in [*p, -1]], job.params, job.n)
 
+    def _start(self, job: Job) -> list[RequestStream]:
+        """Hand each prompt's lease to the engine with its rows; when one cannot start, the started
+        ones are cancelled and the leases not handed over are released (nothing leaks)."""
+        streams: list[RequestStream] = []
+        try:
+            for lease, ids in zip(job.leases, job.prompts):
+                streams.append(self.engine.generate(lease, ids, job.params, job.n))
+        except BaseException:
+            for stream in streams:
+                stream.cancel()
+            for lease in job.leases[len(streams):]:
+                lease.release()
+            raise
+        return streams
+
     async def _generate(self, job: Job) -> tuple[list[ChoiceResult], int]:
         """Run a unary job to the end (or answer it from the cache): its choices and prompt tokens."""
         prompt_tokens = sum(len(p) for p in job.prompts)
@@ -292,7 +315,7 @@ class ServingCore:
                 job.release()
                 return hit, prompt_tokens
         results = [ChoiceResult(i) for i in range(len(job.prompts) * job.n)]
-        streams = [self.engine.generate(lease, ids, job.params, job.n) for lease, ids in zip(job.leases, job.prompts)]
+        streams = self._start(job)
         first = True
         try:
             for p, stream in enumerate(streams):
@@ -312,7 +335,7 @@ class ServingCore:
 
     async def _stream(self, job: Job, head: dict, obj: str, request: SamplingFields, make) -> AsyncIterator[dict]:
         queue: asyncio.Queue = asyncio.Queue()
-        streams = [self.engine.generate(lease, ids, job.params, job.n) for lease, ids in zip(job.leases, job.prompts)]
+        streams = self._start(job)
 
         async def pump(p: int, stream) -> None:
             try:

@@ -7,13 +7,53 @@ transports.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from training.artifact.errors import InvalidRequest
+
+from service.errors import with_param
+
+# Seeds are signed 64-bit integers (OpenAI's `seed`, the gRPC API's int64); larger ones are refused.
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def find_surrogate(data: Any, path: str = "") -> str | None:
+    """The path of the first field holding a lone UTF-16 surrogate in decoded JSON, or None. JSON may
+    spell one (`"\\ud800"`), but it is not Unicode text: no tokenizer, log line or reply can hold it."""
+    if isinstance(data, str):
+        return (path or "body") if _SURROGATE.search(data) else None
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if isinstance(key, str) and _SURROGATE.search(key):
+                return f"a field name in {path or 'the body'}"
+        items = [(str(k), v) for k, v in data.items()]
+    elif isinstance(data, (list, tuple)):
+        items = [(str(i), v) for i, v in enumerate(data)]
+    else:
+        return None
+    for name, value in items:
+        found = find_surrogate(value, f"{path}.{name}" if path else name)
+        if found:
+            return found
+    return None
 
 
 class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode_only(cls, data: Any) -> Any:
+        field = find_surrogate(data)
+        if field:  # raised as is (not a ValueError): both transports answer 400 / INVALID_ARGUMENT naming the field
+            raise with_param(InvalidRequest(
+                f"{field} holds a lone UTF-16 surrogate (\\ud800-\\udfff); text must be valid Unicode",
+                "send UTF-8 text; escapes of that range are valid only as surrogate pairs"), field)
+        return data
 
 
 class StreamOptions(Request):
@@ -29,10 +69,14 @@ class SamplingFields(Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     user: str | None = None
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+
+    def completion_limit(self, default: int) -> int:
+        """max_tokens per choice: the request's (chat: or max_completion_tokens), else `default`."""
+        return self.max_tokens or getattr(self, "max_completion_tokens", None) or default
 
     def stop_list(self) -> list[str]:
         if self.stop is None:

@@ -23,12 +23,24 @@ ENV_PREFIX = "TUNESERVE_SERVE__"
 ENGINE_QUEUE_CAPACITY = 64  # requests one Engine replica takes at once (its max_ongoing_requests, service/app.py)
 
 
+class AdapterLoadLimits(StrictModel):
+    """Adapter loads (on demand and admin): their own pool, bounded, on-demand ones rate-limited (service/loader.py)."""
+
+    workers: int = Field(1, ge=1, le=8, description="threads that load adapters (never the default thread pool)")
+    max_pending: int = Field(4, ge=1, le=256, description="loads running or queued at once; more answer 503")
+    per_min: int | None = Field(20, ge=1, description="on-demand loads per minute in this replica, all keys "
+                                "together (null: unlimited); more answer 429")
+    per_key_per_min: int | None = Field(4, ge=1, description="on-demand loads per minute one API key may cause")
+
+
 class LimitSettings(StrictModel):
     max_tokens: int = Field(256, ge=1, description="cap on max_tokens per request")
     default_max_tokens: int = Field(16, ge=1, description="max_tokens when the request gives none (OpenAI: 16)")
     max_prompt_tokens: int = Field(1024, ge=1)
     max_n: int = Field(8, ge=1)
     max_stop: int = Field(4, ge=0)
+    max_stop_chars: int = Field(256, ge=1, description="length cap of each stop string (the engine thread "
+                                "matches every stop string against the text after every token)")
     max_logprobs: int = Field(5, ge=0)
     max_prompts: int = Field(32, ge=1, description="prompts per completion request / texts per classify request")
     max_body_bytes: int = Field(1_048_576, ge=1024)
@@ -36,6 +48,7 @@ class LimitSettings(StrictModel):
                                       "its max_ongoing_requests does for HTTP); more get RESOURCE_EXHAUSTED at once")
     grpc_health_watches: int = Field(32, ge=0, description="open grpc.health.v1 Watch streams per Ingress replica "
                                      "(they need no key); more get RESOURCE_EXHAUSTED")
+    adapter_loads: AdapterLoadLimits = Field(default_factory=AdapterLoadLimits)
 
 
 class ServiceSettings(EngineSettings):

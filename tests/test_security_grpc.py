@@ -16,7 +16,9 @@ from service.security import SecuritySettings
 from service.security.grpc import bind, peer_address
 from service.security.tls import self_signed_cert
 from tests.grpc_support import LoopThread
-from tests.security_support import ADAPTER, CASES, StubBackend, case_key, expected_status, make_keyring
+from tests.security_support import (
+    ADAPTER, CASES, StubBackend, case_key, expected_status, make_keyring, stub_grpc_server,
+)
 
 HTTP_TO_GRPC = {200: grpc.StatusCode.OK, 401: grpc.StatusCode.UNAUTHENTICATED, 403: grpc.StatusCode.PERMISSION_DENIED}
 CHAT = inference_pb2.ChatMessages(messages=[inference_pb2.ChatMessage(role="user", content="hi")])
@@ -57,6 +59,26 @@ def served(tmp_path_factory):
     channel.close()
     loop.run(server.stop(0))
     loop.close()
+
+
+def test_invalid_utf8_and_non_finite_values_are_invalid_argument(tmp_path):
+    keys = make_keyring(tmp_path / "keys.json")
+    md = [("authorization", f"Bearer {keys['good']}")]
+    good = inference_pb2.GenerateRequest(model=ADAPTER, prompt="XXXX").SerializeToString()
+    with stub_grpc_server(tmp_path / "keys.json") as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        raw = channel.unary_unary("/tuneserve.v1.Inference/Generate", request_serializer=lambda b: b,
+                                  response_deserializer=lambda b: b)
+        assert raw(good, metadata=md)  # the raw path itself works
+        for payload in (good.replace(b"XXXX", b"\xed\xa0\x80X"), good.replace(b"XXXX", b"\xffXXX")):  # not UTF-8
+            with pytest.raises(grpc.RpcError) as caught:
+                raw(payload, metadata=md)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "UTF-8" in caught.value.details()
+        inference = inference_pb2_grpc.InferenceStub(channel)
+        for fields in ({"temperature": float("nan")}, {"top_p": float("inf")}, {"max_tokens": -5}, {"n": 0}):
+            with pytest.raises(grpc.RpcError) as caught:
+                inference.Generate(inference_pb2.GenerateRequest(model=ADAPTER, prompt="x", **fields), metadata=md)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert next(iter(fields)) in caught.value.details()
 
 
 @pytest.mark.parametrize("case", CASES)

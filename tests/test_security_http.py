@@ -93,11 +93,11 @@ def test_open_routes_are_only_liveness_and_readiness(app, tmp_path):
 
 
 def test_rate_limits_return_429_with_retry_after_and_token_debt(tmp_path):
-    client, keys, audit = build(tmp_path, {"requests_per_min": 3, "tokens_per_min": 6})
+    client, keys, audit = build(tmp_path, {"requests_per_min": 3, "tokens_per_min": 9})
     h = headers(keys["good"])
-    body = {"model": ADAPTER, "prompt": "hi"}
-    assert client.post("/v1/completions", json=body, headers=h).status_code == 200   # 5 tokens of 6
-    assert client.post("/v1/completions", json=body, headers=h).status_code == 200   # -> 4 tokens in debt
+    body = {"model": ADAPTER, "prompt": "hi", "max_tokens": 1}   # reserves 4 tokens ("hi" + 1 + 1); uses 5
+    assert client.post("/v1/completions", json=body, headers=h).status_code == 200   # 9 -> 5 -> settled 4
+    assert client.post("/v1/completions", json=body, headers=h).status_code == 200   # 4 -> 0 -> 1 token in debt
     limited = client.post("/v1/completions", json=body, headers=h)
     assert limited.status_code == 429 and "tokens/min" in limited.json()["error"]["message"]
     assert int(limited.headers["Retry-After"]) >= 1
@@ -142,3 +142,39 @@ def test_adapter_names_with_traversal_are_refused(app, name):
     client, keys, _ = app
     response = client.post("/v1/admin/adapters", json={"name": name}, headers=headers(keys["good"]))
     assert response.status_code == 400 and response.json()["error"]["param"] == "name"
+
+
+# Hostile values one valid inference key can send (issue 16): each is a 400 naming the field, never a 500.
+HOSTILE = [
+    (b'{"model": "a1", "prompt": "\\ud800"}', "prompt", "surrogate"),
+    (b'{"model": "a1", "prompt": ["ok", "\\udfff tail"]}', "prompt.1", "surrogate"),
+    (b'{"model": "a\\ud800", "prompt": "x"}', "model", "surrogate"),
+    (b'{"model": "a1", "prompt": "x", "\\ud800": 1}', "a field name in the body", "surrogate"),
+    (b'{"model": "a1", "prompt": "x", "stop": ["\\ud83d"]}', "stop.0", "surrogate"),
+    (b'{"model": "a1", "prompt": "\xed\xa0\x80"}', "prompt", "surrogate"),   # a surrogate encoded as bytes (CESU-8)
+    (b'{"model": "a1", "prompt": "x", "seed": 18446744073709551616}', "seed", "9223372036854775807"),
+    (b'{"model": "a1", "prompt": "x", "seed": 9223372036854775808}', "seed", "9223372036854775807"),
+    (b'{"model": "a1", "prompt": "x", "seed": 1e400}', "seed", "finite"),
+    (b'{"model": "a1", "prompt": "x", "temperature": NaN}', "temperature", "temperature"),
+    (b'{"model": "a1", "prompt": "x", "top_p": -Infinity}', "top_p", "top_p"),
+    (b'{"model": "a1", "prompt": "x", "max_tokens": 1e400}', "max_tokens", "finite"),
+    (b'{"model": "a1", "prompt": "x", "n": 0}', "n", "n"),
+]
+
+
+@pytest.mark.parametrize("body,param,words", HOSTILE)
+def test_hostile_values_get_a_400_naming_the_field(app, body, param, words):
+    client, keys, _ = app
+    chat = b'"messages"' in body
+    response = client.post("/v1/chat/completions" if chat else "/v1/completions", content=body,
+                           headers={**headers(keys["good"]), "Content-Type": "application/json"})
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["param"] == param and words in error["message"]
+
+
+def test_a_surrogate_in_chat_content_parts_is_refused(app):
+    client, keys, _ = app
+    body = b'{"model": "a1", "messages": [{"role": "user", "content": [{"type": "text", "text": "\\udfff"}]}]}'
+    response = client.post("/v1/chat/completions", content=body,
+                           headers={**headers(keys["good"]), "Content-Type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "messages.0.content.0.text"

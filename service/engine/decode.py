@@ -13,6 +13,7 @@ is held only around each forward pass so adapters can be loaded between steps.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -21,9 +22,11 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from service.engine.sampling import choose_tokens, make_generator, token_logprobs
+from service.engine.sampling import choose_token, make_generator, token_logprobs
 from service.engine.text import TextTracker
 from service.engine.types import Event, GenRow, TokenLogprob
+
+log = logging.getLogger("tuneserve.service.decode")
 
 
 @dataclass
@@ -62,7 +65,31 @@ class DecodeBatch:
         return out.logits[:, -1, :].float()
 
     def admit(self, rows: list[GenRow]) -> None:
-        """Prefill `rows`, emit their first token and join them to the running batch."""
+        """Prefill `rows`, emit their first token and join them to the running batch. A prefill that
+        fails is retried in halves, so only rows that fail on their own get the error, never their
+        neighbours (the running batch is untouched until the merge)."""
+        try:
+            new, cache, attn, tokens, failed = self._prefill(rows)
+        except Exception as exc:  # noqa: BLE001 - isolate the rows that cause it
+            if len({(tuple(r.prompt_ids), r.adapter) for r in rows}) == 1:
+                log.warning("prefill failed for %d row(s): %s: %s", len(rows), type(exc).__name__, exc)
+                self._fail_rows(rows, exc)
+                return
+            half = len(rows) // 2
+            self.admit(rows[:half])
+            self.admit(rows[half:])
+            return
+        keep = self._finish_rows(new, tokens, failed)
+        if not keep:
+            return
+        if len(keep) != len(new):
+            index = torch.tensor(keep, dtype=torch.long)
+            cache.batch_select_indices(index)
+            new, attn, tokens = [new[i] for i in keep], attn[index], tokens[index]
+        self._merge(new, cache, attn, tokens)
+
+    def _prefill(self, rows: list[GenRow]):
+        """The prompt forward pass of `rows` (identical prompts on one adapter once) and their first tokens."""
         keys: dict[tuple, int] = {}
         unique: list[GenRow] = []
         expand = []
@@ -86,45 +113,78 @@ class DecodeBatch:
             cache.batch_select_indices(index)
             logits, attn = logits[index], attn[index]
         new = [ActiveRow(r, TextTracker(self.tokenizer, r.params.stop), make_generator(_row_seed(r))) for r in rows]
-        tokens = self._choose(new, logits)
-        keep = self._finish_rows(new, tokens)
-        if not keep:
-            return
-        if len(keep) != len(new):
-            index = torch.tensor(keep, dtype=torch.long)
-            cache.batch_select_indices(index)
-            new, attn, tokens = [new[i] for i in keep], attn[index], tokens[index]
-        self._merge(new, cache, attn, tokens)
+        tokens, failed = self._choose(new, logits)
+        return new, cache, attn, tokens, failed
 
     def step(self) -> None:
-        """Decode one token for every active row."""
+        """Decode one token for every active row. When the batched forward pass fails, rows are
+        tried one by one: those that fail alone get the error and leave, the rest decode on."""
         assert self.attn is not None and self.pending is not None
-        self.attn = torch.cat([self.attn, torch.ones((len(self.active), 1), dtype=torch.long)], dim=1)
-        logits = self._forward(self.pending[:, None], self.attn, self.cache, [a.row.adapter for a in self.active])
-        tokens = self._choose(self.active, logits)
-        keep = self._finish_rows(self.active, tokens)
+        attn = torch.cat([self.attn, torch.ones((len(self.active), 1), dtype=torch.long)], dim=1)
+        try:
+            logits = self._forward(self.pending[:, None], attn, self.cache, [a.row.adapter for a in self.active])
+        except Exception as exc:
+            self.cache.crop(self.attn.shape[1])  # layers that ran before the failure appended a column
+            self._drop_culprits(exc)
+            return
+        self.attn = attn
+        tokens, failed = self._choose(self.active, logits)
+        keep = self._finish_rows(self.active, tokens, failed)
         if len(keep) != len(self.active):
             self._select(keep)
         self.pending = tokens[keep] if keep else None
 
+    def _drop_culprits(self, exc: Exception) -> None:
+        """Fail the rows whose next step fails on its own (each on a copy of its cache); re-raise when
+        none does (the failure is the batch's, e.g. out of memory: every row fails)."""
+        culprits = []
+        for i, active in enumerate(self.active):
+            index = torch.tensor([i], dtype=torch.long)
+            alone = DynamicCache([(layer.keys[index], layer.values[index]) for layer in self.cache.layers])
+            attn = torch.cat([self.attn[index], torch.ones((1, 1), dtype=torch.long)], dim=1)
+            try:
+                self._forward(self.pending[index][:, None], attn, alone, [active.row.adapter])
+            except Exception as own:  # noqa: BLE001
+                culprits.append((i, own))
+        if not culprits:
+            raise exc
+        log.warning("decode step failed for %d of %d rows: %s: %s", len(culprits), len(self.active),
+                    type(exc).__name__, exc)
+        for i, own in culprits:
+            self._fail_rows([self.active[i].row], own)
+        failed = {i for i, _ in culprits}
+        keep = [i for i in range(len(self.active)) if i not in failed]
+        self._select(keep)
+        self.pending = self.pending[keep] if keep else None
+
     def fail(self, exc: BaseException) -> None:
-        for active in self.active:
-            active.row.stream.put(Event(index=active.row.index, error=exc))
-            active.row.release()
+        self._fail_rows([a.row for a in self.active], exc)
         self.active, self.cache, self.attn, self.pending = [], None, None, None
 
-    def _choose(self, rows: list[ActiveRow], logits: torch.Tensor) -> torch.Tensor:
-        params = [a.row.params for a in rows]
-        tokens = choose_tokens(logits, params, [a.generator for a in rows])
-        if any(p.logprobs is not None for p in params):
-            logprobs = torch.log_softmax(logits, dim=-1)
-            for i, a in enumerate(rows):
-                k = a.row.params.logprobs
-                if k is not None:
-                    chosen, top = token_logprobs(logprobs[i], int(tokens[i]), k)
+    @staticmethod
+    def _fail_rows(rows: list[GenRow], exc: BaseException) -> None:
+        for row in rows:
+            row.release()
+            row.stream.put(Event(index=row.index, error=exc))
+
+    def _choose(self, rows: list[ActiveRow], logits: torch.Tensor) -> tuple[torch.Tensor, dict[int, Exception]]:
+        """Each row's next token (and logprobs); a row whose sampling fails is reported, not raised."""
+        tokens = logits.argmax(dim=-1)
+        failed: dict[int, Exception] = {}
+        logprobs = torch.log_softmax(logits, dim=-1) if any(a.row.params.logprobs is not None for a in rows) else None
+        for i, a in enumerate(rows):
+            params = a.row.params
+            try:
+                if params.temperature > 0.0:
+                    tokens[i] = choose_token(logits[i], params, a.generator)
+                if logprobs is not None and params.logprobs is not None:
+                    chosen, top = token_logprobs(logprobs[i], int(tokens[i]), params.logprobs)
                     a.buffered.append(TokenLogprob(self._piece(int(tokens[i])), chosen,
                                                    [(self._piece(t), v) for t, v in top]))
-        return tokens
+            except Exception as exc:  # noqa: BLE001 - fails this row only
+                log.warning("sampling failed for one row: %s: %s", type(exc).__name__, exc)
+                failed[i] = exc
+        return tokens, failed
 
     def _piece(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
@@ -141,11 +201,14 @@ class DecodeBatch:
         self.pending = torch.cat([self.pending, tokens])
         self.active.extend(rows)
 
-    def _finish_rows(self, rows: list[ActiveRow], tokens: torch.Tensor) -> list[int]:
-        """Emit each row's new token; return the positions of rows that go on."""
+    def _finish_rows(self, rows: list[ActiveRow], tokens: torch.Tensor, failed: dict[int, Exception]) -> list[int]:
+        """Emit each row's new token (or its own error); return the positions of rows that go on."""
         keep = []
         for i, active in enumerate(rows):
             row = active.row
+            if i in failed:
+                self._fail_rows([row], failed[i])
+                continue
             if row.stream.cancelled.is_set():
                 row.release()
                 continue
@@ -160,14 +223,14 @@ class DecodeBatch:
                     reason = "stop"
                 elif active.produced >= row.params.max_tokens:
                     text, reason = text + active.tracker.flush(), "length"
+            if reason is None:
+                keep.append(i)
+            else:  # before the last event: the request's adapter slot is free once its reply is complete
+                row.release()
             if text or reason or active.buffered:
                 row.stream.put(Event(index=row.index, text=text, logprobs=active.buffered, finish_reason=reason,
                                      completion_tokens=active.produced))
                 active.buffered = []
-            if reason is None:
-                keep.append(i)
-            else:
-                row.release()
         return keep
 
     def _select(self, keep: list[int]) -> None:

@@ -89,7 +89,8 @@ async def recorded(gateway: Gateway, context: grpc.aio.ServicerContext, route: s
     finally:
         model = call.model or model
         metrics.request_finished(route, model, "grpc", code, time.perf_counter() - started)
-        await record_call(gateway.guard, context, route, model, code, started, call.principal, call.usage, error)
+        await record_call(gateway.guard, context, route, model, code, started, call.principal, call.usage, error,
+                          call.reserved)
 
 
 def unary(service: str, scope: str) -> Callable:
@@ -102,6 +103,7 @@ def unary(service: str, scope: str) -> Callable:
         async def handler(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
             async with recorded(self.gateway, context, route, getattr(request, "model", "")) as call:
                 principal = await self.gateway.principal(context, scope, call)
+                translate.check_decoded(request)
                 return await method(self, request, principal, call)
 
         return handler
@@ -134,6 +136,7 @@ class InferenceService(GatewayService, inference_pb2_grpc.InferenceServicer):
     async def Generate(self, request, principal, call):
         body = translate.generate_request(request)
         self.gateway.guard.inspect_prompts(body.model, prompt_texts(body))
+        call.reserved = await self.gateway.guard.reserve(principal, body)
         run = self.gateway.backend.chat if request.WhichOneof("input") == "messages" else self.gateway.backend.complete
         reply = await run(body, principal)
         call.model, call.usage = reply.model, reply.usage
@@ -142,8 +145,10 @@ class InferenceService(GatewayService, inference_pb2_grpc.InferenceServicer):
     async def GenerateStream(self, request, context):
         async with recorded(self.gateway, context, f"/{self.NAME}/GenerateStream", request.model) as call:
             principal = await self.gateway.principal(context, "infer", call)
-            body = translate.generate_request(request, stream=True)
+            translate.check_decoded(request)
+            body = translate.generate_request(request, stream=True)  # always with the usage chunk (charged)
             self.gateway.guard.inspect_prompts(body.model, prompt_texts(body))
+            call.reserved = await self.gateway.guard.reserve(principal, body)
             backend = self.gateway.backend
             stream = backend.stream_chat if request.WhichOneof("input") == "messages" else backend.stream_complete
             call.usage = StreamUsage()
@@ -157,7 +162,9 @@ class InferenceService(GatewayService, inference_pb2_grpc.InferenceServicer):
 
     @unary(NAME, "infer")
     async def Classify(self, request, principal, call):
-        reply = await self.gateway.backend.classify(translate.classify_request(request), principal)
+        body = translate.classify_request(request)
+        call.reserved = await self.gateway.guard.reserve(principal, body)
+        reply = await self.gateway.backend.classify(body, principal)
         call.model, call.usage = reply.model, reply.usage
         return translate.classify_response(reply)
 
@@ -203,6 +210,24 @@ class BoundedHealth(health.aio.HealthServicer):
             self.watching -= 1
 
 
+class TolerantRegistration:
+    """What the generated `add_*Servicer_to_server` functions register with: their method handlers,
+    with request deserializers that never raise (`translate.tolerant`), so a request that does not
+    parse reaches its handler and is answered INVALID_ARGUMENT, audited like any other call."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self.server = server
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        """Ignored: the same handlers arrive through `add_registered_method_handlers`."""
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        handlers = {name: h._replace(request_deserializer=translate.tolerant(h.request_deserializer))
+                    for name, h in handlers.items()}
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+        self.server.add_registered_method_handlers(service, handlers)
+
+
 class GrpcServer:
     """The grpc.aio server with the API, health and reflection; start/stop inside an event loop."""
 
@@ -219,8 +244,8 @@ class GrpcServer:
         gateway = Gateway(backend, guard if guard is not None else SecurityGuard(auth, self.security))
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes),
                                                ("grpc.so_reuseport", 1)], maximum_concurrent_rpcs=max_concurrent_rpcs)
-        inference_pb2_grpc.add_InferenceServicer_to_server(InferenceService(gateway), self.server)
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(gateway), self.server)
+        inference_pb2_grpc.add_InferenceServicer_to_server(InferenceService(gateway), TolerantRegistration(self.server))
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(gateway), TolerantRegistration(self.server))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         enable_reflection(self.server, (*SERVICE_NAMES, health.SERVICE_NAME), gateway.guard)  # a key, like /openapi.json
         self.port: int | None = None

@@ -11,7 +11,7 @@ Responses may arrive as pydantic models or plain dicts (through a Ray handle): b
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from pydantic import BaseModel, ValidationError
 
@@ -43,6 +43,33 @@ def as_dict(obj: Any) -> dict[str, Any]:
 
 
 # ---- requests ---------------------------------------------------------------------------
+class Undecodable:
+    """A request message that did not parse (e.g. a string field holding invalid UTF-8, such as an
+    encoded lone surrogate); the handler answers INVALID_ARGUMENT instead of grpc's UNKNOWN."""
+
+    model = ""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def tolerant(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """A request deserializer that returns `Undecodable` instead of raising."""
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and kin
+            return Undecodable(str(exc)[:200])
+    return parse
+
+
+def check_decoded(msg: Any) -> None:
+    if isinstance(msg, Undecodable):
+        raise InvalidRequest(f"the request is not a valid protobuf message: {msg.error}",
+                             "strings must be valid UTF-8 (a lone UTF-16 surrogate has no UTF-8 form); "
+                             "build requests with stubs generated from proto/tuneserve/v1")
+
+
 def generate_request(msg: pb.GenerateRequest, stream: bool = False) -> CompletionRequest | ChatCompletionRequest:
     _require_model(msg.model)
     data: dict[str, Any] = {"model": msg.model}

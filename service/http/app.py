@@ -33,7 +33,7 @@ from service.security.guard import prompt_texts
 from service.security.http import auth_dependency, optional_auth_dependency, secure_request, tally_stream
 from service.schemas import (
     AdapterInfo, AdapterList, ChatCompletionRequest, ChatCompletionResponse, ClassifyRequest, ClassifyResponse,
-    CompletionRequest, CompletionResponse, LoadAdapterRequest, ModelList, PinRequest,
+    CompletionRequest, CompletionResponse, LoadAdapterRequest, ModelList, PinRequest, StreamOptions,
 )
 
 
@@ -89,8 +89,12 @@ def create_app(backend: ServingBackend, auth: Authenticator, settings, guard: Se
     async def generation(body, request: Request, principal: Principal, unary, streamed):
         request.state.model = body.model
         guard.inspect_prompts(body.model, prompt_texts(body))
-        if body.stream:
-            return await sse(tally_stream(guard, request, resolved_model(request, streamed(body, principal))))
+        request.state.reserved = await guard.reserve(principal, body)  # settled to the tokens used at the end
+        if body.stream:  # the backend always reports usage (charged); the client sees it only if it asked
+            asked = body.stream_options is not None and body.stream_options.include_usage
+            counted = body.model_copy(update={"stream_options": StreamOptions(include_usage=True)})
+            return await sse(tally_stream(guard, request, resolved_model(request, streamed(counted, principal)),
+                                          forward_usage=asked))
         reply = await unary(body, principal)
         request.state.model, request.state.usage = reply.model, reply.usage
         return reply
@@ -106,6 +110,7 @@ def create_app(backend: ServingBackend, auth: Authenticator, settings, guard: Se
     @app.post("/v1/classify", response_model=ClassifyResponse, tags=["inference"])
     async def classify(body: ClassifyRequest, request: Request, principal: Principal = Depends(require("infer"))):
         request.state.model = body.model
+        request.state.reserved = await guard.reserve(principal, body)
         reply = await backend.classify(body, principal)
         request.state.model, request.state.usage = reply.model, reply.usage
         return reply

@@ -41,9 +41,10 @@ async def admit_call(guard, context, scope: str | None) -> Any:
 
 
 async def record_call(guard, context, route: str, model: str, code: int, started: float,
-                      principal: Any = None, usage: Any = None, error: BaseException | None = None) -> None:
+                      principal: Any = None, usage: Any = None, error: BaseException | None = None,
+                      reserved: int = 0) -> None:
     await guard.finish_call("grpc", route, "RPC", principal, usage, model, code, started,
-                            call_client(guard, context), "/tuneserve.v1.Admin/" in route, error)
+                            call_client(guard, context), "/tuneserve.v1.Admin/" in route, error, reserved)
 
 
 def enable_reflection(server, service_names, guard) -> None:
@@ -76,10 +77,11 @@ def bind(server, address: str, security) -> int:
 
 
 class CallRecord:
-    """What a gRPC handler learns during a call, for its audit line: who called, the tokens used and
-    the model id the backend resolved the request's model to."""
+    """What a gRPC handler learns during a call, for its audit line: who called, the tokens reserved
+    and used, and the model id the backend resolved the request's model to."""
 
     def __init__(self) -> None:
         self.principal: Any = None
         self.usage: Any = None
         self.model: str | None = None
+        self.reserved = 0  # tokens reserved at admission (SecurityGuard.reserve), settled at the end

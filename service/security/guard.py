@@ -22,6 +22,7 @@ from typing import Any
 
 from training.artifact.errors import PermissionDenied, RateLimited, TuneserveError, Unauthenticated
 
+from service.errors import CLIENT_CLOSED
 from service.security import metrics
 from service.security.audit import AuditLog, FailureBudget
 from service.security.clients import client_address
@@ -39,9 +40,31 @@ def prompt_texts(body: Any) -> list[str]:
     return body.prompts()
 
 
+TEMPLATE_TOKENS_PER_MESSAGE = 8  # chat template markup around each message (role tags, newlines)
+
+
+def estimated_tokens(body: Any, limits: Any = None) -> int:
+    """An upper estimate of a request's tokens, reserved at admission: each prompt's UTF-8 bytes (a
+    token holds at least one byte; chat: plus template markup), capped at `max_prompt_tokens`, plus
+    max_tokens x n completion tokens per prompt. Classification: the inputs only."""
+    cap = getattr(limits, "max_prompt_tokens", None)
+    if hasattr(body, "messages"):
+        prompts = [sum(len(m.text().encode()) + TEMPLATE_TOKENS_PER_MESSAGE for m in body.messages)]
+    else:
+        prompts = [len(text.encode()) + 1 for text in (body.prompts() if hasattr(body, "prompts") else body.inputs())]
+    prompt = sum(min(n, cap) if cap else n for n in prompts)
+    if not hasattr(body, "completion_limit"):
+        return prompt
+    return prompt + len(prompts) * body.n * body.completion_limit(getattr(limits, "default_max_tokens", 16))
+
+
+def is_usage_chunk(chunk: dict) -> bool:
+    return bool(chunk.get("usage")) and not chunk.get("choices")
+
+
 class StreamUsage:
-    """Tokens of a streamed reply: the usage chunk when the client asked for one, else one
-    completion token per text event (the engine emits one event per generated token)."""
+    """Tokens of a streamed reply: the usage chunk (the transports always ask the backend for one),
+    until it arrives one completion token per text event (one event per generated token)."""
 
     def __init__(self) -> None:
         self.prompt_tokens: int | None = None
@@ -84,8 +107,9 @@ def _tag(exc: TuneserveError, reason: str) -> TuneserveError:
 
 class SecurityGuard:
     def __init__(self, auth: Any, security: SecuritySettings | None = None, store: Any = None,
-                 audit: AuditLog | None = None, tracker: ActivityTracker | None = None) -> None:
+                 audit: AuditLog | None = None, tracker: ActivityTracker | None = None, limits: Any = None) -> None:
         self.auth = auth
+        self.limits = limits  # the service's LimitSettings: caps of the token estimate (max_prompt_tokens, ...)
         self.security = security or SecuritySettings()
         s = self.security
         self.store = store if store is not None else bucket_store(s.rate_limit_store)
@@ -97,7 +121,7 @@ class SecurityGuard:
 
     @classmethod
     def from_settings(cls, settings: Any, auth: Any) -> "SecurityGuard":
-        return cls(auth, getattr(settings, "security", None))
+        return cls(auth, getattr(settings, "security", None), limits=getattr(settings, "limits", None))
 
     def client(self, peer: str | None, forwarded: str | None = None) -> str:
         """The client address: the peer, or the X-Forwarded-For client when the peer is a trusted proxy."""
@@ -127,6 +151,16 @@ class SecurityGuard:
         await self._limit(principal, "tokens", 0)
         return principal
 
+    async def reserve(self, principal: Any, body: Any) -> int:
+        """Take the request's estimated tokens from the key's tokens/min bucket before it runs (so many
+        concurrent large requests cannot all pass a "not in debt" check); 429 when they do not fit.
+        A request larger than the whole budget takes all of it, so it runs only alone on a full bucket.
+        Returns the tokens reserved; `finish_call` settles them to the tokens used."""
+        per_min = self._per_min(principal, "tokens")
+        if principal is None or per_min is None:
+            return 0
+        return await self._limit(principal, "tokens", min(estimated_tokens(body, self.limits), per_min))
+
     def _refuse_if_blocked(self, client: str, transport: str) -> None:
         left = self.tracker.blocked_for(client)
         if left > 0:
@@ -139,26 +173,38 @@ class SecurityGuard:
         own = getattr(principal, f"{kind}_per_min", None)
         return own if own is not None else getattr(self.security, f"{kind}_per_min")
 
-    async def _limit(self, principal: Any, kind: str, amount: float) -> None:
+    async def _limit(self, principal: Any, kind: str, amount: int) -> int:
+        """Take `amount` (0: admitted while not in debt) from the key's bucket; the amount taken."""
         per_min = self._per_min(principal, kind)
         if per_min is None:
-            return
+            return 0
         wait = await self.store.take(f"{principal.key_id}:{kind}", per_min, amount)
         if wait > 0:
             metrics.RATE_LIMITED.labels(principal.key_id, kind).inc()
-            raise _tag(RateLimited(f"API key {principal.key_id} exceeded its limit of {per_min} {kind}/min",
-                                   f"retry after {wait:.1f} s, or ask an admin for a higher limit",
-                                   retry_after=wait), f"rate_limited_{kind}")
+            raise _tag(RateLimited(f"API key {principal.key_id} exceeded its limit of {per_min} {kind}/min"
+                                   + (f" (this request may use up to {amount} tokens)" if kind == "tokens" and amount
+                                      else ""),
+                                   f"retry after {wait:.1f} s, lower max_tokens or n, or ask an admin for a higher "
+                                   "limit", retry_after=wait), f"rate_limited_{kind}")
+        return amount
 
     async def finish_call(self, transport: str, route: str, method: str, principal: Any, usage: Any,
                           adapter: str | None, status: int, started: float, client: str | None, admin: bool,
-                          error: BaseException | None = None) -> None:
-        """The end of every call, either transport: charge the tokens used, write its one audit line."""
+                          error: BaseException | None = None, reserved: int = 0) -> None:
+        """The end of every call, either transport: settle the tokens reserved at admission to the
+        tokens used, write its one audit line. A call that ended without a full count (client gone,
+        stream broken) keeps at least its reservation; one that failed before any usage is refunded."""
         prompt = getattr(usage, "prompt_tokens", None)
         completion = getattr(usage, "completion_tokens", None)
         try:
-            if principal is not None and usage is not None:
-                await self.charge(principal, (prompt or 0) + (completion or 0))
+            if principal is not None:
+                if prompt is not None:
+                    used = prompt + (completion or 0)
+                elif usage is not None or status == CLIENT_CLOSED:
+                    used = max(reserved, completion or 0)
+                else:
+                    used = 0
+                await self.charge(principal, used - reserved)
         finally:
             self.audit.record(transport=transport, route=route, method=method,
                               key_id=getattr(principal, "key_id", None),
@@ -167,8 +213,9 @@ class SecurityGuard:
                               admin=admin, reason=getattr(error, "audit_reason", None))
 
     async def charge(self, principal: Any, tokens: int) -> None:
+        """Charge tokens to the key's tokens/min bucket (negative: a refund, up to a full bucket)."""
         per_min = self._per_min(principal, "tokens")
-        if per_min is not None and tokens > 0:
+        if per_min is not None and tokens != 0:
             await self.store.charge(f"{principal.key_id}:tokens", per_min, tokens)
 
     def inspect_prompts(self, adapter: str, texts: list[str]) -> list[str]:

@@ -22,7 +22,7 @@ from starlette.responses import Response
 
 from service.errors import CLIENT_CLOSED, describe
 from service.http.errors import body_too_large
-from service.security.guard import StreamUsage, count_forbidden
+from service.security.guard import StreamUsage, count_forbidden, is_usage_chunk
 from service.security.limits import check_json_depth
 
 ADMIN_PREFIX = "/v1/admin"
@@ -105,19 +105,21 @@ async def finish(guard, request: Request, status: int) -> None:
     await guard.finish_call("http", path, request.method, getattr(request.state, "principal", None),
                             getattr(request.state, "usage", None), getattr(request.state, "model", None), status,
                             request.state.started, client_of(guard, request), path.startswith(ADMIN_PREFIX),
-                            getattr(request.state, "error", None))
+                            getattr(request.state, "error", None), getattr(request.state, "reserved", 0))
 
 
-async def tally_stream(guard, request: Request, chunks: AsyncIterator[dict]) -> AsyncIterator[dict]:
-    """Pass chunks through; count completion tokens (usage chunk when asked for, else one per
-    text event); at the end, charge and audit the request."""
+async def tally_stream(guard, request: Request, chunks: AsyncIterator[dict],
+                       forward_usage: bool = True) -> AsyncIterator[dict]:
+    """Pass chunks through (the usage chunk only when `forward_usage`: the client asked for it);
+    count the tokens from the usage chunk; at the end, settle the tokens and audit the request."""
     request.state.streaming = True
     usage = request.state.usage = StreamUsage()
     status = 200
     try:
         async for chunk in chunks:
             usage.add(chunk)
-            yield chunk
+            if forward_usage or not is_usage_chunk(chunk):
+                yield chunk
     except Exception as exc:
         request.state.error = exc
         status = describe(exc).http_status

@@ -3,12 +3,13 @@
     store = bucket_store("auto")                  # RayBuckets inside Ray, LocalBuckets otherwise
     wait = await store.take("key1:requests", per_min=60, amount=1)     # 0.0 = admitted
     wait = await store.take("key1:tokens", per_min=10_000, amount=0)   # admitted while not in debt
-    await store.charge("key1:tokens", per_min=10_000, amount=321)      # after the reply: may go negative
+    wait = await store.take("key1:tokens", per_min=10_000, amount=600) # a generation's estimate, reserved
+    await store.charge("key1:tokens", per_min=10_000, amount=-279)     # after the reply: settle (may go negative)
 
 A bucket holds up to `per_min` units and refills at `per_min / 60` units per second. Requests
-take one unit up front. Tokens are charged after the reply (their count is unknown before), so
-a bucket can go into debt; the next request is refused until the debt is refilled, and
-`Retry-After` says when. Shared state: one named, detached Ray actor (`tuneserve-ratelimits`)
+take one unit up front. A generation reserves its estimated tokens up front and settles to the
+tokens used after the reply, so a bucket can go into debt (a reply longer than estimated); the
+next request is refused until the debt is refilled, and `Retry-After` says when. Shared state: one named, detached Ray actor (`tuneserve-ratelimits`)
 holds every bucket, so limits hold across Ingress replicas and nodes; each check is one actor
 call (~1 ms). Outside Ray (tests, the in-process app) the same buckets live in the process.
 
@@ -68,8 +69,10 @@ class Buckets:
             return (max(amount, 1.0) - bucket.level) * 60.0 / per_min
 
     def charge(self, name: str, per_min: float, amount: float) -> None:
+        """Charge `amount` (may go into debt); a negative amount refunds, up to a full bucket."""
         with self.lock:
-            self._refilled(name, per_min).level -= amount
+            bucket = self._refilled(name, per_min)
+            bucket.level = min(float(per_min), bucket.level - amount)
 
 
 class LocalBuckets:
