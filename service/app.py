@@ -8,17 +8,20 @@ the engine through a DeploymentHandle.
 Replies cross the handle as envelopes (`{"ok": value}` / `{"error": to_wire(exc)}`) so user
 errors keep their class, message and hint; the Ingress re-raises them for the error table.
 
-Only the Ingress may call the Engine: `app_builder` draws a fresh secret for each build of the
-application and binds it into both deployments; every engine call carries it, and a call without
-it (say, from a Ray job that fetched the Engine handle and passes `principal=None`, which skips
-authorization) is refused with PermissionDenied before the core sees it.
+Only the Ingress may call the Engine: `app_builder` binds one secret into both deployments
+(`ingress_secret()`), every engine call carries it, and a call without it (say, from a Ray job
+that fetched the Engine handle and passes `principal=None`, which skips authorization) is
+refused with PermissionDenied before the core sees it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
+import os
 import secrets
+from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, AsyncIterator, Iterator
 
@@ -187,8 +190,22 @@ class Ingress:
         return app
 
 
+def ingress_secret() -> str:
+    """The secret the Ingress shows the Engine: derived from the Ray cluster's auth token
+    (RAY_AUTH_TOKEN, else the file at RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token), so every build of
+    the application in one cluster agrees (a rolling Serve update mixes old Ingress replicas with
+    new Engine ones); random per build where Ray runs without a token. Never in the serve config."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if not token and path.is_file():
+        token = path.read_text().strip()
+    if not token:
+        return secrets.token_urlsafe(32)
+    return hmac.new(token.encode(), b"tuneserve: engine calls from the ingress", hashlib.sha256).hexdigest()
+
+
 def app_builder(args: dict[str, Any]) -> serve.Application:
     """Ray Serve import-path target: validate the args into ServiceSettings and bind the graph."""
     settings = load_settings(args).model_dump(mode="json")
-    ingress_secret = secrets.token_urlsafe(32)  # per build: never in the serve config, so not in `serve status`
-    return Ingress.bind(EngineDeployment.bind(settings, ingress_secret), settings, ingress_secret)
+    secret = ingress_secret()
+    return Ingress.bind(EngineDeployment.bind(settings, secret), settings, secret)

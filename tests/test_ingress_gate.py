@@ -1,7 +1,7 @@
 """Only the Ingress may call the Engine deployment (service/app.py): a caller without the
 application's secret (a Ray job that fetched the Engine handle, passing principal=None) is
-refused before the core sees it; RemoteCore sends the secret; app_builder binds one fresh secret
-into both deployments. No Ray cluster needed: the deployment class runs in process.
+refused before the core sees it; RemoteCore sends the secret; app_builder binds the same secret
+into both deployments (one per Ray cluster). No Ray cluster needed: the deployment class runs in process.
 Run: pytest tests/test_ingress_gate.py
 """
 
@@ -75,12 +75,30 @@ def test_remote_core_sends_its_secret_first():
     assert seen == [("abc", "health")]
 
 
-def test_app_builder_binds_one_fresh_secret_into_both_deployments(tmp_path):
-    def secrets_of(app) -> tuple[str, str]:
-        ingress = app._bound_deployment
-        engine_node, _settings, ingress_secret = ingress.init_args
-        return engine_node._bound_deployment.init_args[1], ingress_secret
+def _bound_secrets(app) -> tuple[str, str]:
+    engine_node, _settings, ingress_secret = app._bound_deployment.init_args
+    return engine_node._bound_deployment.init_args[1], ingress_secret
 
-    engine_secret, ingress_secret = secrets_of(app_builder({"artifacts_dir": str(tmp_path)}))
-    assert engine_secret == ingress_secret and len(engine_secret) >= 32
-    assert secrets_of(app_builder({"artifacts_dir": str(tmp_path)}))[0] != engine_secret
+
+def test_app_builder_binds_the_cluster_secret_into_both_deployments(tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "cluster-token-1")
+    engine_secret, ingress_secret = _bound_secrets(app_builder({"artifacts_dir": str(tmp_path)}))
+    assert engine_secret == ingress_secret and len(engine_secret) >= 32 and "cluster-token-1" not in engine_secret
+    # every build in one cluster agrees (rolling Serve updates), another cluster's differs
+    assert _bound_secrets(app_builder({"artifacts_dir": str(tmp_path)}))[0] == engine_secret
+    token_file = tmp_path / "auth_token"
+    token_file.write_text("cluster-token-1\n")
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token_file))
+    assert _bound_secrets(app_builder({"artifacts_dir": str(tmp_path)}))[0] == engine_secret
+    token_file.write_text("cluster-token-2")
+    assert _bound_secrets(app_builder({"artifacts_dir": str(tmp_path)}))[0] != engine_secret
+
+
+def test_without_a_ray_token_each_build_draws_a_random_secret(tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "no-such-token"))
+    first = _bound_secrets(app_builder({"artifacts_dir": str(tmp_path)}))
+    second = _bound_secrets(app_builder({"artifacts_dir": str(tmp_path)}))
+    assert first[0] == first[1] and second[0] == second[1] and first[0] != second[0]
