@@ -21,8 +21,8 @@ import hmac
 import logging
 import os
 import secrets
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
 from ray import serve
