@@ -26,7 +26,11 @@ SERVER_ERROR_CODES = "(?i)5..|internal|unavailable|unknown|data_loss|deadline_ex
 
 
 class _BlockDumper(yaml.SafeDumper):
-    """Safe dumper that writes multi-line strings (PromQL, embedded YAML) as `|` blocks."""
+    """Safe dumper that writes multi-line strings (PromQL, embedded YAML) as `|` blocks and
+    repeats shared objects instead of writing YAML anchors."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
 
 
 def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:

@@ -7,12 +7,22 @@ the engine through a DeploymentHandle.
 
 Replies cross the handle as envelopes (`{"ok": value}` / `{"error": to_wire(exc)}`) so user
 errors keep their class, message and hint; the Ingress re-raises them for the error table.
+
+Only the Ingress may call the Engine: `app_builder` binds one secret into both deployments
+(`ingress_secret()`), every engine call carries it, and a call without it (say, from a Ray job
+that fetched the Engine handle and passes `principal=None`, which skips authorization) is
+refused with PermissionDenied before the core sees it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import os
+import secrets
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
 from ray import serve
@@ -27,7 +37,7 @@ from service.schemas import (
     CompletionRequest, CompletionResponse, Health, LoadAdapterRequest, ModelList,
 )
 from service.settings import ENGINE_QUEUE_CAPACITY, ServiceSettings, load_settings
-from training.artifact.errors import Overloaded
+from training.artifact.errors import Overloaded, PermissionDenied
 
 log = logging.getLogger("tuneserve.service.app")
 
@@ -36,13 +46,26 @@ log = logging.getLogger("tuneserve.service.app")
 class EngineDeployment:
     """Holds the ServingCore; every public coroutine of the core is reachable through `call`/`stream`."""
 
-    def __init__(self, settings: dict[str, Any]) -> None:
+    def __init__(self, settings: dict[str, Any], ingress_secret: str) -> None:
         from service.core import ServingCore
 
+        if not ingress_secret:
+            raise ValueError("the Engine needs the Ingress' secret (bind it as app_builder does)")
+        self.ingress_secret = ingress_secret
         self.core = ServingCore(ServiceSettings.model_validate(settings))
         self.core.start()
 
-    async def call(self, method: str, *args: Any) -> dict[str, Any]:
+    def _refused(self, secret: str) -> dict[str, Any] | None:
+        """The error envelope for a caller that is not this application's Ingress, else None."""
+        if isinstance(secret, str) and hmac.compare_digest(secret.encode(), self.ingress_secret.encode()):
+            return None
+        return {"error": to_wire(PermissionDenied(
+            "the Engine deployment answers only its own Ingress",
+            "call the service through its HTTP or gRPC API with an API key"))}
+
+    async def call(self, secret: str, method: str, *args: Any) -> dict[str, Any]:
+        if refused := self._refused(secret):
+            return refused
         if method not in UNARY_CALLS:
             return {"error": {"class": "InvalidRequest", "message": f"unknown engine call {method!r}", "hint": None}}
         try:
@@ -50,7 +73,10 @@ class EngineDeployment:
         except Exception as exc:  # noqa: BLE001 - every error crosses the handle as data
             return {"error": to_wire(exc)}
 
-    async def stream(self, method: str, *args: Any) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, secret: str, method: str, *args: Any) -> AsyncIterator[dict[str, Any]]:
+        if refused := self._refused(secret):
+            yield refused
+            return
         if method not in STREAM_CALLS:
             yield {"error": {"class": "InvalidRequest", "message": f"unknown engine stream {method!r}", "hint": None}}
             return
@@ -81,20 +107,22 @@ def engine_queue() -> Iterator[None]:
 
 
 class RemoteCore:
-    """The `ServingBackend` over a DeploymentHandle (what the transports call in Ray)."""
+    """The `ServingBackend` over a DeploymentHandle (what the transports call in Ray); every call
+    carries `ingress_secret`, without which the Engine refuses it."""
 
-    def __init__(self, handle: DeploymentHandle) -> None:
+    def __init__(self, handle: DeploymentHandle, ingress_secret: str = "") -> None:
         self.handle = handle
+        self.ingress_secret = ingress_secret
 
     async def _call(self, method: str, *args: Any) -> Any:
         with engine_queue():
-            reply = await self.handle.call.remote(method, *args)
+            reply = await self.handle.call.remote(self.ingress_secret, method, *args)
         if "error" in reply:
             raise from_wire(reply["error"])
         return reply["ok"]
 
     async def _stream(self, method: str, *args: Any) -> AsyncIterator[dict]:
-        gen = self.handle.options(stream=True).stream.remote(method, *args)
+        gen = self.handle.options(stream=True).stream.remote(self.ingress_secret, method, *args)
         try:
             with engine_queue():
                 async for reply in gen:
@@ -141,12 +169,12 @@ class RemoteCore:
 @serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
 @serve.ingress()
 class Ingress:
-    async def __init__(self, engine: DeploymentHandle, settings: dict[str, Any]) -> None:
+    async def __init__(self, engine: DeploymentHandle, settings: dict[str, Any], ingress_secret: str) -> None:
         from service.grpc.server import start_grpc_server
         from service.security import SecurityGuard
 
         self.settings = ServiceSettings.model_validate(settings)
-        self.backend = RemoteCore(engine)
+        self.backend = RemoteCore(engine, ingress_secret)
         self.auth = Authenticator.from_settings(self.settings)
         # one guard per replica: both transports share its blocking state, audit log and rate-limit store
         self.guard = SecurityGuard.from_settings(self.settings, self.auth)
@@ -162,7 +190,22 @@ class Ingress:
         return app
 
 
+def ingress_secret() -> str:
+    """The secret the Ingress shows the Engine: derived from the Ray cluster's auth token
+    (RAY_AUTH_TOKEN, else the file at RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token), so every build of
+    the application in one cluster agrees (a rolling Serve update mixes old Ingress replicas with
+    new Engine ones); random per build where Ray runs without a token. Never in the serve config."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if not token and path.is_file():
+        token = path.read_text().strip()
+    if not token:
+        return secrets.token_urlsafe(32)
+    return hmac.new(token.encode(), b"tuneserve: engine calls from the ingress", hashlib.sha256).hexdigest()
+
+
 def app_builder(args: dict[str, Any]) -> serve.Application:
     """Ray Serve import-path target: validate the args into ServiceSettings and bind the graph."""
     settings = load_settings(args).model_dump(mode="json")
-    return Ingress.bind(EngineDeployment.bind(settings), settings)
+    secret = ingress_secret()
+    return Ingress.bind(EngineDeployment.bind(settings, secret), settings, secret)

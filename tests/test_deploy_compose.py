@@ -1,14 +1,20 @@
 """docker-compose stack, Dockerfile, entrypoint and the Ray Serve config, checked offline
 (Docker cannot run here): services and mounts exist, hosts and ports agree between the compose
 file, prometheus.yml and Grafana provisioning, torch is installed from the CPU index before
-the project, and the serve config validates against Ray Serve's schema and ServiceSettings.
+the project, only the API ports are published and Ray runs with token auth and a local-only
+dashboard (the entrypoint runs against stand-in `ray`/`serve` commands), and the serve config
+validates against Ray Serve's schema and ServiceSettings.
 Run: pytest tests/test_deploy_compose.py
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from deploy_support import DEPLOY, REPO_ROOT, load_yaml
@@ -75,6 +81,58 @@ def test_entrypoint_is_valid_shell():
     subprocess.run(["sh", "-n", str(DEPLOY / "entrypoint.sh")], check=True)
     text = (DEPLOY / "entrypoint.sh").read_text()
     assert "--metrics-export-port" in text and "serve run" in text
+
+
+def test_only_the_api_ports_are_published():
+    published = {name: service.get("ports", []) for name, service in COMPOSE["services"].items()}
+    assert published["tuneserve"] == ["8000:8000", "9000:9000"]  # REST (and /metrics), gRPC
+    for name, ports in published.items():
+        if name != "tuneserve":  # observability UIs: this host only
+            assert ports and all(p.startswith("127.0.0.1:") for p in ports), (name, ports)
+    text = (DEPLOY / "docker-compose.yml").read_text() + (DEPLOY / "Dockerfile").read_text()
+    for ray_port in ("8265", "6379", "10001"):  # dashboard and job API, GCS, Ray client
+        assert ray_port not in text
+    assert re.search(r"^\s+RAY_AUTH_MODE=token", (DEPLOY / "Dockerfile").read_text(), flags=re.M)
+
+
+def _run_entrypoint(tmp_path, **env) -> tuple[subprocess.CompletedProcess, str]:
+    """The entrypoint with stand-in `ray` and `serve` that record their arguments and auth env."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    log = tmp_path / "calls.log"
+    for tool in ("ray", "serve"):
+        script = bin_dir / tool
+        script.write_text(f'#!/bin/sh\necho "{tool} $* mode=$RAY_AUTH_MODE path=${{RAY_AUTH_TOKEN_PATH:-}}" >> {log}\n')
+        script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    python_dir = Path(sys.executable).parent  # the image's `python` is the project's
+    base.update(PATH=f"{bin_dir}:{python_dir}:{os.environ['PATH']}", TUNESERVE_CACHE=str(tmp_path / "cache"), **env)
+    result = subprocess.run(["sh", str(DEPLOY / "entrypoint.sh"), "--name", "x"], capture_output=True, text=True,
+                            env=base, timeout=60)
+    return result, log.read_text() if log.exists() else ""
+
+
+def test_entrypoint_refuses_ray_without_token_auth(tmp_path):
+    for mode in ({}, {"RAY_AUTH_MODE": "disabled"}):
+        result, calls = _run_entrypoint(tmp_path, **mode)
+        assert result.returncode == 2 and "RAY_AUTH_MODE must be 'token'" in result.stderr
+        assert calls == ""
+
+
+def test_entrypoint_starts_ray_with_a_private_token_and_a_local_dashboard(tmp_path):
+    result, calls = _run_entrypoint(tmp_path, RAY_AUTH_MODE="token")
+    assert result.returncode == 0, result.stderr
+    ray_call, serve_call = calls.splitlines()
+    token = tmp_path / "cache" / "ray" / "auth_token"  # service.launcher's convention
+    assert ray_call.startswith("ray start --head") and "--dashboard-host=127.0.0.1" in ray_call
+    assert f"mode=token path={token}" in ray_call and f"path={token}" in serve_call
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and len(token.read_text()) >= 32
+    assert serve_call.startswith("serve run --address=auto --name x /etc/tuneserve/serve_config.yaml")
+    first = token.read_text()
+    _run_entrypoint(tmp_path, RAY_AUTH_MODE="token")  # a restart keeps the token on the volume
+    assert token.read_text() == first
+    result, calls = _run_entrypoint(tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="given")
+    assert calls.splitlines()[-2].endswith("mode=token path=")  # a given token is used as it is
 
 
 def test_serve_config_validates_against_ray_serve_and_service_settings():
