@@ -58,8 +58,8 @@ ERROR_TABLE: dict[type[BaseException], ErrorSpec] = {
     ConfigError: ErrorSpec(400, "invalid_request_error", "INVALID_ARGUMENT"),
     DataError: ErrorSpec(400, "invalid_request_error", "INVALID_ARGUMENT"),
     TrainingError: ErrorSpec(500, "internal_error", "INTERNAL"),
-    Overloaded: ErrorSpec(503, "service_unavailable", "RESOURCE_EXHAUSTED"),
     Unavailable: ErrorSpec(503, "service_unavailable", "UNAVAILABLE"),
+    Overloaded: ErrorSpec(503, "service_unavailable", "RESOURCE_EXHAUSTED"),  # after Unavailable: a bare 503 reads as UNAVAILABLE
 }
 INTERNAL = ErrorSpec(500, "internal_error", "INTERNAL")
 CLIENT_CLOSED = 499  # the status recorded for a request the client cancelled (nginx's convention; gRPC CANCELLED)
