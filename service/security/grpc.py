@@ -83,3 +83,4 @@ class CallRecord:
         self.principal: Any = None
         self.usage: Any = None
         self.model: str | None = None
+        self.injection: list[str] = []  # prompt-injection markers found in the request
