@@ -46,6 +46,14 @@ def test_error_body_and_wire_roundtrip_keep_message_hint_and_retry():
     assert http_error(exc)[2]["Retry-After"] == "7"
 
 
+def test_the_resolved_model_of_an_error_crosses_the_wire():
+    from service.errors import resolved_model, with_model
+
+    assert resolved_model(from_wire(to_wire(with_model(InvalidRequest("bad", "fix"), "a1")))) == "a1"
+    assert resolved_model(from_wire(to_wire(with_model(RuntimeError("boom"), "a2")))) == "a2"  # internal errors too
+    assert resolved_model(from_wire(to_wire(NotFound("no such model")))) is None
+
+
 def _auth(tmp_path, records, env=()):
     path = tmp_path / "keys.json"
     write_keys(path, records)
