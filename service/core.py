@@ -18,10 +18,11 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Iterator
 
-from training.artifact.errors import InvalidRequest
+from training.artifact.errors import InvalidRequest, TuneserveError
 
 from service import metrics
 from service.auth import Authenticator, Principal
@@ -30,12 +31,12 @@ from service.engine.engine import Engine
 from service.engine.registry import Lease
 from service.engine.sampling import MIN_TEMPERATURE
 from service.engine.types import RequestStream, SamplingParams
-from service.errors import with_param
+from service.errors import with_model, with_param
 from service.loader import AdapterLoader
 from service.render import (
     ChoiceResult, chat_choice, chat_chunk, completion_choice, completion_chunk, usage, usage_chunk,
 )
-from service.security.limits import confined_path
+from service.security.limits import check_adapter_name, confined_path, relative_paths
 from service.schemas import (
     AdapterInfo, AdapterList, ChatCompletionRequest, ChatCompletionResponse, Classification,
     ClassifyRequest, ClassifyResponse, CompletionRequest, CompletionResponse, Health, LabelScore,
@@ -52,6 +53,15 @@ def invalid(message: str, param: str | None = None, hint: str | None = None) -> 
     return with_param(InvalidRequest(message, hint), param)
 
 
+@contextmanager
+def naming(model_id: str) -> Iterator[None]:
+    """Errors raised inside name the resolved model (the transports label their metrics with it)."""
+    try:
+        yield
+    except Exception as exc:
+        raise with_model(exc, model_id)
+
+
 @dataclass
 class Job:
     """A validated generation request: one lease and prompt per prompt, shared sampling params."""
@@ -62,6 +72,7 @@ class Job:
     params: SamplingParams
     n: int
     started: float
+    scope: str | None = None  # the API key the reply is cached for (None: in-process callers share one scope)
 
     def release(self) -> None:
         for lease in self.leases:
@@ -101,7 +112,8 @@ class ServingCore:
     # ---- inference -------------------------------------------------------------------
     async def complete(self, request: CompletionRequest, principal: Principal | None) -> CompletionResponse:
         job = await self._completion_job(request, principal)
-        results, prompt_tokens = await self._generate(job)
+        with naming(job.model):
+            results, prompt_tokens = await self._generate(job)
         want = request.logprobs is not None
         return CompletionResponse(id=_id("cmpl"), created=int(time.time()), model=job.model,
                                   choices=[completion_choice(r, want) for r in results],
@@ -109,7 +121,8 @@ class ServingCore:
 
     async def chat(self, request: ChatCompletionRequest, principal: Principal | None) -> ChatCompletionResponse:
         job = await self._chat_job(request, principal)
-        results, prompt_tokens = await self._generate(job)
+        with naming(job.model):
+            results, prompt_tokens = await self._generate(job)
         return ChatCompletionResponse(id=_id("chatcmpl"), created=int(time.time()), model=job.model,
                                       choices=[chat_choice(r, request.logprobs) for r in results],
                                       usage=usage(prompt_tokens, sum(r.completion_tokens for r in results)))
@@ -118,16 +131,18 @@ class ServingCore:
         job = await self._completion_job(request, principal)
         head = {"id": _id("cmpl"), "created": int(time.time()), "model": job.model}
         want = request.logprobs is not None
-        async for item in self._stream(job, head, "text_completion", request,
-                                       lambda i, ev: completion_chunk(head, i, ev, want) if ev else None):
-            yield item
+        with naming(job.model):
+            async for item in self._stream(job, head, "text_completion", request,
+                                           lambda i, ev: completion_chunk(head, i, ev, want) if ev else None):
+                yield item
 
     async def stream_chat(self, request: ChatCompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
         job = await self._chat_job(request, principal)
         head = {"id": _id("chatcmpl"), "created": int(time.time()), "model": job.model}
-        async for item in self._stream(job, head, "chat.completion.chunk", request,
-                                       lambda i, ev: chat_chunk(head, i, ev, request.logprobs)):
-            yield item
+        with naming(job.model):
+            async for item in self._stream(job, head, "chat.completion.chunk", request,
+                                           lambda i, ev: chat_chunk(head, i, ev, request.logprobs)):
+                yield item
 
     async def classify(self, request: ClassifyRequest, principal: Principal | None) -> ClassifyResponse:
         texts = self._counted(request.inputs(), "input", "texts")
@@ -143,6 +158,8 @@ class ServingCore:
             encoded = [loaded.tokenizer(t)["input_ids"] for t in texts]
             self.drift.observe_prompts(lease.model_id, texts, [self._nonempty(loaded.tokenizer, ids) for ids in encoded],
                                        loaded.tokenizer, ranked)
+        except Exception as exc:
+            raise with_model(exc, lease.model_id)
         finally:
             lease.release()
         top = request.top_k or None
@@ -160,10 +177,14 @@ class ServingCore:
     # ---- administration --------------------------------------------------------------
     async def load_adapter(self, request: LoadAdapterRequest, principal: Principal | None = None) -> AdapterInfo:
         self._authorize(principal, "admin", request.name)  # admin keys act only on adapters their globs match
+        check_adapter_name(request.name, self.settings.security.adapter_name_pattern)
         path = request.path
         if path is not None:  # adapters load only from the artifacts dir (or configured roots): no traversal
             path = str(confined_path([self.settings.artifacts_dir, *self.settings.security.adapter_roots], path))
-        info = await self.loader.load(request.name, path, request.pin)
+        try:
+            info = await self.loader.load(request.name, path, request.pin)
+        except TuneserveError as exc:  # name the artifact, not the server's directories
+            raise relative_paths(exc, [self.settings.artifacts_dir, *self.settings.security.adapter_roots]) from None
         self.drift.forget(request.name)  # a new version brings its own reference profile
         return AdapterInfo(**info)
 
@@ -200,7 +221,8 @@ class ServingCore:
         """Authorize `model` for the principal, then resolve it (an on-demand load runs on the
         loader's pool, rate-limited per key; service/loader.py)."""
         self._authorize(principal, "infer", model)
-        return await self.loader.acquire(model, getattr(principal, "key_id", None))
+        visible = principal.may_use if principal is not None else None  # hints name only models the key may use
+        return await self.loader.acquire(model, getattr(principal, "key_id", None), visible)
 
     def _counted(self, texts: list[str], param: str, what: str) -> list[str]:
         most = self.settings.limits.max_prompts
@@ -265,11 +287,12 @@ class ServingCore:
                 if context and len(ids) + params.max_tokens > context:
                     raise invalid(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
                                   f"model's context of {context} tokens", "max_tokens", "lower max_tokens")
-        except BaseException:
+        except BaseException as exc:
             for held in leases:
                 held.release()
-            raise
-        return Job(lease.model_id, leases, prompts, params, request.n, time.perf_counter())
+            raise with_model(exc, lease.model_id)
+        return Job(lease.model_id, leases, prompts, params, request.n, time.perf_counter(),
+                   principal.key_id if principal is not None else None)
 
     @staticmethod
     def _nonempty(tokenizer, ids: list[int]) -> list[int]:
@@ -287,7 +310,8 @@ class ServingCore:
             return None
         lease = job.leases[0]
         version = f"{lease.target.key}:{lease.slot}"
-        return self.engine.cache.key(job.model, version, [t for p in job.prompts for t in [*p, -1]], job.params, job.n)
+        return self.engine.cache.key(job.model, version, [t for p in job.prompts for t in [*p, -1]], job.params, job.n,
+                                     scope=job.scope)  # per key: no tenant learns another's prompts from timing
 
     def _start(self, job: Job) -> list[RequestStream]:
         """Hand each prompt's lease to the engine with its rows; when one cannot start, the started

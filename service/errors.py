@@ -7,7 +7,9 @@ Transports never decide statuses themselves; they call `describe(exc)` and rende
 
 Unknown exceptions become 500 `internal_error` with a generic message; the traceback goes to
 the log only. `to_wire(exc)` / `from_wire(d)` carry a user error across a process boundary
-(Ray handles lose the hint when pickling exceptions).
+(Ray handles lose the hint when pickling exceptions). `with_model(exc, model_id)` marks an error
+raised after the request's model was resolved; `resolved_model(exc)` reads it back (metric labels
+name only resolved ids).
 """
 
 from __future__ import annotations
@@ -106,19 +108,32 @@ def with_param(exc: TuneserveError, param: str | None) -> TuneserveError:
     return exc
 
 
+def with_model(exc: BaseException, model_id: str) -> BaseException:
+    """Mark an error as raised after the request's model resolved to `model_id`."""
+    exc.model_id = model_id  # type: ignore[attr-defined]
+    return exc
+
+
+def resolved_model(exc: BaseException | None) -> str | None:
+    return getattr(exc, "model_id", None)
+
+
 def to_wire(exc: BaseException) -> dict[str, Any]:
     if not isinstance(exc, TuneserveError):
         public_message(exc)
-        return {"class": "InternalError", "message": INTERNAL_MESSAGE, "hint": None}
+        return {"class": "InternalError", "message": INTERNAL_MESSAGE, "hint": None, "model": resolved_model(exc)}
     return {"class": type(exc).__name__, "message": exc.message, "hint": exc.hint,
-            "param": getattr(exc, "param", None), "retry_after": getattr(exc, "retry_after", None)}
+            "param": getattr(exc, "param", None), "retry_after": getattr(exc, "retry_after", None),
+            "model": resolved_model(exc)}
 
 
 def from_wire(data: dict[str, Any]) -> BaseException:
     cls = _BY_NAME.get(data.get("class", ""))
+    exc = cls(data["message"], data.get("hint")) if cls is not None else RuntimeError(data.get("message", INTERNAL_MESSAGE))
+    if data.get("model") is not None:
+        with_model(exc, data["model"])
     if cls is None:
-        return RuntimeError(data.get("message", INTERNAL_MESSAGE))
-    exc = cls(data["message"], data.get("hint"))
+        return exc
     if isinstance(exc, RateLimited) and data.get("retry_after") is not None:
         exc.retry_after = data["retry_after"]
     if data.get("param") is not None:

@@ -46,14 +46,16 @@ class AdapterLoader:
         self._pending = 0
         self._loading: dict[str, Future] = {}  # adapter name -> its on-demand load under way
 
-    async def acquire(self, model_id: str, key_id: str | None = None) -> Lease:
-        """A lease on `model_id`, loading a catalogued adapter first (rate-limited per key and in all)."""
+    async def acquire(self, model_id: str, key_id: str | None = None,
+                      visible: Callable[[str], bool] | None = None) -> Lease:
+        """A lease on `model_id`, loading a catalogued adapter first (rate-limited per key and in all);
+        a NotFound's hint names only models `visible` allows (the caller's key)."""
         for _ in range(RESOLVE_ATTEMPTS):
             lease = self.registry.acquire_resident(model_id)
             if lease is not None:
                 return lease
             if model_id not in self.registry.catalog.adapters:
-                return self.registry.acquire(model_id)  # nothing to load: the registry's NotFound
+                return self.registry.acquire(model_id, visible)  # nothing to load: the registry's NotFound
             await _joined(self._on_demand(model_id, key_id))
         raise Unavailable(f"adapter {model_id!r} was evicted by other loads right after loading",
                           "retry in a moment, or raise max_adapters")
@@ -74,7 +76,7 @@ class AdapterLoader:
                 return running
             self._take(f"key:{key_id}", self.limits.per_key_per_min, f"API key {key_id}")
             self._take("all", self.limits.per_min, "this replica")
-            future = self._loading[name] = self._submit(self.registry.load_adapter, name)
+            future = self._loading[name] = self._submit(self.registry.load_on_demand, name)
         future.add_done_callback(lambda _, n=name: self._forget(n))
         return future
 

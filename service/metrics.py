@@ -16,7 +16,9 @@ as a second target of job `tuneserve` (see docs/observability.md). Without the v
 
 Names follow `tuneserve_<what>_<unit>`; the contract is docs/observability.md and the rules in
 deploy/prometheus/rules/. Labels are bounded: adapter names pass `adapter_label`, which caps
-the number of distinct values. Security code records through the published objects
+the number of distinct values, and callers pass only ids the registry resolved (a request that
+never resolved one: `""`; a failed load of a name the registry does not know: `"unresolved"`);
+paths no route matches share `route="unmatched"`. Junk traffic therefore adds no series. Security code records through the published objects
 (`AUTH_FAILURES`, `RATE_LIMITED`, `BLOCKED_CLIENTS`, `KEY_CLIENT_ADDRESSES`,
 `PROMPT_INJECTION_SUSPECTED`) or the helpers below them.
 """
@@ -52,6 +54,8 @@ TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 MAX_ADAPTER_LABELS = 256
 OTHER = "other"
+UNRESOLVED = "unresolved"  # adapter label of an adapter event whose name the registry does not know
+UNMATCHED_ROUTE = "unmatched"  # route label of a path no route matches (never the raw path)
 _LABEL_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
 
 REQUESTS = Counter("tuneserve_requests", "Finished requests.", ["adapter", "transport", "route", "code"])
@@ -150,7 +154,7 @@ def grpc_code_name(code: int | str) -> str:
     return _GRPC_BY_STATUS.get(int(code), "UNKNOWN")
 
 
-def request_finished(route: str, model: str, transport: str, code: int | str, seconds: float) -> None:
+def request_finished(route: str, model: str | None, transport: str, code: int | str, seconds: float) -> None:
     """One finished HTTP or gRPC request. `code`: HTTP status (gRPC calls: the status of the error,
     turned into the gRPC code name here). A 404 names no model we serve, so its (free-text) model
     name is never used as a label."""
@@ -245,7 +249,7 @@ def rate_limited(key_id: str, kind: str) -> None:
     RATE_LIMITED.labels(key_id, kind).inc()
 
 
-def prompt_injection_suspected(model: str) -> None:
+def prompt_injection_suspected(model: str | None) -> None:
     PROMPT_INJECTION_SUSPECTED.labels(adapter_label(model)).inc()
 
 

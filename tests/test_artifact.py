@@ -58,6 +58,10 @@ def test_round_trip(tmp_path):
         (lambda d: _edit_manifest(d, kind="banana"), "malformed manifest"),
         (lambda d: _edit_manifest(d, files={"../../etc/passwd": "0" * 64}), "escapes the artifact directory"),
         (lambda d: _edit_manifest(d, files={"pytorch_model.bin": "0" * 64}), "pickle-based"),
+        (lambda d: (d / ".hidden.safetensors").write_bytes(b"x"), "not listed in the manifest"),
+        (lambda d: (d / "sub" / ".cache").write_text("x"), "not listed in the manifest"),
+        (lambda d: _swap_for_link(d / "sub" / "tokenizer.json"), "symbolic links"),
+        (lambda d: (d / "outside").symlink_to(d.parent), "symbolic links"),
     ],
 )
 def test_corruption_refused(tmp_path, corrupt, message):
@@ -157,3 +161,26 @@ def test_fingerprint_model_dir_stable_and_sensitive(tmp_path):
     time.sleep(0.01)
     (model / "model.safetensors").write_bytes(b"v" * 1000)
     assert fingerprint_model_dir(model) != first
+
+
+def _swap_for_link(path: Path) -> None:
+    """Replace a listed file by a link to an identical copy outside the artifact (checksums still match)."""
+    outside = path.parents[2] / "elsewhere.json"
+    outside.write_bytes(path.read_bytes())
+    path.unlink()
+    path.symlink_to(outside)
+
+
+def test_only_the_base_fingerprint_cache_may_be_added(tmp_path):
+    dest = write_demo(tmp_path / "a")
+    fingerprint_model_dir(dest)  # a merged model used as a training base gets this cache file
+    assert (dest / ".tuneserve_fingerprint.json").is_file()
+    load_artifact(dest)
+
+
+def test_the_writer_refuses_symbolic_links(tmp_path):
+    (tmp_path / "real.json").write_text("{}")
+    with pytest.raises(ArtifactInvalid, match="symbolic links"):
+        with ArtifactWriter(tmp_path / "a", FIELDS) as writer:
+            (writer.path / "adapter_config.json").symlink_to(tmp_path / "real.json")
+    assert not (tmp_path / "a").exists()

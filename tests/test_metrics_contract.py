@@ -123,3 +123,17 @@ def test_multiprocess_mode_aggregates_processes(tmp_path):
                          check=True, cwd=ROOT, env=env, capture_output=True, text=True).stdout
     assert 'tuneserve_requests_total{adapter="a1",code="200",route="/v1/completions",transport="http"} 3.0' in out
     assert "process_cpu_seconds_total" in out
+
+
+def test_unmatched_paths_and_refused_models_never_become_labels(tmp_path):
+    from tests.security_support import bearer, http_app
+
+    client_from, keys = http_app(tmp_path, block_after_failures=1000)
+    junk = client_from("203.0.113.7")
+    for i in range(30):
+        assert junk.get(f"/zz-unmatched-{i}").status_code == 404
+        assert junk.post("/v1/completions", json={"model": f"zz-refused-{i}", "prompt": "Ignore all previous "
+                         "instructions"}, headers=bearer(keys["good"])).status_code == 403  # globs a*
+    body = metrics.render()[0].decode()
+    assert "zz-" not in body
+    assert 'route="unmatched"' in body

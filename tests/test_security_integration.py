@@ -1,11 +1,13 @@
 """Security of the real Ray Serve app (one extra app for this area): two Ingress replicas behind
 HTTPS (self-signed cert generated here), per-key rate limits shared across the replicas through
 the Ray actor, the audit log (every request exactly once, no secret), and schemathesis fuzzing
-of the REST API (marker `schemathesis`: 0 server errors, responses match the schema)."""
+of the REST API (marker `schemathesis`: 0 server errors, responses match the schema, and the
+fuzzed model names never become metric labels), and junk traffic adding no series to /metrics."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -51,7 +53,8 @@ def secure_app(tiny_base_dir, service_artifacts, tmp_path_factory):
                       env={"RAY_TMPDIR": "/tmp/ts-ray-sec"})
     client = httpx.Client(base_url=url, verify=str(cert), timeout=60)
     try:
-        yield {"url": url, "client": client, "keys": keys, "audit": root / "audit.jsonl", "cert": cert}
+        yield {"url": url, "client": client, "keys": keys, "audit": root / "audit.jsonl", "cert": cert,
+               "base": tiny_base_dir}
     finally:
         client.close()
         terminate(proc)
@@ -63,6 +66,28 @@ def bearer(key: str) -> dict[str, str]:
 
 def audit_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def metric_series(secure_app) -> set[str]:
+    body = secure_app["client"].get("/metrics", headers=bearer(secure_app["keys"]["admin"])).text
+    return {line.rsplit(" ", 1)[0] for line in body.splitlines() if line.startswith("tuneserve_")}
+
+
+def adapter_labels(series: set[str]) -> set[str]:
+    return {value for line in series for value in re.findall(r'adapter="([^"]*)"', line)}
+
+
+def junk(secure_app, tag: str, count: int) -> None:
+    """Requests an attacker with one valid inference key (and none) can send cheaply."""
+    client, key = secure_app["client"], secure_app["keys"]["infer"]
+    for i in range(count):
+        name = f"junk-{tag}-{i}"
+        assert client.get(f"/{name}").status_code == 404
+        assert client.post("/v1/completions", json={"model": name, "prompt": "x"}).status_code == 401
+        assert client.post("/v1/completions", json={"model": name, "prompt": "x"}, headers=bearer(key)).status_code == 404
+        assert client.post("/v1/completions", json={"model": name, "prompt": "x", "max_tokens": 10 ** 6},
+                           headers=bearer(key)).status_code == 400
+        assert client.post("/v1/classify", json={"model": name, "input": "x"}, headers=bearer(key)).status_code == 404
 
 
 def test_https_only(secure_app):
@@ -152,6 +177,8 @@ def test_schemathesis_fuzzing_finds_no_server_errors(secure_app):
 
         fuzz()
     assert calls and len({label for label, _ in calls}) >= 8, "every operation must have been exercised"
+    served = {"", "unresolved", "a1", "a2", "a3", "clf", Path(secure_app["base"]).name}
+    assert adapter_labels(metric_series(secure_app)) <= served, "fuzzed model names became metric labels"
     assert not [c for c in calls if c[1] >= 500], "server errors"
     assert not failures, "\n".join(failures[:10])
 
@@ -181,3 +208,14 @@ def test_https_on_direct_ingress(tiny_base_dir, service_artifacts, tmp_path):
             httpx.get(url.replace("https://", "http://") + "/health", timeout=5)
     finally:
         terminate(proc)
+
+
+def test_junk_traffic_adds_no_metric_series(secure_app):
+    """Last in this module: its keyless requests spend the audit budget the audit test relies on."""
+    junk(secure_app, "warm", 3)  # the constant series junk may add (route="unmatched", adapter="", ...)
+    metric_series(secure_app)  # and the scrape's own request
+    before = metric_series(secure_app)
+    junk(secure_app, "flood", 40)
+    after = metric_series(secure_app)
+    assert after == before, sorted(after - before)[:10]
+    assert not [a for a in adapter_labels(after) if a.startswith("junk")]

@@ -383,3 +383,94 @@ def test_engine_mask_matches_transformers_own(tiny_base_dir, attention):
     assert torch.allclose(ref_first[real], first[real], atol=1e-5)
     assert torch.allclose(ref_second, second, atol=1e-5)
     assert full_attention_mask(attn, 1, object()) is attn  # non-torch models (ONNX Runtime) keep the 2D mask
+
+
+def test_errors_after_resolution_name_the_resolved_model(core):
+    """Transports label metrics only with resolved ids; an error raised after resolution carries it."""
+    with pytest.raises(InvalidRequest) as wrong_task:
+        complete(core, "clf")
+    assert wrong_task.value.model_id == "clf"
+    with pytest.raises(InvalidRequest) as too_long:
+        complete(core, "base", prompt="word " * 2000)
+    assert too_long.value.model_id == core.registry.base_name
+    with pytest.raises(NotFound) as unknown:
+        complete(core, "ghost-model")
+    assert getattr(unknown.value, "model_id", None) is None
+
+
+def test_not_found_hints_name_only_models_the_key_may_use(core):
+    from service.auth import Principal
+
+    key = Principal("k-hint", "tenant", ("infer",), ("a1", "ghost*"))
+    with pytest.raises(NotFound) as info:
+        run(core.complete(CompletionRequest(model="ghost-1", prompt="x", max_tokens=1), key))
+    assert "a1" in info.value.hint
+    assert not any(name in info.value.hint for name in ("a2", "a3", "clf", core.registry.base_name))
+
+
+def test_the_response_cache_is_scoped_per_key(core):
+    from service.auth import Principal
+
+    core.engine.cache.clear()
+    request = CompletionRequest(model="a1", prompt="scoped cache", max_tokens=4, temperature=0)
+    first, second = Principal("k-one", "one"), Principal("k-two", "two")
+    hits = core.engine.cache.stats()["hits"]
+    run(core.complete(request, first))
+    run(core.complete(request, first))
+    assert core.engine.cache.stats()["hits"] == hits + 1
+    run(core.complete(request, second))  # another key's identical prompt is not answered from the cache
+    assert core.engine.cache.stats()["hits"] == hits + 1 and core.engine.cache.stats()["entries"] == 2
+
+
+def test_failed_loads_show_no_server_paths(core, tmp_path):
+    from service.auth import Principal
+
+    broken = tmp_path / "a2-broken"
+    shutil.copytree(core.registry.catalog.adapters["a2"], broken)
+    (broken / "adapter_model.safetensors").write_bytes(b"tampered")
+    core.registry.catalog.adapters["broken"] = broken  # a catalog adapter whose artifact went bad
+    try:
+        with pytest.raises(ArtifactInvalid) as inference:
+            run(core.complete(CompletionRequest(model="broken", prompt="x", max_tokens=1), Principal("k-inf", "inf")))
+        assert "/" not in str(inference.value) and "broken" in inference.value.message
+        with pytest.raises(ArtifactInvalid, match="checksum") as admin:
+            run(core.load_adapter(LoadAdapterRequest(name="a2", path=str(broken))))
+        assert str(tmp_path) not in str(admin.value) and "a2-broken" in str(admin.value)
+    finally:
+        core.registry.catalog.adapters.pop("broken", None)
+
+
+def test_the_configured_adapter_name_pattern_is_enforced(core, monkeypatch):
+    monkeypatch.setattr(core.settings.security, "adapter_name_pattern", r"^team-[a-z0-9-]+$")
+    with pytest.raises(InvalidRequest, match="pattern") as info:
+        run(core.load_adapter(LoadAdapterRequest(name="a1")))
+    assert info.value.param == "name"
+
+
+def test_a_failure_after_the_peft_attach_changes_nothing(core, tiny_base_dir, tmp_path, monkeypatch):
+    from service.engine import multilora
+
+    reg = core.registry
+    before = complete(core, "a1", max_tokens=8).choices[0].text
+    peft_slots = set(reg.base.model.peft_config)
+    stacked = {id(stack): set(stack.index) for _, stack in reg.base.multilora.layers.values()}
+    real_put, calls = multilora._LayerStack.put, []
+
+    def failing_put(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("out of memory while stacking")
+        return real_put(self, *args, **kwargs)
+
+    monkeypatch.setattr(multilora._LayerStack, "put", failing_put)
+    extra = make_adapter(tiny_base_dir, tmp_path / "a5", "a5", seed=5)
+    with pytest.raises(RuntimeError, match="stacking"):
+        run(core.load_adapter(LoadAdapterRequest(name="a5", path=str(extra))))
+    assert "a5" not in reg.adapters and set(reg.base.model.peft_config) == peft_slots
+    assert {id(stack): set(stack.index) for _, stack in reg.base.multilora.layers.values()} == stacked
+    core.engine.cache.clear()
+    assert complete(core, "a1", max_tokens=8).choices[0].text == before
+    monkeypatch.setattr(multilora._LayerStack, "put", real_put)
+    run(core.load_adapter(LoadAdapterRequest(name="a5", path=str(extra))))
+    assert complete(core, "a5", max_tokens=8).choices[0].text != before
+    run(core.unload_adapter("a5"))

@@ -46,6 +46,14 @@ def test_error_body_and_wire_roundtrip_keep_message_hint_and_retry():
     assert http_error(exc)[2]["Retry-After"] == "7"
 
 
+def test_the_resolved_model_of_an_error_crosses_the_wire():
+    from service.errors import resolved_model, with_model
+
+    assert resolved_model(from_wire(to_wire(with_model(InvalidRequest("bad", "fix"), "a1")))) == "a1"
+    assert resolved_model(from_wire(to_wire(with_model(RuntimeError("boom"), "a2")))) == "a2"  # internal errors too
+    assert resolved_model(from_wire(to_wire(NotFound("no such model")))) is None
+
+
 def _auth(tmp_path, records, env=()):
     path = tmp_path / "keys.json"
     write_keys(path, records)
@@ -242,3 +250,34 @@ def test_direct_ingress_only_with_one_ingress_replica(monkeypatch):
     next(d for d in config["applications"][0]["deployments"] if d["name"] == "Ingress")["num_replicas"] = 2
     use_direct_ingress(config, settings)
     assert config["http_options"]["port"] == 18123 and "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in os.environ
+
+
+def test_discovery_skips_directories_a_writer_left_behind(tmp_path):
+    from service.engine.catalog import discover
+    from training.artifact import ArtifactWriter
+
+    base = {"id": "tiny-llama", "sha256": "ab" * 32}
+    (tmp_path / "artifacts").mkdir()
+    for directory in ("a1", "a1.old-1f2e3d4c", "a1.tmp-5a6b7c8d", ".a1-backup"):
+        with ArtifactWriter(tmp_path / "build" / directory, {"name": directory, "kind": "adapter", "base": base}) as w:
+            (w.path / "adapter_config.json").write_text("{}")
+        (tmp_path / "build" / directory).rename(tmp_path / "artifacts" / directory)
+    catalog = discover(tmp_path / "artifacts", "ab" * 32)
+    assert set(catalog.adapters) == {"a1"} and not catalog.skipped
+
+
+def test_response_cache_is_bounded_by_bytes_and_scoped_per_key():
+    from service.engine.cache import approx_bytes
+
+    cache = ResponseCache(size=100, ttl_s=10, max_bytes=3000)
+    params = SamplingParams(temperature=0)
+    assert cache.key("m", "v", [1], params, scope="k1") != cache.key("m", "v", [1], params, scope="k2")
+    keys = [cache.key("m", "v", [i], params) for i in range(4)]
+    for key in keys:
+        cache.put(key, ["x" * 1000])
+    assert cache.get(keys[0]) is None and cache.get(keys[3]) == ["x" * 1000]  # the oldest went for bytes
+    assert cache.bytes <= 3000 and cache.bytes == sum(approx_bytes(v) for _, v, _ in cache.entries.values())
+    cache.put("huge", "y" * 5000)  # larger than the whole budget: never kept
+    assert cache.get("huge") is None and len(cache.entries) == 2
+    cache.put(keys[3], ["z"])  # replacing an entry frees its bytes
+    assert cache.bytes == approx_bytes(["z"]) + approx_bytes(["x" * 1000])

@@ -3,7 +3,9 @@
     catalog = discover(Path("artifacts"), base_sha256)   # -> Catalog(adapters={name: dir}, models={name: dir})
 
 Adapters built on another base and unreadable manifests are skipped with a warning; a
-full verification (`load_artifact`) happens when an artifact is actually loaded.
+full verification (`load_artifact`) happens when an artifact is actually loaded. Directories a
+writer left behind (`<name>.tmp-*` being written, `<name>.old-*` after a crash mid-replace) and
+hidden ones are never artifacts.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from training.artifact import ArtifactInvalid, Manifest, read_manifest
 
 log = logging.getLogger("tuneserve.service.catalog")
 FULL_MODEL_KINDS = ("merged-model", "quantized-model", "full-model", "onnx-model")
+WRITER_MARKERS = (".tmp-", ".old-")
 
 
 @dataclass
@@ -29,10 +32,15 @@ def artifact_name(path: Path, manifest: Manifest) -> str:
     return manifest.name or path.name
 
 
+def _leftover(name: str) -> bool:
+    """A writer's temporary or replaced directory (training.artifact.store), or a hidden one."""
+    return name.startswith(".") or any(marker in name for marker in WRITER_MARKERS)
+
+
 def discover(root: Path | None, base_sha256: str, extra_models: list[Path] = ()) -> Catalog:
     catalog = Catalog()
     newest: dict[str, str] = {}
-    candidates = sorted(p for p in root.iterdir() if p.is_dir() and ".tmp-" not in p.name) if root and root.is_dir() else []
+    candidates = sorted(p for p in root.iterdir() if p.is_dir() and not _leftover(p.name)) if root and root.is_dir() else []
     for path in [*candidates, *extra_models]:
         try:
             manifest = read_manifest(path)

@@ -25,7 +25,7 @@ class Engine:
         self.registry = ModelRegistry(settings)
         self.scheduler = Scheduler(self.registry, settings.batching)
         cache = settings.cache
-        self.cache = ResponseCache(cache.size if cache.enabled else 0, cache.ttl_s)
+        self.cache = ResponseCache(cache.size if cache.enabled else 0, cache.ttl_s, max_bytes=cache.max_bytes)
         self.num_threads = settings.num_threads
         self.started = False
 

@@ -126,17 +126,23 @@ class MultiLora:
             for m in layers)
 
     def add(self, slot: str) -> None:
-        """Copy PEFT's weights of `slot` into the stacks (PEFT's own copy may be deleted afterwards)."""
-        for module in self._lora_layers(self.model):
-            if slot not in module.lora_A:
-                continue
-            key = id(module)
-            if key not in self.layers:
-                self.layers[key] = (module, _LayerStack())
-                module.register_forward_hook(self._hook)
-            a = module.lora_A[slot].weight.detach()
-            b = module.lora_B[slot].weight.detach() * module.scaling[slot]
-            self.layers[key][1].put(slot, a, b, _dora_scale(module, slot, b @ a))
+        """Copy PEFT's weights of `slot` into the stacks (PEFT's own copy may be deleted afterwards);
+        on a failure no stack keeps any of `slot`."""
+        try:
+            for module in self._lora_layers(self.model):
+                if slot not in module.lora_A:
+                    continue
+                key = id(module)
+                if key not in self.layers:
+                    self.layers[key] = (module, _LayerStack())
+                    module.register_forward_hook(self._hook)
+                a = module.lora_A[slot].weight.detach()
+                b = module.lora_B[slot].weight.detach() * module.scaling[slot]
+                self.layers[key][1].put(slot, a, b, _dora_scale(module, slot, b @ a))
+        except BaseException:
+            for _, stack in self.layers.values():
+                stack.drop(slot)
+            raise
         self.slots.append(slot)
         self.refresh()
 

@@ -3,6 +3,7 @@
     reg = ModelRegistry(ModelSettings(base_model="tiny-llama", artifacts_dir=Path("artifacts")))
     reg.start()                                    # base + discovered artifacts
     lease = reg.acquire("my-adapter")              # loads on demand, marks recently used
+    reg.acquire("x", visible=principal.may_use)    # a NotFound's hint lists only the ids `visible` allows
     lease.model_id                                 # the resolved id ("base" -> the base model's id)
     reg.acquire_resident("my-adapter")             # the same without blocking; None when it must load first
     ...; lease.release()
@@ -27,10 +28,10 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from training.artifact import Manifest, load_artifact
-from training.artifact.errors import Conflict, NotFound, Unavailable
+from training.artifact.errors import ArtifactInvalid, Conflict, NotFound, Unavailable
 from training.artifact.loading import LoadedModel, attach_adapter, load_base, load_model_artifact
 
 from service import metrics
@@ -178,19 +179,33 @@ class ModelRegistry:
             entry.in_use += 1
             return Lease(model_id, self.base, entry, self)
 
-    def acquire(self, model_id: str) -> Lease:
-        """Resolve a request's `model` to what it runs on; load a known adapter on demand (blocks)."""
+    def acquire(self, model_id: str, visible: Callable[[str], bool] | None = None) -> Lease:
+        """Resolve a request's `model` to what it runs on; load a known adapter on demand (blocks).
+        A NotFound's hint names only models `visible` allows (the caller's key); an artifact that
+        fails verification is reported without its paths (the server log has the details)."""
         lease = self.acquire_resident(model_id)
         if lease is not None:
             return lease
         with self._state:
             known = model_id in self.catalog.adapters
         if not known:
+            usable = [m for m in self.model_ids() if visible is None or visible(m)]
             raise NotFound(f"model {model_id!r} does not exist",
                            f"GET /v1/models (HTTP) or ListModels (gRPC) lists the models you can use: "
-                           f"{', '.join(self.model_ids()[:8])}; the base model also answers to {BASE_ALIAS!r}")
-        self.load_adapter(model_id)
+                           f"{', '.join(usable[:8]) or 'none'}; the base model also answers to {BASE_ALIAS!r}")
+        self.load_on_demand(model_id)
         return self.acquire(model_id)
+
+    def load_on_demand(self, model_id: str) -> None:
+        """Load a catalogued adapter for an inference request; a failed verification is reported
+        without its paths (the caller is not an admin; the server log has the details)."""
+        try:
+            self.load_adapter(model_id)
+        except ArtifactInvalid as exc:
+            log.warning("cannot load adapter %s on demand: %s", model_id, exc)
+            raise type(exc)(f"adapter {model_id!r} cannot be loaded: its artifact failed verification",
+                             "retry later or use another model; an operator must fix the artifact "
+                             "(the server log names the problem)") from None
 
     def model_ids(self) -> list[str]:
         with self._state:
@@ -217,7 +232,9 @@ class ModelRegistry:
         try:
             info = self._load_adapter(name, path, pin)
         except Exception:
-            metrics.adapter_event(name, "load_failed")
+            with self._state:  # only names the registry knows become labels
+                known = name in self.catalog.adapters or name in self.adapters
+            metrics.adapter_event(name if known else metrics.UNRESOLVED, "load_failed")
             raise
         metrics.adapter_event(name, "loaded", time.perf_counter() - started)
         return info
@@ -242,7 +259,7 @@ class ModelRegistry:
                     try:
                         self._make_room()
                     except Exception:
-                        self._delete_slot(entry)
+                        self._delete_slot(entry.slot)
                         raise
                 self.adapters[name] = entry
                 self.adapters.move_to_end(name)
@@ -253,19 +270,24 @@ class ModelRegistry:
             return entry.info(self.base_name)
 
     def _attach(self, artifact, slot: str) -> None:
-        """Attach `artifact` under `slot` (model lock held); stack it when the batched path can serve it."""
+        """Attach `artifact` under `slot` (model lock held); stack it when the batched path can serve it.
+        A failure after PEFT's attach detaches it again: a failed load changes nothing."""
         base = self.base
         base.model = attach_adapter(base.model, artifact, slot)
         if not self.config.batched_lora:
             return
-        base.multilora = base.multilora or MultiLora(base.model)
-        if not base.multilora.supports(slot):  # served through PEFT's adapter_names path
-            base.multilora.refresh()
-            return
-        base.multilora.add(slot)
-        # generation reads the stacks only (classification keeps PEFT's path and heads)
-        if base.loaded.task == "causal-lm" and len(base.model.peft_config) > 1:
-            base.model.delete_adapter(slot)
+        try:
+            base.multilora = base.multilora or MultiLora(base.model)
+            if not base.multilora.supports(slot):  # served through PEFT's adapter_names path
+                base.multilora.refresh()
+                return
+            base.multilora.add(slot)
+            # generation reads the stacks only (classification keeps PEFT's path and heads)
+            if base.loaded.task == "causal-lm" and len(base.model.peft_config) > 1:
+                base.model.delete_adapter(slot)
+        except BaseException:
+            self._delete_slot(slot)
+            raise
 
     def unload_adapter(self, name: str, force: bool = False) -> None:
         with self._state:
@@ -316,7 +338,7 @@ class ModelRegistry:
     def _retire(self, entry: AdapterEntry) -> None:
         entry.retired = True
         if entry.in_use == 0:
-            self._delete_slot(entry)
+            self._delete_slot(entry.slot)
 
     def _share(self, lease: Lease) -> Lease:
         with self._state:
@@ -328,19 +350,19 @@ class ModelRegistry:
         with self._state:
             entry.in_use -= 1
             if entry.retired and entry.in_use == 0:
-                self._delete_slot(entry)
+                self._delete_slot(entry.slot)
 
-    def _delete_slot(self, entry: AdapterEntry) -> None:
+    def _delete_slot(self, slot: str) -> None:
         with self.model_lock:
             base = self.base
             if base.multilora is not None:
-                base.multilora.remove(entry.slot)
+                base.multilora.remove(slot)
             peft = getattr(base.model, "peft_config", {})
-            if entry.slot in peft:
+            if slot in peft:
                 if len(peft) > 1:
-                    base.model.delete_adapter(entry.slot)
+                    base.model.delete_adapter(slot)
                 else:  # PEFT's last adapter anchors the wrapped layers the stacks hook into: keep it
-                    self._orphans.add(entry.slot)
+                    self._orphans.add(slot)
             if peft and set(peft) <= self._orphans and not (base.multilora and base.multilora.slots):
                 # Nothing is served through the adapter layers any more. (PEFT would keep a deleted
                 # last adapter "active" and fail every later forward): unwrap to the bare base.

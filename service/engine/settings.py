@@ -46,6 +46,8 @@ class CacheSettings(StrictModel):
     enabled: bool = True
     size: int = Field(1024, ge=0)
     ttl_s: float = Field(300.0, gt=0)
+    max_bytes: int = Field(64 * 1024 * 1024, ge=0, description="bound on the estimated size of the cached replies "
+                           "(text and logprobs), besides the entry count")
 
 
 class EngineSettings(ModelSettings):

@@ -19,7 +19,8 @@ run at once and `limits.grpc_health_watches` Health.Watch streams stay open; mor
 Each call records `metrics.request_finished(route, model, "grpc", code, s)`
 with `code` the HTTP-equivalent status from the same table (200 ok, 499 cancelled), so
 dashboards compare transports on one label; `model` (there and in the audit line) is the id the
-backend resolved the request's model to, once the reply names it.
+backend resolved the request's model to, once the reply (or a failed call's error) names it; a call
+that never resolved one is labelled `adapter=""` (its audit line keeps the name it asked for).
 
 Why a grpc.aio server inside the app rather than Ray Serve's gRPC proxy: Ray's proxy needs the
 servicer registration functions fixed cluster-wide at `serve.start(grpc_options=...)`, routes by
@@ -45,7 +46,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from service import metrics
 from service.backend import ServingBackend
-from service.errors import CLIENT_CLOSED, describe
+from service.errors import CLIENT_CLOSED, describe, resolved_model
 from service.grpc import translate
 from service.grpc.gen.tuneserve.v1 import admin_pb2, admin_pb2_grpc, inference_pb2, inference_pb2_grpc
 from service.grpc.status import abort
@@ -87,10 +88,12 @@ async def recorded(gateway: Gateway, context: grpc.aio.ServicerContext, route: s
         count_forbidden(exc, "grpc")
         await abort(context, exc)
     finally:
-        model = call.model or model
-        metrics.request_finished(route, model, "grpc", code, time.perf_counter() - started)
-        await record_call(gateway.guard, context, route, model, code, started, call.principal, call.usage, error,
-                          call.reserved)
+        resolved = call.model or resolved_model(error)  # only resolved ids label metrics
+        metrics.request_finished(route, resolved, "grpc", code, time.perf_counter() - started)
+        if call.injection:
+            metrics.prompt_injection_suspected(resolved)
+        await record_call(gateway.guard, context, route, resolved or model, code, started, call.principal, call.usage,
+                          error, call.reserved)
 
 
 def unary(service: str, scope: str) -> Callable:
@@ -135,7 +138,7 @@ class InferenceService(GatewayService, inference_pb2_grpc.InferenceServicer):
     @unary(NAME, "infer")
     async def Generate(self, request, principal, call):
         body = translate.generate_request(request)
-        self.gateway.guard.inspect_prompts(body.model, prompt_texts(body))
+        call.injection = self.gateway.guard.inspect_prompts(prompt_texts(body))
         call.reserved = await self.gateway.guard.reserve(principal, body)
         run = self.gateway.backend.chat if request.WhichOneof("input") == "messages" else self.gateway.backend.complete
         reply = await run(body, principal)
@@ -147,7 +150,7 @@ class InferenceService(GatewayService, inference_pb2_grpc.InferenceServicer):
             principal = await self.gateway.principal(context, "infer", call)
             translate.check_decoded(request)
             body = translate.generate_request(request, stream=True)  # always with the usage chunk (charged)
-            self.gateway.guard.inspect_prompts(body.model, prompt_texts(body))
+            call.injection = self.gateway.guard.inspect_prompts(prompt_texts(body))
             call.reserved = await self.gateway.guard.reserve(principal, body)
             backend = self.gateway.backend
             stream = backend.stream_chat if request.WhichOneof("input") == "messages" else backend.stream_complete

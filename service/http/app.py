@@ -4,7 +4,9 @@
     # backend: a `ServingBackend` (service/backend.py): the ServingCore, or the Ray handle proxy
 
 A request's metric and audit line name the model the backend resolved (the reply's `model`,
-e.g. `"base"` → the base model's id); until it resolves, the model the request named.
+e.g. `"base"` → the base model's id, or the id a failed request's error carries). Until it resolves
+the audit line names the model the request named, while metrics label only resolved ids (else
+`adapter=""`) and name unmatched paths `route="unmatched"`: junk traffic adds no series.
 
 Routes: GET /health (liveness), GET /ready (readiness), GET /v1/models, POST /v1/completions,
 POST /v1/chat/completions, POST /v1/classify, and admin GET/POST /v1/admin/adapters,
@@ -26,7 +28,7 @@ from training.artifact.version import tuneserve_version
 from service import metrics
 from service.auth import Authenticator, Principal
 from service.backend import ServingBackend
-from service.errors import openai_error_body
+from service.errors import openai_error_body, resolved_model
 from service.http.errors import error_response, install_error_handlers
 from service.security import SecurityGuard
 from service.security.guard import prompt_texts
@@ -58,9 +60,11 @@ def create_app(backend: ServingBackend, auth: Authenticator, settings, guard: Se
     async def guard_and_measure(request: Request, call_next):
         started = time.perf_counter()
         response = await secure_request(guard, max_body, request, call_next, error_response)
-        route = request.scope.get("route")
-        metrics.request_finished(getattr(route, "path", request.url.path), getattr(request.state, "model", ""),
-                                 "http", response.status_code, time.perf_counter() - started)
+        model = getattr(request.state, "resolved", None) or resolved_model(getattr(request.state, "error", None))
+        route = getattr(request.scope.get("route"), "path", metrics.UNMATCHED_ROUTE)
+        metrics.request_finished(route, model, "http", response.status_code, time.perf_counter() - started)
+        if getattr(request.state, "injection", None):
+            metrics.prompt_injection_suspected(model)
         return response
 
     @app.get("/health", tags=["ops"], summary="Liveness: the process answers")
@@ -88,15 +92,15 @@ def create_app(backend: ServingBackend, auth: Authenticator, settings, guard: Se
 
     async def generation(body, request: Request, principal: Principal, unary, streamed):
         request.state.model = body.model
-        guard.inspect_prompts(body.model, prompt_texts(body))
+        request.state.injection = guard.inspect_prompts(prompt_texts(body))
         request.state.reserved = await guard.reserve(principal, body)  # settled to the tokens used at the end
         if body.stream:  # the backend always reports usage (charged); the client sees it only if it asked
             asked = body.stream_options is not None and body.stream_options.include_usage
             counted = body.model_copy(update={"stream_options": StreamOptions(include_usage=True)})
-            return await sse(tally_stream(guard, request, resolved_model(request, streamed(counted, principal)),
+            return await sse(tally_stream(guard, request, resolving(request, streamed(counted, principal)),
                                           forward_usage=asked))
         reply = await unary(body, principal)
-        request.state.model, request.state.usage = reply.model, reply.usage
+        resolved_as(request, reply.model, reply.usage)
         return reply
 
     @app.post("/v1/completions", response_model=CompletionResponse, tags=["inference"])
@@ -112,7 +116,7 @@ def create_app(backend: ServingBackend, auth: Authenticator, settings, guard: Se
         request.state.model = body.model
         request.state.reserved = await guard.reserve(principal, body)
         reply = await backend.classify(body, principal)
-        request.state.model, request.state.usage = reply.model, reply.usage
+        resolved_as(request, reply.model, reply.usage)
         return reply
 
     @app.get("/v1/admin/adapters", response_model=AdapterList, tags=["admin"])
@@ -135,11 +139,19 @@ def create_app(backend: ServingBackend, auth: Authenticator, settings, guard: Se
     return app
 
 
-async def resolved_model(request: Request, chunks: AsyncIterator[dict]) -> AsyncIterator[dict]:
+def resolved_as(request: Request, model: str, usage=None) -> None:
+    """The backend resolved the request's model to `model`: its audit line and metrics name that id."""
+    request.state.model = request.state.resolved = model
+    if usage is not None:
+        request.state.usage = usage
+
+
+async def resolving(request: Request, chunks: AsyncIterator[dict]) -> AsyncIterator[dict]:
     """Pass chunks through; each names the model the backend resolved, which labels the request."""
     try:
         async for chunk in chunks:
-            request.state.model = chunk.get("model", request.state.model)
+            if "model" in chunk:
+                resolved_as(request, chunk["model"])
             yield chunk
     finally:
         await chunks.aclose()

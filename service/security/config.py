@@ -48,7 +48,9 @@ class SecuritySettings(StrictModel):
     adapter_roots: list[Path] = Field(default_factory=list, description="directories besides artifacts_dir "
                                                                       "that admins may load adapters from")
     max_json_depth: int = Field(32, ge=2, description="nesting depth limit of JSON request bodies")
-    adapter_name_pattern: str = ADAPTER_NAME_PATTERN
+    adapter_name_pattern: str = Field(ADAPTER_NAME_PATTERN, description="names admins may load adapters under "
+                                      "(400 otherwise); it can only narrow the API's own limit (letters, digits, "
+                                      "'.', '_', ':', '-'; at most 128 characters; never '..')")
     detect_prompt_injection: bool = True
     public_docs: bool = Field(False, description="serve /openapi.json and /docs without a key (else /openapi.json "
                                                  "needs any valid key and /docs is off)")

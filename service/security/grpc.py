@@ -85,3 +85,4 @@ class CallRecord:
         self.usage: Any = None
         self.model: str | None = None
         self.reserved = 0  # tokens reserved at admission (SecurityGuard.reserve), settled at the end
+        self.injection: list[str] = []  # prompt-injection markers found in the request

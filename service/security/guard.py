@@ -2,7 +2,8 @@
 
     guard = SecurityGuard.from_settings(settings, auth)
     principal = await guard.admit(token, client="10.0.0.7", transport="grpc", scope="infer")
-    guard.inspect_prompts(principal, "support-v2", ["user text", ...])   # counts injection markers
+    found = guard.inspect_prompts(["user text", ...])    # injection markers (the transport counts them
+                                                          # once the model resolved: metric label)
     await guard.charge(principal, prompt_tokens + completion_tokens)      # tokens/min bucket
 
 `admit` order: authenticate (a failure from a blocked address is refused as `blocked`, else
@@ -218,10 +219,9 @@ class SecurityGuard:
         if per_min is not None and tokens != 0:
             await self.store.charge(f"{principal.key_id}:tokens", per_min, tokens)
 
-    def inspect_prompts(self, adapter: str, texts: list[str]) -> list[str]:
+    def inspect_prompts(self, texts: list[str]) -> list[str]:
+        """The injection markers in `texts`; the transport counts a hit with the resolved model
+        (`service.metrics.prompt_injection_suspected`), so a made-up model name never becomes a label."""
         if not self.security.detect_prompt_injection:
             return []
-        found = sorted({marker for text in texts for marker in injection_markers(text)})
-        if found:
-            metrics.PROMPT_INJECTION.labels(metrics.adapter_label(adapter)).inc()
-        return found
+        return sorted({marker for text in texts for marker in injection_markers(text)})

@@ -3,6 +3,7 @@
     check_json_depth(raw_body, limit=32)                  # InvalidRequest "... nests more than 32 ... max_json_depth"
     check_adapter_name("support-v2", pattern)             # InvalidRequest for "../etc" etc.
     confined_path(artifacts_root, "support-v2/")          # resolved path inside the root, else PermissionDenied
+    relative_paths(exc, [artifacts_root])                 # the error with paths shown relative to the roots
 
 Adapters load only from the configured artifacts root: a path given by an admin is resolved
 (symlinks included) and must stay inside that root; with no root configured, explicit paths
@@ -16,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
-from training.artifact.errors import InvalidRequest, PermissionDenied
+from training.artifact.errors import InvalidRequest, PermissionDenied, TuneserveError
 
 from service.errors import with_param
 
@@ -81,3 +82,15 @@ def confined_path(roots: Path | Sequence[Path] | None, path: str, param: str = "
                                           f"put the adapter under {bases[0]} and give its name or a path inside it"),
                          param)
     return resolved
+
+
+def relative_paths(exc: TuneserveError, roots: Sequence[Path | None]) -> TuneserveError:
+    """`exc` with every absolute path under one of `roots` shown relative to it (`<root>/a1/x` →
+    `a1/x`), so an error message names the artifact without revealing the server's directories."""
+    for root in (Path(r).resolve() for r in roots if r is not None):
+        for field in ("message", "hint"):
+            text = getattr(exc, field)
+            if text:
+                setattr(exc, field, text.replace(f"{root}/", "").replace(str(root), "."))
+    exc.args = (exc.message,)
+    return exc

@@ -32,6 +32,14 @@ def list_files(root: str | Path) -> list[str]:
     return sorted(out)
 
 
+def symlinks(root: str | Path) -> list[str]:
+    """Every symbolic link under root (to a file or a directory), as sorted relative posix paths."""
+    root = Path(root)
+    return sorted((Path(dirpath) / name).relative_to(root).as_posix()
+                  for dirpath, dirs, files in os.walk(root) for name in (*dirs, *files)
+                  if (Path(dirpath) / name).is_symlink())
+
+
 def hash_files(root: str | Path, paths: list[str]) -> dict[str, str]:
     root = Path(root)
     return {rel: sha256_file(root / rel) for rel in paths}

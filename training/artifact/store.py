@@ -4,7 +4,9 @@ Writers fill `<dest>.tmp-<random>` next to the destination, hash every file, wri
 `manifest.json` last, then rename the directory into place in one `os.rename`; a crash
 at any point leaves either the old artifact or nothing, never a manifest over partial
 files. Readers verify the manifest, the schema version, the sha256 of every listed file,
-that no unlisted file was slipped in, and (when asked) the base-model fingerprint.
+that no unlisted file was slipped in (dotfiles included; only a base fingerprint cache may be
+added), that nothing inside is a symbolic link (it could point anywhere: artifacts hold regular
+files only), and (when asked) the base-model fingerprint.
 
     with ArtifactWriter("artifacts/my-adapter", Manifest(name="my-adapter", kind="adapter", base=...)) as w:
         save_file(tensors, w.path / "adapter_model.safetensors")
@@ -23,7 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from training.artifact.checksums import hash_files, list_files, sha256_file
+from training.artifact.checksums import FINGERPRINT_CACHE, hash_files, list_files, sha256_file, symlinks
 from training.artifact.errors import ArtifactInvalid, BaseModelMismatch
 from training.artifact.manifest import MANIFEST_NAME, SUPPORTED_SCHEMA_VERSIONS, Manifest
 
@@ -79,6 +81,7 @@ class ArtifactWriter:
         self.manifest_fields.update(fields)
 
     def commit(self) -> Manifest:
+        _refuse_symlinks(self.path)
         files = [p for p in list_files(self.path) if p != MANIFEST_NAME]
         unsafe = [p for p in files if p.endswith(UNSAFE_SUFFIXES)]
         if unsafe:
@@ -152,7 +155,15 @@ def read_manifest(path: str | Path) -> Manifest:
         raise ArtifactInvalid(f"artifact {path}: malformed manifest ({fields})", "rebuild the artifact") from None
 
 
+def _refuse_symlinks(path: Path) -> None:
+    links = symlinks(path)
+    if links:
+        raise ArtifactInvalid(f"artifact {path.name} holds symbolic links: {links[:5]}",
+                              "artifacts hold regular files only; copy the files in instead of linking them")
+
+
 def verify_files(path: Path, manifest: Manifest) -> None:
+    _refuse_symlinks(path)
     listed = set(manifest.files)
     unsafe = sorted(p for p in listed if p.endswith(UNSAFE_SUFFIXES))
     if unsafe:
@@ -169,7 +180,8 @@ def verify_files(path: Path, manifest: Manifest) -> None:
         if sha256_file(target) != manifest.files[rel]:
             raise ArtifactInvalid(f"artifact {path}: checksum mismatch for {rel} (corrupted or modified)",
                                   "copy the artifact again or rebuild it")
-    present = {p for p in list_files(path) if p != MANIFEST_NAME and not p.startswith(".")}
+    # a merged model used as a training base gets the base fingerprint cache; nothing else unlisted
+    present = {p for p in list_files(path) if p not in (MANIFEST_NAME, FINGERPRINT_CACHE)}
     extra = sorted(present - listed)
     if extra:
         raise ArtifactInvalid(f"artifact {path}: files not listed in the manifest: {extra}",
