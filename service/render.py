@@ -1,4 +1,8 @@
-"""Turning engine results into OpenAI-shaped responses and stream chunks (completion and chat)."""
+"""Turning engine results into OpenAI-shaped responses and stream chunks (completion and chat).
+
+An echoed completion (`Echo`: the prompt's text and its tokens' offsets in it) starts with the
+prompt; its logprobs (the engine sends the prompt's first) keep the prompt tokens' offsets.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,14 @@ from service.schemas import (
     TopLogprob,
     Usage,
 )
+
+
+@dataclass(frozen=True)
+class Echo:
+    """The prompt an echoed completion starts with, and where each prompt token starts in it."""
+
+    text: str
+    offsets: tuple[int, ...] = ()
 
 
 @dataclass
@@ -43,12 +55,17 @@ def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
                  total_tokens=prompt_tokens + completion_tokens)
 
 
-def completion_logprobs(items: list[TokenLogprob], offset: int = 0) -> CompletionLogprobs:
+def completion_logprobs(items: list[TokenLogprob], echo: Echo | None = None) -> CompletionLogprobs:
     out = CompletionLogprobs()
-    for item in items:
+    given = echo.offsets if echo is not None else ()
+    offset = len(echo.text) if echo is not None else 0
+    for i, item in enumerate(items):
         out.tokens.append(item.token)
         out.token_logprobs.append(item.logprob)
-        out.top_logprobs.append({tok: lp for tok, lp in item.top})
+        out.top_logprobs.append(None if item.logprob is None else {tok: lp for tok, lp in item.top})
+        if i < len(given):
+            out.text_offset.append(given[i])
+            continue
         out.text_offset.append(offset)
         offset += len(item.token)
     return out
@@ -61,9 +78,10 @@ def chat_logprobs(items: list[TokenLogprob]) -> ChatLogprobs:
         for i in items])
 
 
-def completion_choice(result: ChoiceResult, want_logprobs: bool) -> CompletionChoice:
-    return CompletionChoice(index=result.index, text=result.text, finish_reason=result.finish_reason,
-                            logprobs=completion_logprobs(result.logprobs) if want_logprobs else None)
+def completion_choice(result: ChoiceResult, want_logprobs: bool, echo: Echo | None = None) -> CompletionChoice:
+    return CompletionChoice(index=result.index, text=(echo.text if echo else "") + result.text,
+                            finish_reason=result.finish_reason,
+                            logprobs=completion_logprobs(result.logprobs, echo) if want_logprobs else None)
 
 
 def chat_choice(result: ChoiceResult, want_logprobs: bool) -> ChatChoice:
@@ -72,9 +90,11 @@ def chat_choice(result: ChoiceResult, want_logprobs: bool) -> ChatChoice:
                       logprobs=chat_logprobs(result.logprobs) if want_logprobs else None)
 
 
-def completion_chunk(head: dict, index: int, event: Event, want_logprobs: bool) -> dict:
-    choice = CompletionChoice(index=index, text=event.text, finish_reason=event.finish_reason,
-                              logprobs=completion_logprobs(event.logprobs) if want_logprobs else None)
+def completion_chunk(head: dict, index: int, event: Event, want_logprobs: bool, echo: Echo | None = None) -> dict:
+    """A choice's piece; `echo` on its first piece only."""
+    choice = CompletionChoice(index=index, text=(echo.text if echo else "") + event.text,
+                              finish_reason=event.finish_reason,
+                              logprobs=completion_logprobs(event.logprobs, echo) if want_logprobs else None)
     return {**head, "object": "text_completion", "choices": [choice.model_dump()]}
 
 
