@@ -33,7 +33,8 @@ from service.engine.types import RequestStream, SamplingParams
 from service.errors import with_param
 from service.loader import AdapterLoader
 from service.render import (
-    ChoiceResult, Echo, chat_choice, chat_chunk, completion_choice, completion_chunk, usage, usage_chunk,
+    ChoiceResult, Echo, chat_choice, chat_chunk, completion_choice, completion_chunk, decode, echo_of, usage,
+    usage_chunk,
 )
 from service.security.limits import confined_path
 from service.schemas import (
@@ -294,11 +295,11 @@ class ServingCore:
                 if context and len(ids) + params.max_tokens > context:
                     raise invalid(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
                                   f"model's context of {context} tokens", "max_tokens", "lower max_tokens")
-            texts = [p if isinstance(p, str) else _decode(loaded.tokenizer, p) for p in given]
+            texts = [p if isinstance(p, str) else decode(loaded.tokenizer, p) for p in given]
             self.drift.observe_prompts(lease.model_id, texts, prompts, loaded.tokenizer)
             echoes = None
             if params.echo:
-                echoes = await asyncio.to_thread(lambda: [_echo(loaded.tokenizer, t, ids, params.prompt_logprobs)
+                echoes = await asyncio.to_thread(lambda: [echo_of(loaded.tokenizer, t, ids, params.prompt_logprobs)
                                                           for t, ids in zip(texts, prompts)])
         except BaseException:
             for held in leases:
@@ -432,19 +433,6 @@ def _vocabulary(loaded) -> int:
     """Token ids below this are both embedded by the model and known to its tokenizer."""
     sizes = [len(loaded.tokenizer), getattr(loaded.model.config, "vocab_size", None)]
     return min(s for s in sizes if s)
-
-
-def _decode(tokenizer, ids: list[int]) -> str:
-    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-
-def _echo(tokenizer, text: str, ids: list[int], offsets: bool) -> Echo:
-    """The echoed prompt; with `offsets`, where each token starts in `text`: the length of the text of the
-    tokens before it (a token's leading space is its own; special tokens add nothing). Quadratic in the
-    prompt's tokens (at most max_prompt_tokens): callers run it in a worker thread."""
-    if not offsets:
-        return Echo(text)
-    return Echo(text, tuple(min(len(_decode(tokenizer, ids[:j])), len(text)) for j in range(len(ids))))
 
 
 def _id(prefix: str) -> str:

@@ -24,6 +24,9 @@ from service.schemas import (
 )
 
 
+ECHO_WINDOW = 6  # tokens of context when measuring a token's text (a leading space shows only after another token)
+
+
 @dataclass(frozen=True)
 class Echo:
     """The prompt an echoed completion starts with, and where each prompt token starts in it."""
@@ -48,6 +51,24 @@ class ChoiceResult:
         self.completion_tokens = max(self.completion_tokens, event.completion_tokens)
         if event.finish_reason is not None:
             self.finish_reason = event.finish_reason
+
+
+def decode(tokenizer, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def echo_of(tokenizer, text: str, ids: list[int], offsets: bool) -> Echo:
+    """The echoed prompt; with `offsets`, where each token starts in `text`: the length of the text of the
+    tokens before it (a token's leading space is its own; special tokens add nothing). Linear: each token's
+    length is what it adds to the decoding of a few tokens before it."""
+    if not offsets:
+        return Echo(text)
+    starts, length = [], 0
+    for j in range(len(ids)):
+        starts.append(min(length, len(text)))
+        window = max(0, j - ECHO_WINDOW)
+        length += len(decode(tokenizer, ids[window:j + 1])) - len(decode(tokenizer, ids[window:j]))
+    return Echo(text, tuple(starts))
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> Usage:

@@ -165,6 +165,17 @@ def test_ignore_eos_and_min_tokens_generate_exactly_max_tokens(oc, base, eos_pro
     sampled = oc.completions.create(model=base, prompt=eos_prompt, max_tokens=8, temperature=1.0, seed=3, n=4,
                                     extra_body={"ignore_eos": True, "min_tokens": 8})
     assert sampled.usage.completion_tokens == 4 * 8
+    chat = oc.chat.completions.create(model=base, messages=[{"role": "user", "content": "hi"}], max_tokens=6,
+                                      temperature=0, extra_body={"ignore_eos": True, "min_tokens": 6})
+    assert chat.usage.completion_tokens == 6
+
+
+def test_token_budget_estimate_counts_token_id_prompts_as_tokens():
+    from service.security.guard import estimated_tokens, prompt_texts
+
+    request = CompletionRequest(model="m", prompt=[[1, 2, 3], [4]], max_tokens=5)
+    assert estimated_tokens(request) == 3 + 1 + 2 * 5 and prompt_texts(request) == []
+    assert prompt_texts(CompletionRequest(model="m", prompt=["a", "b"])) == ["a", "b"]
 
 
 def test_min_tokens_above_max_tokens_is_400(oc, base):
