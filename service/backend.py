@@ -13,10 +13,13 @@ from __future__ import annotations
 
 from typing import Any, AsyncIterator, Protocol, runtime_checkable
 
-from service.auth import Principal
+from training.artifact.errors import NotFound
+
+from service.auth import Authenticator, Principal
+from service.errors import with_param
 from service.schemas import (
     AdapterInfo, AdapterList, ChatCompletionRequest, ChatCompletionResponse, ClassifyRequest, ClassifyResponse,
-    CompletionRequest, CompletionResponse, Health, LoadAdapterRequest, ModelList,
+    CompletionRequest, CompletionResponse, Health, LoadAdapterRequest, ModelCard, ModelList,
 )
 
 
@@ -49,3 +52,17 @@ class ServingBackend(Protocol):
 STREAM_CALLS = frozenset({"stream_complete", "stream_chat"})
 UNARY_CALLS = frozenset(name for name in dir(ServingBackend)
                         if not name.startswith("_") and callable(getattr(ServingBackend, name))) - STREAM_CALLS
+
+
+async def get_model(backend: ServingBackend, principal: Principal | None, model_id: str) -> ModelCard:
+    """One listed model (GET /v1/models/{id}, GetModel): 403 for a model the key may not use, as for
+    inference; 404 naming `model` when it is not listed."""
+    if principal is not None:
+        Authenticator.authorize(principal, "infer", model_id)
+    listed = await backend.list_models(principal)
+    listed = listed if isinstance(listed, ModelList) else ModelList.model_validate(listed)
+    for card in listed.data:
+        if card.id == model_id:
+            return card
+    raise with_param(NotFound(f"model {model_id[:128]!r} does not exist",
+                              "GET /v1/models (HTTP) or ListModels (gRPC) lists the models this key can use"), "model")

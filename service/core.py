@@ -34,7 +34,8 @@ from service.engine.types import RequestStream, SamplingParams
 from service.errors import with_model, with_param
 from service.loader import AdapterLoader
 from service.render import (
-    ChoiceResult, chat_choice, chat_chunk, completion_choice, completion_chunk, usage, usage_chunk,
+    ChoiceResult, Echo, chat_choice, chat_chunk, completion_choice, completion_chunk, decode, echo_of, usage,
+    usage_chunk,
 )
 from service.security.limits import check_adapter_name, confined_path, relative_paths
 from service.schemas import (
@@ -73,6 +74,10 @@ class Job:
     n: int
     started: float
     scope: str | None = None  # the API key the reply is cached for (None: in-process callers share one scope)
+    echoes: list[Echo] | None = None  # per prompt, when the request asked for echo
+
+    def echo(self, choice: int) -> Echo | None:
+        return self.echoes[choice // self.n] if self.echoes else None
 
     def release(self) -> None:
         for lease in self.leases:
@@ -116,7 +121,7 @@ class ServingCore:
             results, prompt_tokens = await self._generate(job)
         want = request.logprobs is not None
         return CompletionResponse(id=_id("cmpl"), created=int(time.time()), model=job.model,
-                                  choices=[completion_choice(r, want) for r in results],
+                                  choices=[completion_choice(r, want, job.echo(r.index)) for r in results],
                                   usage=usage(prompt_tokens, sum(r.completion_tokens for r in results)))
 
     async def chat(self, request: ChatCompletionRequest, principal: Principal | None) -> ChatCompletionResponse:
@@ -131,9 +136,17 @@ class ServingCore:
         job = await self._completion_job(request, principal)
         head = {"id": _id("cmpl"), "created": int(time.time()), "model": job.model}
         want = request.logprobs is not None
+        unechoed = set(range(len(job.prompts) * job.n)) if job.echoes else set()
+
+        def chunk(i: int, event) -> dict | None:
+            if event is None:
+                return None
+            echo = job.echo(i) if i in unechoed else None  # the prompt goes with a choice's first piece
+            unechoed.discard(i)
+            return completion_chunk(head, i, event, want, echo)
+
         with naming(job.model):
-            async for item in self._stream(job, head, "text_completion", request,
-                                           lambda i, ev: completion_chunk(head, i, ev, want) if ev else None):
+            async for item in self._stream(job, head, "text_completion", request, chunk):
                 yield item
 
     async def stream_chat(self, request: ChatCompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
@@ -172,7 +185,15 @@ class ServingCore:
         rows = self.registry.list_models()
         if principal is not None:
             rows = [r for r in rows if principal.may_use(r["id"])]
-        return ModelList(data=[ModelCard(**r) for r in rows])
+        return ModelList(data=[self._model_card(r) for r in rows])
+
+    def _model_card(self, row: dict) -> ModelCard:
+        """A listed model with vLLM's lineage fields (`parent`: the base id it derives from; `root`:
+        the base at the root, itself for the base) and its context length (`max_model_len`)."""
+        target = self.registry.targets.get(row["id"]) if row["kind"] == "model" else None
+        base = row["base"] or None
+        return ModelCard(**row, parent=base, root=base or row["id"],
+                         max_model_len=_context(target or self.registry.base))
 
     # ---- administration --------------------------------------------------------------
     async def load_adapter(self, request: LoadAdapterRequest, principal: Principal | None = None) -> AdapterInfo:
@@ -244,7 +265,10 @@ class ServingCore:
              f"logprobs {logprobs} exceeds the limit {limits.max_logprobs}"),
             (request.presence_penalty != 0 or request.frequency_penalty != 0, "presence_penalty",
              "presence_penalty and frequency_penalty are not supported"),
-            (getattr(request, "echo", False), "echo", "echo is not supported"),
+            (max_tokens == 0 and not getattr(request, "echo", False), "max_tokens",
+             "max_tokens 0 is allowed only with echo (to get the prompt's logprobs)"),
+            (request.min_tokens > max_tokens, "min_tokens",
+             f"min_tokens {request.min_tokens} exceeds max_tokens {max_tokens}"),
         ]
         for failed, param, message in checks:
             if failed:
@@ -253,19 +277,23 @@ class ServingCore:
         temperature = 0.0 if temperature < MIN_TEMPERATURE else temperature  # below it: greedy (no overflow)
         return SamplingParams(max_tokens=max_tokens, temperature=temperature,
                               top_p=1.0 if request.top_p is None else request.top_p, seed=request.seed,
-                              stop=tuple(request.stop_list()), logprobs=logprobs)
+                              stop=tuple(request.stop_list()), logprobs=logprobs, echo=getattr(request, "echo", False),
+                              min_tokens=request.min_tokens, ignore_eos=request.ignore_eos,
+                              stop_token_ids=tuple(sorted(set(request.stop_token_ids or ()))),
+                              include_stop_str=request.include_stop_str_in_output)
 
     async def _completion_job(self, request: CompletionRequest, principal: Principal | None) -> Job:
-        texts = self._counted(request.prompts(), "prompt", "prompts")
-        return await self._job(request, request.logprobs, principal, lambda tokenizer: texts)
+        prompts = self._counted(request.prompts(), "prompt", "prompts")
+        return await self._job(request, request.logprobs, principal, lambda tokenizer: prompts)
 
     async def _chat_job(self, request: ChatCompletionRequest, principal: Principal | None) -> Job:
         logprobs = (request.top_logprobs or 0) if request.logprobs else None
         return await self._job(request, logprobs, principal, lambda tokenizer: [self._chat_prompt(request, tokenizer)])
 
     async def _job(self, request: SamplingFields, logprobs: int | None, principal: Principal | None,
-                   render: Callable[[Any], list[str]]) -> Job:
-        """Validate, lease the model once (authorized once), render the prompts with its tokenizer, encode."""
+                   render: Callable[[Any], list[str | list[int]]]) -> Job:
+        """Validate, lease the model once (authorized once), render the prompts with its tokenizer, encode
+        (prompts given as token ids are checked against its vocabulary and decoded for the drift monitor)."""
         limits = self.settings.limits
         params = self._params(request, logprobs)
         lease = await self._lease(request.model, principal)
@@ -274,12 +302,14 @@ class ServingCore:
             loaded = lease.target.loaded
             if loaded.task != "causal-lm":
                 raise invalid(f"model {request.model!r} is a {loaded.task} model", "model", "use /v1/classify for it")
-            texts = render(loaded.tokenizer)
-            for _ in texts[1:]:  # one by one: each lease is released below if a later step fails
+            given = render(loaded.tokenizer)
+            for _ in given[1:]:  # one by one: each lease is released below if a later step fails
                 leases.append(lease.share())
-            prompts = [self._nonempty(loaded.tokenizer, loaded.tokenizer(t)["input_ids"]) for t in texts]
-            self.drift.observe_prompts(lease.model_id, texts, prompts, loaded.tokenizer)
-            context = getattr(loaded.model.config, "max_position_embeddings", None)
+            vocab = _vocabulary(loaded)
+            self._check_ids(params.stop_token_ids, vocab, "stop_token_ids")
+            prompts = [self._nonempty(loaded.tokenizer, loaded.tokenizer(p)["input_ids"]) if isinstance(p, str)
+                       else self._check_ids(p, vocab, "prompt") for p in given]
+            context = _context(lease.target)
             for ids in prompts:
                 if len(ids) > limits.max_prompt_tokens:
                     raise invalid(f"the prompt has {len(ids)} tokens; the limit is {limits.max_prompt_tokens}",
@@ -287,12 +317,26 @@ class ServingCore:
                 if context and len(ids) + params.max_tokens > context:
                     raise invalid(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
                                   f"model's context of {context} tokens", "max_tokens", "lower max_tokens")
+            texts = [p if isinstance(p, str) else decode(loaded.tokenizer, p) for p in given]
+            self.drift.observe_prompts(lease.model_id, texts, prompts, loaded.tokenizer)
+            echoes = None
+            if params.echo:
+                echoes = await asyncio.to_thread(lambda: [echo_of(loaded.tokenizer, t, ids, params.prompt_logprobs)
+                                                          for t, ids in zip(texts, prompts)])
         except BaseException as exc:
             for held in leases:
                 held.release()
             raise with_model(exc, lease.model_id)
         return Job(lease.model_id, leases, prompts, params, request.n, time.perf_counter(),
-                   principal.key_id if principal is not None else None)
+                   scope=principal.key_id if principal is not None else None, echoes=echoes)
+
+    @staticmethod
+    def _check_ids(ids, vocab: int, param: str) -> list[int]:
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise invalid(f"token id {bad} in {param} is outside the model's vocabulary (0 to {vocab - 1})", param,
+                          "send token ids from the model's own tokenizer")
+        return list(ids)
 
     @staticmethod
     def _nonempty(tokenizer, ids: list[int]) -> list[int]:
@@ -402,6 +446,17 @@ class ServingCore:
                 task.cancel()
             for stream in streams:
                 stream.cancel()
+
+
+def _context(target) -> int | None:
+    """Prompt + completion tokens the target's model takes (its position embeddings), None when unknown."""
+    return getattr(getattr(target.model, "config", None), "max_position_embeddings", None)
+
+
+def _vocabulary(loaded) -> int:
+    """Token ids below this are both embedded by the model and known to its tokenizer."""
+    sizes = [len(loaded.tokenizer), getattr(loaded.model.config, "vocab_size", None)]
+    return min(s for s in sizes if s)
 
 
 def _id(prefix: str) -> str:

@@ -1,4 +1,8 @@
-"""Turning engine results into OpenAI-shaped responses and stream chunks (completion and chat)."""
+"""Turning engine results into OpenAI-shaped responses and stream chunks (completion and chat).
+
+An echoed completion (`Echo`: the prompt's text and its tokens' offsets in it) starts with the
+prompt; its logprobs (the engine sends the prompt's first) keep the prompt tokens' offsets.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,17 @@ from service.schemas import (
 )
 
 
+ECHO_WINDOW = 6  # tokens of context when measuring a token's text (a leading space shows only after another token)
+
+
+@dataclass(frozen=True)
+class Echo:
+    """The prompt an echoed completion starts with, and where each prompt token starts in it."""
+
+    text: str
+    offsets: tuple[int, ...] = ()
+
+
 @dataclass
 class ChoiceResult:
     """Everything generated for one choice, accumulated from its events."""
@@ -38,17 +53,40 @@ class ChoiceResult:
             self.finish_reason = event.finish_reason
 
 
+def decode(tokenizer, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def echo_of(tokenizer, text: str, ids: list[int], offsets: bool) -> Echo:
+    """The echoed prompt; with `offsets`, where each token starts in `text`: the length of the text of the
+    tokens before it (a token's leading space is its own; special tokens add nothing). Linear: each token's
+    length is what it adds to the decoding of a few tokens before it."""
+    if not offsets:
+        return Echo(text)
+    starts, length = [], 0
+    for j in range(len(ids)):
+        starts.append(min(length, len(text)))
+        window = max(0, j - ECHO_WINDOW)
+        length += len(decode(tokenizer, ids[window:j + 1])) - len(decode(tokenizer, ids[window:j]))
+    return Echo(text, tuple(starts))
+
+
 def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
     return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                  total_tokens=prompt_tokens + completion_tokens)
 
 
-def completion_logprobs(items: list[TokenLogprob], offset: int = 0) -> CompletionLogprobs:
+def completion_logprobs(items: list[TokenLogprob], echo: Echo | None = None) -> CompletionLogprobs:
     out = CompletionLogprobs()
-    for item in items:
+    given = echo.offsets if echo is not None else ()
+    offset = len(echo.text) if echo is not None else 0
+    for i, item in enumerate(items):
         out.tokens.append(item.token)
         out.token_logprobs.append(item.logprob)
-        out.top_logprobs.append({tok: lp for tok, lp in item.top})
+        out.top_logprobs.append(None if item.logprob is None else {tok: lp for tok, lp in item.top})
+        if i < len(given):
+            out.text_offset.append(given[i])
+            continue
         out.text_offset.append(offset)
         offset += len(item.token)
     return out
@@ -61,9 +99,10 @@ def chat_logprobs(items: list[TokenLogprob]) -> ChatLogprobs:
         for i in items])
 
 
-def completion_choice(result: ChoiceResult, want_logprobs: bool) -> CompletionChoice:
-    return CompletionChoice(index=result.index, text=result.text, finish_reason=result.finish_reason,
-                            logprobs=completion_logprobs(result.logprobs) if want_logprobs else None)
+def completion_choice(result: ChoiceResult, want_logprobs: bool, echo: Echo | None = None) -> CompletionChoice:
+    return CompletionChoice(index=result.index, text=(echo.text if echo else "") + result.text,
+                            finish_reason=result.finish_reason,
+                            logprobs=completion_logprobs(result.logprobs, echo) if want_logprobs else None)
 
 
 def chat_choice(result: ChoiceResult, want_logprobs: bool) -> ChatChoice:
@@ -72,9 +111,11 @@ def chat_choice(result: ChoiceResult, want_logprobs: bool) -> ChatChoice:
                       logprobs=chat_logprobs(result.logprobs) if want_logprobs else None)
 
 
-def completion_chunk(head: dict, index: int, event: Event, want_logprobs: bool) -> dict:
-    choice = CompletionChoice(index=index, text=event.text, finish_reason=event.finish_reason,
-                              logprobs=completion_logprobs(event.logprobs) if want_logprobs else None)
+def completion_chunk(head: dict, index: int, event: Event, want_logprobs: bool, echo: Echo | None = None) -> dict:
+    """A choice's piece; `echo` on its first piece only."""
+    choice = CompletionChoice(index=index, text=(echo.text if echo else "") + event.text,
+                              finish_reason=event.finish_reason,
+                              logprobs=completion_logprobs(event.logprobs, echo) if want_logprobs else None)
     return {**head, "object": "text_completion", "choices": [choice.model_dump()]}
 
 

@@ -8,9 +8,9 @@ transports.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from training.artifact.errors import InvalidRequest
 
@@ -18,6 +18,8 @@ from service.errors import with_param
 
 # Seeds are signed 64-bit integers (OpenAI's `seed`, the gRPC API's int64); larger ones are refused.
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+MAX_STOP_TOKEN_IDS = 256
+TokenIds = Annotated[list[StrictInt], Field(min_length=1)]  # a prompt as token ids (vocabulary checked by the core)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -62,7 +64,7 @@ class StreamOptions(Request):
 
 class SamplingFields(Request):
     model: str
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=0)  # 0 only with echo (the prompt's logprobs alone)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     n: int = Field(1, ge=1)
@@ -73,10 +75,26 @@ class SamplingFields(Request):
     user: str | None = None
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    # vLLM's extensions: generate at least min_tokens (end-of-sequence, stop ids and stop strings wait),
+    # go on past end-of-sequence, stop at these token ids, keep the stop string in the text
+    ignore_eos: bool = False
+    min_tokens: int = Field(0, ge=0)
+    stop_token_ids: list[StrictInt] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
+    include_stop_str_in_output: bool = False
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> "SamplingFields":
+        if self.stream_options is not None and not self.stream:  # as vLLM: raised as is, a 400 naming the field
+            raise with_param(InvalidRequest("stream_options is only allowed with stream: true",
+                                            "set stream to true or leave stream_options out"), "stream_options")
+        return self
 
     def completion_limit(self, default: int) -> int:
         """max_tokens per choice: the request's (chat: or max_completion_tokens), else `default`."""
-        return self.max_tokens or getattr(self, "max_completion_tokens", None) or default
+        for value in (self.max_tokens, getattr(self, "max_completion_tokens", None)):
+            if value is not None:
+                return value
+        return default
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -85,12 +103,18 @@ class SamplingFields(Request):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str]
+    # text, texts, one prompt as token ids, or several (OpenAI accepts all four)
+    prompt: str | list[str] | TokenIds | list[TokenIds]
     logprobs: int | None = Field(None, ge=0)
     echo: bool = False
 
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt: a text or a list of token ids."""
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if self.prompt and isinstance(self.prompt[0], int):
+            return [list(self.prompt)]
+        return list(self.prompt)
 
 
 class TextPart(Request):
@@ -143,8 +167,8 @@ class Usage(BaseModel):
 
 class CompletionLogprobs(BaseModel):
     tokens: list[str] = Field(default_factory=list)
-    token_logprobs: list[float] = Field(default_factory=list)
-    top_logprobs: list[dict[str, float]] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)  # None: an echoed prompt's first token
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
     text_offset: list[int] = Field(default_factory=list)
 
 
@@ -251,11 +275,15 @@ class ModelCard(BaseModel):
     kind: str
     base: str = ""
     task: str = ""
+    root: str | None = None  # the base model at the root of its lineage (vLLM: a path; never one here)
+    parent: str | None = None  # adapters and full models: the base id they derive from; the base: None
+    max_model_len: int | None = None  # prompt + completion tokens the model takes
 
 
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
 
 
 class AdapterInfo(BaseModel):

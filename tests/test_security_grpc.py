@@ -33,6 +33,7 @@ RPCS = [
     ("Classify", lambda i, a, md: i.Classify(inference_pb2.ClassifyRequest(model=ADAPTER, inputs=["good"]), metadata=md),
      "infer", True),
     ("ListModels", lambda i, a, md: i.ListModels(inference_pb2.ListModelsRequest(), metadata=md), "infer", False),
+    ("GetModel", lambda i, a, md: i.GetModel(inference_pb2.GetModelRequest(model=ADAPTER), metadata=md), "infer", True),
     ("LoadAdapter", lambda i, a, md: a.LoadAdapter(admin_pb2.LoadAdapterRequest(name=ADAPTER), metadata=md), "admin", True),
     ("UnloadAdapter", lambda i, a, md: a.UnloadAdapter(admin_pb2.UnloadAdapterRequest(name=ADAPTER), metadata=md),
      "admin", True),

@@ -18,6 +18,7 @@ from tests.security_support import ADAPTER, CASES, StubBackend, case_key, expect
 # (method, path, json body, scope, adapter-bound)
 ROUTES = [
     ("GET", "/v1/models", None, "infer", False),
+    ("GET", f"/v1/models/{ADAPTER}", None, "infer", True),
     ("GET", "/metrics", None, "metrics", False),
     ("POST", "/v1/completions", {"model": ADAPTER, "prompt": "hi"}, "infer", True),
     ("POST", "/v1/completions", {"model": ADAPTER, "prompt": "hi", "stream": True}, "infer", True),
@@ -74,8 +75,9 @@ def test_route_case_matrix(app, method, path, body, scope, adapter_bound, case):
     lines = audit_lines(audit)
     assert len(lines) == before + 1, "exactly one audit line per request"
     line = lines[-1]
-    assert (line["route"], line["status"], line["admin"]) == (path.replace(ADAPTER, "{name}") if "admin/adapters/" in path
-                                                              else path, expected, path.startswith("/v1/admin"))
+    template = "{name}" if "admin/adapters/" in path else "{model_id}"  # the audit names the route, not the id
+    assert (line["route"], line["status"], line["admin"]) == (path.replace(f"/{ADAPTER}", "/" + template),
+                                                              expected, path.startswith("/v1/admin"))
     if case == "good":
         assert line["key_id"] == keys["good"].split("_")[1]
     if key:

@@ -126,7 +126,9 @@ def test_classify_returns_probabilities(core):
 
 @pytest.mark.parametrize("fields,param", [({"max_tokens": 10_000}, "max_tokens"), ({"n": 99}, "n"),
                                           ({"stop": ["a", "b", "c", "d", "e"]}, "stop"), ({"logprobs": 50}, "logprobs"),
-                                          ({"echo": True}, "echo")])
+                                          ({"min_tokens": 13}, "min_tokens"), ({"max_tokens": 0}, "max_tokens"),
+                                          ({"stop_token_ids": [10**9]}, "stop_token_ids"),
+                                          ({"prompt": [5, 10**9]}, "prompt"), ({"prompt": [[5], [-1]]}, "prompt")])
 def test_limits_are_enforced_with_the_field_named(core, fields, param):
     with pytest.raises(InvalidRequest) as info:
         complete(core, "a1", **fields)

@@ -6,6 +6,10 @@ reuse for n > 1 and repeated prompts) and merges their KV cache into the running
 (left-padded); `step()` decodes one token for every active row. Finished, cancelled and
 failed rows leave after each step, and cache columns no row needs are trimmed.
 
+Each row brings its own options (`SamplingParams`): min_tokens masks end-of-sequence and stop ids
+until reached, ignore_eos, stop_token_ids, stop strings kept or cut, and echo with logprobs, whose
+prompt logprobs come from the prefill's logits (all positions, only in a prefill holding such a row).
+
 Rows may use different adapters: the registry's `Target.forward` runs them through batched
 multi-LoRA (`multilora.py`) or PEFT's `adapter_names=[...]`. Everything here runs in the engine thread; the model lock
 is held only around each forward pass so adapters can be loaded between steps.
@@ -55,14 +59,15 @@ class DecodeBatch:
     def __len__(self) -> int:
         return len(self.active)
 
-    def _forward(self, input_ids, attn, cache, adapters: list[str | None]):
+    def _forward(self, input_ids, attn, cache, adapters: list[str | None], every_position: bool = False):
+        """The next-token logits (batch, V), or with `every_position` those of every position (batch, T, V)."""
         position_ids = (attn.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
         target = self.target()
         mask = full_attention_mask(attn, input_ids.shape[1], target.model)
         with self.lock, torch.inference_mode():
             out = target.forward(adapters, input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                                 past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, :].float()
+                                 past_key_values=cache, use_cache=True, logits_to_keep=0 if every_position else 1)
+        return out.logits.float() if every_position else out.logits[:, -1, :].float()
 
     def admit(self, rows: list[GenRow]) -> None:
         """Prefill `rows`, emit their first token and join them to the running batch. A prefill that
@@ -93,8 +98,8 @@ class DecodeBatch:
         keys: dict[tuple, int] = {}
         unique: list[GenRow] = []
         expand = []
-        for row in rows:
-            key = (tuple(row.prompt_ids), row.adapter)
+        for row in rows:  # rows wanting prompt logprobs (echo) share a prefill only with rows wanting the same
+            key = (tuple(row.prompt_ids), row.adapter, row.params.logprobs if row.params.prompt_logprobs else None)
             if key not in keys:
                 keys[key] = len(unique)
                 unique.append(row)
@@ -107,14 +112,30 @@ class DecodeBatch:
             ids[i, width - n:] = torch.tensor(row.prompt_ids, dtype=torch.long)
             attn[i, width - n:] = 1
         cache = DynamicCache()
-        logits = self._forward(ids, attn, cache, [r.adapter for r in unique])
+        echo = any(r.params.prompt_logprobs for r in unique)
+        logits = self._forward(ids, attn, cache, [r.adapter for r in unique], every_position=echo)
+        prompt = [self._prompt_logprobs(r, logits[i]) if r.params.prompt_logprobs else [] for i, r in enumerate(unique)]
+        logits = logits[:, -1, :] if echo else logits
         if len(unique) != len(rows):
             index = torch.tensor(expand, dtype=torch.long)
             cache.batch_select_indices(index)
             logits, attn = logits[index], attn[index]
-        new = [ActiveRow(r, TextTracker(self.tokenizer, r.params.stop), make_generator(_row_seed(r))) for r in rows]
+        new = [ActiveRow(r, TextTracker(self.tokenizer, r.params.stop, r.params.include_stop_str),
+                         make_generator(_row_seed(r)), buffered=list(prompt[expand[i]])) for i, r in enumerate(rows)]
         tokens, failed = self._choose(new, logits)
         return new, cache, attn, tokens, failed
+
+    def _prompt_logprobs(self, row: GenRow, logits: torch.Tensor) -> list[TokenLogprob]:
+        """The logprob of each prompt token given the ones before it (the first: None), with the
+        row's top alternatives; `logits` (T, V) are the row's left-padded prefill logits."""
+        ids = row.prompt_ids
+        k = row.params.logprobs or 0
+        logprobs = torch.log_softmax(logits[logits.shape[0] - len(ids):-1], dim=-1)
+        out = [TokenLogprob(self._piece(ids[0]), None)]
+        for position, token in enumerate(ids[1:]):
+            chosen, top = token_logprobs(logprobs[position], token, k)
+            out.append(TokenLogprob(self._piece(token), chosen, [(self._piece(t), v) for t, v in top]))
+        return out
 
     def step(self) -> None:
         """Decode one token for every active row. When the batched forward pass fails, rows are
@@ -169,11 +190,18 @@ class DecodeBatch:
 
     def _choose(self, rows: list[ActiveRow], logits: torch.Tensor) -> tuple[torch.Tensor, dict[int, Exception]]:
         """Each row's next token (and logprobs); a row whose sampling fails is reported, not raised."""
+        waiting = [i for i, a in enumerate(rows) if a.produced < a.row.params.min_tokens]
+        if waiting:  # end-of-sequence and stop ids wait for min_tokens (a copy: the logits are inference tensors)
+            logits = logits.clone()
+            for i in waiting:
+                logits[i, self._stop_ids(rows[i].row.params, logits.shape[-1])] = float("-inf")
         tokens = logits.argmax(dim=-1)
         failed: dict[int, Exception] = {}
         logprobs = torch.log_softmax(logits, dim=-1) if any(a.row.params.logprobs is not None for a in rows) else None
         for i, a in enumerate(rows):
             params = a.row.params
+            if params.max_tokens == 0:  # echo alone: the prompt's logprobs, no token
+                continue
             try:
                 if params.temperature > 0.0:
                     tokens[i] = choose_token(logits[i], params, a.generator)
@@ -185,6 +213,9 @@ class DecodeBatch:
                 log.warning("sampling failed for one row: %s: %s", type(exc).__name__, exc)
                 failed[i] = exc
         return tokens, failed
+
+    def _stop_ids(self, params, vocab: int) -> list[int]:
+        return [t for t in {*self.eos_ids, *params.stop_token_ids} if 0 <= t < vocab]
 
     def _piece(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
@@ -212,17 +243,7 @@ class DecodeBatch:
             if row.stream.cancelled.is_set():
                 row.release()
                 continue
-            token = int(tokens[i])
-            active.produced += 1
-            reason = None
-            if token in self.eos_ids:
-                text, reason = active.tracker.flush(), "stop"
-            else:
-                text, stopped = active.tracker.push(token)
-                if stopped:
-                    reason = "stop"
-                elif active.produced >= row.params.max_tokens:
-                    text, reason = text + active.tracker.flush(), "length"
+            text, reason = self._advance(active, int(tokens[i]))
             if reason is None:
                 keep.append(i)
             else:  # before the last event: the request's adapter slot is free once its reply is complete
@@ -232,6 +253,24 @@ class DecodeBatch:
                                      completion_tokens=active.produced))
                 active.buffered = []
         return keep
+
+    def _advance(self, active: ActiveRow, token: int) -> tuple[str, str | None]:
+        """Add a row's new token: (text to emit, finish reason or None)."""
+        params, tracker = active.row.params, active.tracker
+        if params.max_tokens == 0:
+            return tracker.flush(), "length"
+        active.produced += 1
+        if token in params.stop_token_ids:  # its text only with include_stop_str_in_output
+            text = tracker.push(token, check_stop=False)[0] if params.include_stop_str else ""
+            return text + tracker.flush(), "stop"
+        if token in self.eos_ids and not params.ignore_eos:
+            return tracker.flush(), "stop"
+        text, stopped = tracker.push(token, check_stop=active.produced >= params.min_tokens)
+        if stopped:
+            return text, "stop"
+        if active.produced >= params.max_tokens:
+            return text + tracker.flush(), "length"
+        return text, None
 
     def _select(self, keep: list[int]) -> None:
         self.active = [self.active[i] for i in keep]

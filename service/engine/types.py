@@ -21,6 +21,15 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     logprobs: int | None = None  # None: no logprobs; k >= 0: chosen token + k alternatives
+    echo: bool = False  # with logprobs: the prompt's tokens and logprobs come first (max_tokens may be 0)
+    min_tokens: int = 0  # until then end-of-sequence and stop_token_ids are masked and stop strings wait
+    ignore_eos: bool = False
+    stop_token_ids: tuple[int, ...] = ()
+    include_stop_str: bool = False  # a stop string (or stop token's text) stays in the output
+
+    @property
+    def prompt_logprobs(self) -> bool:
+        return self.echo and self.logprobs is not None
 
     @property
     def deterministic(self) -> bool:
@@ -30,7 +39,7 @@ class SamplingParams:
 @dataclass
 class TokenLogprob:
     token: str
-    logprob: float
+    logprob: float | None  # None: the first token of an echoed prompt (nothing predicts it)
     top: list[tuple[str, float]] = field(default_factory=list)
 
 

@@ -45,7 +45,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from service import metrics
-from service.backend import ServingBackend
+from service.backend import ServingBackend, get_model
 from service.errors import CLIENT_CLOSED, describe, resolved_model
 from service.grpc import translate
 from service.grpc.gen.tuneserve.v1 import admin_pb2, admin_pb2_grpc, inference_pb2, inference_pb2_grpc
@@ -174,6 +174,10 @@ class InferenceService(GatewayService, inference_pb2_grpc.InferenceServicer):
     @unary(NAME, "infer")
     async def ListModels(self, request, principal, call):
         return translate.list_models_response(await self.gateway.backend.list_models(principal))
+
+    @unary(NAME, "infer")
+    async def GetModel(self, request, principal, call):
+        return translate.model_info(await get_model(self.gateway.backend, principal, request.model))
 
 
 class AdminService(GatewayService, admin_pb2_grpc.AdminServicer):

@@ -20,7 +20,8 @@ from service.grpc.gen.tuneserve.v1 import admin_pb2, inference_pb2 as pb
 from service.schemas import ChatCompletionRequest, ClassifyRequest, CompletionRequest, LoadAdapterRequest
 from training.artifact.errors import InvalidRequest
 
-_OPTIONAL_SAMPLING = ("max_tokens", "temperature", "top_p", "seed", "n")
+_OPTIONAL_SAMPLING = ("max_tokens", "temperature", "top_p", "seed", "n", "ignore_eos", "min_tokens",
+                      "include_stop_str_in_output")
 
 
 def validated(cls: type[BaseModel], data: dict[str, Any]) -> Any:
@@ -76,14 +77,21 @@ def generate_request(msg: pb.GenerateRequest, stream: bool = False) -> Completio
     data.update({name: getattr(msg, name) for name in _OPTIONAL_SAMPLING if msg.HasField(name)})
     if msg.stop:
         data["stop"] = list(msg.stop)
+    if msg.stop_token_ids:
+        data["stop_token_ids"] = list(msg.stop_token_ids)
     if stream:
         data.update(stream=True, stream_options={"include_usage": True})
     which = msg.WhichOneof("input")
-    if which == "prompt":
-        data["prompt"] = msg.prompt
+    if which in ("prompt", "prompt_token_ids"):
+        data["prompt"] = msg.prompt if which == "prompt" else list(msg.prompt_token_ids.ids)
         if msg.HasField("logprobs"):
             data["logprobs"] = msg.logprobs
+        if msg.HasField("echo"):
+            data["echo"] = msg.echo
         return validated(CompletionRequest, data)
+    if msg.HasField("echo"):
+        raise with_param(InvalidRequest("echo applies to completions (prompt), not to chat (messages)",
+                                        "leave echo out of chat requests"), "echo")
     if which == "messages":
         data["messages"] = [{"role": m.role, "content": m.content} for m in msg.messages.messages]
         if msg.HasField("logprobs"):
@@ -166,10 +174,13 @@ def classify_response(resp: Any) -> pb.ClassifyResponse:
                                usage=_usage(d.get("usage")))
 
 
+def model_info(card: Any) -> pb.ModelInfo:
+    fields = pb.ModelInfo.DESCRIPTOR.fields_by_name  # unset (None) parent, root, max_model_len: empty / 0
+    return pb.ModelInfo(**{k: v for k, v in as_dict(card).items() if k in fields and v is not None})
+
+
 def list_models_response(resp: Any) -> pb.ListModelsResponse:
-    fields = pb.ModelInfo.DESCRIPTOR.fields_by_name
-    return pb.ListModelsResponse(models=[pb.ModelInfo(**{k: v for k, v in as_dict(m).items() if k in fields})
-                                         for m in as_dict(resp)["data"]])
+    return pb.ListModelsResponse(models=[model_info(m) for m in as_dict(resp)["data"]])
 
 
 def adapter_info(info: Any) -> admin_pb2.AdapterInfo:

@@ -8,7 +8,7 @@ e.g. `"base"` → the base model's id, or the id a failed request's error carrie
 the audit line names the model the request named, while metrics label only resolved ids (else
 `adapter=""`) and name unmatched paths `route="unmatched"`: junk traffic adds no series.
 
-Routes: GET /health (liveness), GET /ready (readiness), GET /v1/models, POST /v1/completions,
+Routes: GET /health (liveness), GET /ready (readiness), GET /v1/models, GET /v1/models/{id}, POST /v1/completions,
 POST /v1/chat/completions, POST /v1/classify, and admin GET/POST /v1/admin/adapters,
 DELETE /v1/admin/adapters/{name}, POST /v1/admin/adapters/{name}/pin. Keys go in
 `Authorization: Bearer <key>` (or `x-api-key`). Errors use OpenAI's error body.
@@ -27,7 +27,7 @@ from training.artifact.version import tuneserve_version
 
 from service import metrics
 from service.auth import Authenticator, Principal
-from service.backend import ServingBackend
+from service.backend import ServingBackend, get_model
 from service.errors import openai_error_body, resolved_model
 from service.http.errors import error_response, install_error_handlers
 from service.security import SecurityGuard
@@ -35,7 +35,7 @@ from service.security.guard import prompt_texts
 from service.security.http import auth_dependency, optional_auth_dependency, secure_request, tally_stream
 from service.schemas import (
     AdapterInfo, AdapterList, ChatCompletionRequest, ChatCompletionResponse, ClassifyRequest, ClassifyResponse,
-    CompletionRequest, CompletionResponse, LoadAdapterRequest, ModelList, PinRequest, StreamOptions,
+    CompletionRequest, CompletionResponse, LoadAdapterRequest, ModelCard, ModelList, PinRequest, StreamOptions,
 )
 
 
@@ -89,6 +89,10 @@ def create_app(backend: ServingBackend, auth: Authenticator, settings, guard: Se
     @app.get("/v1/models", response_model=ModelList, tags=["inference"])
     async def models(principal: Principal = Depends(require("infer"))):
         return await backend.list_models(principal)
+
+    @app.get("/v1/models/{model_id}", response_model=ModelCard, tags=["inference"])
+    async def model(model_id: str, principal: Principal = Depends(require("infer"))):
+        return await get_model(backend, principal, model_id)
 
     async def generation(body, request: Request, principal: Principal, unary, streamed):
         request.state.model = body.model

@@ -38,7 +38,7 @@ def prompt_texts(body: Any) -> list[str]:
     """The user-controlled texts of a completion or chat request (for injection heuristics)."""
     if hasattr(body, "messages"):
         return [m.text() for m in body.messages]
-    return body.prompts()
+    return [p for p in body.prompts() if isinstance(p, str)]  # token-id prompts hold no text to inspect
 
 
 TEMPLATE_TOKENS_PER_MESSAGE = 8  # chat template markup around each message (role tags, newlines)
@@ -52,7 +52,8 @@ def estimated_tokens(body: Any, limits: Any = None) -> int:
     if hasattr(body, "messages"):
         prompts = [sum(len(m.text().encode()) + TEMPLATE_TOKENS_PER_MESSAGE for m in body.messages)]
     else:
-        prompts = [len(text.encode()) + 1 for text in (body.prompts() if hasattr(body, "prompts") else body.inputs())]
+        prompts = [len(p) if isinstance(p, list) else len(p.encode()) + 1  # token ids: one token each
+                   for p in (body.prompts() if hasattr(body, "prompts") else body.inputs())]
     prompt = sum(min(n, cap) if cap else n for n in prompts)
     if not hasattr(body, "completion_limit"):
         return prompt

@@ -24,49 +24,53 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctuneserve/v1/inference.proto\x12\x0ctuneserve.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\";\n\x0c\x43hatMessages\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.tuneserve.v1.ChatMessage\"\xbf\x02\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12.\n\x08messages\x18\x03 \x01(\x0b\x32\x1a.tuneserve.v1.ChatMessagesH\x00\x12\x17\n\nmax_tokens\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\x06 \x01(\x02H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x04\x88\x01\x01\x12\x0e\n\x01n\x18\t \x01(\x05H\x05\x88\x01\x01\x12\x15\n\x08logprobs\x18\n \x01(\x05H\x06\x88\x01\x01\x42\x07\n\x05inputB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x04\n\x02_nB\x0b\n\t_logprobs\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\",\n\nTopLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"^\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12.\n\x0ctop_logprobs\x18\x03 \x03(\x0b\x32\x18.tuneserve.v1.TopLogprob\"6\n\x08Logprobs\x12*\n\x06tokens\x18\x01 \x03(\x0b\x32\x1a.tuneserve.v1.TokenLogprob\"f\n\x06\x43hoice\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12(\n\x08logprobs\x18\x04 \x01(\x0b\x32\x16.tuneserve.v1.Logprobs\"\x89\x01\n\x10GenerateResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12%\n\x07\x63hoices\x18\x04 \x03(\x0b\x32\x14.tuneserve.v1.Choice\x12\"\n\x05usage\x18\x05 \x01(\x0b\x32\x13.tuneserve.v1.Usage\"k\n\x0b\x43hunkChoice\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12(\n\x08logprobs\x18\x04 \x01(\x0b\x32\x16.tuneserve.v1.Logprobs\"\x8b\x01\n\rGenerateChunk\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12*\n\x07\x63hoices\x18\x04 \x03(\x0b\x32\x19.tuneserve.v1.ChunkChoice\x12\"\n\x05usage\x18\x05 \x01(\x0b\x32\x13.tuneserve.v1.Usage\"N\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\t\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x08\n\x06_top_k\"*\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"g\n\x0e\x43lassification\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12(\n\x06scores\x18\x04 \x03(\x0b\x32\x18.tuneserve.v1.LabelScore\"\x91\x01\n\x10\x43lassifyResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12-\n\x07results\x18\x04 \x03(\x0b\x32\x1c.tuneserve.v1.Classification\x12\"\n\x05usage\x18\x05 \x01(\x0b\x32\x13.tuneserve.v1.Usage\"\x13\n\x11ListModelsRequest\"d\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04\x62\x61se\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x0f\n\x07\x63reated\x18\x05 \x01(\x03\x12\x10\n\x08owned_by\x18\x06 \x01(\t\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.tuneserve.v1.ModelInfo2\xc2\x02\n\tInference\x12I\n\x08Generate\x12\x1d.tuneserve.v1.GenerateRequest\x1a\x1e.tuneserve.v1.GenerateResponse\x12N\n\x0eGenerateStream\x12\x1d.tuneserve.v1.GenerateRequest\x1a\x1b.tuneserve.v1.GenerateChunk0\x01\x12I\n\x08\x43lassify\x12\x1d.tuneserve.v1.ClassifyRequest\x1a\x1e.tuneserve.v1.ClassifyResponse\x12O\n\nListModels\x12\x1f.tuneserve.v1.ListModelsRequest\x1a .tuneserve.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctuneserve/v1/inference.proto\x12\x0ctuneserve.v1\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\";\n\x0c\x43hatMessages\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.tuneserve.v1.ChatMessage\"\xbf\x04\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12.\n\x08messages\x18\x03 \x01(\x0b\x32\x1a.tuneserve.v1.ChatMessagesH\x00\x12\x32\n\x10prompt_token_ids\x18\x0b \x01(\x0b\x32\x16.tuneserve.v1.TokenIdsH\x00\x12\x17\n\nmax_tokens\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\x06 \x01(\x02H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x04\x88\x01\x01\x12\x0e\n\x01n\x18\t \x01(\x05H\x05\x88\x01\x01\x12\x15\n\x08logprobs\x18\n \x01(\x05H\x06\x88\x01\x01\x12\x11\n\x04\x65\x63ho\x18\x0c \x01(\x08H\x07\x88\x01\x01\x12\x17\n\nignore_eos\x18\r \x01(\x08H\x08\x88\x01\x01\x12\x17\n\nmin_tokens\x18\x0e \x01(\x05H\t\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x0f \x03(\x05\x12\'\n\x1ainclude_stop_str_in_output\x18\x10 \x01(\x08H\n\x88\x01\x01\x42\x07\n\x05inputB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x04\n\x02_nB\x0b\n\t_logprobsB\x07\n\x05_echoB\r\n\x0b_ignore_eosB\r\n\x0b_min_tokensB\x1d\n\x1b_include_stop_str_in_output\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\",\n\nTopLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"o\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x14\n\x07logprob\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12.\n\x0ctop_logprobs\x18\x03 \x03(\x0b\x32\x18.tuneserve.v1.TopLogprobB\n\n\x08_logprob\"6\n\x08Logprobs\x12*\n\x06tokens\x18\x01 \x03(\x0b\x32\x1a.tuneserve.v1.TokenLogprob\"f\n\x06\x43hoice\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12(\n\x08logprobs\x18\x04 \x01(\x0b\x32\x16.tuneserve.v1.Logprobs\"\x89\x01\n\x10GenerateResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12%\n\x07\x63hoices\x18\x04 \x03(\x0b\x32\x14.tuneserve.v1.Choice\x12\"\n\x05usage\x18\x05 \x01(\x0b\x32\x13.tuneserve.v1.Usage\"k\n\x0b\x43hunkChoice\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12(\n\x08logprobs\x18\x04 \x01(\x0b\x32\x16.tuneserve.v1.Logprobs\"\x8b\x01\n\rGenerateChunk\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12*\n\x07\x63hoices\x18\x04 \x03(\x0b\x32\x19.tuneserve.v1.ChunkChoice\x12\"\n\x05usage\x18\x05 \x01(\x0b\x32\x13.tuneserve.v1.Usage\"N\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\t\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x08\n\x06_top_k\"*\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"g\n\x0e\x43lassification\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12(\n\x06scores\x18\x04 \x03(\x0b\x32\x18.tuneserve.v1.LabelScore\"\x91\x01\n\x10\x43lassifyResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12-\n\x07results\x18\x04 \x03(\x0b\x32\x1c.tuneserve.v1.Classification\x12\"\n\x05usage\x18\x05 \x01(\x0b\x32\x13.tuneserve.v1.Usage\"\x13\n\x11ListModelsRequest\" \n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x99\x01\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04\x62\x61se\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x0f\n\x07\x63reated\x18\x05 \x01(\x03\x12\x10\n\x08owned_by\x18\x06 \x01(\t\x12\x0e\n\x06parent\x18\x07 \x01(\t\x12\x0c\n\x04root\x18\x08 \x01(\t\x12\x15\n\rmax_model_len\x18\t \x01(\x05\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.tuneserve.v1.ModelInfo2\x86\x03\n\tInference\x12I\n\x08Generate\x12\x1d.tuneserve.v1.GenerateRequest\x1a\x1e.tuneserve.v1.GenerateResponse\x12N\n\x0eGenerateStream\x12\x1d.tuneserve.v1.GenerateRequest\x1a\x1b.tuneserve.v1.GenerateChunk0\x01\x12I\n\x08\x43lassify\x12\x1d.tuneserve.v1.ClassifyRequest\x1a\x1e.tuneserve.v1.ClassifyResponse\x12O\n\nListModels\x12\x1f.tuneserve.v1.ListModelsRequest\x1a .tuneserve.v1.ListModelsResponse\x12\x42\n\x08GetModel\x12\x1d.tuneserve.v1.GetModelRequest\x1a\x17.tuneserve.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tuneserve.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHATMESSAGE']._serialized_start=46
-  _globals['_CHATMESSAGE']._serialized_end=90
-  _globals['_CHATMESSAGES']._serialized_start=92
-  _globals['_CHATMESSAGES']._serialized_end=151
-  _globals['_GENERATEREQUEST']._serialized_start=154
-  _globals['_GENERATEREQUEST']._serialized_end=473
-  _globals['_USAGE']._serialized_start=475
-  _globals['_USAGE']._serialized_end=554
-  _globals['_TOPLOGPROB']._serialized_start=556
-  _globals['_TOPLOGPROB']._serialized_end=600
-  _globals['_TOKENLOGPROB']._serialized_start=602
-  _globals['_TOKENLOGPROB']._serialized_end=696
-  _globals['_LOGPROBS']._serialized_start=698
-  _globals['_LOGPROBS']._serialized_end=752
-  _globals['_CHOICE']._serialized_start=754
-  _globals['_CHOICE']._serialized_end=856
-  _globals['_GENERATERESPONSE']._serialized_start=859
-  _globals['_GENERATERESPONSE']._serialized_end=996
-  _globals['_CHUNKCHOICE']._serialized_start=998
-  _globals['_CHUNKCHOICE']._serialized_end=1105
-  _globals['_GENERATECHUNK']._serialized_start=1108
-  _globals['_GENERATECHUNK']._serialized_end=1247
-  _globals['_CLASSIFYREQUEST']._serialized_start=1249
-  _globals['_CLASSIFYREQUEST']._serialized_end=1327
-  _globals['_LABELSCORE']._serialized_start=1329
-  _globals['_LABELSCORE']._serialized_end=1371
-  _globals['_CLASSIFICATION']._serialized_start=1373
-  _globals['_CLASSIFICATION']._serialized_end=1476
-  _globals['_CLASSIFYRESPONSE']._serialized_start=1479
-  _globals['_CLASSIFYRESPONSE']._serialized_end=1624
-  _globals['_LISTMODELSREQUEST']._serialized_start=1626
-  _globals['_LISTMODELSREQUEST']._serialized_end=1645
-  _globals['_MODELINFO']._serialized_start=1647
-  _globals['_MODELINFO']._serialized_end=1747
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1749
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1810
-  _globals['_INFERENCE']._serialized_start=1813
-  _globals['_INFERENCE']._serialized_end=2135
+  _globals['_TOKENIDS']._serialized_start=46
+  _globals['_TOKENIDS']._serialized_end=69
+  _globals['_CHATMESSAGE']._serialized_start=71
+  _globals['_CHATMESSAGE']._serialized_end=115
+  _globals['_CHATMESSAGES']._serialized_start=117
+  _globals['_CHATMESSAGES']._serialized_end=176
+  _globals['_GENERATEREQUEST']._serialized_start=179
+  _globals['_GENERATEREQUEST']._serialized_end=754
+  _globals['_USAGE']._serialized_start=756
+  _globals['_USAGE']._serialized_end=835
+  _globals['_TOPLOGPROB']._serialized_start=837
+  _globals['_TOPLOGPROB']._serialized_end=881
+  _globals['_TOKENLOGPROB']._serialized_start=883
+  _globals['_TOKENLOGPROB']._serialized_end=994
+  _globals['_LOGPROBS']._serialized_start=996
+  _globals['_LOGPROBS']._serialized_end=1050
+  _globals['_CHOICE']._serialized_start=1052
+  _globals['_CHOICE']._serialized_end=1154
+  _globals['_GENERATERESPONSE']._serialized_start=1157
+  _globals['_GENERATERESPONSE']._serialized_end=1294
+  _globals['_CHUNKCHOICE']._serialized_start=1296
+  _globals['_CHUNKCHOICE']._serialized_end=1403
+  _globals['_GENERATECHUNK']._serialized_start=1406
+  _globals['_GENERATECHUNK']._serialized_end=1545
+  _globals['_CLASSIFYREQUEST']._serialized_start=1547
+  _globals['_CLASSIFYREQUEST']._serialized_end=1625
+  _globals['_LABELSCORE']._serialized_start=1627
+  _globals['_LABELSCORE']._serialized_end=1669
+  _globals['_CLASSIFICATION']._serialized_start=1671
+  _globals['_CLASSIFICATION']._serialized_end=1774
+  _globals['_CLASSIFYRESPONSE']._serialized_start=1777
+  _globals['_CLASSIFYRESPONSE']._serialized_end=1922
+  _globals['_LISTMODELSREQUEST']._serialized_start=1924
+  _globals['_LISTMODELSREQUEST']._serialized_end=1943
+  _globals['_GETMODELREQUEST']._serialized_start=1945
+  _globals['_GETMODELREQUEST']._serialized_end=1977
+  _globals['_MODELINFO']._serialized_start=1980
+  _globals['_MODELINFO']._serialized_end=2133
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2135
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2196
+  _globals['_INFERENCE']._serialized_start=2199
+  _globals['_INFERENCE']._serialized_end=2589
 # @@protoc_insertion_point(module_scope)

@@ -55,6 +55,11 @@ class InferenceStub:
                 request_serializer=tuneserve_dot_v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=tuneserve_dot_v1_dot_inference__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.GetModel = channel.unary_unary(
+                '/tuneserve.v1.Inference/GetModel',
+                request_serializer=tuneserve_dot_v1_dot_inference__pb2.GetModelRequest.SerializeToString,
+                response_deserializer=tuneserve_dot_v1_dot_inference__pb2.ModelInfo.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -90,6 +95,13 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetModel(self, request, context):
+        """One of them by id (NOT_FOUND when the key may not use it or it is not loaded).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +124,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=tuneserve_dot_v1_dot_inference__pb2.ListModelsRequest.FromString,
                     response_serializer=tuneserve_dot_v1_dot_inference__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'GetModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModel,
+                    request_deserializer=tuneserve_dot_v1_dot_inference__pb2.GetModelRequest.FromString,
+                    response_serializer=tuneserve_dot_v1_dot_inference__pb2.ModelInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +240,33 @@ class Inference:
             '/tuneserve.v1.Inference/ListModels',
             tuneserve_dot_v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
             tuneserve_dot_v1_dot_inference__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneserve.v1.Inference/GetModel',
+            tuneserve_dot_v1_dot_inference__pb2.GetModelRequest.SerializeToString,
+            tuneserve_dot_v1_dot_inference__pb2.ModelInfo.FromString,
             options,
             channel_credentials,
             insecure,
