@@ -58,7 +58,7 @@ class DecodeBatch:
         mask = full_attention_mask(attn, input_ids.shape[1], target.model)
         with self.lock, torch.inference_mode():
             out = target.forward(adapters, input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                                 past_key_values=cache, use_cache=True, logits_to_keep=1)
+                                 cache=cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :].float()
 
     def admit(self, rows: list[GenRow]) -> None:
