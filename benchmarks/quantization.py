@@ -2,7 +2,7 @@
 
 For the causal LM (the embedded `tiny-llama` base, or `--base DIR`) it builds each artifact
 with `training.quantize.quantize` (torch int8, ONNX fp32, ORT int8 static + dynamic on
-tuneserve's lean Llama graph and, for comparison, on optimum's generic export, QAT int8,
+tuneserve's lean Llama graph and, for comparison, on the generic `torch.onnx` export, QAT int8,
 bitsandbytes 8-bit / nf4 on CPU) and measures file size, load time, p50/p95
 generate latency per request at batch 1 and 8 (rounds interleave the models so a busy
 machine slows all of them alike), tokens/s and perplexity on held-out tinyshakespeare
@@ -42,12 +42,12 @@ RESULTS = ROOT / "benchmarks" / "results"
 LM_PATHS = {  # row name → (scheme, extra config); None = the torch fp32 baseline
     "torch fp32 (eager)": None, "torch int8 (dynamic)": ("torch-int8", {}), "ORT fp32": ("onnx-fp32", {}),
     "ORT int8 static": ("onnx-int8-static", {}), "ORT int8 dynamic": ("onnx-int8-dynamic", {}),
-    "ORT fp32 (optimum graph)": ("onnx-fp32", {"onnx_exporter": "optimum"}),
-    "ORT int8 dynamic (optimum graph)": ("onnx-int8-dynamic", {"onnx_exporter": "optimum"}),
+    "ORT fp32 (torch.onnx graph)": ("onnx-fp32", {"onnx_exporter": "torch"}),
+    "ORT int8 dynamic (torch.onnx graph)": ("onnx-int8-dynamic", {"onnx_exporter": "torch"}),
     "QAT int8": ("qat-int8", {}),
     "bnb int8 (CPU)": ("bnb-int8", {}), "bnb nf4 (CPU)": ("bnb-nf4", {}),
 }
-INT8_ROWS = ("torch int8 (dynamic)", "ORT int8 static", "ORT int8 dynamic", "ORT int8 dynamic (optimum graph)", "QAT int8")
+INT8_ROWS = ("torch int8 (dynamic)", "ORT int8 static", "ORT int8 dynamic", "ORT int8 dynamic (torch.onnx graph)", "QAT int8")
 PROMPTS = ["First Citizen:\nBefore we proceed any further,", "KING RICHARD III:\nNow is the", "ROMEO:\nBut soft,",
            "To be, or not to be:", "HAMLET:\nWhat a piece of work", "JULIET:\nO Romeo,", "MACBETH:\nIs this a",
            "LEAR:\nBlow, winds,"]

@@ -93,7 +93,7 @@ def test_chat_template_renders_turns(tokenizer):
                       "### Instruction:\nAnd 4 plus 4?\n\n### Response:\n")
     closed = tokenizer.apply_chat_template(messages[:3], tokenize=False)
     assert closed.endswith("### Response:\n5.</s>\n\n") and tokenizer.chat_template == CHAT_TEMPLATE
-    ids = tokenizer.apply_chat_template(messages[:3], tokenize=True)
+    ids = tokenizer.apply_chat_template(messages[:3], tokenize=True, return_dict=False)  # 5 returns a dict by default
     assert tokenizer.eos_token_id in ids
 
 

@@ -111,7 +111,7 @@ def test_unsupported_models_fall_back_or_fail_clearly():
     assert unsupported_reason(windowed, 18) == "sliding-window attention"
     assert unsupported_reason(_model("llama", mlp_bias=True), 18) == "MLP biases"
     source = SimpleNamespace(model=windowed, task="causal-lm")
-    assert choose_exporter(source, SimpleNamespace(onnx_exporter="auto", opset=18)) == "optimum"
+    assert choose_exporter(source, SimpleNamespace(onnx_exporter="auto", opset=18)) == "torch"
     assert choose_exporter(SimpleNamespace(model=llama, task="causal-lm"),
                            SimpleNamespace(onnx_exporter="auto", opset=18)) == "tuneserve"
     with pytest.raises(ConfigError, match="sliding-window"):

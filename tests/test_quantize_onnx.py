@@ -47,9 +47,9 @@ def _assert_onnx_only(path):
 
 @pytest.fixture(scope="module")
 def onnx_fp32(tiny_base_dir, tmp_path_factory):
-    """optimum's standard-ops export (at opset 17, below the lean builder's minimum)."""
+    """torch.onnx's standard-ops export (at opset 17, below the lean builder's minimum)."""
     out = tmp_path_factory.mktemp("onnx-fp32") / "tiny-onnx"
-    quantize(str(tiny_base_dir), QuantizeConfig(scheme="onnx-fp32", opset=17, onnx_exporter="optimum", parity=FAST),
+    quantize(str(tiny_base_dir), QuantizeConfig(scheme="onnx-fp32", opset=17, onnx_exporter="torch", parity=FAST),
              out, kinds=("onnx-model",))
     return out
 
@@ -69,7 +69,7 @@ def onnx_int8(tiny_base_dir, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("exported, exporter, opset", [("onnx_fp32", "optimum", 17), ("onnx_lean", "tuneserve", 18)])
+@pytest.mark.parametrize("exported, exporter, opset", [("onnx_fp32", "torch", 17), ("onnx_lean", "tuneserve", 18)])
 def test_causal_lm_export_with_kv_cache_matches_torch(fp32_model, exported, exporter, opset, request):
     out = request.getfixturevalue(exported)
     artifact = _assert_onnx_only(out)
@@ -194,7 +194,7 @@ def test_minilm_classifier_export_int8(tmp_path):
     assert manifest.task == "classification" and manifest.labels == labels
     assert manifest.quantization["size_ratio"] <= 0.3
     loaded = load_model_artifact(_assert_onnx_only(out))
-    assert type(loaded.model).__name__ == "ORTModelForSequenceClassification" and loaded.labels == labels
+    assert type(loaded.model).__name__ == "OnnxSequenceClassifier" and loaded.labels == labels
     batch = loaded.tokenizer(["my card has not arrived"], return_tensors="pt")
     logits = loaded.model(**batch).logits
     assert logits.shape == (1, 3)

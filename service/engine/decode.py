@@ -66,7 +66,7 @@ class DecodeBatch:
         mask = full_attention_mask(attn, input_ids.shape[1], target.model)
         with self.lock, torch.inference_mode():
             out = target.forward(adapters, input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                                 past_key_values=cache, use_cache=True, logits_to_keep=0 if every_position else 1)
+                                 cache=cache, use_cache=True, logits_to_keep=0 if every_position else 1)
         return out.logits.float() if every_position else out.logits[:, -1, :].float()
 
     def admit(self, rows: list[GenRow]) -> None:

@@ -2,7 +2,7 @@
 
 `training.artifact.quantized` loads `onnx-*` causal-LM artifacts as `OnnxCausalLM`. It
 answers the calls the rest of tuneserve makes on a transformers model:
-- `model(input_ids=, attention_mask=, position_ids=, past_key_values=DynamicCache(), logits_to_keep=)`
+- `model(input_ids=, attention_mask=, position_ids=, cache=DynamicCache(), logits_to_keep=)`
   returns `.logits` and fills the cache in place, so the service's continuous batching
   (`service.engine.decode`) runs on it unchanged;
 - `model.generate(...)`, greedy or sampled (temperature, top-k, top-p), is a lean loop over
@@ -34,27 +34,33 @@ def _numpy(tensor: Any, dtype: str | None = None):
     return np.ascontiguousarray(array if dtype is None else array.astype(dtype, copy=False))
 
 
+def ort_session(path: Path, threads: int | None = None):
+    """A CPU InferenceSession with all graph optimizations, `threads` (default torch's) and no spinning."""
+    import onnxruntime as ort
+    import torch
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()  # respects Ray's per-replica limit
+    options.inter_op_num_threads = 1
+    # ORT's pool busy-waits after each run; on a small box that spin takes the CPU from the
+    # replica's event loop and from the next model (a torch generate right after ORT runs
+    # measured 1.7-2x its time), while turning it off cost ~10% of an int8 decode step.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxCausalLM:
     """A decoder-only LM in ONNX Runtime with the call shape of a transformers causal LM."""
 
     main_input_name = "input_ids"
 
     def __init__(self, model_dir: Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-        import torch
         from transformers import AutoConfig, GenerationConfig
 
         self.config = AutoConfig.from_pretrained(str(model_dir))
         self.generation_config = GenerationConfig.from_model_config(self.config)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()  # respects Ray's per-replica limit
-        options.inter_op_num_threads = 1
-        # ORT's pool busy-waits after each run; on a small box that spin takes the CPU from the
-        # replica's event loop and from the next model (a torch generate right after ORT runs
-        # measured 1.7-2x its time), while turning it off cost ~10% of an int8 decode step.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(Path(model_dir) / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+        self.session = ort_session(Path(model_dir) / ONNX_FILE, threads)
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.layers = sum(1 for name in inputs if name.startswith("past_key_values.") and name.endswith(".key"))
         self.past_names = [(f"past_key_values.{i}.key", f"past_key_values.{i}.value") for i in range(self.layers)]
@@ -95,15 +101,16 @@ class OnnxCausalLM:
         logits, *presents = self.session.run(self.output_names, feed)
         return logits, list(zip(presents[0::2], presents[1::2]))
 
-    def __call__(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+    def __call__(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, past_key_values=None,
                  use_cache: bool = True, logits_to_keep: int = 0, **_: Any):
         import numpy as np
         import torch
         from transformers import DynamicCache
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
+        past_key_values = cache if cache is not None else past_key_values  # transformers < 5.25 named it so
         if past_key_values is not None and not isinstance(past_key_values, DynamicCache):
-            raise TypeError("OnnxCausalLM takes past_key_values as a transformers DynamicCache")
+            raise TypeError("OnnxCausalLM takes its cache as a transformers DynamicCache")
         ids = _numpy(input_ids, "int64")
         cached = past_key_values is not None and past_key_values.get_seq_length() > 0
         past = ([(_numpy(layer.keys, self.kv_dtype), _numpy(layer.values, self.kv_dtype))
@@ -122,8 +129,7 @@ class OnnxCausalLM:
                 else:
                     cache.update(key, value, index)
         logits = torch.from_numpy(logits)
-        return CausalLMOutputWithPast(logits=logits[:, -logits_to_keep:] if logits_to_keep else logits,
-                                      past_key_values=cache)
+        return CausalLMOutputWithPast(logits=logits[:, -logits_to_keep:] if logits_to_keep else logits, cache=cache)
 
     forward = __call__
 

@@ -11,7 +11,7 @@ Schemes and their on-disk formats (weights are always safetensors, never pickle)
   modules (`torch.ao.nn.quantized.dynamic.Linear`), embeddings are dequantized.
 - `onnx-fp32`, `onnx-int8-dynamic`, `onnx-int8-static`: `model.onnx` (+ config, tokenizer);
   causal LMs load as `onnx_lm.OnnxCausalLM` (lean ORT decode loop, service-compatible
-  forward), classifiers as optimum `ORTModelForSequenceClassification`.
+  forward), classifiers as `onnx_classifier.OnnxSequenceClassifier`.
 - `bnb-int8`, `bnb-nf4`, `bnb-fp4`: float safetensors + `bnb_config`; quantized by
   bitsandbytes while loading (`BitsAndBytesConfig`), the QLoRA-style serving path.
 
@@ -110,7 +110,7 @@ def build_int8_model(model_dir: Path, task: str):
     """Rebuild a model from an int8 artifact directory: dynamic-int8 Linear, dequantized embeddings."""
     import torch
     from transformers import AutoConfig
-    from transformers.modeling_utils import no_init_weights
+    from transformers.initialization import no_init_weights
 
     tensors, layout = read_int8_state(model_dir / INT8_WEIGHTS)
     packed = {key[: -len(INT8_SUFFIX)]: (tensors.pop(key), tensors.pop(key[: -len(INT8_SUFFIX)] + SCALE_SUFFIX))
@@ -143,10 +143,9 @@ def _load_int8(artifact: Artifact, dtype: str) -> LoadedModel:
 def _load_onnx(artifact: Artifact, dtype: str) -> LoadedModel:
     artifact.file(ONNX_FILE)
     if artifact.manifest.task == "classification":
-        from optimum.onnxruntime import ORTModelForSequenceClassification
+        from training.artifact.onnx_classifier import OnnxSequenceClassifier
 
-        model = ORTModelForSequenceClassification.from_pretrained(str(artifact.path), provider="CPUExecutionProvider",
-                                                                  use_io_binding=False)
+        model = OnnxSequenceClassifier(artifact.path)
     else:
         from training.artifact.onnx_lm import OnnxCausalLM
 

@@ -2,7 +2,7 @@
 
 Schemes (see `training.quantize.schemes`): `torch-int8` (dynamic int8, CPU), `qat-int8`
 (fake-quant fine-tune, then int8), `onnx-fp32` / `onnx-int8-dynamic` / `onnx-int8-static`
-(optimum ONNX export + ONNX Runtime quantization), `bnb-int8` / `bnb-nf4` / `bnb-fp4`
+(ONNX export: lean Llama graph or torch.onnx, + ONNX Runtime quantization), `bnb-int8` / `bnb-nf4` / `bnb-fp4`
 (bitsandbytes at load time). Every output is an artifact (kind quantized-model or
 onnx-model) loaded by `training.artifact.loading.load_model_artifact`.
 

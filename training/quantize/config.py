@@ -43,9 +43,9 @@ class QuantizeConfig(StrictModel):
     calibration_split: str = "train"
     quantize_embeddings: bool = Field(True, description="int8 embeddings and head too, not only Linear layers")
     opset: int = Field(18, ge=13, le=23)
-    onnx_exporter: Literal["auto", "tuneserve", "optimum"] = Field(
+    onnx_exporter: Literal["auto", "tuneserve", "torch"] = Field(
         "auto", description="causal-LM ONNX graph: tuneserve's lean Llama-family builder (ONNX Runtime kernels), "
-                            "optimum's generic export (standard ops), or auto (tuneserve where it applies)")
+                            "torch.onnx's generic export (dynamo, standard ops), or auto (tuneserve where it applies)")
     onnx_weight_type: Literal["uint8", "int8"] = Field("uint8", description="ORT int8 weight type (int8 uses reduce_range)")
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     seed: int = 0

@@ -1,6 +1,6 @@
 """A lean ONNX Runtime graph for Llama-family decoders (Llama, Mistral without sliding window, Qwen2), built from the weights.
 
-optimum's generic export traces transformers' Python: on a small model the graph is mostly
+A generic export (`torch.onnx`, optimum) traces transformers' Python: on a small model the graph is mostly
 shape arithmetic, mask building and rotary bookkeeping (~490 nodes after ONNX Runtime's
 fusions for the 4-layer tiny base), and every node costs a fixed overhead per decode step.
 This builder writes the decoder directly with ONNX Runtime's own kernels for the attention
@@ -11,10 +11,10 @@ block, the way onnxruntime-genai's model builder does, ~90 nodes after fusions:
 - rotary cos/sin come from the model's own rotary module (any `rope_scaling` it supports is
   honoured) and rotary positions are the `position_ids` input, so left-padded batches work;
 - left padding reaches the attention as an additive bias built once per call from `attention_mask`.
-Inputs and outputs have optimum's names (`input_ids`, `attention_mask`, `position_ids`,
+Inputs and outputs have the usual names (`input_ids`, `attention_mask`, `position_ids`,
 `past_key_values.N.key|value` -> `logits`, `present.N.key|value`), so
 `training.artifact.onnx_lm.OnnxCausalLM` and ORT's quantizer treat both exports alike.
-The graph needs ONNX Runtime (contrib ops); `exporter: optimum` writes standard ops only.
+The graph needs ONNX Runtime (contrib ops); `onnx_exporter: torch` writes standard ops only.
 
     path = export_llama_onnx(model, Path("work/onnx/model.onnx"), opset=18)
 """

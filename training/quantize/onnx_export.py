@@ -3,8 +3,8 @@
 Causal LMs are exported with their KV cache, classifiers as `text-classification`, at the
 configured opset. Llama-family decoders go through tuneserve's lean builder
 (`training.quantize.llama_onnx`, ONNX Runtime's attention kernels, ~5x fewer nodes) unless
-`onnx_exporter: optimum` asks for optimum's standard-ops export, which every other model
-uses. Int8 uses ONNX Runtime's quantizer with per-channel int8 weights on MatMul (the head
+`onnx_exporter: torch` asks for the standard-ops export by `torch.onnx.export(dynamo=True)`
+(`training.quantize.torch_onnx`), which every other model uses. Int8 uses ONNX Runtime's quantizer with per-channel int8 weights on MatMul (the head
 included) and per-row int8 embedding tables (ORT's own Gather quantization is per-tensor,
 which costs too much quality): dynamic quantizes activations at run time, static calibrates
 activation ranges on calibration texts (MinMax) and needs `--calibration`.
@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from training.artifact.errors import ConfigError, TrainingError
+from training.artifact.errors import ConfigError
 from training.artifact.quantized import ONNX_FILE
 from training.quantize.schemes import Scheme, register_scheme
 
@@ -30,37 +30,28 @@ FLOAT_TABLE_PREFIXES = ("rotary.",)  # the lean Llama graph's cos/sin tables: po
 
 
 def choose_exporter(source, config) -> str:
-    """`tuneserve` (lean Llama-family graph) or `optimum`, as `onnx_exporter` asks and the model allows."""
+    """`tuneserve` (lean Llama-family graph) or `torch` (torch.onnx dynamo), as `onnx_exporter` asks and the model allows."""
     from training.quantize.llama_onnx import unsupported_reason
 
-    if config.onnx_exporter == "optimum" or source.task != "causal-lm":
-        return "optimum"
+    if config.onnx_exporter == "torch" or source.task != "causal-lm":
+        return "torch"
     reason = unsupported_reason(source.model, config.opset)
     if reason and config.onnx_exporter == "tuneserve":
         raise ConfigError(f"onnx_exporter=tuneserve cannot export this model: {reason}",
-                          "use onnx_exporter=auto or onnx_exporter=optimum (optimum's generic export)")
-    return "optimum" if reason else "tuneserve"
+                          "use onnx_exporter=auto or onnx_exporter=torch (torch.onnx's generic export)")
+    return "torch" if reason else "tuneserve"
 
 
-def export_onnx(source, config, work: Path, exporter: str = "optimum") -> Path:
-    """Export the in-memory source model to `work/onnx/model.onnx` (lean builder or optimum)."""
-    onnx_dir = work / "onnx"
+def export_onnx(source, config, work: Path, exporter: str = "torch") -> Path:
+    """Export the in-memory source model to `work/onnx/model.onnx` (lean builder or torch.onnx)."""
+    out_path = work / "onnx" / ONNX_FILE
     if exporter == "tuneserve":
         from training.quantize.llama_onnx import export_llama_onnx
 
-        return export_llama_onnx(source.model, onnx_dir / ONNX_FILE, config.opset)
-    from optimum.exporters.onnx import main_export
+        return export_llama_onnx(source.model, out_path, config.opset)
+    from training.quantize.torch_onnx import export_torch_onnx
 
-    float_dir = work / "float"
-    source.model.save_pretrained(float_dir, safe_serialization=True)
-    source.tokenizer.save_pretrained(float_dir)
-    try:
-        main_export(str(float_dir), str(onnx_dir), task=EXPORT_TASKS[source.task], opset=config.opset,
-                    do_validation=False, device="cpu")
-    except Exception as exc:  # optimum raises many types; the user needs the reason, not a traceback
-        raise TrainingError(f"ONNX export at opset {config.opset} failed: {exc}",
-                            "try another --opset (18 is the minimum recommended for Llama)") from None
-    return onnx_dir / ONNX_FILE
+    return export_torch_onnx(source.model, source.task, out_path, config.opset)
 
 
 def copy_onnx(model_path: Path, out_dir: Path) -> None:
