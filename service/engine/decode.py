@@ -145,7 +145,7 @@ class DecodeBatch:
         try:
             logits = self._forward(self.pending[:, None], attn, self.cache, [a.row.adapter for a in self.active])
         except Exception as exc:
-            self.cache.crop(self.attn.shape[1])  # layers that ran before the failure appended a column
+            truncate_cache(self.cache, self.attn.shape[1])  # layers that ran before the failure appended a column
             self._drop_culprits(exc)
             return
         self.attn = attn
@@ -316,3 +316,12 @@ def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
 def _row_seed(row: GenRow) -> int | None:
     seed = row.params.seed
     return None if seed is None else seed + row.index
+
+
+def truncate_cache(cache, length: int) -> None:
+    """Cut every layer of a KV cache back to `length` positions. Layers may differ (those that ran
+    before a failure appended a column, the rest did not), so each is cut to the absolute length:
+    transformers 5's `crop` only removes a relative count from all layers alike."""
+    for layer in cache.layers:
+        if getattr(layer, "keys", None) is not None and layer.keys.dim() == 4:
+            layer.keys, layer.values = layer.keys[..., :length, :], layer.values[..., :length, :]
