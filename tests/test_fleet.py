@@ -147,3 +147,23 @@ def test_a_replica_that_has_not_applied_is_reported_pending(two_replicas):
     _within(5, lambda: not _answers(r2, "a2"))
     with pytest.raises(NotFound):
         run(r1.unload_adapter("never-heard-of"))
+
+
+def test_rest_answers_200_when_every_replica_applied_and_202_otherwise(two_replicas, serve_keys):
+    from fastapi.testclient import TestClient
+
+    from service.auth import Authenticator
+    from service.http import create_app
+
+    settings, coordinator, (r1, r2) = two_replicas
+    r1.fleet.settings = settings.fleet.model_copy(update={"ack_timeout_s": 0.5})
+    headers = {"Authorization": f"Bearer {serve_keys[1]['admin']}"}
+    with TestClient(create_app(r1, Authenticator.from_settings(settings), settings)) as http:
+        done = http.post("/v1/admin/adapters/a3/pin", json={"pinned": True}, headers=headers)
+        assert done.status_code == 200 and done.json()["fleet"]["applied"] == ["r1", "r2"]
+        coordinator.sync("silent", coordinator.state().generation, {}, 0.0)
+        partial = http.delete("/v1/admin/adapters/a3", params={"force": True}, headers=headers)
+        assert partial.status_code == 202 and partial.json()["fleet"]["pending"] == ["silent"]
+        listed = http.get("/v1/admin/adapters", headers=headers).json()
+        assert "a3" not in [a["name"] for a in listed["data"]]
+        assert {r["replica"]: r["applied"] for r in listed["fleet"]["replicas"]}["silent"] < listed["fleet"]["generation"]
