@@ -38,8 +38,12 @@ class EngineDeployment:
 
     def __init__(self, settings: dict[str, Any]) -> None:
         from service.core import ServingCore
+        from service.fleet import ray_coordinator
 
-        self.core = ServingCore(ServiceSettings.model_validate(settings))
+        config = ServiceSettings.model_validate(settings)
+        # every Engine replica follows one admin-set adapter state through the cluster's coordinator actor
+        self.core = ServingCore(config, coordinator=ray_coordinator(config.fleet, config.artifacts_dir),
+                                replica_id=serve.get_replica_context().replica_id.unique_id)
         self.core.start()
 
     async def call(self, method: str, *args: Any) -> dict[str, Any]:

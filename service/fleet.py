@@ -336,3 +336,6 @@ class RemoteCoordinator:
 
         remote = getattr(self.actor, method)
         return lambda *args: ray.get(remote.remote(*args), timeout=self.slack)
+
+    def leave(self, replica: str) -> None:  # a stopping replica does not wait (the actor may be gone too)
+        self.actor.leave.remote(replica)
