@@ -204,6 +204,8 @@ class FleetMember:
     def stop(self) -> None:
         self._stop.set()
         self._dirty.set()
+        for thread in self._threads:  # a heartbeat after leave() would count this replica live again
+            thread.join(self.settings.sync_interval_s + 2.0)
         try:
             self.coordinator.leave(self.replica)
         except Exception as exc:  # noqa: BLE001 - the coordinator may be gone already; the replica expires
@@ -245,7 +247,7 @@ class FleetMember:
         generation = self.coordinator.change(name, fields, new_source)
         if generation == before + 1:
             self.applied = generation
-            self.errors.pop(name, None)
+            self.errors = {n: e for n, e in self.errors.items() if n != name}  # replaced: _follow may be reading it
             self._report()
         else:
             self.apply_latest()
