@@ -48,11 +48,15 @@ class EngineDeployment:
 
     def __init__(self, settings: dict[str, Any], ingress_secret: str) -> None:
         from service.core import ServingCore
+        from service.fleet import ray_coordinator
 
         if not ingress_secret:
             raise ValueError("the Engine needs the Ingress' secret (bind it as app_builder does)")
         self.ingress_secret = ingress_secret
-        self.core = ServingCore(ServiceSettings.model_validate(settings))
+        config = ServiceSettings.model_validate(settings)
+        # every Engine replica follows one admin-set adapter state through the cluster's coordinator actor
+        self.core = ServingCore(config, coordinator=ray_coordinator(config.fleet, config.artifacts_dir),
+                                replica_id=serve.get_replica_context().replica_id.unique_id)
         self.core.start()
 
     def _refused(self, secret: str) -> dict[str, Any] | None:

@@ -32,12 +32,13 @@ from service.engine.registry import Lease
 from service.engine.sampling import MIN_TEMPERATURE
 from service.engine.types import RequestStream, SamplingParams
 from service.errors import with_model, with_param
+from service.fleet import Coordinator, FleetMember, admin_source, local_replica_id, state_path
 from service.loader import AdapterLoader
 from service.render import (
     ChoiceResult, Echo, chat_choice, chat_chunk, completion_choice, completion_chunk, decode, echo_of, usage,
     usage_chunk,
 )
-from service.security.limits import check_adapter_name, confined_path, relative_paths
+from service.security.limits import check_adapter_name, relative_paths
 from service.schemas import (
     AdapterInfo, AdapterList, ChatCompletionRequest, ChatCompletionResponse, Classification,
     ClassifyRequest, ClassifyResponse, CompletionRequest, CompletionResponse, Health, LabelScore,
@@ -85,20 +86,28 @@ class Job:
 
 
 class ServingCore:
-    def __init__(self, settings: ServiceSettings, engine: Engine | None = None) -> None:
+    def __init__(self, settings: ServiceSettings, engine: Engine | None = None, coordinator: Any = None,
+                 replica_id: str | None = None) -> None:
+        """`coordinator`: the fleet's (service/fleet.py; the Ray app passes the cluster's actor), else an
+        in-process one over the state file; `replica_id` names this replica to it."""
         self.settings = settings
         self.engine = engine or Engine(settings)
         self.registry = self.engine.registry
         self.loader = AdapterLoader(self.registry, settings.limits.adapter_loads)
+        self.fleet = FleetMember(self.registry, coordinator or Coordinator(
+            state_path(settings.fleet, settings.artifacts_dir), settings.fleet.replica_ttl_s),
+            replica_id or local_replica_id(), settings.fleet, settings.adapters)
         self.drift = DriftMonitor(settings.drift, self._artifact_dir)
         self._stop_gauges = None
 
     def start(self) -> None:
-        self.engine.start()
+        self.engine.start(desired=self.fleet.plan)  # the admin-set adapters, before serving
+        self.fleet.start()
         self.drift.start()
         self._stop_gauges = metrics.poll(self._sample_gauges)
 
     def stop(self) -> None:
+        self.fleet.stop()
         self.engine.stop()
         self.loader.stop()
         self.drift.stop()
@@ -199,31 +208,32 @@ class ServingCore:
     async def load_adapter(self, request: LoadAdapterRequest, principal: Principal | None = None) -> AdapterInfo:
         self._authorize(principal, "admin", request.name)  # admin keys act only on adapters their globs match
         check_adapter_name(request.name, self.settings.security.adapter_name_pattern)
-        path = request.path
-        if path is not None:  # adapters load only from the artifacts dir (or configured roots): no traversal
-            path = str(confined_path([self.settings.artifacts_dir, *self.settings.security.adapter_roots], path))
+        roots = [self.settings.artifacts_dir, *self.settings.security.adapter_roots]
+        # adapters load only from the artifacts dir, the configured roots or S3 prefixes: no traversal
+        source = admin_source(request.path, roots, self.settings.fleet.s3_roots)
         try:
-            info = await self.loader.load(request.name, path, request.pin)
+            info, fleet = await asyncio.to_thread(self.fleet.load, request.name, source, request.pin)
         except TuneserveError as exc:  # name the artifact, not the server's directories
-            raise relative_paths(exc, [self.settings.artifacts_dir, *self.settings.security.adapter_roots]) from None
+            raise relative_paths(exc, roots) from None
         self.drift.forget(request.name)  # a new version brings its own reference profile
-        return AdapterInfo(**info)
+        return AdapterInfo(**info, fleet=fleet)
 
     async def unload_adapter(self, name: str, force: bool = False, principal: Principal | None = None) -> dict:
         self._authorize(principal, "admin", name)
-        await asyncio.to_thread(self.registry.unload_adapter, name, force)
+        fleet = await asyncio.to_thread(self.fleet.unload, name, force)
         metrics.adapter_event(name, "unloaded")
         self.drift.forget(name)
-        return {"name": name, "unloaded": True}
+        return {"name": name, "unloaded": True, "fleet": fleet.model_dump()}
 
     async def pin_adapter(self, name: str, pinned: bool, principal: Principal | None = None) -> AdapterInfo:
         self._authorize(principal, "admin", name)
-        return AdapterInfo(**self.registry.set_pinned(name, pinned))
+        info, fleet = await asyncio.to_thread(self.fleet.pin, name, pinned)
+        return AdapterInfo(**info, fleet=fleet)
 
     async def list_adapters(self, principal: Principal | None = None) -> AdapterList:
         self._authorize(principal, "admin")
         rows = [a for a in self.registry.list_adapters() if principal is None or principal.may_use(a["name"])]
-        return AdapterList(data=[AdapterInfo(**a) for a in rows])
+        return AdapterList(data=[AdapterInfo(**a) for a in rows], fleet=await asyncio.to_thread(self.fleet.view))
 
     async def health(self) -> Health:
         if not self.engine.started:

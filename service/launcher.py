@@ -31,6 +31,7 @@ from typing import Any, Iterable
 from training.artifact import cache_dir
 from training.artifact.errors import ConfigError, Unavailable
 from training.artifact.config import parse_override, read_yaml, set_dotted
+from training.artifact.remote import is_remote
 
 from service.ports import INSTANCE_ENV, ensure_free, free_port, new_instance, wait_owned
 from service.security.tls import base_url, ready_verify, tls_http_options
@@ -84,10 +85,14 @@ def build_config(config_path: str | Path | None, overrides: Iterable[str] = ()) 
 def absolute_paths(settings: ServiceSettings) -> ServiceSettings:
     """Replicas may run in another working directory: make every local path absolute."""
     updates: dict[str, Any] = {"models": [p.resolve() for p in settings.models],
-                               "adapters": {k: p.resolve() for k, p in settings.adapters.items()}}
+                               "adapters": {k: v if is_remote(v) else str(Path(v).resolve())
+                                            for k, v in settings.adapters.items()}}
     for name in ("artifacts_dir", "keys_file"):
         value = getattr(settings, name)
         updates[name] = value.expanduser().resolve() if value is not None else None
+    fleet = settings.fleet
+    updates["fleet"] = fleet.model_copy(update={k: getattr(fleet, k).expanduser().resolve()
+                                                for k in ("state_file", "s3_cache_dir") if getattr(fleet, k)})
     if Path(settings.base_model).exists():
         updates["base_model"] = str(Path(settings.base_model).resolve())
     return settings.model_copy(update=updates)

@@ -285,6 +285,31 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+class FleetStatus(BaseModel):
+    """How far an admin change has spread: the state generation it wrote and the live Engine replicas
+    that applied it, have not yet (within fleet.ack_timeout_s) or failed to (replica -> error)."""
+
+    generation: int
+    applied: list[str] = Field(default_factory=list)
+    pending: list[str] = Field(default_factory=list)
+    failed: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return not self.pending and not self.failed
+
+
+class ReplicaState(BaseModel):
+    replica: str
+    applied: int
+    errors: dict[str, str] = Field(default_factory=dict)
+    seen_s_ago: float
+
+
+class FleetView(BaseModel):
+    generation: int
+    replicas: list[ReplicaState]
+
 
 class AdapterInfo(BaseModel):
     name: str
@@ -295,11 +320,13 @@ class AdapterInfo(BaseModel):
     pinned: bool
     loaded_at: int
     version: str
+    fleet: FleetStatus | None = Field(None, description="admin replies: the replicas that applied the change")
 
 
 class AdapterList(BaseModel):
     object: Literal["list"] = "list"
     data: list[AdapterInfo]
+    fleet: FleetView | None = Field(None, description="the admin-set state's generation and each live replica's")
 
 
 class Health(BaseModel):

@@ -17,6 +17,7 @@ from training.artifact.config import StrictModel, load_config
 
 from service.drift.monitor import DriftSettings
 from service.engine.settings import EngineSettings
+from service.fleet import FleetSettings
 from service.security.config import SecuritySettings
 
 ENV_PREFIX = "TUNESERVE_SERVE__"
@@ -71,6 +72,8 @@ class ServiceSettings(EngineSettings):
     stop_timeout_s: float = Field(45.0, ge=1.0, description="`tuneserve serve`: after SIGTERM or Ctrl-C, Serve drains "
                                   "and Ray stops within this; then the server's Ray processes are killed")
     drift: DriftSettings = Field(default_factory=DriftSettings, description="drift of live traffic vs reference profiles")
+    fleet: FleetSettings = Field(default_factory=FleetSettings, description="the admin-set adapter state all Engine "
+                                 "replicas converge to (service/fleet.py)")
 
 
 def load_settings(args: dict[str, Any] | None = None, overrides: Iterable[str] = (),

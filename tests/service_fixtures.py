@@ -99,9 +99,12 @@ def service_args(base_dir: Path, artifacts: Path, keys_file: Path, **extra) -> d
     """Application args for tests: small limits, auth from the keys file only."""
     import tempfile
 
-    # tests load adapters built under the temp dir besides artifacts_dir (paths outside the roots are refused)
+    # tests load adapters built under the temp dir besides artifacts_dir (paths outside the roots are refused);
+    # each server gets its own admin-set adapter state, not one beside the session's shared artifacts
+    state = Path(tempfile.mkdtemp(prefix="ts-fleet-")) / "state.json"
     return {"base_model": str(base_dir), "artifacts_dir": str(artifacts), "keys_file": str(keys_file),
-            "api_keys_env": None, "max_adapters": 3, "security": {"adapter_roots": [tempfile.gettempdir()]}, **extra}
+            "api_keys_env": None, "max_adapters": 3, "security": {"adapter_roots": [tempfile.gettempdir()]},
+            "fleet": {"state_file": str(state)}, **extra}
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,7 @@ def admin_core():
     done = []
     registry = SimpleNamespace(
         adapters={},
+        catalog=SimpleNamespace(adapters={}),
         load_adapter=lambda name, path, pin: done.append(("load", name)) or {"name": name, **ADAPTER_INFO},
         unload_adapter=lambda name, force: done.append(("unload", name)),
         set_pinned=lambda name, pinned: done.append(("pin", name)) or {"name": name, **ADAPTER_INFO},

@@ -29,10 +29,11 @@ class Engine:
         self.num_threads = settings.num_threads
         self.started = False
 
-    def start(self) -> None:
+    def start(self, desired=None) -> None:
+        """`desired`: the fleet's admin-set adapter state (see ModelRegistry.start)."""
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
-        self.registry.start()
+        self.registry.start(desired)
         self.scheduler.start()
         self.started = True
 

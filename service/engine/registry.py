@@ -33,6 +33,7 @@ from typing import Any, Callable
 from training.artifact import Manifest, load_artifact
 from training.artifact.errors import ArtifactInvalid, Conflict, NotFound, Unavailable
 from training.artifact.loading import LoadedModel, attach_adapter, load_base, load_model_artifact
+from training.artifact.remote import is_remote
 
 from service import metrics
 from service.engine.catalog import Catalog, discover
@@ -132,14 +133,18 @@ class ModelRegistry:
         self._orphans: set[str] = set()  # PEFT slots of unloaded adapters kept as the layers' anchor
 
     # ---- start -------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, desired: Callable[[Catalog], dict[str, bool]] | None = None) -> None:
+        """Load the base, the full models and the adapters (the configured pins first). `desired` (the
+        fleet's admin-set state, service/engine/desired.py) edits the discovered catalog and returns its pins."""
         started = time.perf_counter()
         base = load_base(self.config.base_model, dtype=self.config.dtype, task=self.config.base_task)
         self.base_name = Path(self.config.base_model).name if "/" in self.config.base_model else self.config.base_model
         metrics.model_loaded(self.base_name, time.perf_counter() - started)
         self.targets[BASE] = Target(BASE, base, base.model)
         self.catalog = discover(self.config.artifacts_dir, base.sha256, self.config.models)
-        self.catalog.adapters.update({k: Path(v) for k, v in self.config.adapters.items()})
+        self.catalog.adapters.update({k: Path(v) for k, v in self.config.adapters.items() if not is_remote(v)})
+        pins = dict.fromkeys(self.config.pinned, True) | (desired(self.catalog) if desired else {})
+        pinned = [n for n, pin in pins.items() if pin]
         for name, path in self.catalog.models.items():
             try:
                 loaded = load_model_artifact(load_artifact(path), dtype=self.config.dtype)
@@ -147,11 +152,11 @@ class ModelRegistry:
             except Exception as exc:  # noqa: BLE001 - one bad artifact must not stop the server
                 self.catalog.skipped[str(path)] = str(exc)
                 log.warning("cannot serve model %s: %s", path, exc)
-        order = [n for n in self.config.pinned if n in self.catalog.adapters]
+        order = [n for n in pinned if n in self.catalog.adapters]
         order += [n for n in sorted(self.catalog.adapters) if n not in order]
         for name in order[: self.config.max_adapters]:
             try:
-                self.load_adapter(name, pin=name in self.config.pinned)
+                self.load_adapter(name, pin=name in pinned)
             except Exception as exc:  # noqa: BLE001
                 self.catalog.skipped[str(self.catalog.adapters[name])] = str(exc)
                 log.warning("cannot load adapter %s: %s", name, exc)
@@ -299,6 +304,13 @@ class ModelRegistry:
             del self.adapters[name]
             self.catalog.adapters.pop(name, None)  # unloaded means gone until loaded again explicitly
             self._retire(entry)
+
+    def withdraw(self, name: str) -> None:
+        """Unload `name` if loaded (pinned or not) and forget it, so no on-demand load brings it back."""
+        with self._state:
+            if name in self.adapters:
+                self.unload_adapter(name, force=True)
+            self.catalog.adapters.pop(name, None)
 
     def _find_in_artifacts_dir(self, name: str) -> Path | None:
         if name in self.catalog.adapters:

@@ -25,7 +25,8 @@ class ModelSettings(StrictModel):
     dtype: str = "float32"
     artifacts_dir: Path | None = None
     models: list[Path] = Field(default_factory=list, description="extra full-model artifact dirs served by name")
-    adapters: dict[str, Path] = Field(default_factory=dict, description="extra adapters: name -> artifact dir")
+    adapters: dict[str, str] = Field(default_factory=dict, description="extra adapters: name -> artifact dir "
+                                     "or s3://bucket/prefix URI")
     max_adapters: int = Field(16, ge=1, description="LRU bound on loaded adapters (pinned ones count)")
     pinned: list[str] = Field(default_factory=list)
     batched_lora: bool = Field(True, description="mixed-adapter batches via batched LoRA matmuls (else PEFT adapter_names)")

@@ -185,7 +185,7 @@ def list_models_response(resp: Any) -> pb.ListModelsResponse:
 
 def adapter_info(info: Any) -> admin_pb2.AdapterInfo:
     fields = admin_pb2.AdapterInfo.DESCRIPTOR.fields_by_name
-    return admin_pb2.AdapterInfo(**{k: v for k, v in as_dict(info).items() if k in fields})
+    return admin_pb2.AdapterInfo(**{k: v for k, v in as_dict(info).items() if k in fields and v is not None})
 
 
 def list_adapters_response(resp: Any) -> admin_pb2.ListAdaptersResponse:
@@ -194,4 +194,4 @@ def list_adapters_response(resp: Any) -> admin_pb2.ListAdaptersResponse:
 
 def unload_adapter_response(resp: Any) -> admin_pb2.UnloadAdapterResponse:
     d = as_dict(resp)
-    return admin_pb2.UnloadAdapterResponse(name=d["name"], unloaded=bool(d["unloaded"]))
+    return admin_pb2.UnloadAdapterResponse(name=d["name"], unloaded=bool(d["unloaded"]), fleet=d.get("fleet"))

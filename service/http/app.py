@@ -10,7 +10,8 @@ the audit line names the model the request named, while metrics label only resol
 
 Routes: GET /health (liveness), GET /ready (readiness), GET /v1/models, GET /v1/models/{id}, POST /v1/completions,
 POST /v1/chat/completions, POST /v1/classify, and admin GET/POST /v1/admin/adapters,
-DELETE /v1/admin/adapters/{name}, POST /v1/admin/adapters/{name}/pin. Keys go in
+DELETE /v1/admin/adapters/{name}, POST /v1/admin/adapters/{name}/pin (200 once every Engine replica
+applied the change, 202 listing those that had not; see service/fleet.py). Keys go in
 `Authorization: Bearer <key>` (or `x-api-key`). Errors use OpenAI's error body.
 """
 
@@ -35,7 +36,8 @@ from service.security.guard import prompt_texts
 from service.security.http import auth_dependency, optional_auth_dependency, secure_request, tally_stream
 from service.schemas import (
     AdapterInfo, AdapterList, ChatCompletionRequest, ChatCompletionResponse, ClassifyRequest, ClassifyResponse,
-    CompletionRequest, CompletionResponse, LoadAdapterRequest, ModelCard, ModelList, PinRequest, StreamOptions,
+    CompletionRequest, CompletionResponse, FleetStatus, LoadAdapterRequest, ModelCard, ModelList, PinRequest,
+    StreamOptions,
 )
 
 
@@ -127,18 +129,21 @@ def create_app(backend: ServingBackend, auth: Authenticator, settings, guard: Se
     async def list_adapters(principal: Principal = Depends(require("admin"))):
         return await backend.list_adapters(principal)
 
-    @app.post("/v1/admin/adapters", response_model=AdapterInfo, tags=["admin"],
-              summary="Load an adapter, or replace a loaded one in place with a new version")
-    async def load_adapter(body: LoadAdapterRequest, principal: Principal = Depends(require("admin"))):
-        return await backend.load_adapter(body, principal)
+    # Admin changes reach every Engine replica: 200 once all live ones applied it, 202 (with `fleet.pending`
+    # / `fleet.failed`) when some had not within fleet.ack_timeout_s; they converge to the saved state.
+    @app.post("/v1/admin/adapters", response_model=AdapterInfo, tags=["admin"], responses={202: FLEET_PARTIAL},
+              summary="Load an adapter, or replace a loaded one in place with a new version, on every replica")
+    async def load_adapter(body: LoadAdapterRequest, response: Response, principal: Principal = Depends(require("admin"))):
+        return fleet_answer(response, await backend.load_adapter(body, principal))
 
-    @app.delete("/v1/admin/adapters/{name}", tags=["admin"])
-    async def unload_adapter(name: str, force: bool = False, principal: Principal = Depends(require("admin"))):
-        return await backend.unload_adapter(name, force, principal)
+    @app.delete("/v1/admin/adapters/{name}", tags=["admin"], responses={202: FLEET_PARTIAL})
+    async def unload_adapter(name: str, response: Response, force: bool = False,
+                             principal: Principal = Depends(require("admin"))):
+        return fleet_answer(response, await backend.unload_adapter(name, force, principal))
 
-    @app.post("/v1/admin/adapters/{name}/pin", response_model=AdapterInfo, tags=["admin"])
-    async def pin_adapter(name: str, body: PinRequest, principal: Principal = Depends(require("admin"))):
-        return await backend.pin_adapter(name, body.pinned, principal)
+    @app.post("/v1/admin/adapters/{name}/pin", response_model=AdapterInfo, tags=["admin"], responses={202: FLEET_PARTIAL})
+    async def pin_adapter(name: str, body: PinRequest, response: Response, principal: Principal = Depends(require("admin"))):
+        return fleet_answer(response, await backend.pin_adapter(name, body.pinned, principal))
 
     return app
 
@@ -148,6 +153,18 @@ def resolved_as(request: Request, model: str, usage=None) -> None:
     request.state.model = request.state.resolved = model
     if usage is not None:
         request.state.usage = usage
+
+
+FLEET_PARTIAL = {"description": "saved, but some live Engine replicas had not applied it yet (fleet.pending) "
+                                 "or failed to (fleet.failed); they keep retrying"}
+
+
+def fleet_answer(response: Response, reply):
+    """An admin reply; 202 when its `fleet` status says not every live replica applied the change."""
+    fleet = reply.get("fleet") if isinstance(reply, dict) else reply.fleet
+    if fleet is not None and not FleetStatus.model_validate(fleet).complete:
+        response.status_code = 202
+    return reply
 
 
 async def resolving(request: Request, chunks: AsyncIterator[dict]) -> AsyncIterator[dict]:

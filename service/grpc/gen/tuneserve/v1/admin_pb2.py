@@ -24,25 +24,31 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tuneserve/v1/admin.proto\x12\x0ctuneserve.v1\"K\n\x12LoadAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\x04path\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x0b\n\x03pin\x18\x03 \x01(\x08\x42\x07\n\x05_path\"\x89\x01\n\x0b\x41\x64\x61pterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04\x62\x61se\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x0c\n\x04task\x18\x05 \x01(\t\x12\x0e\n\x06pinned\x18\x06 \x01(\x08\x12\x11\n\tloaded_at\x18\x07 \x01(\x03\x12\x0f\n\x07version\x18\x08 \x01(\t\"3\n\x14UnloadAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"7\n\x15UnloadAdapterResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08unloaded\x18\x02 \x01(\x08\"\x15\n\x13ListAdaptersRequest\"C\n\x14ListAdaptersResponse\x12+\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x19.tuneserve.v1.AdapterInfo2\x84\x02\n\x05\x41\x64min\x12J\n\x0bLoadAdapter\x12 .tuneserve.v1.LoadAdapterRequest\x1a\x19.tuneserve.v1.AdapterInfo\x12X\n\rUnloadAdapter\x12\".tuneserve.v1.UnloadAdapterRequest\x1a#.tuneserve.v1.UnloadAdapterResponse\x12U\n\x0cListAdapters\x12!.tuneserve.v1.ListAdaptersRequest\x1a\".tuneserve.v1.ListAdaptersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tuneserve/v1/admin.proto\x12\x0ctuneserve.v1\"K\n\x12LoadAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\x04path\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x0b\n\x03pin\x18\x03 \x01(\x08\x42\x07\n\x05_path\"\xb3\x01\n\x0b\x41\x64\x61pterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04\x62\x61se\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x0c\n\x04task\x18\x05 \x01(\t\x12\x0e\n\x06pinned\x18\x06 \x01(\x08\x12\x11\n\tloaded_at\x18\x07 \x01(\x03\x12\x0f\n\x07version\x18\x08 \x01(\t\x12(\n\x05\x66leet\x18\t \x01(\x0b\x32\x19.tuneserve.v1.FleetStatus\"\xa9\x01\n\x0b\x46leetStatus\x12\x12\n\ngeneration\x18\x01 \x01(\x03\x12\x0f\n\x07\x61pplied\x18\x02 \x03(\t\x12\x0f\n\x07pending\x18\x03 \x03(\t\x12\x35\n\x06\x66\x61iled\x18\x04 \x03(\x0b\x32%.tuneserve.v1.FleetStatus.FailedEntry\x1a-\n\x0b\x46\x61iledEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"3\n\x14UnloadAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"a\n\x15UnloadAdapterResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08unloaded\x18\x02 \x01(\x08\x12(\n\x05\x66leet\x18\x03 \x01(\x0b\x32\x19.tuneserve.v1.FleetStatus\"\x15\n\x13ListAdaptersRequest\"C\n\x14ListAdaptersResponse\x12+\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x19.tuneserve.v1.AdapterInfo2\x84\x02\n\x05\x41\x64min\x12J\n\x0bLoadAdapter\x12 .tuneserve.v1.LoadAdapterRequest\x1a\x19.tuneserve.v1.AdapterInfo\x12X\n\rUnloadAdapter\x12\".tuneserve.v1.UnloadAdapterRequest\x1a#.tuneserve.v1.UnloadAdapterResponse\x12U\n\x0cListAdapters\x12!.tuneserve.v1.ListAdaptersRequest\x1a\".tuneserve.v1.ListAdaptersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tuneserve.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_FLEETSTATUS_FAILEDENTRY']._loaded_options = None
+  _globals['_FLEETSTATUS_FAILEDENTRY']._serialized_options = b'8\001'
   _globals['_LOADADAPTERREQUEST']._serialized_start=42
   _globals['_LOADADAPTERREQUEST']._serialized_end=117
   _globals['_ADAPTERINFO']._serialized_start=120
-  _globals['_ADAPTERINFO']._serialized_end=257
-  _globals['_UNLOADADAPTERREQUEST']._serialized_start=259
-  _globals['_UNLOADADAPTERREQUEST']._serialized_end=310
-  _globals['_UNLOADADAPTERRESPONSE']._serialized_start=312
-  _globals['_UNLOADADAPTERRESPONSE']._serialized_end=367
-  _globals['_LISTADAPTERSREQUEST']._serialized_start=369
-  _globals['_LISTADAPTERSREQUEST']._serialized_end=390
-  _globals['_LISTADAPTERSRESPONSE']._serialized_start=392
-  _globals['_LISTADAPTERSRESPONSE']._serialized_end=459
-  _globals['_ADMIN']._serialized_start=462
-  _globals['_ADMIN']._serialized_end=722
+  _globals['_ADAPTERINFO']._serialized_end=299
+  _globals['_FLEETSTATUS']._serialized_start=302
+  _globals['_FLEETSTATUS']._serialized_end=471
+  _globals['_FLEETSTATUS_FAILEDENTRY']._serialized_start=426
+  _globals['_FLEETSTATUS_FAILEDENTRY']._serialized_end=471
+  _globals['_UNLOADADAPTERREQUEST']._serialized_start=473
+  _globals['_UNLOADADAPTERREQUEST']._serialized_end=524
+  _globals['_UNLOADADAPTERRESPONSE']._serialized_start=526
+  _globals['_UNLOADADAPTERRESPONSE']._serialized_end=623
+  _globals['_LISTADAPTERSREQUEST']._serialized_start=625
+  _globals['_LISTADAPTERSREQUEST']._serialized_end=646
+  _globals['_LISTADAPTERSRESPONSE']._serialized_start=648
+  _globals['_LISTADAPTERSRESPONSE']._serialized_end=715
+  _globals['_ADMIN']._serialized_start=718
+  _globals['_ADMIN']._serialized_end=978
 # @@protoc_insertion_point(module_scope)

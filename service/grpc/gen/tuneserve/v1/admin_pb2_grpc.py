@@ -26,7 +26,10 @@ if _version_not_supported:
 
 
 class AdminStub:
-    """Missing associated documentation comment in .proto file."""
+    """Changes reach every Engine replica: a call returns once every live replica
+    applied it, or after the server's fleet.ack_timeout_s with the replicas that
+    had not in `fleet.pending` (they keep converging to the saved state).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -52,7 +55,10 @@ class AdminStub:
 
 
 class AdminServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Changes reach every Engine replica: a call returns once every live replica
+    applied it, or after the server's fleet.ack_timeout_s with the replicas that
+    had not in `fleet.pending` (they keep converging to the saved state).
+    """
 
     def LoadAdapter(self, request, context):
         """Load (or replace in place) an adapter artifact under a name.
@@ -103,7 +109,10 @@ def add_AdminServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Admin:
-    """Missing associated documentation comment in .proto file."""
+    """Changes reach every Engine replica: a call returns once every live replica
+    applied it, or after the server's fleet.ack_timeout_s with the replicas that
+    had not in `fleet.pending` (they keep converging to the saved state).
+    """
 
     @staticmethod
     def LoadAdapter(request,
