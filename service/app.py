@@ -54,9 +54,11 @@ class EngineDeployment:
             raise ValueError("the Engine needs the Ingress' secret (bind it as app_builder does)")
         self.ingress_secret = ingress_secret
         config = ServiceSettings.model_validate(settings)
+        replica = serve_replica_id()
         # every Engine replica follows one admin-set adapter state through the cluster's coordinator actor
-        self.core = ServingCore(config, coordinator=ray_coordinator(config.fleet, config.artifacts_dir),
-                                replica_id=serve.get_replica_context().replica_id.unique_id)
+        # (outside a Serve replica, e.g. a unit test of this class, the core keeps its in-process one)
+        coordinator = ray_coordinator(config.fleet, config.artifacts_dir) if replica else None
+        self.core = ServingCore(config, coordinator=coordinator, replica_id=replica)
         self.core.start()
 
     def _refused(self, secret: str) -> dict[str, Any] | None:
@@ -99,6 +101,16 @@ class EngineDeployment:
             self.core.stop()
         except Exception:  # noqa: BLE001
             pass
+
+
+def serve_replica_id() -> str | None:
+    """This Serve replica's id, or None when the caller is not inside a Serve replica."""
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except RayServeException:
+        return None
 
 
 @contextmanager
