@@ -230,6 +230,15 @@ def r10(work: Path, base_dir: Path, artifacts: Path, keys_file: Path, key: str, 
             "final_replicas": timeline[-1][1] if timeline else None, "load": summary}
 
 
+def r1_duration(args: argparse.Namespace) -> str:
+    if args.end_by is None:
+        return args.r1_duration
+    from locust.util.timespan import parse_timespan
+
+    left = int(args.end_by - time.time() - 90)  # server start and stop
+    return f"{max(30, min(parse_timespan(args.r1_duration), left))}s"
+
+
 def versions() -> dict:
     import locust
     import ray
@@ -246,6 +255,8 @@ def main() -> None:
     parser.add_argument("--r1-duration", default="5m")
     parser.add_argument("--phase-s", type=int, default=60, help="seconds of load per fault phase (R2, R10)")
     parser.add_argument("--only", default="R1,R2,R10")
+    parser.add_argument("--end-by", type=float, default=None,
+                        help="Unix time to be done by: R1 (run last) is shortened to fit, and says so")
     args = parser.parse_args()
 
     from service.keys import add_key, create_key
@@ -262,17 +273,23 @@ def main() -> None:
     limited, record = create_key("limited", ["infer"], requests_per_min=30)
     add_key(work / "keys.json", record)
     (RESULTS / "load_faults").mkdir(parents=True, exist_ok=True)
-    results: dict = {"load_average_before": os.getloadavg(), "goals": []}
-    wanted = args.only.split(",")
-    if "R1" in wanted:
-        results["goals"].append(r1(work, base_dir, artifacts, work / "keys.json", [key, key, key, limited], args.r1_duration))
-    if "R2" in wanted:
-        results["goals"].append(r2(work, base_dir, artifacts, work / "keys.json", key, args.phase_s))
-    if "R10" in wanted:
-        results["goals"].append(r10(work, base_dir, artifacts, work / "keys.json", key, args.phase_s))
-    results.update(load_average_after=os.getloadavg(), machine={"cpus": os.cpu_count(), "platform": platform.platform()},
-                   versions=versions(), command="python benchmarks/load_faults.py " + " ".join(sys.argv[1:]))
-    write(results)
+    results: dict = {"load_average_before": os.getloadavg(), "goals": [],
+                     "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "versions": versions(),
+                     "command": "python benchmarks/load_faults.py " + " ".join(sys.argv[1:])}
+    keys_file = work / "keys.json"
+    runs = {"R10": lambda: r10(work, base_dir, artifacts, keys_file, key, args.phase_s),  # faults first: most likely to break
+            "R2": lambda: r2(work, base_dir, artifacts, keys_file, key, args.phase_s),
+            "R1": lambda: r1(work, base_dir, artifacts, keys_file, [key, key, key, limited], r1_duration(args))}
+    for gid, measure in runs.items():
+        if gid not in args.only.split(","):
+            continue
+        try:
+            results["goals"].append(measure())
+        except Exception as exc:  # noqa: BLE001 - the other goals still run; the error is the result
+            results["goals"].append({"id": gid, "measure": "did not complete", "value": None, "goal": "",
+                                     "met": False, "error": f"{type(exc).__name__}: {exc}"[:2000]})
+        results["load_average_after"] = os.getloadavg()
+        write(results)
 
 
 def write(results: dict) -> None:
@@ -283,6 +300,8 @@ def write(results: dict) -> None:
     lines += [f"| {g['id']} | {g['measure']} | {g['value']} | {g['goal']} | "
               f"{ {True: 'yes', False: 'no', None: 'unknown'}[g['met']] } |" for g in results["goals"]]
     for g in results["goals"]:
+        if "error" in g:
+            lines.append(f"\n{g['id']} failed: {g['error']}")
         loads = [("", g["load"])] if "load" in g else [(name, p["load"]) for name, p in g.get("phases", {}).items()]
         for name, load in loads:
             lines.append(f"\n{g['id']} {name}: {load['requests']} requests, {load['failures']} failed "
