@@ -118,15 +118,20 @@ class Streams(threading.Thread):
                 self.done.append((started, time.monotonic(), ok))
 
 
+def server_overrides(base_dir: Path, artifacts: Path, keys_file: Path, grpc_port: int) -> list[str]:
+    from service.ports import free_port
+
+    return [f"base_model={base_dir}", f"artifacts_dir={artifacts}", f"keys_file={keys_file}", "api_keys_env=null",
+            f"port={free_port()}", f"grpc_port={grpc_port}", "cache.enabled=false"]
+
+
 def start_server(work: Path, engine: dict, keys_file: Path, base_dir: Path, artifacts: Path):
     from service.launcher import start
     from service.ports import free_port
 
     os.environ["RAY_TMPDIR"] = "/tmp/ts-ray-loadfaults"
     grpc_port = free_port()
-    overrides = [f"base_model={base_dir}", f"artifacts_dir={artifacts}", f"keys_file={keys_file}", "api_keys_env=null",
-                 f"port={free_port()}", f"grpc_port={grpc_port}", "cache.enabled=false"]
-    server = start(serve_config(work, engine), overrides, num_cpus=2)
+    server = start(serve_config(work, engine), server_overrides(base_dir, artifacts, keys_file, grpc_port), num_cpus=2)
     return server, f"127.0.0.1:{grpc_port}"
 
 
@@ -135,16 +140,15 @@ def r1(work: Path, base_dir: Path, artifacts: Path, keys_file: Path, keys: list[
     from service.ports import free_port
 
     grpc_port = free_port()
-    overrides = [f"base_model={base_dir}", f"artifacts_dir={artifacts}", f"keys_file={keys_file}", "api_keys_env=null",
-                 f"port={free_port()}", f"grpc_port={grpc_port}", "cache.enabled=false"]
-    proc, url = spawn(overrides, work / "r1-server.log", env={"RAY_TMPDIR": "/tmp/ts-ray-loadfaults"})
+    proc, url = spawn(server_overrides(base_dir, artifacts, keys_file, grpc_port), work / "r1-server.log",
+                      env={"RAY_TMPDIR": "/tmp/ts-ray-loadfaults"})
     try:
         started = time.monotonic()
         summary = finish_load("R1", run_load("R1", url, f"127.0.0.1:{grpc_port}", 16, duration, keys, "soak"), started)
     finally:
         terminate(proc)
     full = summary["measured_s"] >= 300
-    met = (summary["failures"] == 0) if full else None
+    met = False if summary["failures"] else (True if full else None)  # a shorter clean run proves nothing
     return {"id": "R1", "measure": f"failed requests besides designed 429s, 16 users HTTP+gRPC for {duration}",
             "value": summary["failures"], "goal": "0 over 5 min", "met": met, "load": summary,
             **({} if full else {"note": f"ran {summary['measured_s']} s, not the 5 min the goal asks"})}
