@@ -237,20 +237,25 @@ def r10(work: Path, base_dir: Path, artifacts: Path, keys_file: Path, key: str, 
 def r1_duration(args: argparse.Namespace) -> str:
     if args.end_by is None:
         return args.r1_duration
-    from locust.util.timespan import parse_timespan
-
     left = int(args.end_by - time.time() - 90)  # server start and stop
-    return f"{max(30, min(parse_timespan(args.r1_duration), left))}s"
+    return f"{max(30, min(seconds(args.r1_duration), left))}s"
+
+
+def seconds(timespan: str) -> int:
+    """'300', '90s', '5m', '1h' in seconds (locust's own parser must not be imported here: see versions)."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    return int(float(timespan[:-1]) * units[timespan[-1]]) if timespan[-1] in units else int(timespan)
 
 
 def versions() -> dict:
-    import locust
+    from importlib.metadata import version
+
     import ray
     import torch
     import transformers
 
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "ray": ray.__version__, "locust": locust.__version__}
+            "ray": ray.__version__, "locust": version("locust")}  # importing locust gevent-patches this process
 
 
 def main() -> None:
