@@ -242,20 +242,17 @@ def r1_duration(args: argparse.Namespace) -> str:
 
 
 def seconds(timespan: str) -> int:
-    """'300', '90s', '5m', '1h' in seconds (locust's own parser must not be imported here: see versions)."""
+    """'300', '90s', '5m', '1h' in seconds (locust must not be imported here: see versions)."""
     units = {"s": 1, "m": 60, "h": 3600}
     return int(float(timespan[:-1]) * units[timespan[-1]]) if timespan[-1] in units else int(timespan)
 
 
 def versions() -> dict:
+    """From package metadata: importing Ray here, before the launcher sets its auth mode, would break its start,
+    and importing locust gevent-patches this process."""
     from importlib.metadata import version
 
-    import ray
-    import torch
-    import transformers
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "ray": ray.__version__, "locust": version("locust")}  # importing locust gevent-patches this process
+    return {"python": platform.python_version(), **{name: version(name) for name in ("torch", "transformers", "ray", "locust")}}
 
 
 def main() -> None:
