@@ -302,7 +302,10 @@ def write(results: dict) -> None:
     (RESULTS / "load_faults.json").write_text(json.dumps(results, indent=2))
     lines = ["# Load and faults", "", f"Command: `{results['command']}`  ", f"Machine: {results['machine']}  ",
              f"Load average (1/5/15 min) before {results['load_average_before']}, after {results['load_average_after']}  ",
-             f"Versions: {results['versions']}", "", "| id | measure | value | goal | met |", "|---|---|---|---|---|"]
+             f"Versions: {results['versions']}", "",
+             "The 2 cores are shared with whatever else runs on the host (load averages above): latencies and",
+             "request counts are noisy; failure counts and recovery times are what the goals judge.", "",
+             "| id | measure | value | goal | met |", "|---|---|---|---|---|"]
     lines += [f"| {g['id']} | {g['measure']} | {g['value']} | {g['goal']} | "
               f"{ {True: 'yes', False: 'no', None: 'unknown'}[g['met']] } |" for g in results["goals"]]
     for g in results["goals"]:
@@ -310,9 +313,12 @@ def write(results: dict) -> None:
             lines.append(f"\n{g['id']} failed: {g['error']}")
         loads = [("", g["load"])] if "load" in g else [(name, p["load"]) for name, p in g.get("phases", {}).items()]
         for name, load in loads:
+            extra = {k: v for k, v in (g["phases"][name] if name else {}).items() if k != "load"}
             lines.append(f"\n{g['id']} {name}: {load['requests']} requests, {load['failures']} failed "
-                         f"({load['failed_pct']} %), {load['rate_limited']} designed 429s, {load['measured_s']} s")
+                         f"({load['failed_pct']} %), {load['rate_limited']} designed 429s, {load['measured_s']} s {extra or ''}")
             lines += [f"- {k['count']} x {k['name']}: {k['error']}" for k in load["failure_kinds"]]
+    if results.get("notes"):  # what a person read in the results, added to the JSON after the run
+        lines += ["", "## What users saw", "", *[f"- {note}" for note in results["notes"]]]
     (RESULTS / "load_faults.md").write_text("\n".join(lines) + "\n")
 
 
