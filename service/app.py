@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
@@ -37,7 +38,7 @@ from service.schemas import (
     CompletionRequest, CompletionResponse, Health, LoadAdapterRequest, ModelList,
 )
 from service.settings import ENGINE_QUEUE_CAPACITY, ServiceSettings, load_settings
-from training.artifact.errors import Overloaded, PermissionDenied
+from training.artifact.errors import Overloaded, PermissionDenied, Unavailable
 
 log = logging.getLogger("tuneserve.service.app")
 
@@ -115,11 +116,15 @@ def serve_replica_id() -> str | None:
 
 @contextmanager
 def engine_queue() -> Iterator[None]:
-    """The Engine's full queue (its max_queued_requests) is this request's 503 / RESOURCE_EXHAUSTED."""
+    """The Engine's full queue (its max_queued_requests) is this request's 503 / RESOURCE_EXHAUSTED; an
+    Engine replica that died while serving it (killed, node lost) is a 503 / UNAVAILABLE to retry."""
     try:
         yield
     except BackPressureError as exc:
         raise Overloaded(f"the engine is busy: {exc.message}", "retry in a moment, or add Engine replicas") from None
+    except RayActorError:
+        raise Unavailable("the engine replica serving this request stopped",
+                          "retry: Serve routes it to a live replica and replaces the lost one") from None
 
 
 class RemoteCore:

@@ -281,3 +281,17 @@ def test_response_cache_is_bounded_by_bytes_and_scoped_per_key():
     assert cache.get("huge") is None and len(cache.entries) == 2
     cache.put(keys[3], ["z"])  # replacing an entry frees its bytes
     assert cache.bytes == approx_bytes(["z"]) + approx_bytes(["x" * 1000])
+
+
+def test_a_lost_engine_replica_is_a_retryable_503_not_a_500():
+    """A request in flight on an Engine replica that dies (ray.kill, node lost) answers Unavailable."""
+    from ray.exceptions import RayActorError
+
+    from service.app import engine_queue
+    from service.errors import describe
+    from training.artifact.errors import Unavailable
+
+    with pytest.raises(Unavailable) as caught:
+        with engine_queue():
+            raise RayActorError()
+    assert describe(caught.value).http_status == 503 and describe(caught.value).grpc_code == "UNAVAILABLE"
