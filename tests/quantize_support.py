@@ -39,6 +39,21 @@ def greedy_tokens(model, tokenizer, prompts=PROMPTS, new_tokens: int = 12):
     return out[:, batch["input_ids"].shape[1]:]
 
 
+def teacher_forced_agreement(model, reference, tokenizer, prompts=PROMPTS, new_tokens: int = 12) -> float:
+    """Share of steps of `reference`'s greedy continuation where `model`, fed the same prefix, picks the same token."""
+    import torch
+
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        sequence = reference.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=False,
+                                      max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=tokenizer.pad_token_id)
+        mask = torch.cat([batch["attention_mask"], torch.ones_like(sequence[:, batch["input_ids"].shape[1]:])], dim=1)
+        steps = slice(batch["input_ids"].shape[1] - 1, -1)
+        want = reference(input_ids=sequence, attention_mask=mask).logits[:, steps].argmax(-1)
+        got = model(input_ids=sequence, attention_mask=mask).logits[:, steps].argmax(-1)
+    return float((got == want).float().mean())
+
+
 def last_logits(model, tokenizer, prompts=PROMPTS):
     import torch
 

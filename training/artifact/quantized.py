@@ -7,8 +7,10 @@ generates (causal LM) or returns logits (classifier) like a transformers model.
 Schemes and their on-disk formats (weights are always safetensors, never pickle):
 - `torch-int8`, `qat-int8`: `model.safetensors` holds int8 weights + per-row float scales
   (`<name>.int8`, `<name>.scale`, symmetric, zero point 0) for every Linear and
-  Embedding, other tensors as float. At load, Linear layers become torch dynamic-int8
-  modules (`torch.ao.nn.quantized.dynamic.Linear`), embeddings are dequantized.
+  Embedding, other tensors as float. At load, embeddings are dequantized and Linear layers
+  become int8 modules whose activations are quantized as the file's `activations` says:
+  `per-token` (`int8_linear.PerTokenInt8Linear`) or `per-tensor` (torch's dynamic-int8
+  `torch.ao.nn.quantized.dynamic.Linear`).
 - `onnx-fp32`, `onnx-int8-dynamic`, `onnx-int8-static`: `model.onnx` (+ config, tokenizer);
   causal LMs load as `onnx_lm.OnnxCausalLM` (lean ORT decode loop, service-compatible
   forward), classifiers as `onnx_classifier.OnnxSequenceClassifier`.
@@ -34,9 +36,11 @@ INT8_WEIGHTS = "model.safetensors"
 INT8_FORMAT = "tuneserve-int8-v1"
 INT8_SUFFIX, SCALE_SUFFIX = ".int8", ".scale"
 BNB_CONFIG = "bnb_config.json"
-# safetensors metadata of an int8 file: Linear modules to rebuild as dynamic int8, embedding
-# modules to dequantize, and packed weights stored once for two tied parameters.
-LAYOUT_DEFAULTS = {"linear": "[]", "embedding": "[]", "tied": "{}"}
+# safetensors metadata of an int8 file: Linear modules to rebuild as int8, embedding modules to
+# dequantize, packed weights stored once for two tied parameters, and how activations are
+# quantized at run time (files written before "activations" existed are per-tensor).
+LAYOUT_DEFAULTS = {"linear": "[]", "embedding": "[]", "tied": "{}", "activations": '"per-tensor"'}
+ACTIVATION_MODES = ("per-token", "per-tensor")
 BNB_BLOCK = 64  # bitsandbytes 4-bit quantizes weights in blocks of this many values
 INT8_SCHEMES = ("torch-int8", "qat-int8")
 ONNX_SCHEMES = ("onnx-fp32", "onnx-int8-dynamic", "onnx-int8-static")
@@ -107,7 +111,7 @@ def read_int8_state(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def build_int8_model(model_dir: Path, task: str):
-    """Rebuild a model from an int8 artifact directory: dynamic-int8 Linear, dequantized embeddings."""
+    """Rebuild a model from an int8 artifact directory: int8 Linear, dequantized embeddings."""
     import torch
     from transformers import AutoConfig
     from transformers.initialization import no_init_weights
@@ -129,9 +133,16 @@ def build_int8_model(model_dir: Path, task: str):
         raise ArtifactInvalid(f"{model_dir / INT8_WEIGHTS} does not match its config.json "
                               f"(missing {sorted(missing)[:3]}, unexpected {sorted(result.unexpected_keys)[:3]})",
                               "rebuild the artifact with `tuneserve quantize`")
+    if layout["activations"] not in ACTIVATION_MODES:
+        raise ArtifactInvalid(f"{model_dir / INT8_WEIGHTS} asks for unknown int8 activations {layout['activations']!r}",
+                              f"rebuild the artifact with `tuneserve quantize` (known: {', '.join(ACTIVATION_MODES)})")
+    if layout["activations"] == "per-token":
+        from training.artifact.int8_linear import PerTokenInt8Linear as build
+    else:
+        build = int8_linear
     for name in layout["linear"]:
         bias = getattr(model.get_submodule(name), "bias", None)
-        set_submodule(model, name, int8_linear(*packed[f"{name}.weight"], bias))
+        set_submodule(model, name, build(*packed[f"{name}.weight"], bias))
     return model.eval()
 
 

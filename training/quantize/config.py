@@ -21,7 +21,9 @@ class ParityConfig(StrictModel):
     max_length: int = Field(64, ge=8, le=2048)
     latency_repeats: int = Field(3, ge=0, le=100, description="0 skips the latency measurement")
     max_logit_diff: float | None = Field(None, gt=0, description="tolerance; default is the scheme's own")
-    min_agreement: float | None = Field(None, ge=0, le=1, description="greedy-token agreement; default per scheme")
+    max_kl: float | None = Field(None, gt=0, description="mean next-token KL(fp32 || quantized); default per scheme")
+    min_agreement: float | None = Field(None, ge=0, le=1,
+                                        description="teacher-forced top-1 (causal LM) / label agreement; default per scheme")
 
 
 class QATConfig(StrictModel):
@@ -42,6 +44,9 @@ class QuantizeConfig(StrictModel):
     calibration_samples: int = Field(64, ge=1, le=100_000)
     calibration_split: str = "train"
     quantize_embeddings: bool = Field(True, description="int8 embeddings and head too, not only Linear layers")
+    int8_activations: Literal["per-token", "per-tensor"] = Field(
+        "per-token", description="torch-int8 activations: a scale per token, or one per tensor (torch's dynamic "
+                                 "Linear; loses outlier-heavy Llama-family models)")
     opset: int = Field(18, ge=13, le=23)
     onnx_exporter: Literal["auto", "tuneserve", "torch"] = Field(
         "auto", description="causal-LM ONNX graph: tuneserve's lean Llama-family builder (ONNX Runtime kernels), "

@@ -78,14 +78,17 @@ def quantize(source: str | Path, config: QuantizeConfig, out: str | Path, overwr
         say("reloading and measuring parity")
         loaded = reload(writer.path, fields)
         texts = _texts(calibration)
-        report = judge(compare(src.model, loaded.model, src.tokenizer, texts, src.task, config.parity),
-                       config.parity.max_logit_diff or scheme.max_logit_diff,
-                       config.parity.min_agreement if config.parity.min_agreement is not None else scheme.min_agreement)
+        parity = config.parity
+        report = judge(compare(src.model, loaded.model, src.tokenizer, texts, src.task, parity),
+                       parity.max_logit_diff or scheme.max_logit_diff,
+                       parity.min_agreement if parity.min_agreement is not None else scheme.min_agreement,
+                       parity.max_kl or scheme.max_kl)
         size, fp32_size = weights_size(writer.path), src.float_bytes()
         fields["quantization"].update(
             calibration=calibration.manifest_fields() if calibration else None, accepts_adapters=scheme.accepts_adapters,
             size_bytes=size, fp32_size_bytes=fp32_size, size_ratio=size / fp32_size,
             latency_ratio=report.get("latency_ratio"), memory_bytes=loaded.info.get("memory_bytes"),
-            quality_delta={k: report[k] for k in ("perplexity_delta_ratio", "label_agreement") if k in report})
+            quality_delta={k: report[k] for k in ("perplexity_delta_ratio", "token_agreement", "mean_kl", "label_agreement")
+                           if k in report})
         writer.update(quantization=fields["quantization"], metrics={"parity": report})
     return writer.manifest

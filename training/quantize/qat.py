@@ -111,5 +111,5 @@ def train_qat(source, calibration, settings) -> tuple[Any, dict[str, Any], dict[
                         needs_calibration=True, max_logit_diff=8.0, min_agreement=0.25))
 def build_qat(source, config, out_dir: Path, calibration) -> dict[str, Any]:
     model, scales, losses = train_qat(source, calibration, config.qat)
-    details = save_int8(model, out_dir, config.quantize_embeddings, scales)
+    details = save_int8(model, out_dir, config.quantize_embeddings, scales, activations="per-tensor")
     return {**details, "qat": {**config.qat.model_dump(), **losses, "observers": "per-channel weight, per-tensor act"}}

@@ -28,8 +28,9 @@ class Scheme:
     description: str
     needs_calibration: bool = False
     accepts_adapters: bool = False
-    max_logit_diff: float = 1.0
-    min_agreement: float = 0.5
+    max_logit_diff: float | None = 1.0  # None: max abs logit diff reported, not gated
+    min_agreement: float = 0.5  # teacher-forced top-1 (causal LM) or label agreement
+    max_kl: float | None = None  # mean next-token KL(fp32 || quantized), causal LM
     build: Callable | None = None
     check: Callable | None = None
     tasks: tuple[str, ...] = ("causal-lm", "classification")

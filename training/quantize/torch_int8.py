@@ -3,9 +3,12 @@
 Every Linear (the LM head included) and, unless `quantize_embeddings=false`, every
 Embedding is stored as symmetric per-row int8 + float scales; weights shared by two
 modules (tied embeddings / head) are stored once. The loader
-(`training.artifact.quantized`) rebuilds torch dynamic-int8 Linear modules from them.
+(`training.artifact.quantized`) rebuilds int8 Linear modules from them, quantizing
+activations per token (`int8_activations`, the default) or per tensor (torch's dynamic
+Linear, what `qat-int8` trains for). Per tensor is unusable on Llama-family bases whose
+activations have outliers: SmolLM2-135M keeps 0.47 teacher-forced top-1 agreement.
 
-    tensors, metadata = pack_int8(model, quantize_embeddings=True)
+    tensors, metadata = pack_int8(model, quantize_embeddings=True, activations="per-token")
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from training.artifact.quantized import INT8_FORMAT, INT8_SUFFIX, INT8_WEIGHTS, 
 from training.quantize.schemes import Scheme, register_scheme
 
 
-def pack_int8(model, quantize_embeddings: bool = True, scales: dict[str, Any] | None = None
-              ) -> tuple[dict[str, Any], dict[str, str]]:
+def pack_int8(model, quantize_embeddings: bool = True, scales: dict[str, Any] | None = None,
+              activations: str = "per-token") -> tuple[dict[str, Any], dict[str, str]]:
     """int8 tensors + layout metadata for `model`; `scales` (module name → per-row scale) overrides max-abs."""
     import torch
 
@@ -44,22 +47,24 @@ def pack_int8(model, quantize_embeddings: bool = True, scales: dict[str, Any] | 
         else:
             tensors[key] = tensor.detach().float().contiguous().clone()
         first_by_storage.setdefault(ptr, key)
-    metadata = {"format": INT8_FORMAT, **{k: json.dumps(v) for k, v in layout.items()}}
+    metadata = {"format": INT8_FORMAT, **{k: json.dumps(v) for k, v in {**layout, "activations": activations}.items()}}
     return tensors, metadata
 
 
-def save_int8(model, out_dir: Path, quantize_embeddings: bool, scales: dict[str, Any] | None = None) -> dict[str, Any]:
+def save_int8(model, out_dir: Path, quantize_embeddings: bool, scales: dict[str, Any] | None = None,
+              activations: str = "per-token") -> dict[str, Any]:
     from safetensors.torch import save_file
 
-    tensors, metadata = pack_int8(model, quantize_embeddings, scales)
+    tensors, metadata = pack_int8(model, quantize_embeddings, scales, activations)
     save_file(tensors, str(out_dir / INT8_WEIGHTS), metadata=metadata)
     layout = {k: json.loads(metadata[k]) for k in ("linear", "embedding", "tied")}
-    return {"format": INT8_FORMAT, "granularity": "per-row symmetric", "activations": "dynamic per-tensor",
+    return {"format": INT8_FORMAT, "granularity": "per-row symmetric", "activations": f"dynamic {activations}",
             "quantized_linear": len(layout["linear"]), "quantized_embeddings": len(layout["embedding"]),
             "tied": layout["tied"]}
 
 
-@register_scheme(Scheme("torch-int8", "quantized-model", 8, "torch dynamic int8 (CPU), int8 embeddings and head",
-                        max_logit_diff=2.0, min_agreement=0.5))
+@register_scheme(Scheme("torch-int8", "quantized-model", 8,
+                        "dynamic int8 (CPU): per-row weights, per-token activations, int8 embeddings and head",
+                        max_logit_diff=None, max_kl=0.15, min_agreement=0.8))
 def build_torch_int8(source, config, out_dir: Path, calibration) -> dict[str, Any]:
-    return save_int8(source.model, out_dir, config.quantize_embeddings)
+    return save_int8(source.model, out_dir, config.quantize_embeddings, activations=config.int8_activations)

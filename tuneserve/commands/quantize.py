@@ -40,7 +40,7 @@ def _run(source: str, out: Path, overrides: list[str], args: list[str] | None, o
             *([("latency vs fp32", f"{q['latency_ratio']:.2f}x")] if q.get("latency_ratio") else []),
             *([("memory when loaded", f"{q['memory_bytes'] / 1e6:.2f} MB")] if q.get("memory_bytes") else []),
             ("max abs logit diff", f"{parity['max_abs_logit_diff']:.4f}")]
-    for key in ("greedy_token_agreement", "label_agreement", "perplexity_delta_ratio"):
+    for key in ("token_agreement", "mean_kl", "greedy_token_agreement", "label_agreement", "perplexity_delta_ratio"):
         if key in parity:
             rows.append((key.replace("_", " "), f"{parity[key]:.4f}"))
     for row in rows:
