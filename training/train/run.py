@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from training.train.output import (
     tokenizer_info,
     write_artifact,
 )
+from training.train.reporting import RunReporter
 from training.train.templates import (
     PromptTemplate,
     encode_classification,
@@ -117,22 +117,6 @@ def test_metrics(cfg: TrainConfig, loop: TrainLoop, splits: Splits, enc: Callabl
     return {f"test_{k.removeprefix('val_')}": v for k, v in metrics.items()}
 
 
-def progress_bar(enabled: bool):
-    if not enabled:
-        return nullcontext(None)
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn())
-
-
 def profile_inputs(cfg: TrainConfig, splits: Splits, tokenizer: Any, template: PromptTemplate | None) -> list[str]:
     rows = splits.train[: cfg.profile.sample * 4]
     if template is None:
@@ -168,23 +152,45 @@ def build_profile(cfg, splits, tokenizer, template, model, val_examples, collate
                                    embed=cfg.profile.embed, sample=cfg.profile.sample, seed=cfg.seed)
 
 
-def train(cfg: TrainConfig, on_eval: Callable[[int, dict[str, float]], None] | None = None) -> TrainOutcome:
-    """Run `cfg` end to end; `on_eval(step, metrics)` is called after each mid-run evaluation."""
+@dataclass
+class Prepared:
+    """Everything a run trains with, built the same way in one process and in each Ray worker."""
+
+    method: Method
+    base_sha: str
+    splits: Splits
+    tokenizer: Any
+    model: Any
+    enc: Callable[[list], list]
+    collate: Any
+    template: PromptTemplate | None
+    train_ex: list[dict]
+    val_ex: list[dict]
+    identity: dict[str, Any]
+    weights: list[float] | None
+    trainable: int
+
+
+def resume_point(cfg: TrainConfig) -> Path | None:
+    """Refuse an existing output; the checkpoint to resume from (cfg.resume) or None."""
+    if Path(cfg.output).exists() and not cfg.overwrite:
+        raise ConfigError(f"output {cfg.output} already exists", "choose another output= or pass overwrite=true")
+    if not cfg.resume:
+        return None
+    found = latest_checkpoint(cfg.checkpoint_path())
+    if found is None:
+        raise TrainingError(f"resume=true but no checkpoint in {cfg.checkpoint_path()}",
+                            "start without --resume, or point checkpoint_dir at the killed run's checkpoints")
+    return found
+
+
+def prepare(cfg: TrainConfig, device: Any) -> Prepared:
+    """Data, tokenizer and the base made trainable by the method, on `device`, seeded by cfg.seed."""
     import torch
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     method = get_method(cfg.method)
-    output = Path(cfg.output)
-    if output.exists() and not cfg.overwrite:
-        raise ConfigError(f"output {output} already exists", "choose another output= or pass overwrite=true")
-    resume_from = None
-    if cfg.resume:
-        resume_from = latest_checkpoint(cfg.checkpoint_path())
-        if resume_from is None:
-            raise TrainingError(f"resume=true but no checkpoint in {cfg.checkpoint_path()}",
-                                "start without --resume, or point checkpoint_dir at the killed run's checkpoints")
-    device = pick_device(cfg)
     model_dir = resolve_base_dir(cfg.base)
     base_sha = fingerprint_model_dir(model_dir)
     splits = load_splits(cfg.data, cfg.task, cfg.seed)
@@ -195,38 +201,69 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, dict[str, float]], None] | N
         model.config.pad_token_id = tokenizer.pad_token_id
     model = method.wrap(cfg, model)
     enc, collate, template = encoder(cfg, splits, tokenizer)
-    train_ex, val_ex = enc(splits.train), enc(splits.validation)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     identity = {"base_sha256": base_sha, "method": cfg.method, "data": splits.fingerprint, "batch_size": cfg.batch_size,
                 "grad_accum": cfg.grad_accum, "seed": cfg.seed}
     weights = [splits.class_weights[label] for label in splits.labels] if splits.class_weights else None
-    loop = TrainLoop(cfg, model, train_ex, val_ex, collate, device, weights, identity)
-    started = time.perf_counter()
-    with progress_bar(cfg.progress) as progress:
-        result = loop.run(resume_from=resume_from, progress=progress, on_eval=on_eval)
-    wall = time.perf_counter() - started
-    result.metrics.update(test_metrics(cfg, loop, splits, enc))
-    model.eval()
-    profile = build_profile(cfg, splits, tokenizer, template, model, val_ex, collate, device)
-    manifest = Manifest(
-        name=cfg.artifact_name(), kind="full-model" if method.build is None else "adapter", task=cfg.task,
-        base=BaseRef(id=cfg.base, sha256=base_sha), method=cfg.method,
-        hyperparameters=hyperparameters(cfg, method, result.steps),
-        tokenizer=tokenizer_info(tokenizer, template.describe() if template else {"template": None}),
+    return Prepared(method=method, base_sha=base_sha, splits=splits, tokenizer=tokenizer, model=model, enc=enc,
+                    collate=collate, template=template, train_ex=enc(splits.train), val_ex=enc(splits.validation),
+                    identity=identity, weights=weights,
+                    trainable=sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+
+def describe(cfg: TrainConfig, prep: Prepared, result: LoopResult, wall: float) -> Manifest:
+    splits, tokenizer = prep.splits, prep.tokenizer
+    return Manifest(
+        name=cfg.artifact_name(), kind="full-model" if prep.method.build is None else "adapter", task=cfg.task,
+        base=BaseRef(id=cfg.base, sha256=prep.base_sha), method=cfg.method,
+        hyperparameters=hyperparameters(cfg, prep.method, result.steps),
+        tokenizer=tokenizer_info(tokenizer, prep.template.describe() if prep.template else {"template": None}),
         data=DataRef(fingerprint=splits.fingerprint, rows=len(splits.train), source=splits.source,
                      splits=splits.info["rows"]),
         metrics={**result.metrics, "steps": result.steps, "samples_per_second": result.samples / max(result.train_seconds, 1e-9),
                  "stopped_early": result.stopped_early},
-        labels=splits.labels, trainable_parameters=trainable, wall_time_seconds=round(wall, 3),
+        labels=splits.labels, trainable_parameters=prep.trainable, wall_time_seconds=round(wall, 3),
     )
-    written = write_artifact(output, manifest, save_model(model, tokenizer if method.build is None else None),
+
+
+def write_outputs(cfg: TrainConfig, prep: Prepared, result: LoopResult, wall: float,
+                  device: Any) -> tuple[Manifest, Path, Path | None]:
+    """Profile, manifest and artifact (plus `<output>-merged` with merge=true): (manifest, artifact, merged)."""
+    model = prep.model
+    model.eval()
+    profile = build_profile(cfg, prep.splits, prep.tokenizer, prep.template, model, prep.val_ex, prep.collate, device)
+    written = write_artifact(cfg.output, describe(cfg, prep, result, wall),
+                             save_model(model, prep.tokenizer if prep.method.build is None else None),
                              profile, cfg.overwrite)
     merged = None
     if cfg.merge:
-        merged_manifest = manifest.model_copy(update={"name": f"{cfg.artifact_name()}-merged"})
-        merged = merge_adapter(written.path, f"{output}-merged", merged_manifest, profile, cfg.overwrite).path
-    return TrainOutcome(artifact=written.path, merged=merged, model=model, tokenizer=tokenizer, result=result,
-                        manifest=written.manifest, examples=val_ex or train_ex, collate=collate)
+        merged_manifest = written.manifest.model_copy(update={"name": f"{cfg.artifact_name()}-merged"})
+        merged = merge_adapter(written.path, f"{cfg.output}-merged", merged_manifest, profile, cfg.overwrite).path
+    return written.manifest, written.path, merged
+
+
+def train(cfg: TrainConfig, on_eval: Callable[[int, dict[str, float]], None] | None = None) -> TrainOutcome:
+    """Run `cfg` end to end; `on_eval(step, metrics)` is called after each mid-run evaluation.
+
+    With `distributed.backend=ray` the run happens on Ray Train workers (`training.train.ray_backend`)
+    and the outcome holds no in-memory model (`model`, `tokenizer`, `collate` are None)."""
+    if cfg.distributed.backend == "ray":
+        from training.train.ray_backend import train_on_ray
+
+        return train_on_ray(cfg, on_eval)
+    resume_from = resume_point(cfg)
+    device = pick_device(cfg)
+    prep = prepare(cfg, device)
+    loop = TrainLoop(cfg, prep.model, prep.train_ex, prep.val_ex, prep.collate, device, prep.weights, prep.identity)
+    started = time.perf_counter()
+    with RunReporter(cfg) as reporter:
+        reporter.begin(loop.total_steps)
+        result = loop.run(resume_from=resume_from, on_eval=on_eval, on_record=reporter.record)
+        wall = time.perf_counter() - started
+        result.metrics.update(test_metrics(cfg, loop, prep.splits, prep.enc))
+        reporter.finish(result.metrics, result.steps)
+    manifest, artifact, merged = write_outputs(cfg, prep, result, wall, device)
+    return TrainOutcome(artifact=artifact, merged=merged, model=prep.model, tokenizer=prep.tokenizer, result=result,
+                        manifest=manifest, examples=prep.val_ex or prep.train_ex, collate=prep.collate)
 
 
 def load_trained(artifact_path: str | Path, device: str = "cpu"):
