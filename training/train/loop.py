@@ -33,6 +33,7 @@ from training.train.checkpoint import (
 )
 from training.train.collective import Solo
 from training.train.config import TrainConfig
+from training.train.templates import IGNORE_INDEX
 
 # Test/debug throttle: seconds to sleep after each optimizer step (lets tests kill a run mid-way).
 STEP_DELAY_ENV = "TUNESERVE_TRAIN_STEP_DELAY_S"
@@ -127,12 +128,29 @@ class TrainLoop:
         full = [full[i] for i in torch.randperm(len(full), generator=gen).tolist()]
         return [i for batch in full + tail for i in batch]
 
-    def micro_batch(self, index: int) -> list[dict]:
-        """This rank's rows of global micro-batch `index` (all of them in one process)."""
+    def global_batch(self, index: int) -> list[dict]:
+        """The rows of micro-batch `index` over all ranks (a function of seed, epoch and index)."""
         epoch, pos = divmod(index, self.batches_per_epoch)
         order = self._order(epoch)
-        rows = [self.train[i] for i in order[pos * self.cfg.batch_size:(pos + 1) * self.cfg.batch_size]]
-        return self.collective.shard(rows)
+        return [self.train[i] for i in order[pos * self.cfg.batch_size:(pos + 1) * self.cfg.batch_size]]
+
+    def micro_batch(self, index: int) -> list[dict]:
+        """This rank's rows of global micro-batch `index` (all of them in one process)."""
+        return self.collective.shard(self.global_batch(index))
+
+    def _loss_weight(self, rows: list[dict]) -> float:
+        """What the loss of `rows` averages over: predicted tokens (causal LM) or class weights."""
+        if self.cfg.task == "classification":
+            weights = self.class_weights.tolist() if self.class_weights is not None else None
+            return float(sum(weights[r["label"]] if weights else 1.0 for r in rows))
+        return float(sum(sum(1 for t in r["labels"][1:] if t != IGNORE_INDEX) for r in rows))
+
+    def _share(self, rows: list[dict], whole: list[dict]) -> float:
+        """Scale of this rank's mean loss so that the ranks' average is the mean over the global batch
+        (ranks see different numbers of tokens; a plain average of their means would not be)."""
+        if self.collective.world == 1:
+            return 1.0
+        return self.collective.world * self._loss_weight(rows) / max(self._loss_weight(whole), 1e-9)
 
     def _forward_loss(self, batch: dict[str, Any], model: Any = None):
         import torch
@@ -185,7 +203,10 @@ class TrainLoop:
         accum = self.cfg.grad_accum
         for k in range(accum):
             with self.collective.no_sync(last=k == accum - 1):
-                loss, _, _ = self._forward_loss(self.collate(self.micro_batch(step * accum + k)))
+                whole = self.global_batch(step * accum + k)
+                rows = self.collective.shard(whole)
+                loss, _, _ = self._forward_loss(self.collate(rows))
+                loss = loss * self._share(rows, whole)
                 if self.cfg.optim.l1:
                     loss = loss + self._penalty()
                 (loss / accum).backward()
