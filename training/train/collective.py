@@ -78,9 +78,9 @@ class TorchCollective(Solo):
         """Wrap `model` with Ray Train's `prepare_model` (DDP or FSDP over the worker group)."""
         from ray.train.torch import prepare_model
 
+        # DDP: replicas hold identical buffers (rotary tables), so no broadcast before each forward;
+        # FSDP: frozen base and trainable adapters share flat parameters, which needs use_orig_params.
         kwargs = {"broadcast_buffers": False} if strategy == "ddp" else {"use_orig_params": True}
-        if strategy == "fsdp" and device.type == "cpu":
-            kwargs["device_id"] = device
         wrapped = prepare_model(model, move_to_device=device if move else False, parallel_strategy=strategy,
                                 parallel_strategy_kwargs=kwargs)
         return cls(wrapped, strategy)

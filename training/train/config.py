@@ -100,8 +100,8 @@ class DistributedConfig(StrictModel):
     backend: Literal["local", "ray"] = "local"
     workers: int = Field(1, gt=0, description="Ray Train workers (one process each, one GPU each with use_gpu)")
     use_gpu: bool = Field(False, description="one GPU per worker, NCCL between them (gloo on CPU)")
-    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="ddp: a full replica per worker; "
-                                             "fsdp: weights, gradients and optimizer state sharded across workers")
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="ddp: a full replica per worker; fsdp (GPU): "
+                                             "weights, gradients and optimizer state sharded across workers")
     address: str | None = Field(None, description="ray://head:10001 or auto (an existing cluster); "
                                 "default: start a local Ray instance")
     num_cpus: int | None = Field(None, gt=0, description="CPUs of the local Ray instance (default: all)")
@@ -115,6 +115,9 @@ class DistributedConfig(StrictModel):
         if self.backend == "local" and (self.workers > 1 or self.use_gpu):
             raise ValueError("distributed.workers > 1 and distributed.use_gpu need distributed.backend=ray "
                              "(on one machine use device=cuda for a GPU)")
+        if self.strategy == "fsdp" and not self.use_gpu:
+            raise ValueError("distributed.strategy=fsdp shards over GPUs (Ray Train's FSDP needs use_gpu=true); "
+                             "on CPU workers use strategy=ddp")
         return self
 
 

@@ -2,7 +2,7 @@
 
 The driver (`train_on_ray`) starts or joins Ray, launches `distributed.workers` workers
 (gloo on CPU, NCCL with `use_gpu`) and shows their progress. Each worker builds the run exactly
-as one process does (`training.train.run.prepare`), wraps the model with Ray Train's
+as one process does (`training.train.parts.prepare`), wraps the model with Ray Train's
 `prepare_model` (DDP, or FSDP for models that do not fit one device) and runs the shared
 `TrainLoop` on its slice of every global batch (`batch_size` stays the global batch). Rank 0
 streams the averaged step records to the driver through a small actor (`Channel`); the
@@ -34,7 +34,7 @@ from training.artifact import Manifest
 from training.artifact.errors import ConfigError, TrainingError
 from training.train.checkpoint import latest_checkpoint, save_checkpoint
 from training.train.config import TrainConfig
-from training.train.loop import LoopResult, TrainLoop
+from training.train.loop import STEP_DELAY_ENV, LoopResult, TrainLoop
 from training.train.methods import get_method
 from training.train.reporting import RunReporter
 
@@ -114,9 +114,15 @@ def _trainer(cfg: TrainConfig, channel: Any, verdicts: bool, storage: str, name:
         train_loop_config={"cfg": cfg.model_dump_json(), "channel": channel, "verdicts": verdicts},
         torch_config=TorchConfig(backend="nccl" if dist.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=dist.workers, use_gpu=dist.use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(name=name, storage_path=storage,
+        run_config=RunConfig(name=name, storage_path=storage, worker_runtime_env=_worker_env(),
                              failure_config=FailureConfig(max_failures=dist.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)))
+
+
+def _worker_env() -> dict[str, Any] | None:
+    """Hand the loop's debug throttle to the workers, wherever Ray was started."""
+    delay = os.environ.get(STEP_DELAY_ENV)
+    return {"env_vars": {STEP_DELAY_ENV: delay}} if delay else None
 
 
 class Driver:
@@ -181,7 +187,7 @@ def train_on_ray(cfg: TrainConfig, on_eval: Callable[[int, dict[str, float]], No
     """Train `cfg` on Ray Train workers; returns a `TrainOutcome` without the in-memory model."""
     import ray
 
-    from training.train.run import TrainOutcome
+    from training.train.parts import TrainOutcome
 
     get_method(cfg.method)
     if Path(cfg.output).exists() and not cfg.overwrite and "://" not in cfg.output:
@@ -267,7 +273,7 @@ def worker_main(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from training.train.collective import TorchCollective
-    from training.train.run import prepare, test_metrics, write_outputs
+    from training.train.parts import prepare, test_metrics, write_outputs
 
     cfg = TrainConfig.model_validate_json(config["cfg"])
     channel = config["channel"]
