@@ -6,6 +6,8 @@ for trials in the driver (so the sampler sees every result), fixes their paramet
 and runs each in a Tune function trainable that reopens the study from its storage to
 report intermediate values to the pruner. Workers therefore need the storage and the
 output directory on a shared filesystem (always true for a local Ray instance).
+With `train.distributed.backend=ray` each trial is itself a multi-worker Ray Train run (Ray Tune
+over Ray Train): the trial only drives it and reserves no CPU, its workers hold the resources.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def run_ray(cfg: SearchConfig, study, parent_run_id: str | None, after: After) -
             trainable = tune.with_resources(
                 tune.with_parameters(ray_trial, cfg_json=cfg.model_dump_json(), parent_run_id=parent_run_id,
                                      trial_ids={t.number: t._trial_id for t in asked}),
-                {"cpu": cfg.ray.cpus_per_trial})
+                cfg.trial_resources())
             tuner = tune.Tuner(trainable, param_space={"number": tune.grid_search([t.number for t in asked])},
                                tune_config=tune.TuneConfig(max_concurrent_trials=cfg.ray.concurrency),
                                run_config=tune.RunConfig(name=f"{cfg.study_name}-{batch_no}", storage_path=str(storage),

@@ -27,6 +27,7 @@ from training.train.config import TrainConfig
 from training.train.loop import lower_is_better
 
 ENV_PREFIX = "TUNESERVE_SEARCH__"
+TRIAL_DRIVER_MEMORY = 512 * 2**20  # bytes a Ray Tune trial reserves to drive a Ray Train run
 
 
 class SearchTracking(TrackingConfig):
@@ -79,7 +80,8 @@ class ParamSpec(StrictModel):
 class RayOptions(StrictModel):
     address: str | None = Field(None, description="an existing Ray cluster (ray://host:10001 or auto); default: start a local one")
     num_cpus: int = Field(2, gt=0, description="CPUs of the local Ray instance")
-    cpus_per_trial: float = Field(1.0, gt=0)
+    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs of a trial that trains in its own process; a trial "
+                                  "whose train.distributed.backend=ray asks none (its Ray Train workers hold them)")
     concurrency: int = Field(1, gt=0, description="trials run at the same time")
 
 
@@ -130,6 +132,13 @@ class SearchConfig(StrictModel):
         if self.sampler == "grid" and self.grid_size() > 10_000:
             raise ValueError(f"the grid has {self.grid_size()} points; narrow the space or use sampler=tpe")
         return self
+
+    def trial_resources(self) -> dict[str, float]:
+        """What one Ray Tune trial reserves: a CPU to train in, or, when it only drives Ray Train workers
+        (which hold the CPUs/GPUs), no CPU and the driver's memory (Tune refuses an all-zero request)."""
+        if self.train.distributed.backend == "ray":
+            return {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY}
+        return {"cpu": self.ray.cpus_per_trial}
 
     def resolved_direction(self) -> str:
         return self.direction or ("minimize" if lower_is_better(self.metric) else "maximize")

@@ -169,6 +169,7 @@ def settle_trial(cfg: SearchConfig, study, number: int) -> None:
         shutil.copytree(out, staging)
         shutil.rmtree(dest, ignore_errors=True)
         staging.rename(dest)
+    shutil.rmtree(out.with_name(f"{out.name}.ray"), ignore_errors=True)  # a Ray Train trial's run state
     if not cfg.keep_trial_artifacts:
         shutil.rmtree(out, ignore_errors=True)
 

@@ -4,6 +4,8 @@ Every knob of a run lives here with its default; YAML files in `training/configs
 `key=value` overrides fill it (see `training.artifact.config.load_config`). Method-specific options
 live in the sub-config of the same name (`lora.r=16`, `prompt.num_virtual_tokens=20`);
 which one is used is chosen by the single `method:` key (see `training.train.methods`).
+Where the run happens is `distributed:` (this process, or Ray Train workers: `distributed.backend=ray
+distributed.workers=4`); the same config trains on a laptop and on a Ray cluster.
 
     cfg = load_config(TrainConfig, "training/configs/lora-tiny.yaml", ["optim.lr=1e-3"])
 """
@@ -16,6 +18,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from training.artifact.config import StrictModel
+from training.tracking import TrackingConfig
 
 ENV_PREFIX = "TUNESERVE_TRAIN__"
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -88,6 +91,44 @@ class ProfileOptions(StrictModel):
     sample: int = Field(256, gt=0)
 
 
+class DistributedConfig(StrictModel):
+    """Where the run happens: `local` (this process) or `ray` (Ray Train workers, see `training.train.ray_backend`).
+
+    `batch_size` stays the global batch: each of the N workers takes batch_size/N rows of every batch.
+    """
+
+    backend: Literal["local", "ray"] = "local"
+    workers: int = Field(1, gt=0, description="Ray Train workers (one process each, one GPU each with use_gpu)")
+    use_gpu: bool = Field(False, description="one GPU per worker, NCCL between them (gloo on CPU)")
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="ddp: a full replica per worker; fsdp (GPU): "
+                                             "weights, gradients and optimizer state sharded across workers")
+    address: str | None = Field(None, description="ray://head:10001 or auto (an existing cluster); "
+                                "default: start a local Ray instance")
+    num_cpus: int | None = Field(None, gt=0, description="CPUs of the local Ray instance (default: all)")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    storage: str | None = Field(None, description="Ray Train checkpoints: a directory or s3://bucket/prefix "
+                                "(default: <output>.ray; on a multi-node cluster use shared or S3 storage)")
+    max_failures: int = Field(1, ge=-1, description="worker-group restarts from the last checkpoint (-1: unlimited)")
+
+    @model_validator(mode="after")
+    def _ray_only(self) -> DistributedConfig:
+        if self.backend == "local" and (self.workers > 1 or self.use_gpu):
+            raise ValueError("distributed.workers > 1 and distributed.use_gpu need distributed.backend=ray "
+                             "(on one machine use device=cuda for a GPU)")
+        if self.strategy == "fsdp" and not self.use_gpu:
+            raise ValueError("distributed.strategy=fsdp shards over GPUs (Ray Train's FSDP needs use_gpu=true); "
+                             "on CPU workers use strategy=ddp")
+        return self
+
+
+class TrainTracking(TrackingConfig):
+    """Tracking of a training run: off unless `tracking.enabled=true` (then every step's loss and lr,
+    and each evaluation, go to MLflow/TensorBoard; a Ray run logs the workers' averaged values)."""
+
+    enabled: bool = False
+    experiment: str = "train"
+
+
 class TrainConfig(StrictModel):
     """One training run: base, task, data, method, optimisation, outputs."""
 
@@ -125,11 +166,17 @@ class TrainConfig(StrictModel):
     merge: bool = Field(False, description="also write a merged full model (LoRA-family methods)")
     profile: ProfileOptions = Field(default_factory=ProfileOptions)
     progress: bool = True
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    tracking: TrainTracking = Field(default_factory=TrainTracking)
 
     @model_validator(mode="after")
     def _early_stopping_needs_eval(self) -> TrainConfig:
         if self.early_stopping.enabled and self.eval_every is None:
             raise ValueError("early_stopping.enabled needs eval_every (validate every N steps)")
+        workers = self.distributed.workers
+        if self.batch_size % workers:
+            raise ValueError(f"batch_size {self.batch_size} is the global batch and must be a multiple of "
+                             f"distributed.workers ({workers}); try batch_size={workers * max(1, self.batch_size // workers)}")
         return self
 
     def checkpoint_path(self) -> Path:

@@ -8,6 +8,11 @@ classification); early stopping watches one of them.
 
     loop = TrainLoop(cfg, model, train_examples, val_examples, collate, device)   # cfg.task picks the loss
     result = loop.run(resume_from=latest_checkpoint(cfg.checkpoint_path()))
+
+One code path for one process and for N data-parallel workers: the loop trains through a
+collective (`training.train.collective`: `Solo` or `TorchCollective`), which gives each rank its slice of every global
+batch, syncs gradients once per optimizer step and averages the reported loss and metrics.
+Where checkpoints go is a hook (`checkpoint=`): local files by default, Ray Train's storage on Ray.
 """
 
 from __future__ import annotations
@@ -26,12 +31,17 @@ from training.train.checkpoint import (
     save_checkpoint,
     trainable_state,
 )
+from training.train.collective import Solo
 from training.train.config import TrainConfig
+from training.train.templates import IGNORE_INDEX
 
 # Test/debug throttle: seconds to sleep after each optimizer step (lets tests kill a run mid-way).
 STEP_DELAY_ENV = "TUNESERVE_TRAIN_STEP_DELAY_S"
 # group_by_length sorts windows of this many batches (randomness across windows, little padding within).
 GROUP_WINDOW = 50
+
+
+SaveCheckpoint = Callable[[int, Any, Any, dict[str, Any]], None]  # (step, model, optimizer, state) -> None
 
 
 @dataclass
@@ -63,12 +73,16 @@ def lower_is_better(metric: str) -> bool:
 class TrainLoop:
     def __init__(self, cfg: TrainConfig, model: Any, train: list[dict], validation: list[dict],
                  collate: Callable[[list[dict]], dict], device: Any,
-                 class_weights: list[float] | None = None, identity: dict[str, Any] | None = None) -> None:
+                 class_weights: list[float] | None = None, identity: dict[str, Any] | None = None,
+                 collective: Solo | None = None, checkpoint: SaveCheckpoint | None = None) -> None:
         import torch
 
         self.cfg, self.model, self.train, self.validation = cfg, model, train, validation
         self.collate, self.device = collate, device
         self.identity = identity or {}
+        self.collective = collective or Solo()
+        self.forward = self.collective.forward_model(model)
+        self.save = checkpoint or self._save_local
         self.class_weights = torch.tensor(class_weights, dtype=torch.float32, device=device) if class_weights else None
         self.batches_per_epoch = math.ceil(len(train) / cfg.batch_size)
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.batches_per_epoch / cfg.grad_accum))
@@ -114,21 +128,41 @@ class TrainLoop:
         full = [full[i] for i in torch.randperm(len(full), generator=gen).tolist()]
         return [i for batch in full + tail for i in batch]
 
-    def micro_batch(self, index: int) -> list[dict]:
+    def global_batch(self, index: int) -> list[dict]:
+        """The rows of micro-batch `index` over all ranks (a function of seed, epoch and index)."""
         epoch, pos = divmod(index, self.batches_per_epoch)
         order = self._order(epoch)
         return [self.train[i] for i in order[pos * self.cfg.batch_size:(pos + 1) * self.cfg.batch_size]]
 
-    def _forward_loss(self, batch: dict[str, Any]):
+    def micro_batch(self, index: int) -> list[dict]:
+        """This rank's rows of global micro-batch `index` (all of them in one process)."""
+        return self.collective.shard(self.global_batch(index))
+
+    def _loss_weight(self, rows: list[dict]) -> float:
+        """What the loss of `rows` averages over: predicted tokens (causal LM) or class weights."""
+        if self.cfg.task == "classification":
+            weights = self.class_weights.tolist() if self.class_weights is not None else None
+            return float(sum(weights[r["label"]] if weights else 1.0 for r in rows))
+        return float(sum(sum(1 for t in r["labels"][1:] if t != IGNORE_INDEX) for r in rows))
+
+    def _share(self, rows: list[dict], whole: list[dict]) -> float:
+        """Scale of this rank's mean loss so that the ranks' average is the mean over the global batch
+        (ranks see different numbers of tokens; a plain average of their means would not be)."""
+        if self.collective.world == 1:
+            return 1.0
+        return self.collective.world * self._loss_weight(rows) / max(self._loss_weight(whole), 1e-9)
+
+    def _forward_loss(self, batch: dict[str, Any], model: Any = None):
         import torch
 
+        model = model if model is not None else self.forward
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             if self.cfg.task == "classification":
                 labels = batch.pop("labels")
-                logits = self.model(**batch).logits.float()
+                logits = model(**batch).logits.float()
                 return torch.nn.functional.cross_entropy(logits, labels, weight=self.class_weights), logits, labels
-            return self.model(**batch).loss.float(), None, None
+            return model(**batch).loss.float(), None, None
 
     def evaluate(self, limit: bool = True) -> dict[str, float]:
         import torch
@@ -139,15 +173,20 @@ class TrainLoop:
         size = self.cfg.batch_size * 2
         chunks = [self.validation[i:i + size] for i in range(0, len(self.validation), size)]
         chunks = chunks[: self.cfg.eval_batches] if self.cfg.eval_batches and limit else chunks
+        team = self.collective
+        # Replicas split the chunks and add up; sharded weights need every rank in every forward.
+        mine, model = (chunks, self.forward) if team.sharded else (chunks[team.rank::team.world], self.model)
         total, weight, correct, seen = 0.0, 0, 0, 0
         with torch.no_grad():
-            for chunk in chunks:
-                loss, logits, labels = self._forward_loss(self.collate(chunk))
+            for chunk in mine:
+                loss, logits, labels = self._forward_loss(self.collate(chunk), model)
                 total += float(loss) * len(chunk)
                 weight += len(chunk)
                 if logits is not None:
                     correct += int((logits.argmax(-1) == labels).sum())
                     seen += len(chunk)
+        if not team.sharded:
+            total, weight, correct, seen = team.total([total, weight, correct, seen])
         self.model.train()
         metrics = {"val_loss": total / max(1, weight)}
         if seen:
@@ -158,27 +197,35 @@ class TrainLoop:
         return self.cfg.optim.l1 * sum(p.abs().sum() for p in self.params)
 
     def _step(self, step: int) -> float:
-        import torch
-
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.optim.lr * lr_factor(step, self.total_steps, self.warmup, self.cfg.optim.scheduler)
         accumulated = 0.0
-        for k in range(self.cfg.grad_accum):
-            loss, _, _ = self._forward_loss(self.collate(self.micro_batch(step * self.cfg.grad_accum + k)))
-            if self.cfg.optim.l1:
-                loss = loss + self._penalty()
-            (loss / self.cfg.grad_accum).backward()
-            accumulated += float(loss.detach()) / self.cfg.grad_accum
+        accum = self.cfg.grad_accum
+        for k in range(accum):
+            with self.collective.no_sync(last=k == accum - 1):
+                whole = self.global_batch(step * accum + k)
+                rows = self.collective.shard(whole)
+                loss, _, _ = self._forward_loss(self.collate(rows))
+                loss = loss * self._share(rows, whole)
+                if self.cfg.optim.l1:
+                    loss = loss + self._penalty()
+                (loss / accum).backward()
+            accumulated += float(loss.detach()) / accum
         if self.cfg.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
+            self.collective.clip(self.params, self.cfg.optim.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return accumulated
+        return self.collective.mean([accumulated])[0]
 
-    def run(self, resume_from: Path | None = None, progress: Any = None,
-            on_eval: Callable[[int, dict[str, float]], None] | None = None) -> LoopResult:
+    def _save_local(self, step: int, model: Any, optimizer: Any, extra: dict[str, Any]) -> None:
+        save_checkpoint(self.cfg.checkpoint_path(), step, model, optimizer, extra, self.cfg.keep_checkpoints)
+
+    def run(self, resume_from: Path | None = None,
+            on_eval: Callable[[int, dict[str, float]], None] | None = None,
+            on_record: Callable[[dict[str, float]], None] | None = None) -> LoopResult:
         """Train to the end; `on_eval(step, record)` sees each mid-run evaluation (hyper-parameter
-        search reports it to its pruner, which may stop the run by raising)."""
+        search reports it to its pruner, which may stop the run by raising); `on_record(record)`
+        sees every step's record (loss, lr and any evaluation) for tracking."""
         import torch
 
         torch.manual_seed(self.cfg.seed)
@@ -193,7 +240,6 @@ class TrainLoop:
         best_weights = None
         delay = float(os.environ.get(STEP_DELAY_ENV, "0") or 0)
         stopped = False
-        task = progress.add_task("training", total=self.total_steps, completed=start, loss=float("nan")) if progress else None
         step = start
         for step in range(start, self.total_steps):
             began = time.perf_counter()
@@ -218,11 +264,10 @@ class TrainLoop:
                 if on_eval is not None:
                     on_eval(step + 1, record)
             state["history"].append(record)
-            if progress:
-                progress.update(task, advance=1, loss=loss)
+            if on_record is not None:
+                on_record(record)
             if self.cfg.checkpoint_every and (step + 1) % self.cfg.checkpoint_every == 0 and step + 1 < self.total_steps:
-                save_checkpoint(self.cfg.checkpoint_path(), step + 1, self.model, self.optimizer,
-                                {**state, "identity": self.identity}, self.cfg.keep_checkpoints)
+                self.save(step + 1, self.model, self.optimizer, {**state, "identity": self.identity})
             if delay:
                 time.sleep(delay)
             if stopped:

@@ -4,7 +4,8 @@
 target modules, 4-bit dims), trains with `TrainLoop`, and writes the artifact at
 `cfg.output` (an adapter for PEFT methods, a full model for `full`), plus
 `<output>-merged` when `merge=true`. Returns a `TrainOutcome` holding the in-memory model
-so tests can compare it with the reloaded artifact.
+so tests can compare it with the reloaded artifact. The pieces live in `training.train.parts`;
+`distributed.backend=ray` hands the run to `training.train.ray_backend`.
 
     outcome = train(load_config(TrainConfig, "training/configs/lora-tiny.yaml", ["max_steps=20"]))
 """
@@ -13,220 +14,50 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from training.artifact import BaseRef, DataRef, Manifest, fingerprint_model_dir, resolve_base_dir
-from training.artifact.errors import ConfigError, TrainingError
-from training.artifact.loading import load_tokenizer, require_safetensors
-from training.artifact.profile import build_reference_profile
-from training.train.checkpoint import latest_checkpoint
+from training.artifact import fingerprint_model_dir, resolve_base_dir
+from training.artifact.loading import load_tokenizer
 from training.train.config import TrainConfig
-from training.train.data import Splits, load_splits
-from training.train.loop import LoopResult, TrainLoop
-from training.train.methods import Method, get_method
-from training.train.output import (
-    hyperparameters,
-    merge_adapter,
-    save_model,
-    tokenizer_info,
-    write_artifact,
+from training.train.loop import TrainLoop
+from training.train.methods import get_method
+from training.train.parts import (
+    TrainOutcome,
+    encoder,
+    load_training_model,
+    pick_device,
+    prepare,
+    resume_point,
+    test_metrics,
+    write_outputs,
 )
-from training.train.templates import (
-    PromptTemplate,
-    encode_classification,
-    pad_causal,
-    pad_classification,
-)
+from training.train.reporting import RunReporter
 
-DROPOUT_KEYS = ("attention_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob", "dropout",
-                "resid_pdrop", "embd_pdrop", "classifier_dropout")
-
-
-@dataclass
-class TrainOutcome:
-    artifact: Path
-    merged: Path | None
-    model: Any
-    tokenizer: Any
-    result: LoopResult
-    manifest: Manifest
-    examples: list[dict]
-    collate: Any
-
-
-def pick_device(cfg: TrainConfig):
-    import torch
-
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA device is available", "use device=auto or device=cpu")
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
-
-
-def load_training_model(cfg: TrainConfig, method: Method, model_dir: Path, labels: list[str] | None, device: Any):
-    import torch
-    from transformers import (
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoModelForSequenceClassification,
-        BitsAndBytesConfig,
-    )
-
-    require_safetensors(model_dir)
-    model_config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=False)
-    method.validate(cfg, model_config)
-    kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False, "dtype": torch.float32}
-    if cfg.dropout is not None:
-        kwargs.update({key: cfg.dropout for key in DROPOUT_KEYS if hasattr(model_config, key)})
-    if method.quantized_base:
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=cfg.qlora.quant_type, bnb_4bit_use_double_quant=cfg.qlora.double_quant,
-            bnb_4bit_compute_dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
-        kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
-    if cfg.task == "classification":
-        kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
-                      label2id={label: i for i, label in enumerate(labels)})
-        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), **kwargs)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
-    return model if method.quantized_base else model.to(device)
-
-
-def encoder(cfg: TrainConfig, splits: Splits, tokenizer: Any) -> tuple[Any, Any, PromptTemplate | None]:
-    """(rows -> examples, examples -> padded batch, template) for the task."""
-    pad_id = tokenizer.pad_token_id
-    if cfg.task == "classification":
-        label_ids = {label: i for i, label in enumerate(splits.labels)}
-        enc = lambda rows: encode_classification(rows, tokenizer, label_ids, cfg.data.max_length)
-        return enc, lambda b: pad_classification(b, pad_id), None
-    template = PromptTemplate.for_tokenizer(tokenizer)
-    enc = lambda rows: [template.encode(r, tokenizer, cfg.data.max_length) for r in rows]
-    return enc, lambda b: pad_causal(b, pad_id), template
-
-
-def test_metrics(cfg: TrainConfig, loop: TrainLoop, splits: Splits, enc: Callable[[list], list]) -> dict[str, float]:
-    if not (cfg.evaluate_test and splits.test):
-        return {}
-    loop.validation = enc(splits.test)
-    metrics = loop.evaluate(limit=False)
-    loop.model.eval()
-    return {f"test_{k.removeprefix('val_')}": v for k, v in metrics.items()}
-
-
-def progress_bar(enabled: bool):
-    if not enabled:
-        return nullcontext(None)
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn())
-
-
-def profile_inputs(cfg: TrainConfig, splits: Splits, tokenizer: Any, template: PromptTemplate | None) -> list[str]:
-    rows = splits.train[: cfg.profile.sample * 4]
-    if template is None:
-        return [r["text"] for r in rows]
-    return [template.render_prompt(tokenizer, r["instruction"], r["input"]) for r in rows]
-
-
-def classifier_outputs(model: Any, examples: list[dict], collate: Any, labels: list[str], device: Any,
-                       batch_size: int) -> tuple[list[str], list[float]]:
-    import torch
-
-    preds, confs = [], []
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, len(examples), batch_size):
-            batch = collate(examples[i:i + batch_size])
-            batch.pop("labels")
-            probs = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().softmax(-1)
-            conf, idx = probs.max(-1)
-            preds += [labels[j] for j in idx.tolist()]
-            confs += conf.tolist()
-    return preds, confs
-
-
-def build_profile(cfg, splits, tokenizer, template, model, val_examples, collate, device) -> dict | None:
-    if not cfg.profile.enabled:
-        return None
-    labels = confidences = None
-    if cfg.task == "classification" and val_examples:
-        labels, confidences = classifier_outputs(model, val_examples, collate, splits.labels, device, cfg.batch_size * 2)
-    texts = profile_inputs(cfg, splits, tokenizer, template)
-    return build_reference_profile(texts, tokenizer, labels=labels, confidences=confidences,
-                                   embed=cfg.profile.embed, sample=cfg.profile.sample, seed=cfg.seed)
-
+__all__ = ["TrainOutcome", "encoder", "load_trained", "load_training_model", "pick_device", "train"]
 
 def train(cfg: TrainConfig, on_eval: Callable[[int, dict[str, float]], None] | None = None) -> TrainOutcome:
-    """Run `cfg` end to end; `on_eval(step, metrics)` is called after each mid-run evaluation."""
-    import torch
+    """Run `cfg` end to end; `on_eval(step, metrics)` is called after each mid-run evaluation.
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    method = get_method(cfg.method)
-    output = Path(cfg.output)
-    if output.exists() and not cfg.overwrite:
-        raise ConfigError(f"output {output} already exists", "choose another output= or pass overwrite=true")
-    resume_from = None
-    if cfg.resume:
-        resume_from = latest_checkpoint(cfg.checkpoint_path())
-        if resume_from is None:
-            raise TrainingError(f"resume=true but no checkpoint in {cfg.checkpoint_path()}",
-                                "start without --resume, or point checkpoint_dir at the killed run's checkpoints")
+    With `distributed.backend=ray` the run happens on Ray Train workers (`training.train.ray_backend`)
+    and the outcome holds no in-memory model (`model`, `tokenizer`, `collate` are None)."""
+    if cfg.distributed.backend == "ray":
+        from training.train.ray_backend import train_on_ray
+
+        return train_on_ray(cfg, on_eval)
+    resume_from = resume_point(cfg)
     device = pick_device(cfg)
-    model_dir = resolve_base_dir(cfg.base)
-    base_sha = fingerprint_model_dir(model_dir)
-    splits = load_splits(cfg.data, cfg.task, cfg.seed)
-    tokenizer = load_tokenizer(model_dir, padding_side="right")
-    torch.manual_seed(cfg.seed)
-    model = load_training_model(cfg, method, model_dir, splits.labels, device)
-    if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    model = method.wrap(cfg, model)
-    enc, collate, template = encoder(cfg, splits, tokenizer)
-    train_ex, val_ex = enc(splits.train), enc(splits.validation)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    identity = {"base_sha256": base_sha, "method": cfg.method, "data": splits.fingerprint, "batch_size": cfg.batch_size,
-                "grad_accum": cfg.grad_accum, "seed": cfg.seed}
-    weights = [splits.class_weights[label] for label in splits.labels] if splits.class_weights else None
-    loop = TrainLoop(cfg, model, train_ex, val_ex, collate, device, weights, identity)
+    prep = prepare(cfg, device)
+    loop = TrainLoop(cfg, prep.model, prep.train_ex, prep.val_ex, prep.collate, device, prep.weights, prep.identity)
     started = time.perf_counter()
-    with progress_bar(cfg.progress) as progress:
-        result = loop.run(resume_from=resume_from, progress=progress, on_eval=on_eval)
-    wall = time.perf_counter() - started
-    result.metrics.update(test_metrics(cfg, loop, splits, enc))
-    model.eval()
-    profile = build_profile(cfg, splits, tokenizer, template, model, val_ex, collate, device)
-    manifest = Manifest(
-        name=cfg.artifact_name(), kind="full-model" if method.build is None else "adapter", task=cfg.task,
-        base=BaseRef(id=cfg.base, sha256=base_sha), method=cfg.method,
-        hyperparameters=hyperparameters(cfg, method, result.steps),
-        tokenizer=tokenizer_info(tokenizer, template.describe() if template else {"template": None}),
-        data=DataRef(fingerprint=splits.fingerprint, rows=len(splits.train), source=splits.source,
-                     splits=splits.info["rows"]),
-        metrics={**result.metrics, "steps": result.steps, "samples_per_second": result.samples / max(result.train_seconds, 1e-9),
-                 "stopped_early": result.stopped_early},
-        labels=splits.labels, trainable_parameters=trainable, wall_time_seconds=round(wall, 3),
-    )
-    written = write_artifact(output, manifest, save_model(model, tokenizer if method.build is None else None),
-                             profile, cfg.overwrite)
-    merged = None
-    if cfg.merge:
-        merged_manifest = manifest.model_copy(update={"name": f"{cfg.artifact_name()}-merged"})
-        merged = merge_adapter(written.path, f"{output}-merged", merged_manifest, profile, cfg.overwrite).path
-    return TrainOutcome(artifact=written.path, merged=merged, model=model, tokenizer=tokenizer, result=result,
-                        manifest=written.manifest, examples=val_ex or train_ex, collate=collate)
+    with RunReporter(cfg) as reporter:
+        reporter.begin(loop.total_steps)
+        result = loop.run(resume_from=resume_from, on_eval=on_eval, on_record=reporter.record)
+        wall = time.perf_counter() - started
+        result.metrics.update(test_metrics(cfg, loop, prep.splits, prep.enc))
+        reporter.finish(result.metrics, result.steps)
+    manifest, artifact, merged = write_outputs(cfg, prep, result, wall, device)
+    return TrainOutcome(artifact=artifact, merged=merged, model=prep.model, tokenizer=prep.tokenizer, result=result,
+                        manifest=manifest, examples=prep.val_ex or prep.train_ex, collate=prep.collate)
 
 
 def load_trained(artifact_path: str | Path, device: str = "cpu"):

@@ -3,6 +3,8 @@
     tuneserve train training/configs/lora-tiny.yaml optim.lr=1e-3 max_steps=50
     tuneserve train training/configs/lora-tiny.yaml --resume          # continue a killed run
     tuneserve train method=lora output=artifacts/a --merge              # also write <output>-merged
+    tuneserve train training/configs/lora-tiny.yaml --backend ray --workers 2          # Ray Train, local Ray
+    tuneserve train cfg.yaml --backend ray --workers 8 --use-gpu --address auto       # on a Ray cluster
     tuneserve plan model=tiny-llama task=causal-lm rows=1000 gpu_memory_gb=24
     tuneserve compare training/configs/compare-tiny.yaml methods=[lora,full]
 
@@ -11,6 +13,8 @@ Heavy libraries (torch, transformers, peft) are imported inside the command bodi
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
 from tuneserve.commands.common import console, load_cli_config
@@ -18,14 +22,22 @@ from tuneserve.commands.common import console, load_cli_config
 ARGS_HELP = "optional CONFIG.yaml, then key=value overrides (e.g. method=lora optim.lr=2e-4 lora.r=16)"
 
 
-def _train(args: list[str] | None, resume: bool, merge: bool, overwrite: bool) -> None:
+def distributed_overrides(backend: str | None, workers: int | None, use_gpu: bool, address: str | None) -> list[str]:
+    """The --backend/--workers/--use-gpu/--address flags as `distributed.*` overrides (flags win over the file)."""
+    pairs = {"backend": backend, "workers": workers, "use_gpu": "true" if use_gpu else None, "address": address}
+    return [f"distributed.{key}={value}" for key, value in pairs.items() if value is not None]
+
+
+def _train(args: list[str] | None, resume: bool, merge: bool, overwrite: bool, scale: list[str]) -> None:
     from training.train.config import ENV_PREFIX, TrainConfig
     from training.train.run import train
 
-    cfg = load_cli_config(TrainConfig, args, ENV_PREFIX)
+    cfg = load_cli_config(TrainConfig, [*(args or []), *scale], ENV_PREFIX)
     updates = {k: True for k, flag in (("resume", resume), ("merge", merge), ("overwrite", overwrite)) if flag}
     cfg = cfg.model_copy(update=updates) if updates else cfg
-    console.print(f"[bold]training[/] {cfg.method} on {cfg.base} ({cfg.task}) → {cfg.output}")
+    where = (f" on {cfg.distributed.workers} Ray workers ({cfg.distributed.strategy})"
+             if cfg.distributed.backend == "ray" else "")
+    console.print(f"[bold]training[/] {cfg.method} on {cfg.base} ({cfg.task}){where} → {cfg.output}")
     outcome = train(cfg)
     metrics = outcome.manifest.metrics
     shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
@@ -54,9 +66,14 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint of this run."),
         merge: bool = typer.Option(False, "--merge", help="Also write a merged full model (LoRA-family methods)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output artifact."),
+        backend: Optional[str] = typer.Option(None, "--backend", help="local (this process) or ray (Ray Train workers)."),
+        workers: Optional[int] = typer.Option(None, "--workers", help="Ray Train workers (global batch_size is split)."),
+        use_gpu: bool = typer.Option(False, "--use-gpu", help="One GPU per Ray worker, NCCL between them."),
+        address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: ray://head:10001 or auto "
+                                                                      "(default: start a local Ray)."),
     ) -> None:
         """Fine-tune a base model (full, lora, qlora, dora, prefix, prompt, p-tuning, ia3, loha, lokr)."""
-        _train(args, resume, merge, overwrite)
+        _train(args, resume, merge, overwrite, distributed_overrides(backend, workers, use_gpu, address))
 
     @app.command("plan")
     def plan_cmd(args: list[str] | None = typer.Argument(None, help="optional CONFIG.yaml, then model=... task=... rows=... "

@@ -1,0 +1,144 @@
+"""`distributed.backend=ray`: Ray Train on a local 2-CPU Ray instance (gloo, 2 workers of 1 CPU each).
+
+Two workers with the global batch split in halves train like one process (same loss per step),
+the artifact they write serves, their metrics reach MLflow, a killed worker resumes from the
+last checkpoint, and a search trial (Ray Tune) is a 2-worker Ray Train run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from search_support import data_file, make_search_config, search_args
+from train_support import instruction_rows, make_config, train_args, write_jsonl
+
+from tests.service_fixtures import serve_keys, service_args  # noqa: F401 - fixture
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+RAY = ["distributed.backend=ray", "distributed.workers=2", "distributed.num_cpus=2", "distributed.cpus_per_worker=1"]
+# lora.dropout=0: dropout masks draw from each process's RNG, the only thing N workers cannot share with one process
+SAME = ["lora.dropout=0", "max_steps=4", "batch_size=8", "grad_accum=2", "threads=1"]
+
+
+@pytest.fixture(autouse=True)
+def ray_env(monkeypatch):
+    tmp = f"/tmp/ts-rt-{os.getpid()}"  # short: Ray's socket paths must stay under 107 bytes
+    os.makedirs(tmp, exist_ok=True)
+    monkeypatch.setenv("RAY_TMPDIR", tmp)
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    yield
+    import ray
+
+    assert not ray.is_initialized(), "the Ray backend stops the Ray instance it started"
+
+
+def test_two_gloo_workers_train_like_one_process_and_the_artifact_serves(tiny_base_dir, tmp_path, serve_keys):
+    import asyncio
+
+    from mlflow.tracking import MlflowClient
+
+    from service.core import ServingCore
+    from service.schemas import CompletionRequest
+    from service.settings import load_settings
+    from training.artifact import read_manifest
+    from training.train import train
+
+    data = write_jsonl(tmp_path / "rows.jsonl", instruction_rows(64))
+    single = train(make_config(*train_args(tiny_base_dir, data, tmp_path / "one" / "solo", *SAME)))
+    tracking = [f"tracking.uri=file:{tmp_path / 'mlruns'}", f"tracking.tensorboard_dir={tmp_path / 'tb'}"]
+    out = tmp_path / "served" / "ray-lora"
+    storage = f"distributed.storage={tmp_path / 'ray-storage'}"
+    ray = train(make_config(*train_args(tiny_base_dir, data, out, *SAME, *RAY, storage, "tracking.enabled=true", *tracking)))
+
+    solo_losses = [r["loss"] for r in single.result.history]
+    ray_losses = [r["loss"] for r in ray.result.history]
+    assert [r["step"] for r in ray.result.history] == [1, 2, 3, 4]
+    assert ray_losses == pytest.approx(solo_losses, rel=1e-4), "same global batch, same seed: same loss curve"
+    assert solo_losses[-1] < solo_losses[0] - 0.1, "the comparison is over a run that actually learns"
+    assert ray.result.metrics["val_loss"] == pytest.approx(single.result.metrics["val_loss"], rel=1e-4)
+    assert ray.model is None and ray.artifact == out
+
+    manifest = read_manifest(out)
+    assert manifest == ray.manifest and manifest.metrics["steps"] == 4
+    assert manifest.hyperparameters["batch_size"] == 8, "the manifest records the global batch"
+    assert not list(out.parent.glob(".*")), "one writer: no second (or half-written) artifact next to it"
+
+    client = MlflowClient(tracking_uri=f"file:{tmp_path / 'mlruns'}")
+    run = client.search_runs([client.get_experiment_by_name("train").experiment_id])[0]
+    logged = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss"))
+    assert [step for step, _ in logged] == [1, 2, 3, 4]
+    assert [value for _, value in logged] == pytest.approx(ray_losses), "the workers' averaged loss, per step"
+    assert run.data.tags["backend"] == "ray" and "val_loss" in run.data.metrics
+    assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+
+    core = ServingCore(load_settings(service_args(tiny_base_dir, out.parent, serve_keys[0])))
+    core.start()
+    try:
+        ids = {m.id for m in asyncio.run(core.list_models(None)).data}
+        assert "ray-lora" in ids
+        reply = asyncio.run(core.complete(CompletionRequest(model="ray-lora", prompt="Reverse the words.",
+                                                            max_tokens=4, temperature=0), None))
+        assert reply.choices[0].text is not None and reply.usage.completion_tokens > 0
+    finally:
+        core.stop()
+
+
+def _kill_one_worker_after_a_checkpoint(storage: Path, killed: dict) -> None:
+    """SIGKILL one Ray Train worker of this test's own Ray instance once Ray Train registered a checkpoint
+    (it writes its checkpoint manager's snapshot then; files alone may still be mid-report)."""
+    import psutil
+
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline and not list(storage.rglob("checkpoint_manager_snapshot.json")):
+        time.sleep(0.2)
+    while time.monotonic() < deadline:
+        workers = [p for p in psutil.Process().children(recursive=True)
+                   if "RayTrainWorker" in " ".join(p.cmdline() if p.is_running() else [])]
+        if workers:
+            os.kill(workers[-1].pid, signal.SIGKILL)
+            killed["pid"] = workers[-1].pid
+            return
+        time.sleep(0.2)
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint(tiny_base_dir, tmp_path, monkeypatch):
+    from training.train import train
+
+    monkeypatch.setenv("TUNESERVE_TRAIN_STEP_DELAY_S", "1.5")
+    data = write_jsonl(tmp_path / "rows.jsonl", instruction_rows(64))
+    out = tmp_path / "killed"
+    cfg = make_config(*train_args(tiny_base_dir, data, out, *RAY, "max_steps=8", "checkpoint_every=2",
+                                  "distributed.max_failures=1", "threads=1"))
+    killed: dict = {}
+    watcher = threading.Thread(target=_kill_one_worker_after_a_checkpoint, args=(Path(f"{out}.ray"), killed), daemon=True)
+    watcher.start()
+    outcome = train(cfg)
+    watcher.join(5)
+    assert killed.get("pid"), "a worker was killed mid-run"
+    assert outcome.result.resumed_from and outcome.result.resumed_from % 2 == 0, "resumed from a stored checkpoint"
+    assert outcome.result.resumed_from < 8 and outcome.result.steps == 8, "the step counter continued to the end"
+    assert [r["step"] for r in outcome.result.history] == list(range(1, 9))
+    assert (out / "manifest.json").is_file() and outcome.manifest.metrics["steps"] == 8
+
+
+def test_a_search_trial_is_a_two_worker_ray_train_run(tiny_base_dir, tmp_path):
+    import optuna
+
+    from training.search import search
+
+    out = tmp_path / "search"
+    train = [f"train.{arg}" for arg in RAY] + ["train.threads=1", "train.max_steps=4"]
+    cfg = make_search_config(*search_args(tiny_base_dir, data_file(tmp_path), out, "backend=ray", "sampler=random",
+                                          "pruner=median", "n_trials=1", "ray.num_cpus=2", *train))
+    report = search(cfg)
+    assert report["states"] == {"COMPLETE": 1}
+    trials = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage_url()).get_trials()
+    # the mid-run evaluation (step 2 of 4) travelled from rank 0 through the driver to the pruner and back
+    assert [list(t.intermediate_values) for t in trials] == [[1]]
+    assert (out / "best" / "manifest.json").is_file() and not list((out / "trials").glob("*.ray"))

@@ -1,0 +1,243 @@
+"""The parts of one training run, shared by a single-process run and each Ray Train worker.
+
+`prepare(cfg, device)` loads data, tokenizer and base and makes the base trainable with the
+method (a `Prepared`); after the loop, `write_outputs` builds the reference profile and the
+manifest and writes the artifact (and `<output>-merged`). `training.train.run.train` strings
+them together in one process; `training.train.ray_backend` does the same on every worker,
+with rank 0 writing.
+
+    prep = prepare(cfg, pick_device(cfg))
+    loop = TrainLoop(cfg, prep.model, prep.train_ex, prep.val_ex, prep.collate, device, prep.weights, prep.identity)
+    manifest, artifact, merged = write_outputs(cfg, prep, loop.run(), wall, device)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from training.artifact import BaseRef, DataRef, Manifest, fingerprint_model_dir, resolve_base_dir
+from training.artifact.errors import ConfigError, TrainingError
+from training.artifact.loading import load_tokenizer, require_safetensors
+from training.artifact.profile import build_reference_profile
+from training.train.checkpoint import latest_checkpoint
+from training.train.config import TrainConfig
+from training.train.data import Splits, load_splits
+from training.train.loop import LoopResult, TrainLoop
+from training.train.methods import Method, get_method
+from training.train.output import (
+    hyperparameters,
+    merge_adapter,
+    save_model,
+    tokenizer_info,
+    write_artifact,
+)
+from training.train.templates import (
+    PromptTemplate,
+    encode_classification,
+    pad_causal,
+    pad_classification,
+)
+
+DROPOUT_KEYS = ("attention_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob", "dropout",
+                "resid_pdrop", "embd_pdrop", "classifier_dropout")
+
+
+@dataclass
+class TrainOutcome:
+    artifact: Path
+    merged: Path | None
+    model: Any
+    tokenizer: Any
+    result: LoopResult
+    manifest: Manifest
+    examples: list[dict]
+    collate: Any
+
+
+def pick_device(cfg: TrainConfig):
+    import torch
+
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is available", "use device=auto or device=cpu")
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def load_training_model(cfg: TrainConfig, method: Method, model_dir: Path, labels: list[str] | None, device: Any):
+    import torch
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        BitsAndBytesConfig,
+    )
+
+    require_safetensors(model_dir)
+    model_config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=False)
+    method.validate(cfg, model_config)
+    kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False, "dtype": torch.float32}
+    if cfg.dropout is not None:
+        kwargs.update({key: cfg.dropout for key in DROPOUT_KEYS if hasattr(model_config, key)})
+    if method.quantized_base:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=cfg.qlora.quant_type, bnb_4bit_use_double_quant=cfg.qlora.double_quant,
+            bnb_4bit_compute_dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+        kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
+    if cfg.task == "classification":
+        kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                      label2id={label: i for i, label in enumerate(labels)})
+        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+    return model if method.quantized_base else model.to(device)
+
+
+def encoder(cfg: TrainConfig, splits: Splits, tokenizer: Any) -> tuple[Any, Any, PromptTemplate | None]:
+    """(rows -> examples, examples -> padded batch, template) for the task."""
+    pad_id = tokenizer.pad_token_id
+    if cfg.task == "classification":
+        label_ids = {label: i for i, label in enumerate(splits.labels)}
+        enc = lambda rows: encode_classification(rows, tokenizer, label_ids, cfg.data.max_length)
+        return enc, lambda b: pad_classification(b, pad_id), None
+    template = PromptTemplate.for_tokenizer(tokenizer)
+    enc = lambda rows: [template.encode(r, tokenizer, cfg.data.max_length) for r in rows]
+    return enc, lambda b: pad_causal(b, pad_id), template
+
+
+def test_metrics(cfg: TrainConfig, loop: TrainLoop, splits: Splits, enc: Callable[[list], list]) -> dict[str, float]:
+    if not (cfg.evaluate_test and splits.test):
+        return {}
+    loop.validation = enc(splits.test)
+    metrics = loop.evaluate(limit=False)
+    loop.model.eval()
+    return {f"test_{k.removeprefix('val_')}": v for k, v in metrics.items()}
+
+
+def profile_inputs(cfg: TrainConfig, splits: Splits, tokenizer: Any, template: PromptTemplate | None) -> list[str]:
+    rows = splits.train[: cfg.profile.sample * 4]
+    if template is None:
+        return [r["text"] for r in rows]
+    return [template.render_prompt(tokenizer, r["instruction"], r["input"]) for r in rows]
+
+
+def classifier_outputs(model: Any, examples: list[dict], collate: Any, labels: list[str], device: Any,
+                       batch_size: int) -> tuple[list[str], list[float]]:
+    import torch
+
+    preds, confs = [], []
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            batch = collate(examples[i:i + batch_size])
+            batch.pop("labels")
+            probs = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().softmax(-1)
+            conf, idx = probs.max(-1)
+            preds += [labels[j] for j in idx.tolist()]
+            confs += conf.tolist()
+    return preds, confs
+
+
+def build_profile(cfg, splits, tokenizer, template, model, val_examples, collate, device) -> dict | None:
+    if not cfg.profile.enabled:
+        return None
+    labels = confidences = None
+    if cfg.task == "classification" and val_examples:
+        labels, confidences = classifier_outputs(model, val_examples, collate, splits.labels, device, cfg.batch_size * 2)
+    texts = profile_inputs(cfg, splits, tokenizer, template)
+    return build_reference_profile(texts, tokenizer, labels=labels, confidences=confidences,
+                                   embed=cfg.profile.embed, sample=cfg.profile.sample, seed=cfg.seed)
+
+
+@dataclass
+class Prepared:
+    """Everything a run trains with, built the same way in one process and in each Ray worker."""
+
+    method: Method
+    base_sha: str
+    splits: Splits
+    tokenizer: Any
+    model: Any
+    enc: Callable[[list], list]
+    collate: Any
+    template: PromptTemplate | None
+    train_ex: list[dict]
+    val_ex: list[dict]
+    identity: dict[str, Any]
+    weights: list[float] | None
+    trainable: int
+
+
+def resume_point(cfg: TrainConfig) -> Path | None:
+    """Refuse an existing output; the checkpoint to resume from (cfg.resume) or None."""
+    if Path(cfg.output).exists() and not cfg.overwrite:
+        raise ConfigError(f"output {cfg.output} already exists", "choose another output= or pass overwrite=true")
+    if not cfg.resume:
+        return None
+    found = latest_checkpoint(cfg.checkpoint_path())
+    if found is None:
+        raise TrainingError(f"resume=true but no checkpoint in {cfg.checkpoint_path()}",
+                            "start without --resume, or point checkpoint_dir at the killed run's checkpoints")
+    return found
+
+
+def prepare(cfg: TrainConfig, device: Any) -> Prepared:
+    """Data, tokenizer and the base made trainable by the method, on `device`, seeded by cfg.seed."""
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    method = get_method(cfg.method)
+    model_dir = resolve_base_dir(cfg.base)
+    base_sha = fingerprint_model_dir(model_dir)
+    splits = load_splits(cfg.data, cfg.task, cfg.seed)
+    tokenizer = load_tokenizer(model_dir, padding_side="right")
+    torch.manual_seed(cfg.seed)
+    model = load_training_model(cfg, method, model_dir, splits.labels, device)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model = method.wrap(cfg, model)
+    enc, collate, template = encoder(cfg, splits, tokenizer)
+    identity = {"base_sha256": base_sha, "method": cfg.method, "data": splits.fingerprint, "batch_size": cfg.batch_size,
+                "grad_accum": cfg.grad_accum, "seed": cfg.seed}
+    weights = [splits.class_weights[label] for label in splits.labels] if splits.class_weights else None
+    return Prepared(method=method, base_sha=base_sha, splits=splits, tokenizer=tokenizer, model=model, enc=enc,
+                    collate=collate, template=template, train_ex=enc(splits.train), val_ex=enc(splits.validation),
+                    identity=identity, weights=weights,
+                    trainable=sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+
+def describe(cfg: TrainConfig, prep: Prepared, result: LoopResult, wall: float) -> Manifest:
+    splits, tokenizer = prep.splits, prep.tokenizer
+    return Manifest(
+        name=cfg.artifact_name(), kind="full-model" if prep.method.build is None else "adapter", task=cfg.task,
+        base=BaseRef(id=cfg.base, sha256=prep.base_sha), method=cfg.method,
+        hyperparameters=hyperparameters(cfg, prep.method, result.steps),
+        tokenizer=tokenizer_info(tokenizer, prep.template.describe() if prep.template else {"template": None}),
+        data=DataRef(fingerprint=splits.fingerprint, rows=len(splits.train), source=splits.source,
+                     splits=splits.info["rows"]),
+        metrics={**result.metrics, "steps": result.steps, "samples_per_second": result.samples / max(result.train_seconds, 1e-9),
+                 "stopped_early": result.stopped_early},
+        labels=splits.labels, trainable_parameters=prep.trainable, wall_time_seconds=round(wall, 3),
+    )
+
+
+def write_outputs(cfg: TrainConfig, prep: Prepared, result: LoopResult, wall: float,
+                  device: Any) -> tuple[Manifest, Path, Path | None]:
+    """Profile, manifest and artifact (plus `<output>-merged` with merge=true): (manifest, artifact, merged)."""
+    model = prep.model
+    model.eval()
+    profile = build_profile(cfg, prep.splits, prep.tokenizer, prep.template, model, prep.val_ex, prep.collate, device)
+    written = write_artifact(cfg.output, describe(cfg, prep, result, wall),
+                             save_model(model, prep.tokenizer if prep.method.build is None else None),
+                             profile, cfg.overwrite)
+    merged = None
+    if cfg.merge:
+        merged_manifest = written.manifest.model_copy(update={"name": f"{cfg.artifact_name()}-merged"})
+        merged = merge_adapter(written.path, f"{cfg.output}-merged", merged_manifest, profile, cfg.overwrite).path
+    return written.manifest, written.path, merged
+
+
