@@ -119,8 +119,9 @@ def main() -> None:
 
     cores = os.cpu_count() or 1
     ray_args = ["distributed.backend=ray", f"distributed.num_cpus={cores}", "distributed.cpus_per_worker=1"]
-    with tempfile.TemporaryDirectory(prefix="ts-scale-") as tmp:
-        os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="ts-rt-", dir="/tmp"))
+    # short RAY_TMPDIR: Ray's socket paths must stay under 107 bytes
+    with tempfile.TemporaryDirectory(prefix="ts-scale-") as tmp, tempfile.TemporaryDirectory(prefix="ts-rt-", dir="/tmp") as ray_tmp:
+        os.environ.setdefault("RAY_TMPDIR", ray_tmp)
         workdir = Path(tmp)
         runs = {"1 process (all cores)": run(args, workdir, "local", f"threads={cores}"),
                 "Ray Train, 1 worker x 1 CPU": run(args, workdir, "ray1", *ray_args, "distributed.workers=1"),
