@@ -8,6 +8,7 @@ last checkpoint, and a search trial (Ray Tune) is a 2-worker Ray Train run.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 import time
@@ -36,6 +37,7 @@ def ray_env(monkeypatch):
     import ray
 
     assert not ray.is_initialized(), "the Ray backend stops the Ray instance it started"
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_two_gloo_workers_train_like_one_process_and_the_artifact_serves(tiny_base_dir, tmp_path, serve_keys):
