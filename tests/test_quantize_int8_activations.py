@@ -13,7 +13,8 @@ from safetensors import safe_open
 from training.artifact import load_artifact, resolve_base_dir
 from training.artifact.int8_linear import PerTokenInt8Linear
 from training.artifact.loading import load_base
-from training.artifact.quantized import int8_linear, quantize_rows
+from training.artifact.int8_linear import int8_linear
+from training.artifact.quantized import quantize_rows
 from training.quantize import ParityConfig, QuantizeConfig, quantize
 from training.quantize.calibration import DEFAULT_PROMPTS
 from training.quantize.parity import compare, judge

@@ -14,11 +14,22 @@ from __future__ import annotations
 import torch
 
 
+def int8_linear(q, scale, bias):
+    """A torch dynamic-int8 Linear from per-row int8 weights (per-output-channel scales)."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    out_features, in_features = q.shape
+    module = DynamicLinear(in_features, out_features, bias_=bias is not None, dtype=torch.qint8)
+    qweight = torch._make_per_channel_quantized_tensor(q.contiguous(), scale.double(),
+                                                       torch.zeros(out_features, dtype=torch.long), 0)
+    module.set_weight_bias(qweight, None if bias is None else bias.float())
+    return module
+
+
+
 class PerTokenInt8Linear(torch.nn.Module):
     def __init__(self, q_weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None):
         super().__init__()
-        from training.artifact.quantized import int8_linear
-
         self.out_features, self.in_features = q_weight.shape
         self.inner = int8_linear(q_weight, weight_scale, None)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())

@@ -61,19 +61,6 @@ def dequantize_rows(q, scale):
     return q.float() * scale.float()[:, None]
 
 
-def int8_linear(q, scale, bias):
-    """A torch dynamic-int8 Linear from per-row int8 weights (per-output-channel scales)."""
-    import torch
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
-
-    out_features, in_features = q.shape
-    module = DynamicLinear(in_features, out_features, bias_=bias is not None, dtype=torch.qint8)
-    qweight = torch._make_per_channel_quantized_tensor(q.contiguous(), scale.double(),
-                                                       torch.zeros(out_features, dtype=torch.long), 0)
-    module.set_weight_bias(qweight, None if bias is None else bias.float())
-    return module
-
-
 def set_submodule(model, name: str, module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
@@ -139,7 +126,7 @@ def build_int8_model(model_dir: Path, task: str):
     if layout["activations"] == "per-token":
         from training.artifact.int8_linear import PerTokenInt8Linear as build
     else:
-        build = int8_linear
+        from training.artifact.int8_linear import int8_linear as build
     for name in layout["linear"]:
         bias = getattr(model.get_submodule(name), "bias", None)
         set_submodule(model, name, build(*packed[f"{name}.weight"], bias))
