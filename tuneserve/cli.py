@@ -65,9 +65,10 @@ def run() -> None:
         if _STATE["debug"]:
             logging.exception("command failed")
         console = Console(stderr=True)
-        console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        # soft wrap: a path or command in the message stays whole, to copy and to grep
+        console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
         if exc.hint:
-            console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+            console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except SystemExit:
         raise
