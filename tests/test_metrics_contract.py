@@ -4,6 +4,7 @@ exported by service.metrics with the labels they group by; label values stay bou
     pytest tests/test_metrics_contract.py
 """
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -40,6 +41,16 @@ def _exercise():
     metrics.DRIFT_SCORE.labels("a1", "prompt_length", "psi").set(0.1)
     metrics.DRIFT_THRESHOLD.labels("a1", "prompt_length", "psi").set(0.25)
     metrics.DRIFT_WINDOW.labels("a1").set(40)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def own_registry():
+    """render() reads a multiprocess dir when PROMETHEUS_MULTIPROC_DIR is set, which an in-process server
+    of an earlier test may have left in this process; these checks are about this process's registry."""
+    leaked = os.environ.pop(metrics.MULTIPROC_ENV, None)
+    yield
+    if leaked is not None:
+        os.environ[metrics.MULTIPROC_ENV] = leaked
 
 
 @pytest.fixture(scope="module")
