@@ -18,6 +18,13 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 TEST_CACHE = Path(os.environ.get("TUNESERVE_TEST_CACHE", Path.home() / ".cache" / "tuneserve-test"))
 os.environ["TUNESERVE_CACHE"] = str(TEST_CACHE)
+# Ray reads RAY_AUTH_MODE once, when it is first imported; tests that import service.app (and so ray)
+# before any server starts would fix it at 'disabled' while the servers' GCS runs with token auth.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+if os.environ["RAY_AUTH_MODE"] == "token":
+    from service.launcher import ray_auth_token_path
+
+    os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(ray_auth_token_path()))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
