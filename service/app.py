@@ -127,6 +127,10 @@ def engine_queue() -> Iterator[None]:
                           "retry: Serve routes it to a live replica and replaces the lost one") from None
 
 
+DEAD_REPLICA_RETRIES = 2
+ADMIN_WRITES = frozenset({"load_adapter", "unload_adapter", "pin_adapter"})
+
+
 class RemoteCore:
     """The `ServingBackend` over a DeploymentHandle (what the transports call in Ray); every call
     carries `ingress_secret`, without which the Engine refuses it."""
@@ -136,22 +140,38 @@ class RemoteCore:
         self.ingress_secret = ingress_secret
 
     async def _call(self, method: str, *args: Any) -> Any:
+        # a replica that died before answering lost nothing the client saw, and Serve's router drops it at
+        # once, so a retry reaches a live one. Admin writes are not retried (the dead replica may have applied one).
+        attempts = 1 if method in ADMIN_WRITES else 1 + DEAD_REPLICA_RETRIES
         with engine_queue():
-            reply = await self.handle.call.remote(self.ingress_secret, method, *args)
+            for attempt in range(attempts):
+                try:
+                    reply = await self.handle.call.remote(self.ingress_secret, method, *args)
+                    break
+                except RayActorError:
+                    if attempt == attempts - 1:
+                        raise
         if "error" in reply:
             raise from_wire(reply["error"])
         return reply["ok"]
 
     async def _stream(self, method: str, *args: Any) -> AsyncIterator[dict]:
-        gen = self.handle.options(stream=True).stream.remote(self.ingress_secret, method, *args)
-        try:
-            with engine_queue():
-                async for reply in gen:
-                    if "error" in reply:
-                        raise from_wire(reply["error"])
-                    yield reply["ok"]
-        finally:
-            gen.cancel()  # client gone or done: stop the generation on the engine
+        with engine_queue():
+            for attempt in range(1 + DEAD_REPLICA_RETRIES):
+                sent = False
+                gen = self.handle.options(stream=True).stream.remote(self.ingress_secret, method, *args)
+                try:
+                    async for reply in gen:
+                        if "error" in reply:
+                            raise from_wire(reply["error"])
+                        sent = True
+                        yield reply["ok"]
+                    return
+                except RayActorError:
+                    if sent or attempt == DEAD_REPLICA_RETRIES:  # half a stream cannot be replayed
+                        raise
+                finally:
+                    gen.cancel()  # client gone or done: stop the generation on the engine
 
     async def complete(self, request: CompletionRequest, principal: Principal | None) -> CompletionResponse:
         return await self._call("complete", request, principal)
