@@ -189,6 +189,18 @@ def start(config_path: str | Path | None = None, overrides: Iterable[str] = (), 
     config, settings = build_config(config_path, list(overrides))
     _check_cpus(config, float(num_cpus or os.cpu_count() or 1))
     remember_env()
+    ray_was_up = _ray_started()
+    try:
+        return _start(config, settings, num_cpus, timeout_s)
+    except BaseException:  # a failed start leaves neither its Ray nor its environment behind
+        if ray_was_up:
+            _restore_env()
+        else:
+            stop()
+        raise
+
+
+def _start(config: dict, settings: ServiceSettings, num_cpus: int | None, timeout_s: float) -> ServerHandle:
     http = config["http_options"]
     ensure_free(http.get("host", settings.host), http.get("port"))
     if settings.grpc_port is not None:

@@ -4,6 +4,7 @@ the fix, a start recognises its own server by instance id, and a hung stop is bo
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -179,3 +180,22 @@ def test_stop_puts_back_the_environment_start_exported(monkeypatch):
     assert launcher.stop() is True  # no Ray here: only the environment to put back
     for name in launcher.LAUNCHER_ENV:
         assert launcher.os.environ.get(name) == ("7" if name == "RAY_SERVE_PORT_QUARANTINE_S" else None), name
+
+
+def test_a_failed_start_puts_back_the_environment(monkeypatch, tmp_path):
+    """A start that fails after exporting its environment (Ray's GCS refused, the app never ran) must not
+    leave PROMETHEUS_MULTIPROC_DIR or the direct-ingress ports set for later servers in this process."""
+    from service import launcher
+
+    for name in launcher.LAUNCHER_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+    def failing_init_ray(num_cpus=None):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
+        raise RuntimeError("Failed to start GCS")
+
+    monkeypatch.setattr(launcher, "init_ray", failing_init_ray)
+    with pytest.raises(RuntimeError, match="GCS"):
+        launcher.start(None, [f"port={ports.free_port()}", "grpc_port=null"])
+    for name in launcher.LAUNCHER_ENV:
+        assert name not in os.environ, name
