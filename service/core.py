@@ -18,26 +18,21 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncIterator
 
-from training.artifact.errors import InvalidRequest, TuneserveError
+from training.artifact.errors import TuneserveError
 
 from service import metrics
 from service.auth import Authenticator, Principal
 from service.drift import DriftMonitor
 from service.engine.engine import Engine
 from service.engine.registry import Lease
-from service.engine.sampling import MIN_TEMPERATURE
-from service.engine.types import RequestStream, SamplingParams
-from service.errors import with_model, with_param
+from service.engine.types import RequestStream
+from service.errors import with_model
 from service.fleet import Coordinator, FleetMember, admin_source, local_replica_id, state_path
+from service.jobs import Job, JobBuilder, context_of, invalid, naming, nonempty
 from service.loader import AdapterLoader
-from service.render import (
-    ChoiceResult, Echo, chat_choice, chat_chunk, completion_choice, completion_chunk, decode, echo_of, usage,
-    usage_chunk,
-)
+from service.render import ChoiceResult, chat_choice, chat_chunk, completion_choice, completion_chunk, usage, usage_chunk
 from service.security.limits import check_adapter_name, relative_paths
 from service.schemas import (
     AdapterInfo, AdapterList, ChatCompletionRequest, ChatCompletionResponse, Classification,
@@ -45,44 +40,6 @@ from service.schemas import (
     LoadAdapterRequest, ModelCard, ModelList, SamplingFields,
 )
 from service.settings import ENGINE_QUEUE_CAPACITY, ServiceSettings
-
-DEFAULT_CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
-
-
-def invalid(message: str, param: str | None = None, hint: str | None = None) -> InvalidRequest:
-    return with_param(InvalidRequest(message, hint), param)
-
-
-@contextmanager
-def naming(model_id: str) -> Iterator[None]:
-    """Errors raised inside name the resolved model (the transports label their metrics with it)."""
-    try:
-        yield
-    except Exception as exc:
-        raise with_model(exc, model_id)
-
-
-@dataclass
-class Job:
-    """A validated generation request: one lease and prompt per prompt, shared sampling params."""
-
-    model: str  # the resolved id (leases[0].model_id)
-    leases: list[Lease]
-    prompts: list[list[int]]
-    params: SamplingParams
-    n: int
-    started: float
-    scope: str | None = None  # the API key the reply is cached for (None: in-process callers share one scope)
-    echoes: list[Echo] | None = None  # per prompt, when the request asked for echo
-
-    def echo(self, choice: int) -> Echo | None:
-        return self.echoes[choice // self.n] if self.echoes else None
-
-    def release(self) -> None:
-        for lease in self.leases:
-            lease.release()
 
 
 class ServingCore:
@@ -98,6 +55,7 @@ class ServingCore:
             state_path(settings.fleet, settings.artifacts_dir), settings.fleet.replica_ttl_s),
             replica_id or local_replica_id(), settings.fleet, settings.adapters)
         self.drift = DriftMonitor(settings.drift, self._artifact_dir)
+        self.jobs = JobBuilder(settings, self.lease, self.drift)
         self._stop_gauges = None
 
     def start(self) -> None:
@@ -125,7 +83,7 @@ class ServingCore:
 
     # ---- inference -------------------------------------------------------------------
     async def complete(self, request: CompletionRequest, principal: Principal | None) -> CompletionResponse:
-        job = await self._completion_job(request, principal)
+        job = await self.jobs.completion(request, principal)
         with naming(job.model):
             results, prompt_tokens = await self._generate(job)
         want = request.logprobs is not None
@@ -134,7 +92,7 @@ class ServingCore:
                                   usage=usage(prompt_tokens, sum(r.completion_tokens for r in results)))
 
     async def chat(self, request: ChatCompletionRequest, principal: Principal | None) -> ChatCompletionResponse:
-        job = await self._chat_job(request, principal)
+        job = await self.jobs.chat(request, principal)
         with naming(job.model):
             results, prompt_tokens = await self._generate(job)
         return ChatCompletionResponse(id=_id("chatcmpl"), created=int(time.time()), model=job.model,
@@ -142,7 +100,7 @@ class ServingCore:
                                       usage=usage(prompt_tokens, sum(r.completion_tokens for r in results)))
 
     async def stream_complete(self, request: CompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
-        job = await self._completion_job(request, principal)
+        job = await self.jobs.completion(request, principal)
         head = {"id": _id("cmpl"), "created": int(time.time()), "model": job.model}
         want = request.logprobs is not None
         unechoed = set(range(len(job.prompts) * job.n)) if job.echoes else set()
@@ -159,7 +117,7 @@ class ServingCore:
                 yield item
 
     async def stream_chat(self, request: ChatCompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
-        job = await self._chat_job(request, principal)
+        job = await self.jobs.chat(request, principal)
         head = {"id": _id("chatcmpl"), "created": int(time.time()), "model": job.model}
         with naming(job.model):
             async for item in self._stream(job, head, "chat.completion.chunk", request,
@@ -167,8 +125,8 @@ class ServingCore:
                 yield item
 
     async def classify(self, request: ClassifyRequest, principal: Principal | None) -> ClassifyResponse:
-        texts = self._counted(request.inputs(), "input", "texts")
-        lease = await self._lease(request.model, principal)
+        texts = self.jobs.counted(request.inputs(), "input", "texts")
+        lease = await self.lease(request.model, principal)
         try:
             loaded = lease.target.loaded
             if loaded.task != "classification":
@@ -178,7 +136,7 @@ class ServingCore:
             ranked = await asyncio.to_thread(self.engine.classify, lease, texts, self.settings.limits.max_prompt_tokens)
             metrics.classified(lease.model_id, len(texts), time.perf_counter() - started)
             encoded = [loaded.tokenizer(t)["input_ids"] for t in texts]
-            self.drift.observe_prompts(lease.model_id, texts, [self._nonempty(loaded.tokenizer, ids) for ids in encoded],
+            self.drift.observe_prompts(lease.model_id, texts, [nonempty(loaded.tokenizer, ids) for ids in encoded],
                                        loaded.tokenizer, ranked)
         except Exception as exc:
             raise with_model(exc, lease.model_id)
@@ -202,7 +160,7 @@ class ServingCore:
         target = self.registry.targets.get(row["id"]) if row["kind"] == "model" else None
         base = row["base"] or None
         return ModelCard(**row, parent=base, root=base or row["id"],
-                         max_model_len=_context(target or self.registry.base))
+                         max_model_len=context_of(target or self.registry.base))
 
     # ---- administration --------------------------------------------------------------
     async def load_adapter(self, request: LoadAdapterRequest, principal: Principal | None = None) -> AdapterInfo:
@@ -248,116 +206,12 @@ class ServingCore:
         if principal is not None:
             Authenticator.authorize(principal, scope, model)
 
-    async def _lease(self, model: str, principal: Principal | None) -> Lease:
+    async def lease(self, model: str, principal: Principal | None) -> Lease:
         """Authorize `model` for the principal, then resolve it (an on-demand load runs on the
         loader's pool, rate-limited per key; service/loader.py)."""
         self._authorize(principal, "infer", model)
         visible = principal.may_use if principal is not None else None  # hints name only models the key may use
         return await self.loader.acquire(model, getattr(principal, "key_id", None), visible)
-
-    def _counted(self, texts: list[str], param: str, what: str) -> list[str]:
-        most = self.settings.limits.max_prompts
-        if not texts or len(texts) > most:
-            raise invalid(f"{param} must hold 1 to {most} {what}, got {len(texts)}", param,
-                          f"send between 1 and {most} {what} per request; split larger jobs")
-        return texts
-
-    def _params(self, request: SamplingFields, logprobs: int | None) -> SamplingParams:
-        limits = self.settings.limits
-        max_tokens = request.completion_limit(limits.default_max_tokens)
-        checks = [
-            (max_tokens > limits.max_tokens, "max_tokens", f"max_tokens {max_tokens} exceeds the limit {limits.max_tokens}"),
-            (request.n > limits.max_n, "n", f"n {request.n} exceeds the limit {limits.max_n}"),
-            (len(request.stop_list()) > limits.max_stop, "stop", f"at most {limits.max_stop} stop strings are allowed"),
-            (any(len(s) > limits.max_stop_chars for s in request.stop_list()), "stop",
-             f"a stop string is longer than the limit of {limits.max_stop_chars} characters (max_stop_chars)"),
-            (logprobs is not None and logprobs > limits.max_logprobs, "logprobs",
-             f"logprobs {logprobs} exceeds the limit {limits.max_logprobs}"),
-            (request.presence_penalty != 0 or request.frequency_penalty != 0, "presence_penalty",
-             "presence_penalty and frequency_penalty are not supported"),
-            (max_tokens == 0 and not getattr(request, "echo", False), "max_tokens",
-             "max_tokens 0 is allowed only with echo (to get the prompt's logprobs)"),
-            (request.min_tokens > max_tokens, "min_tokens",
-             f"min_tokens {request.min_tokens} exceeds max_tokens {max_tokens}"),
-        ]
-        for failed, param, message in checks:
-            if failed:
-                raise invalid(message, param, "lower the value or leave the field out")
-        temperature = 1.0 if request.temperature is None else request.temperature
-        temperature = 0.0 if temperature < MIN_TEMPERATURE else temperature  # below it: greedy (no overflow)
-        return SamplingParams(max_tokens=max_tokens, temperature=temperature,
-                              top_p=1.0 if request.top_p is None else request.top_p, seed=request.seed,
-                              stop=tuple(request.stop_list()), logprobs=logprobs, echo=getattr(request, "echo", False),
-                              min_tokens=request.min_tokens, ignore_eos=request.ignore_eos,
-                              stop_token_ids=tuple(sorted(set(request.stop_token_ids or ()))),
-                              include_stop_str=request.include_stop_str_in_output)
-
-    async def _completion_job(self, request: CompletionRequest, principal: Principal | None) -> Job:
-        prompts = self._counted(request.prompts(), "prompt", "prompts")
-        return await self._job(request, request.logprobs, principal, lambda tokenizer: prompts)
-
-    async def _chat_job(self, request: ChatCompletionRequest, principal: Principal | None) -> Job:
-        logprobs = (request.top_logprobs or 0) if request.logprobs else None
-        return await self._job(request, logprobs, principal, lambda tokenizer: [self._chat_prompt(request, tokenizer)])
-
-    async def _job(self, request: SamplingFields, logprobs: int | None, principal: Principal | None,
-                   render: Callable[[Any], list[str | list[int]]]) -> Job:
-        """Validate, lease the model once (authorized once), render the prompts with its tokenizer, encode
-        (prompts given as token ids are checked against its vocabulary and decoded for the drift monitor)."""
-        limits = self.settings.limits
-        params = self._params(request, logprobs)
-        lease = await self._lease(request.model, principal)
-        leases = [lease]
-        try:
-            loaded = lease.target.loaded
-            if loaded.task != "causal-lm":
-                raise invalid(f"model {request.model!r} is a {loaded.task} model", "model", "use /v1/classify for it")
-            given = render(loaded.tokenizer)
-            for _ in given[1:]:  # one by one: each lease is released below if a later step fails
-                leases.append(lease.share())
-            vocab = _vocabulary(loaded)
-            self._check_ids(params.stop_token_ids, vocab, "stop_token_ids")
-            prompts = [self._nonempty(loaded.tokenizer, loaded.tokenizer(p)["input_ids"]) if isinstance(p, str)
-                       else self._check_ids(p, vocab, "prompt") for p in given]
-            context = _context(lease.target)
-            for ids in prompts:
-                if len(ids) > limits.max_prompt_tokens:
-                    raise invalid(f"the prompt has {len(ids)} tokens; the limit is {limits.max_prompt_tokens}",
-                                  "prompt", "shorten the prompt")
-                if context and len(ids) + params.max_tokens > context:
-                    raise invalid(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
-                                  f"model's context of {context} tokens", "max_tokens", "lower max_tokens")
-            texts = [p if isinstance(p, str) else decode(loaded.tokenizer, p) for p in given]
-            self.drift.observe_prompts(lease.model_id, texts, prompts, loaded.tokenizer)
-            echoes = None
-            if params.echo:
-                echoes = await asyncio.to_thread(lambda: [echo_of(loaded.tokenizer, t, ids, params.prompt_logprobs)
-                                                          for t, ids in zip(texts, prompts)])
-        except BaseException as exc:
-            for held in leases:
-                held.release()
-            raise with_model(exc, lease.model_id)
-        return Job(lease.model_id, leases, prompts, params, request.n, time.perf_counter(),
-                   scope=principal.key_id if principal is not None else None, echoes=echoes)
-
-    @staticmethod
-    def _check_ids(ids, vocab: int, param: str) -> list[int]:
-        bad = next((t for t in ids if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise invalid(f"token id {bad} in {param} is outside the model's vocabulary (0 to {vocab - 1})", param,
-                          "send token ids from the model's own tokenizer")
-        return list(ids)
-
-    @staticmethod
-    def _nonempty(tokenizer, ids: list[int]) -> list[int]:
-        """A prompt's ids; an empty encoding becomes one BOS (or EOS) token to generate from."""
-        return ids or [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
-
-    def _chat_prompt(self, request: ChatCompletionRequest, tokenizer: Any) -> str:
-        """The conversation rendered with the chat template of the leased model's tokenizer."""
-        template = tokenizer.chat_template or self.settings.chat_template or DEFAULT_CHAT_TEMPLATE
-        messages = [{"role": m.role, "content": m.text()} for m in request.messages]
-        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
 
     def _cache_key(self, job: Job) -> str | None:
         if not job.params.deterministic or self.engine.cache.size <= 0:
@@ -456,17 +310,6 @@ class ServingCore:
                 task.cancel()
             for stream in streams:
                 stream.cancel()
-
-
-def _context(target) -> int | None:
-    """Prompt + completion tokens the target's model takes (its position embeddings), None when unknown."""
-    return getattr(getattr(target.model, "config", None), "max_position_embeddings", None)
-
-
-def _vocabulary(loaded) -> int:
-    """Token ids below this are both embedded by the model and known to its tokenizer."""
-    sizes = [len(loaded.tokenizer), getattr(loaded.model.config, "vocab_size", None)]
-    return min(s for s in sizes if s)
 
 
 def _id(prefix: str) -> str:

@@ -275,7 +275,7 @@ def test_a_cancelled_on_demand_load_leaves_no_lease(lazy_core, monkeypatch):
     gate, threads = gated_loads(lazy_core, monkeypatch)
 
     async def cancel_during_load():
-        task = asyncio.create_task(lazy_core._lease("a2", None))
+        task = asyncio.create_task(lazy_core.lease("a2", None))
         await asyncio.sleep(0.3)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -286,7 +286,7 @@ def test_a_cancelled_on_demand_load_leaves_no_lease(lazy_core, monkeypatch):
     wait_until(lambda: "a2" in lazy_core.registry.adapters)
     assert lazy_core.registry.adapters["a2"].in_use == 0
     assert threads and all(t.startswith("tuneserve-load") for t in threads)  # the loader's own pool
-    lease = asyncio.run(lazy_core._lease("a3", None))  # a2's slot can be freed: nothing holds it
+    lease = asyncio.run(lazy_core.lease("a3", None))  # a2's slot can be freed: nothing holds it
     lease.release()
 
 
@@ -323,10 +323,10 @@ def test_loads_queue_to_a_bound_and_share_one_load_per_adapter(lazy_core, monkey
                                                                            per_key_per_min=None))
 
     async def crowd():
-        same = [asyncio.create_task(lazy_core._lease("a2", None)) for _ in range(5)]
+        same = [asyncio.create_task(lazy_core.lease("a2", None)) for _ in range(5)]
         await asyncio.sleep(0.2)
         with pytest.raises(Unavailable, match="max_pending"):
-            await lazy_core._lease("a3", None)
+            await lazy_core.lease("a3", None)
         gate.set()
         leases = await asyncio.gather(*same)
         for lease in leases:
