@@ -261,13 +261,14 @@ def multiprocess_dir() -> Path | None:
 
 def prepare_metrics_dir(path: str | Path) -> Path:
     """Empty `path` (files of dead processes would be summed in) and export it for Ray's workers.
-    Call before Ray starts; every process started afterwards inherits it."""
+    Call before Ray starts; every process started afterwards inherits it. This process keeps its
+    in-memory values: it only launches (a launcher that switched here would break every metric it
+    records once `stop()` takes the variable back, as the in-process test servers do)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     for stale in path.glob("*.db"):
         stale.unlink()
     os.environ[MULTIPROC_ENV] = str(path)
-    values.ValueClass = values.get_value_class()
     return path
 
 

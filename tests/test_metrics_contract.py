@@ -148,3 +148,13 @@ def test_unmatched_paths_and_refused_models_never_become_labels(tmp_path):
     body = metrics.render()[0].decode()
     assert "zz-" not in body
     assert 'route="unmatched"' in body
+
+
+def test_a_launcher_process_keeps_recording_after_its_server_stops(tmp_path, monkeypatch):
+    """prepare_metrics_dir exports the dir for Ray's workers; the launching process (pytest, with
+    in-process servers) keeps in-memory values, so new label sets still work once the variable is gone."""
+    monkeypatch.setenv(metrics.MULTIPROC_ENV, str(tmp_path))
+    metrics.prepare_metrics_dir(tmp_path / "node")
+    monkeypatch.delenv(metrics.MULTIPROC_ENV)
+    metrics.model_loaded("after-stop", 0.5)
+    assert 'tuneserve_model_load_seconds{model="after-stop"} 0.5' in metrics.render()[0].decode()
