@@ -199,3 +199,48 @@ def test_a_failed_start_puts_back_the_environment(monkeypatch, tmp_path):
         launcher.start(None, [f"port={ports.free_port()}", "grpc_port=null"])
     for name in launcher.LAUNCHER_ENV:
         assert name not in os.environ, name
+
+
+def test_the_direct_ingress_listener_rebinds_but_never_shares_its_port(monkeypatch):
+    """A replacement Ingress replica must bind the public port beside a killed one's TIME_WAIT sockets
+    (SO_REUSEADDR on every listener), and no second listener may join it (no SO_REUSEPORT)."""
+    import asyncio
+
+    from ray.serve._private import http_util, replica
+    from ray.serve.config import HTTPOptions
+
+    from service.direct_ingress import allow_port_rebind
+
+    monkeypatch.setattr(replica, "start_asgi_http_server", replica.start_asgi_http_server)  # put back afterwards
+    real_reuse_port = http_util.set_socket_reuse_port
+    assert allow_port_rebind() and allow_port_rebind()  # a second call keeps the one wrapper
+    assert replica.start_asgi_http_server.rebinds_port
+
+    async def listen_and_stop() -> tuple[int, int, bool]:
+        async def app(scope, receive, send):  # pragma: no cover - never called
+            pass
+
+        port = ports.free_port()
+        task, server = await replica.start_asgi_http_server(app, HTTPOptions(host="127.0.0.1", port=port),
+                                                            event_loop=asyncio.get_running_loop())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        sock = server.servers[0].sockets[0]
+        options = sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR), sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+        second = socket.socket()
+        second.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        second.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            second.bind(("127.0.0.1", port))
+            shared = True
+        except OSError:
+            shared = False
+        finally:
+            second.close()
+        server.should_exit = True
+        await task
+        return *options, shared
+
+    reuse_addr, reuse_port, shared = asyncio.run(listen_and_stop())
+    assert reuse_addr and not reuse_port and not shared
+    assert http_util.set_socket_reuse_port is real_reuse_port  # swapped only around the bind
