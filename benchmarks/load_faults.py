@@ -5,11 +5,13 @@ several adapters, driven by `loadtests/run.sh` (locust in its own process, REST 
       to 30 requests/min: 0 failed requests besides the designed 429s
   R2  two Engine replicas; `ray.kill` one replica actor mid-load: <= 1 % failed requests and both
       replicas RUNNING again within 30 s. Then (reported, no goal) the rate-limit actor is killed,
-      and the Ingress replica's Ray worker process gets SIGKILL: what users saw
+      and the Ingress replica's Ray worker process gets SIGKILL: what users saw, and when the public
+      port answered again
   R10 Engine autoscaling 2 -> 1 under a light load while streamed completions run back to back:
       0 failed requests, every stream ends with [DONE], a stream was in flight when a replica left
 
     PYTHONPATH=$PWD python benchmarks/load_faults.py [--r1-duration 5m] [--phase-s 60] [--only R1,R2,R10]
+    PYTHONPATH=$PWD python benchmarks/load_faults.py --only R2 --r2-faults ingress --out load_faults_ingress
 Writes benchmarks/results/load_faults.{json,md} (locust CSV/HTML under benchmarks/results/load_faults/).
 R2 and R10 start the server in this process (they need its Ray driver to kill actors and read
 Serve's status); R1 spawns it. About 12 minutes on 2 cores.
@@ -37,14 +39,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 MODELS = ["a0", "a1", "a2", "a3"]
+R2_FAULTS = ("engine", "ratelimit", "ingress")
+OUT = "load_faults"  # results name under benchmarks/results (--out)
 PROMPT = "Tell me a short story about a fox"
 
 
 def run_load(name: str, url: str, grpc: str, users: int, duration: str, keys: list[str], shape: str = "") -> subprocess.Popen:
-    env = {**os.environ, "PYTHON": sys.executable, "RESULTS": str(RESULTS / "load_faults" / name),
+    env = {**os.environ, "PYTHON": sys.executable, "RESULTS": str(RESULTS / OUT / name),
            "TUNESERVE_GRPC": grpc, "TUNESERVE_MODELS": ",".join(MODELS), "TUNESERVE_API_KEYS": ",".join(keys),
            "TUNESERVE_MAX_TOKENS": "16", "PYTHONPATH": str(ROOT)}
-    log = open(RESULTS / "load_faults" / f"{name}.log", "w")
+    log = open(RESULTS / OUT / f"{name}.log", "w")
     return subprocess.Popen([str(ROOT / "loadtests" / "run.sh"), url, str(users), duration, *([shape] if shape else [])],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -53,7 +57,7 @@ def finish_load(name: str, proc: subprocess.Popen, started: float) -> dict:
     from loadtests.summary import summarize
 
     proc.wait()
-    summary = summarize(RESULTS / "load_faults" / name / "load")
+    summary = summarize(RESULTS / OUT / name / "load")
     summary.update(exit_code=proc.returncode, measured_s=round(time.monotonic() - started, 1))
     return summary
 
@@ -154,7 +158,8 @@ def r1(work: Path, base_dir: Path, artifacts: Path, keys_file: Path, keys: list[
             **({} if full else {"note": f"ran {summary['measured_s']} s, not the 5 min the goal asks"})}
 
 
-def r2(work: Path, base_dir: Path, artifacts: Path, keys_file: Path, key: str, phase_s: int) -> dict:
+def r2(work: Path, base_dir: Path, artifacts: Path, keys_file: Path, key: str, phase_s: int,
+       faults: tuple[str, ...] = R2_FAULTS) -> dict:
     import ray
 
     from service.launcher import stop
@@ -163,36 +168,45 @@ def r2(work: Path, base_dir: Path, artifacts: Path, keys_file: Path, key: str, p
     server, grpc = start_server(work, {"num_replicas": 2}, keys_file, base_dir, artifacts)
     phases = {}
     try:
-        # 1: ray.kill one Engine replica actor (no restart: Serve's controller must replace it)
-        started = time.monotonic()
-        load = run_load("R2-engine-kill", server.url, grpc, 8, f"{phase_s}s", [key])
-        time.sleep(phase_s / 3)
-        victim = actors("Engine")[0]
-        ray.kill(ray.get_actor(victim["Name"], namespace="serve"), no_restart=True)
-        killed = time.monotonic()
-        wait_for(lambda: running(server.app_name) < 2, 10)
-        back = wait_for(lambda: running(server.app_name) == 2 and len(actors("Engine")) == 2, 120)
-        recovered_s = None if back is None else round(time.monotonic() - killed, 1)
-        phases["engine_replica_kill"] = {"load": finish_load("R2-engine-kill", load, started),
-                                         "killed_after_s": round(killed - started, 1), "replicas_back_after_s": recovered_s}
-        # 2: kill the rate-limit actor (Ray restarts it; replicas re-fetch the handle, err open meanwhile)
-        started = time.monotonic()
-        load = run_load("R2-ratelimit-kill", server.url, grpc, 8, f"{phase_s}s", [key])
-        time.sleep(phase_s / 3)
-        ray.kill(ray.get_actor(ACTOR_NAME, namespace=ACTOR_NAMESPACE), no_restart=False)
-        phases["ratelimit_actor_kill"] = {"load": finish_load("R2-ratelimit-kill", load, started)}
-        # 3: SIGKILL the Ingress replica's worker process (HTTP and gRPC servers live there)
-        started = time.monotonic()
-        load = run_load("R2-ingress-process-kill", server.url, grpc, 8, f"{phase_s}s", [key])
-        time.sleep(phase_s / 3)
-        os.kill(actors("Ingress")[0]["Pid"], signal.SIGKILL)
-        killed = time.monotonic()
-        wait_for(lambda: running(server.app_name, "Ingress") < 1, 10)
-        back = wait_for(lambda: running(server.app_name, "Ingress") == 1, 120)
-        phases["ingress_process_kill"] = {"load": finish_load("R2-ingress-process-kill", load, started),
-                                          "ingress_back_after_s": None if back is None else round(time.monotonic() - killed, 1)}
+        if "engine" in faults:  # ray.kill one Engine replica actor (no restart: Serve's controller must replace it)
+            started = time.monotonic()
+            load = run_load("R2-engine-kill", server.url, grpc, 8, f"{phase_s}s", [key])
+            time.sleep(phase_s / 3)
+            victim = actors("Engine")[0]
+            ray.kill(ray.get_actor(victim["Name"], namespace="serve"), no_restart=True)
+            killed = time.monotonic()
+            wait_for(lambda: running(server.app_name) < 2, 10)
+            back = wait_for(lambda: running(server.app_name) == 2 and len(actors("Engine")) == 2, 120)
+            recovered_s = None if back is None else round(time.monotonic() - killed, 1)
+            phases["engine_replica_kill"] = {"load": finish_load("R2-engine-kill", load, started),
+                                             "killed_after_s": round(killed - started, 1), "replicas_back_after_s": recovered_s}
+        if "ratelimit" in faults:  # Ray restarts the rate-limit actor; replicas re-fetch the handle, err open meanwhile
+            started = time.monotonic()
+            load = run_load("R2-ratelimit-kill", server.url, grpc, 8, f"{phase_s}s", [key])
+            time.sleep(phase_s / 3)
+            ray.kill(ray.get_actor(ACTOR_NAME, namespace=ACTOR_NAMESPACE), no_restart=False)
+            phases["ratelimit_actor_kill"] = {"load": finish_load("R2-ratelimit-kill", load, started)}
+        if "ingress" in faults:  # SIGKILL the Ingress replica's worker process (HTTP and gRPC servers live there)
+            started = time.monotonic()
+            load = run_load("R2-ingress-process-kill", server.url, grpc, 8, f"{phase_s}s", [key])
+            time.sleep(phase_s / 3)
+            os.kill(actors("Ingress")[0]["Pid"], signal.SIGKILL)
+            killed = time.monotonic()
+            wait_for(lambda: not answers(server.url), 10)
+            back = wait_for(lambda: answers(server.url), 120)
+            back_s = None if back is None else round(time.monotonic() - killed, 1)
+            serving = wait_for(lambda: running(server.app_name, "Ingress") == 1, 120)
+            phases["ingress_process_kill"] = {
+                "load": finish_load("R2-ingress-process-kill", load, started), "killed_after_s": round(killed - started, 1),
+                "port_answers_after_s": back_s,
+                "ingress_running_after_s": None if serving is None else round(time.monotonic() - killed, 1)}
     finally:
         stop()
+    if "engine" not in faults:
+        return {"id": "R2", "measure": f"only {', '.join(faults)}: failed %, s until the port answered again",
+                "value": {name: {"failed_pct": p["load"]["failed_pct"], **{k: v for k, v in p.items() if k.endswith("_after_s")}}
+                          for name, p in phases.items()},
+                "goal": "<= 1 % failed and back within 30 s (judged on the Engine kill)", "met": None, "phases": phases}
     engine = phases["engine_replica_kill"]
     failed_pct = engine["load"]["failed_pct"]
     recovered = engine["replicas_back_after_s"]
@@ -200,6 +214,16 @@ def r2(work: Path, base_dir: Path, artifacts: Path, keys_file: Path, key: str, p
     return {"id": "R2", "measure": "Engine replica actor killed mid-load (2 replicas, 8 users): failed %, s until 2 RUNNING",
             "value": {"failed_pct": failed_pct, "replicas_back_after_s": recovered},
             "goal": "<= 1 % failed and back within 30 s", "met": bool(met), "phases": phases}
+
+
+def answers(url: str) -> bool:
+    """Whether the public port answers /ready (any HTTP answer: a connection refused is what users saw)."""
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def r10(work: Path, base_dir: Path, artifacts: Path, keys_file: Path, key: str, phase_s: int) -> dict:
@@ -256,14 +280,21 @@ def versions() -> dict:
 
 
 def main() -> None:
+    global OUT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="tiny-llama")
     parser.add_argument("--r1-duration", default="5m")
     parser.add_argument("--phase-s", type=int, default=60, help="seconds of load per fault phase (R2, R10)")
     parser.add_argument("--only", default="R1,R2,R10")
+    parser.add_argument("--r2-faults", default=",".join(R2_FAULTS), help="R2 phases to run, of " + ",".join(R2_FAULTS))
+    parser.add_argument("--out", default=OUT, help="results name: benchmarks/results/<out>.{json,md} and <out>/")
     parser.add_argument("--end-by", type=float, default=None,
                         help="Unix time to be done by: R1 (run last) is shortened to fit, and says so")
     args = parser.parse_args()
+    OUT = args.out
+    from service.launcher import prepare_ray_env
+
+    prepare_ray_env()  # token auth before anything below imports Ray (it reads RAY_AUTH_MODE once)
 
     from service.keys import add_key, create_key
     from tests.service_fixtures import make_adapter
@@ -278,13 +309,13 @@ def main() -> None:
     add_key(work / "keys.json", record)
     limited, record = create_key("limited", ["infer"], requests_per_min=30)
     add_key(work / "keys.json", record)
-    (RESULTS / "load_faults").mkdir(parents=True, exist_ok=True)
+    (RESULTS / OUT).mkdir(parents=True, exist_ok=True)
     results: dict = {"load_average_before": os.getloadavg(), "goals": [],
                      "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "versions": versions(),
                      "command": "python benchmarks/load_faults.py " + " ".join(sys.argv[1:])}
     keys_file = work / "keys.json"
     runs = {"R10": lambda: r10(work, base_dir, artifacts, keys_file, key, args.phase_s),  # faults first: most likely to break
-            "R2": lambda: r2(work, base_dir, artifacts, keys_file, key, args.phase_s),
+            "R2": lambda: r2(work, base_dir, artifacts, keys_file, key, args.phase_s, tuple(args.r2_faults.split(","))),
             "R1": lambda: r1(work, base_dir, artifacts, keys_file, [key, key, key, limited], r1_duration(args))}
     for gid, measure in runs.items():
         if gid not in args.only.split(","):
@@ -299,7 +330,7 @@ def main() -> None:
 
 
 def write(results: dict) -> None:
-    (RESULTS / "load_faults.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / f"{OUT}.json").write_text(json.dumps(results, indent=2))
     lines = ["# Load and faults", "", f"Command: `{results['command']}`  ", f"Machine: {results['machine']}  ",
              f"Load average (1/5/15 min) before {results['load_average_before']}, after {results['load_average_after']}  ",
              f"Versions: {results['versions']}", "",
@@ -319,7 +350,7 @@ def write(results: dict) -> None:
             lines += [f"- {k['count']} x {k['name']}: {k['error']}" for k in load["failure_kinds"]]
     if results.get("notes"):  # what a person read in the results, added to the JSON after the run
         lines += ["", "## What users saw", "", *[f"- {note}" for note in results["notes"]]]
-    (RESULTS / "load_faults.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{OUT}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

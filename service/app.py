@@ -211,9 +211,11 @@ class RemoteCore:
 @serve.ingress()
 class Ingress:
     async def __init__(self, engine: DeploymentHandle, settings: dict[str, Any], ingress_secret: str) -> None:
+        from service.direct_ingress import allow_port_rebind
         from service.grpc.server import start_grpc_server
         from service.security import SecurityGuard
 
+        allow_port_rebind()  # before Serve binds the public port, which it does after this constructor
         self.settings = ServiceSettings.model_validate(settings)
         self.backend = RemoteCore(engine, ingress_secret)
         self.auth = Authenticator.from_settings(self.settings)

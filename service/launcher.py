@@ -167,8 +167,9 @@ def ingress_replicas(config: dict[str, Any]) -> int:
 def use_direct_ingress(config: dict[str, Any], settings: ServiceSettings) -> bool:
     """Ray Serve's throughput-optimized mode: the Ingress replica's own HTTP server listens on
     `settings.port` (Ray's proxy moves to a free internal port). Through the proxy every request
-    crossed one more process: ~7 ms of proxy CPU per completion on this 2-core box.
-    Must run before Ray starts; RAY_SERVE_* variables already set by the user win."""
+    crossed one more process: ~7 ms of proxy CPU per completion on this 2-core box. Serve hands out
+    the ports [MIN, MAX): `port` only. A replacement of a killed Ingress replica binds it again
+    (service/direct_ingress.py). Must run before Ray starts; RAY_SERVE_* variables already set by the user win."""
     if not settings.direct_ingress or settings.port == 0 or ingress_replicas(config) > 1:
         return False  # several Ingress replicas on a node share the public port only through the proxy
     for name, value in {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",

@@ -199,3 +199,71 @@ def test_a_failed_start_puts_back_the_environment(monkeypatch, tmp_path):
         launcher.start(None, [f"port={ports.free_port()}", "grpc_port=null"])
     for name in launcher.LAUNCHER_ENV:
         assert name not in os.environ, name
+
+
+def _asgi_listener(port: int):
+    """Serve's replica-side start of its direct-ingress HTTP server on `port`, stopped again at once;
+    (SO_REUSEADDR, SO_REUSEPORT) of its socket."""
+    import asyncio
+
+    from ray.serve._private import replica
+    from ray.serve.config import HTTPOptions
+
+    async def app(scope, receive, send):  # pragma: no cover - never called
+        pass
+
+    async def listen_and_stop() -> tuple[int, int]:
+        task, server = await replica.start_asgi_http_server(app, HTTPOptions(host="127.0.0.1", port=port),
+                                                            event_loop=asyncio.get_running_loop())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        sock = server.servers[0].sockets[0]
+        options = sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR), sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+        server.should_exit = True
+        await task
+        return options
+
+    return asyncio.run(listen_and_stop())
+
+
+@pytest.fixture
+def rebindable(monkeypatch):
+    from ray.serve._private import http_util, replica
+
+    from service.direct_ingress import allow_port_rebind
+
+    monkeypatch.setattr(replica, "start_asgi_http_server", replica.start_asgi_http_server)  # put back afterwards
+    real_reuse_port = http_util.set_socket_reuse_port
+    assert allow_port_rebind() and allow_port_rebind()  # a second call keeps the one wrapper
+    assert replica.start_asgi_http_server.rebinds_port
+    yield
+    assert http_util.set_socket_reuse_port is real_reuse_port  # swapped only around the bind
+
+
+def test_the_direct_ingress_listener_rebinds_but_never_shares_its_port(rebindable):
+    """A replacement Ingress replica must bind the public port beside a killed one's TIME_WAIT sockets
+    (SO_REUSEADDR on every listener), and no second listener may join it (no SO_REUSEPORT)."""
+    assert _asgi_listener(ports.free_port()) == (1, 0)
+
+
+def test_a_port_still_listened_on_is_outwaited_briefly_then_refused(rebindable, monkeypatch):
+    """Serve blocks a port for good after one failed bind: a listener that goes away within BUSY_WAIT_S is
+    waited for; one that stays (another program) still fails the start, and nothing joins it meanwhile."""
+    from service import direct_ingress
+
+    monkeypatch.setattr(direct_ingress, "BUSY_WAIT_S", 5.0)
+    busy = socket.socket()
+    busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # even a sharing-minded holder is not joined
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    threading.Timer(1.0, busy.close).start()
+    started = time.monotonic()
+    assert _asgi_listener(port) == (1, 0)
+    assert 0.9 < time.monotonic() - started < 5.0
+
+    monkeypatch.setattr(direct_ingress, "BUSY_WAIT_S", 0.5)
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        with pytest.raises(RuntimeError, match="Failed to bind"):
+            _asgi_listener(other.getsockname()[1])
