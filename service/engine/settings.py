@@ -21,7 +21,7 @@ class ModelSettings(StrictModel):
     """What the registry serves: the base, full-model artifacts and adapters."""
 
     base_model: str = "tiny-llama"
-    base_task: Literal["causal-lm", "classification"] = "causal-lm"
+    base_task: Literal["causal-lm", "classification", "embedding"] = "causal-lm"
     dtype: str = "float32"
     artifacts_dir: Path | None = None
     models: list[Path] = Field(default_factory=list, description="extra full-model artifact dirs served by name")
@@ -30,6 +30,9 @@ class ModelSettings(StrictModel):
     max_adapters: int = Field(16, ge=1, description="LRU bound on loaded adapters (pinned ones count)")
     pinned: list[str] = Field(default_factory=list)
     batched_lora: bool = Field(True, description="mixed-adapter batches via batched LoRA matmuls (else PEFT adapter_names)")
+    embedding_model: str | None = Field(None, description="an encoder base served beside base_model for "
+                                        "/v1/embeddings, e.g. all-minilm-l6-v2, with the adapters in artifacts_dir "
+                                        "built on it (service/engine/embed.py); null: no embeddings")
 
 
 class BatchingSettings(StrictModel):
