@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from service.schemas import Request, TokenIds
+from service.schemas import Request, TokenIds, texts_or_ids
 
 
 class EmbeddingRequest(Request):
@@ -21,11 +21,7 @@ class EmbeddingRequest(Request):
 
     def inputs(self) -> list[str | list[int]]:
         """Each input: a text or a list of token ids."""
-        if isinstance(self.input, str):
-            return [self.input]
-        if self.input and isinstance(self.input[0], int):
-            return [list(self.input)]
-        return list(self.input)
+        return texts_or_ids(self.input)
 
 
 class Embedding(BaseModel):

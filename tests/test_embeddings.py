@@ -15,17 +15,14 @@ import base64
 import grpc
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
-from service.auth import Authenticator
-from service.core import ServingCore
 from service.embedding_schemas import EmbeddingRequest
-from service.grpc.gen.tuneserve.v1 import inference_pb2 as pb, inference_pb2_grpc
-from service.grpc.server import GrpcServer
-from service.http import create_app
+from service.grpc.gen.tuneserve.v1 import inference_pb2 as pb
 from service.settings import load_settings
-from tests.grpc_support import LoopThread
-from tests.service_fixtures import make_adapter, service_args, serve_keys  # noqa: F401
+from tests.service_fixtures import (  # noqa: F401
+    grpc_inference_stub, in_process_server, make_adapter, openai_client, service_args, serve_keys,
+)
+from tests.train_support import classification_rows, make_config, train_args, write_jsonl
 from training.artifact import MINILM, ArtifactWriter, fingerprint_model_dir, resolve_base_dir
 
 openai = pytest.importorskip("openai")
@@ -59,6 +56,11 @@ def artifacts(tiny_base_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("embed-artifacts")
     make_adapter(tiny_base_dir, root / "a1", "a1", seed=1)
     make_encoder_adapter(root / "enc1", "enc1", seed=3)
+    from training.train import train  # and one the trainer made: `task: classification` LoRA on MiniLM
+
+    data = write_jsonl(tmp_path_factory.mktemp("embed-data") / "train.jsonl", classification_rows(24))
+    train(make_config(*train_args(MINILM, data, root / "intents", "task=classification", "max_steps=2",
+                                  "profile.enabled=false")))
     return root
 
 
@@ -67,18 +69,13 @@ def served(tiny_base_dir, artifacts, serve_keys):
     args = service_args(tiny_base_dir, artifacts, serve_keys[0], embedding_model=MINILM)
     settings = load_settings(args, [f"limits.max_embedding_inputs={MAX_INPUTS}", "batching.batch_wait_timeout_s=0.2",
                                     "batching.batch_max_wait_s=0.5"])
-    core = ServingCore(settings)
-    core.start()
-    with TestClient(create_app(core, Authenticator.from_settings(settings), settings)) as http:
-        http.core = core
-        http.keys = serve_keys[1]
+    with in_process_server(settings, serve_keys[1]) as http:
         yield http
-    core.stop()
 
 
 @pytest.fixture(scope="module")
 def oc(served):
-    return openai.OpenAI(base_url="http://testserver/v1", api_key=served.keys["infer"], http_client=served, max_retries=0)
+    return openai_client(served)
 
 
 @pytest.fixture(scope="module")
@@ -189,8 +186,7 @@ def test_keys_and_scopes_apply(served):
     for label in ("only-a1", "metrics"):  # a key for other models, a key without the infer scope
         reply = served.post(url, json=body, headers={"Authorization": f"Bearer {served.keys[label]}"})
         assert reply.status_code == 403, label
-    only_a1 = openai.OpenAI(base_url="http://testserver/v1", api_key=served.keys["only-a1"], http_client=served,
-                            max_retries=0)
+    only_a1 = openai_client(served, "only-a1")
     assert MINILM not in [m.id for m in only_a1.models.list().data]
 
 
@@ -203,23 +199,34 @@ def test_models_list_the_encoder_and_its_adapter(oc):
 
 
 # ---- adapters, batching, metrics, drift -----------------------------------------------------
-def test_adapter_serves_its_fine_tuned_encoder(oc, artifacts):
+def classifier_encoder_embeddings(adapter_dir, texts: list[str]) -> np.ndarray:
+    """The reference: the adapter loaded by PEFT on its classifier, its encoder's last hidden states
+    mean-pooled and normalised."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from training.artifact import read_manifest
+
     base_dir = resolve_base_dir(MINILM)
-    classifier = AutoModelForSequenceClassification.from_pretrained(str(base_dir), num_labels=3)
-    classifier = PeftModel.from_pretrained(classifier, str(artifacts / "enc1")).eval()
-    enc = AutoTokenizer.from_pretrained(str(base_dir))(TEXTS, padding=True, return_tensors="pt")
+    labels = read_manifest(adapter_dir).labels
+    classifier = AutoModelForSequenceClassification.from_pretrained(str(base_dir), num_labels=len(labels))
+    classifier = PeftModel.from_pretrained(classifier, str(adapter_dir)).eval()
+    enc = AutoTokenizer.from_pretrained(str(base_dir))(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         hidden = classifier(**enc, output_hidden_states=True).hidden_states[-1]
     mask = enc["attention_mask"].unsqueeze(-1).float()
-    want = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy()
-    got = vectors(oc.embeddings.create(model="enc1", input=TEXTS, encoding_format="float"))
-    assert np.allclose(got, want, atol=1e-4)
+    return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy()
+
+
+@pytest.mark.parametrize("adapter", ["enc1", "intents"])
+def test_adapter_serves_its_fine_tuned_encoder(oc, artifacts, adapter):
+    got = vectors(oc.embeddings.create(model=adapter, input=TEXTS, encoding_format="float"))
+    assert np.allclose(got, classifier_encoder_embeddings(artifacts / adapter, TEXTS), atol=1e-4)
     base = vectors(oc.embeddings.create(model=MINILM, input=TEXTS, encoding_format="float"))
-    assert (got * base).sum(1).max() < 0.99  # the adapter changed the encoder
+    assert not np.allclose(got, base, atol=1e-5)  # the adapter changed the encoder
+    if adapter == "enc1":  # strong random LoRA weights
+        assert (got * base).sum(1).max() < 0.99
 
 
 def test_requests_on_different_adapters_share_one_forward(served, monkeypatch):
@@ -280,20 +287,8 @@ def test_a_full_queue_refuses_and_releases_the_lease(served):
 # ---- gRPC ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def stub(served):
-    loop = LoopThread()
-    core = served.core
-
-    async def start() -> GrpcServer:
-        server = GrpcServer(core, Authenticator.from_settings(core.settings), "127.0.0.1", 0, health_interval_s=60)
-        await server.start()
-        return server
-
-    server = loop.run(start())
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    yield inference_pb2_grpc.InferenceStub(channel), (("x-api-key", served.keys["infer"]),)
-    channel.close()
-    loop.run(server.stop(0))
-    loop.close()
+    with grpc_inference_stub(served.core, served.keys["infer"]) as made:
+        yield made
 
 
 def test_grpc_embed_matches_rest(stub, oc, tokenizer):

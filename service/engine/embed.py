@@ -36,6 +36,7 @@ from training.artifact.errors import Overloaded
 
 from service import metrics
 from service.engine.registry import Lease, ModelRegistry
+from service.engine.scheduler import collect_burst
 from service.engine.settings import EngineSettings
 
 log = logging.getLogger("tuneserve.service.embed")
@@ -129,20 +130,9 @@ class EncoderEngine:
             return []
         if first is None:
             return []
-        jobs, rows = [first], len(first.inputs)
-        deadline = time.monotonic() + self.max_wait_s
-        while rows < self.max_batch_size:
-            remaining = min(self.wait_gap_s, deadline - time.monotonic())  # the gap, capped
-            if remaining <= 0:
-                break
-            try:
-                item = self.inbox.get(timeout=remaining)
-            except queue.Empty:
-                break
-            if item is None:
-                break
-            jobs.append(item)
-            rows += len(item.inputs)
+        jobs = [first]
+        collect_burst(self.inbox, jobs, lambda js: sum(len(j.inputs) for j in js), self.max_batch_size,
+                      self.wait_gap_s, self.max_wait_s)
         return jobs
 
     def _run(self, jobs: list[EmbedJob]) -> None:
