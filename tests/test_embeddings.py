@@ -262,26 +262,64 @@ def test_metrics_and_drift_observe_the_resolved_model(oc, served):
     assert "enc1" in served.core.drift.windows and MINILM in served.core.drift.windows
 
 
-def test_a_full_queue_refuses_and_releases_the_lease(served):
+def test_a_full_queue_refuses_and_a_stop_fails_the_waiting_requests(served):
     from service.engine.embed import EncoderEngine
-    from training.artifact.errors import Overloaded
+    from training.artifact.errors import Overloaded, Unavailable
 
-    encoder = EncoderEngine(served.core.settings, capacity=1)  # not started: nothing takes from its queue
+    encoder = EncoderEngine(served.core.settings, capacity=1)
+    encoder._running = True  # accepting requests, but no thread takes them from the queue
     released = []
 
     class Lease:
         def release(self):
             released.append(True)
 
-    async def two():
+    async def three():
         first = asyncio.ensure_future(encoder.embed(Lease(), [[101, 102]]))
         await asyncio.sleep(0)
         with pytest.raises(Overloaded):
             await encoder.embed(Lease(), [[101, 102]])
-        first.cancel()
+        assert released == [True]  # the refused request's lease
+        encoder.stop()
+        with pytest.raises(Unavailable):
+            await first
+        with pytest.raises(Unavailable):
+            await encoder.embed(Lease(), [[101, 102]])
 
-    asyncio.run(two())
-    assert released == [True]
+    asyncio.run(three())
+    assert released == [True] * 3
+
+
+def test_remote_core_embeds_through_the_engine_deployment(served):
+    """The Ray path without Ray: RemoteCore → (pickled, as over a handle) EngineDeployment.call → the core."""
+    import pickle
+
+    from service.app import EngineDeployment, RemoteCore
+    from training.artifact.errors import InvalidRequest
+
+    class Deployment(EngineDeployment.func_or_class):
+        def __init__(self) -> None:  # over the module's core, which it must not stop when collected
+            self.core, self.ingress_secret = served.core, "secret"
+
+        def __del__(self) -> None:
+            pass
+
+    deployment = Deployment()
+
+    class Handle:
+        class call:  # noqa: N801 - mirrors DeploymentHandle.call
+            @staticmethod
+            async def remote(*args):
+                return pickle.loads(pickle.dumps(await deployment.call(*pickle.loads(pickle.dumps(args)))))
+
+    remote = RemoteCore(Handle(), "secret")
+    request = EmbeddingRequest(model="enc1", input=TEXTS[:2], encoding_format="float")
+    reply = asyncio.run(remote.embed(request, None))
+    local = asyncio.run(served.core.embed(request, None))
+    assert reply.model == "enc1" and np.allclose([d.embedding for d in reply.data], [d.embedding for d in local.data])
+    with pytest.raises(InvalidRequest) as caught:
+        asyncio.run(remote.embed(EmbeddingRequest(model=MINILM, input="x", dimensions=999), None))
+    assert caught.value.param == "dimensions"
 
 
 # ---- gRPC ----------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from training.artifact.errors import Overloaded
+from training.artifact.errors import Overloaded, Unavailable
 
 from service import metrics
 from service.engine.registry import Lease, ModelRegistry
@@ -89,6 +89,7 @@ class EncoderEngine:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the thread; requests still waiting fail with Unavailable (none waits forever)."""
         self._running = False
         try:
             self.inbox.put_nowait(None)
@@ -96,6 +97,14 @@ class EncoderEngine:
             pass
         if self._thread is not None:
             self._thread.join(timeout=10)
+        while True:
+            try:
+                job = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                job.settle(error=Unavailable("the embedding engine stopped", "retry: another replica answers"))
+                job.lease.release()
 
     @property
     def alive(self) -> bool:
@@ -106,6 +115,9 @@ class EncoderEngine:
 
     async def embed(self, lease: Lease, inputs: list[list[int]]) -> np.ndarray:
         """The inputs' embeddings, float32 (len(inputs), hidden), L2-normalised; the lease is the engine's now."""
+        if not self._running:
+            lease.release()
+            raise Unavailable("the embedding engine is not running", "retry: another replica answers")
         loop = asyncio.get_running_loop()
         job = EmbedJob(lease, inputs, loop.create_future(), loop, time.monotonic())
         try:
