@@ -362,3 +362,11 @@ def test_grpc_embed_needs_a_key(stub):
     with pytest.raises(grpc.RpcError) as caught:
         call.Embed(pb.EmbedRequest(model=MINILM, inputs=["x"]))
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_one_model_cannot_be_both_the_base_and_the_embedding_model():
+    from training.artifact.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="embedding_model"):
+        load_settings({"base_model": MINILM, "embedding_model": MINILM})
+    assert load_settings({"embedding_model": MINILM}).embedding_model == MINILM

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from training.artifact.config import StrictModel
 
@@ -33,6 +33,13 @@ class ModelSettings(StrictModel):
     embedding_model: str | None = Field(None, description="an encoder base served beside base_model for "
                                         "/v1/embeddings, e.g. all-minilm-l6-v2, with the adapters in artifacts_dir "
                                         "built on it (service/engine/embed.py); null: no embeddings")
+
+    @model_validator(mode="after")
+    def _one_role_per_base(self) -> "ModelSettings":
+        if self.embedding_model is not None and self.embedding_model == self.base_model:
+            raise ValueError(f"embedding_model {self.embedding_model!r} is also base_model: serve one model either "
+                             "as the base (completions, classification) or for embeddings, not both")
+        return self
 
 
 class BatchingSettings(StrictModel):
