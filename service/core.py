@@ -59,7 +59,8 @@ class ServingCore:
             replica_id or local_replica_id(), settings.fleet, settings.adapters)
         self.drift = DriftMonitor(settings.drift, self._artifact_dir)
         self.jobs = JobBuilder(settings, self.lease, self.drift)
-        self.embeddings = EmbeddingService(settings, self.engine.encoder, self.registry, self.drift, self.loader.buckets)
+        self.embeddings = EmbeddingService(settings, getattr(self.engine, "encoder", None), self.registry, self.drift,
+                                           self.loader.buckets)
         self._stop_gauges = None
 
     def start(self) -> None:
