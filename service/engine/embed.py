@@ -36,7 +36,7 @@ from training.artifact.errors import Overloaded, Unavailable
 
 from service import metrics
 from service.engine.registry import Lease, ModelRegistry
-from service.engine.scheduler import collect_burst
+from service.engine.scheduler import collect_burst, drained
 from service.engine.settings import EngineSettings
 
 log = logging.getLogger("tuneserve.service.embed")
@@ -97,14 +97,9 @@ class EncoderEngine:
             pass
         if self._thread is not None:
             self._thread.join(timeout=10)
-        while True:
-            try:
-                job = self.inbox.get_nowait()
-            except queue.Empty:
-                return
-            if job is not None:
-                job.settle(error=Unavailable("the embedding engine stopped", "retry: another replica answers"))
-                job.lease.release()
+        for job in drained(self.inbox):
+            job.settle(error=Unavailable("the embedding engine stopped", "retry: another replica answers"))
+            job.lease.release()
 
     @property
     def alive(self) -> bool:

@@ -20,7 +20,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 from service import metrics
 from service.engine.decode import DecodeBatch
@@ -88,13 +88,7 @@ class Scheduler:
             self.waiting.append(first)
             collect_burst(self.inbox, self.waiting, len, self.max_batch_size, self.batch_wait_timeout_s,
                           self.batch_max_wait_s)
-        while True:
-            try:
-                item = self.inbox.get_nowait()
-            except queue.Empty:
-                return
-            if item is not None:
-                self.waiting.append(item)
+        self.waiting.extend(drained(self.inbox))
 
     def _joins_now(self, batch: DecodeBatch, waiting: int, oldest: float, now: float) -> bool:
         """Rows joining a running batch share one prefill pass, which the running rows wait for:
@@ -171,3 +165,14 @@ def collect_burst(inbox: queue.Queue, items: list, size: Callable[[list], int], 
             return
         if item is not None:
             items.append(item)
+
+
+def drained(inbox: queue.Queue) -> Iterator:
+    """What waits on `inbox` now, without blocking (None, a stop signal, is skipped)."""
+    while True:
+        try:
+            item = inbox.get_nowait()
+        except queue.Empty:
+            return
+        if item is not None:
+            yield item
