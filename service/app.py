@@ -32,6 +32,7 @@ from ray.serve.handle import DeploymentHandle
 
 from service.auth import Authenticator, Principal
 from service.backend import STREAM_CALLS, UNARY_CALLS
+from service.embedding_schemas import EmbeddingRequest, EmbeddingResponse
 from service.errors import from_wire, to_wire
 from service.schemas import (
     AdapterInfo, AdapterList, ChatCompletionRequest, ChatCompletionResponse, ClassifyRequest, ClassifyResponse,
@@ -96,6 +97,8 @@ class EngineDeployment:
     def check_health(self) -> None:
         if not self.core.engine.scheduler.alive:
             raise RuntimeError("engine thread is not running")
+        if self.core.engine.encoder is not None and not self.core.engine.encoder.alive:
+            raise RuntimeError("embedding thread is not running")
 
     def __del__(self) -> None:
         try:
@@ -190,6 +193,9 @@ class RemoteCore:
 
     async def list_models(self, principal: Principal | None) -> ModelList:
         return await self._call("list_models", principal)
+
+    async def embed(self, request: EmbeddingRequest, principal: Principal | None) -> EmbeddingResponse:
+        return await self._call("embed", request, principal)
 
     async def load_adapter(self, request: LoadAdapterRequest, principal: Principal | None = None) -> AdapterInfo:
         return await self._call("load_adapter", request, principal)

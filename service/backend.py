@@ -16,6 +16,7 @@ from typing import Any, AsyncIterator, Protocol, runtime_checkable
 from training.artifact.errors import NotFound
 
 from service.auth import Authenticator, Principal
+from service.embedding_schemas import EmbeddingRequest, EmbeddingResponse
 from service.errors import with_param
 from service.schemas import (
     AdapterInfo, AdapterList, ChatCompletionRequest, ChatCompletionResponse, ClassifyRequest, ClassifyResponse,
@@ -36,6 +37,8 @@ class ServingBackend(Protocol):
     async def classify(self, request: ClassifyRequest, principal: Principal | None) -> ClassifyResponse: ...
 
     async def list_models(self, principal: Principal | None) -> ModelList: ...
+
+    async def embed(self, request: EmbeddingRequest, principal: Principal | None) -> EmbeddingResponse: ...
 
     async def load_adapter(self, request: LoadAdapterRequest, principal: Principal | None = None) -> AdapterInfo: ...
 

@@ -6,6 +6,7 @@ generation, usage, response cache and adapter administration live here; transpor
     core.start()
     resp = await core.complete(CompletionRequest(model="my-adapter", prompt="Hi"), principal)
     async for chunk in core.stream_complete(request, principal): ...   # OpenAI chunk dicts
+    reply = await core.embed(EmbeddingRequest(model="all-minilm-l6-v2", input="Hi"), principal)  # service/embeddings.py
     core.stop()
 
 `principal=None` skips authorization (in-process callers that already checked it). A request's
@@ -25,6 +26,8 @@ from training.artifact.errors import TuneserveError
 from service import metrics
 from service.auth import Authenticator, Principal
 from service.drift import DriftMonitor
+from service.embedding_schemas import EmbeddingRequest, EmbeddingResponse
+from service.embeddings import ENDPOINTS, EmbeddingService
 from service.engine.engine import Engine
 from service.engine.registry import Lease
 from service.engine.types import RequestStream
@@ -56,6 +59,8 @@ class ServingCore:
             replica_id or local_replica_id(), settings.fleet, settings.adapters)
         self.drift = DriftMonitor(settings.drift, self._artifact_dir)
         self.jobs = JobBuilder(settings, self.lease, self.drift)
+        self.embeddings = EmbeddingService(settings, getattr(self.engine, "encoder", None), self.registry, self.drift,
+                                           self.loader.buckets)
         self._stop_gauges = None
 
     def start(self) -> None:
@@ -68,6 +73,7 @@ class ServingCore:
         self.fleet.stop()
         self.engine.stop()
         self.loader.stop()
+        self.embeddings.stop()
         self.drift.stop()
         if self._stop_gauges is not None:
             self._stop_gauges.set()
@@ -75,7 +81,9 @@ class ServingCore:
     def _artifact_dir(self, name: str):
         """Where `name`'s artifact is (the drift monitor reads its reference profile), or None."""
         entry = self.registry.adapters.get(name)
-        return entry.path if entry is not None else self.registry.catalog.models.get(name)
+        if entry is None:
+            return self.registry.catalog.models.get(name) or self.embeddings.artifact_dir(name)
+        return entry.path
 
     def _sample_gauges(self) -> None:
         metrics.queue_state(self.engine.scheduler.queue_depth(), ENGINE_QUEUE_CAPACITY)
@@ -148,19 +156,24 @@ class ServingCore:
         return ClassifyResponse(id=_id("cls"), created=int(time.time()), model=lease.model_id, data=data,
                                 usage=usage(sum(len(ids) for ids in encoded), 0))
 
-    async def list_models(self, principal: Principal | None) -> ModelList:
-        rows = self.registry.list_models()
-        if principal is not None:
-            rows = [r for r in rows if principal.may_use(r["id"])]
-        return ModelList(data=[self._model_card(r) for r in rows])
+    async def embed(self, request: EmbeddingRequest, principal: Principal | None) -> EmbeddingResponse:
+        return await self.embeddings.embed(request, principal)
 
-    def _model_card(self, row: dict) -> ModelCard:
+    async def list_models(self, principal: Principal | None) -> ModelList:
+        rows = [(r, self.registry) for r in self.registry.list_models()]
+        rows += [(r, self.embeddings.registry) for r in self.embeddings.model_rows()]
+        if principal is not None:
+            rows = [(r, reg) for r, reg in rows if principal.may_use(r["id"])]
+        return ModelList(data=[self._model_card(r, reg) for r, reg in rows])
+
+    @staticmethod
+    def _model_card(row: dict, registry) -> ModelCard:
         """A listed model with vLLM's lineage fields (`parent`: the base id it derives from; `root`:
         the base at the root, itself for the base) and its context length (`max_model_len`)."""
-        target = self.registry.targets.get(row["id"]) if row["kind"] == "model" else None
+        target = registry.targets.get(row["id"]) if row["kind"] == "model" else None
         base = row["base"] or None
         return ModelCard(**row, parent=base, root=base or row["id"],
-                         max_model_len=context_of(target or self.registry.base))
+                         max_model_len=context_of(target or registry.base))
 
     # ---- administration --------------------------------------------------------------
     async def load_adapter(self, request: LoadAdapterRequest, principal: Principal | None = None) -> AdapterInfo:
@@ -210,6 +223,8 @@ class ServingCore:
         """Authorize `model` for the principal, then resolve it (an on-demand load runs on the
         loader's pool, rate-limited per key; service/loader.py)."""
         self._authorize(principal, "infer", model)
+        if self.embeddings.serves(model):
+            raise invalid(f"model {model!r} is an embedding model", "model", f"use {ENDPOINTS['embedding']} for it")
         visible = principal.may_use if principal is not None else None  # hints name only models the key may use
         return await self.loader.acquire(model, getattr(principal, "key_id", None), visible)
 

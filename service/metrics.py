@@ -79,6 +79,7 @@ ADAPTERS_LOADED = Gauge("tuneserve_adapters_loaded", "Adapters currently loaded.
 MODEL_LOAD = Gauge("tuneserve_model_load_seconds", "How long loading a model or adapter took.", ["model"],
                    multiprocess_mode="max")
 CLASSIFIED = Counter("tuneserve_classified_inputs", "Texts classified.", ["adapter"])
+EMBEDDED = Counter("tuneserve_embedded_inputs", "Inputs embedded (/v1/embeddings, Embed).", ["adapter"])
 RESIDENT_MEMORY = Gauge("tuneserve_process_resident_memory_bytes", "Resident memory of the serving processes.",
                         multiprocess_mode="livesum")
 GPU_MEMORY = Gauge("tuneserve_gpu_memory_allocated_bytes", "CUDA memory allocated by torch.", ["device"],
@@ -237,6 +238,12 @@ def model_loaded(model: str, seconds: float) -> None:
 
 def classified(model: str, n_inputs: int, seconds: float) -> None:
     CLASSIFIED.labels(adapter_label(model)).inc(n_inputs)
+
+
+def embedded(model: str, n_inputs: int, tokens: int) -> None:
+    adapter = adapter_label(model)
+    EMBEDDED.labels(adapter).inc(n_inputs)
+    PROMPT_TOKENS.labels(adapter).inc(tokens)
 
 
 def auth_failed(reason: str, transport: str) -> None:

@@ -102,6 +102,15 @@ class SamplingFields(Request):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
+def texts_or_ids(value: str | list) -> list[str | list[int]]:
+    """A request's `prompt` / `input` as a list of items, each a text or a list of token ids."""
+    if isinstance(value, str):
+        return [value]
+    if value and isinstance(value[0], int):
+        return [list(value)]
+    return list(value)
+
+
 class CompletionRequest(SamplingFields):
     # text, texts, one prompt as token ids, or several (OpenAI accepts all four)
     prompt: str | list[str] | TokenIds | list[TokenIds]
@@ -110,11 +119,7 @@ class CompletionRequest(SamplingFields):
 
     def prompts(self) -> list[str | list[int]]:
         """Each prompt: a text or a list of token ids."""
-        if isinstance(self.prompt, str):
-            return [self.prompt]
-        if self.prompt and isinstance(self.prompt[0], int):
-            return [list(self.prompt)]
-        return list(self.prompt)
+        return texts_or_ids(self.prompt)
 
 
 class TextPart(Request):

@@ -3,7 +3,8 @@
     from tests.service_fixtures import make_adapter, make_classifier
     make_adapter(base_dir, tmp_path / "a1", name="a1", seed=1)     # LoRA adapter artifact on the base
 
-Pytest fixtures (import them into a test module, e.g. `from tests.service_fixtures import
+`in_process_server(settings, keys)` (a started ServingCore behind the REST app's TestClient) and
+`grpc_inference_stub(core, key)` serve tests without Ray. Pytest fixtures (import them into a test module, e.g. `from tests.service_fixtures import
 served_app  # noqa: F401`): `service_artifacts` (adapters a1, a2, a3 + a classifier in one
 artifacts dir), `serve_keys` (a keys file with infer and admin keys) and `served_app` (the
 real Ray Serve app on a free port, started once per session; integration only).
@@ -11,6 +12,7 @@ real Ray Serve app on a free port, started once per session; integration only).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from service.ports import free_port  # noqa: F401 - re-exported for tests and benchmarks (race-free, see there)
@@ -127,3 +129,57 @@ def served_app(tiny_base_dir, service_artifacts, serve_keys, tmp_path_factory):
                "log": log_path}
     finally:
         terminate(proc)
+
+
+@contextmanager
+def in_process_server(settings, keys: dict[str, str]):
+    """A started ServingCore behind the REST app, as FastAPI's TestClient (with `.core` and `.keys`,
+    the plain keys by label); the core stops on exit. Pass it as an `openai` client's http_client."""
+    from fastapi.testclient import TestClient
+
+    from service.auth import Authenticator
+    from service.core import ServingCore
+    from service.http import create_app
+
+    core = ServingCore(settings)
+    core.start()
+    try:
+        with TestClient(create_app(core, Authenticator.from_settings(settings), settings)) as http:
+            http.core, http.keys = core, keys
+            yield http
+    finally:
+        core.stop()
+
+
+@contextmanager
+def grpc_inference_stub(core, key: str):
+    """(an Inference stub on a grpc.aio server over `core` on a free port, metadata carrying `key`)."""
+    import grpc
+
+    from service.auth import Authenticator
+    from service.grpc.gen.tuneserve.v1 import inference_pb2_grpc
+    from service.grpc.server import GrpcServer
+    from tests.grpc_support import LoopThread
+
+    loop = LoopThread()
+
+    async def start() -> GrpcServer:
+        server = GrpcServer(core, Authenticator.from_settings(core.settings), "127.0.0.1", 0, health_interval_s=60)
+        await server.start()
+        return server
+
+    server = loop.run(start())
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    try:
+        yield inference_pb2_grpc.InferenceStub(channel), (("x-api-key", key),)
+    finally:
+        channel.close()
+        loop.run(server.stop(0))
+        loop.close()
+
+
+def openai_client(http, label: str = "infer"):
+    """The official `openai` client over an `in_process_server`, with the key labelled `label`."""
+    import openai
+
+    return openai.OpenAI(base_url="http://testserver/v1", api_key=http.keys[label], http_client=http, max_retries=0)

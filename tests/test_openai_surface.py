@@ -15,18 +15,14 @@ import math
 
 import grpc
 import pytest
-from fastapi.testclient import TestClient
 
-from service.auth import Authenticator
-from service.core import ServingCore
 from service.grpc import translate
-from service.grpc.gen.tuneserve.v1 import inference_pb2 as pb, inference_pb2_grpc
-from service.grpc.server import GrpcServer
-from service.http import create_app
+from service.grpc.gen.tuneserve.v1 import inference_pb2 as pb
 from service.schemas import CompletionRequest
 from service.settings import load_settings
-from tests.grpc_support import LoopThread
-from tests.service_fixtures import service_args, service_artifacts, serve_keys  # noqa: F401
+from tests.service_fixtures import (  # noqa: F401
+    grpc_inference_stub, in_process_server, openai_client, service_args, service_artifacts, serve_keys,
+)
 from training.artifact.errors import InvalidRequest
 
 openai = pytest.importorskip("openai")
@@ -36,19 +32,14 @@ PROMPT = "To be, or not to be"
 
 @pytest.fixture(scope="module")
 def served(tiny_base_dir, service_artifacts, serve_keys):
-    settings = load_settings(service_args(tiny_base_dir, service_artifacts, serve_keys[0]))
-    core = ServingCore(settings)
-    core.start()
-    with TestClient(create_app(core, Authenticator.from_settings(settings), settings)) as http:
-        http.core = core
-        http.keys = serve_keys[1]
+    with in_process_server(load_settings(service_args(tiny_base_dir, service_artifacts, serve_keys[0])),
+                           serve_keys[1]) as http:
         yield http
-    core.stop()
 
 
 @pytest.fixture(scope="module")
 def oc(served):
-    return openai.OpenAI(base_url="http://testserver/v1", api_key=served.keys["infer"], http_client=served, max_retries=0)
+    return openai_client(served)
 
 
 @pytest.fixture(scope="module")
@@ -283,20 +274,8 @@ def test_models_carry_lineage_and_context_and_one_can_be_retrieved(oc, served, b
 # ---- gRPC ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def stub(served):
-    loop = LoopThread()
-    core = served.core
-
-    async def start() -> GrpcServer:
-        server = GrpcServer(core, Authenticator.from_settings(core.settings), "127.0.0.1", 0, health_interval_s=60)
-        await server.start()
-        return server
-
-    server = loop.run(start())
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    yield inference_pb2_grpc.InferenceStub(channel), (("x-api-key", served.keys["infer"]),)
-    channel.close()
-    loop.run(server.stop(0))
-    loop.close()
+    with grpc_inference_stub(served.core, served.keys["infer"]) as made:
+        yield made
 
 
 def test_grpc_token_ids_echo_and_options(stub, base, tokenizer, eos_prompt):

@@ -6,6 +6,7 @@
     stream = engine.generate(lease, prompt_ids, SamplingParams(max_tokens=32), n=1)   # inside an event loop
     async for event in stream: ...
     engine.classify(lease, ["text"])   # -> [[(label, prob), ...] best first]
+    engine.encoder                     # the EncoderEngine for /v1/embeddings (settings.embedding_model), or None
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from service.engine.cache import ResponseCache
+from service.engine.embed import EncoderEngine
 from service.engine.registry import Lease, ModelRegistry
 from service.engine.scheduler import Scheduler
 from service.engine.settings import EngineSettings
@@ -27,6 +29,7 @@ class Engine:
         cache = settings.cache
         self.cache = ResponseCache(cache.size if cache.enabled else 0, cache.ttl_s, max_bytes=cache.max_bytes)
         self.num_threads = settings.num_threads
+        self.encoder = EncoderEngine(settings) if settings.embedding_model else None
         self.started = False
 
     def start(self, desired=None) -> None:
@@ -35,10 +38,14 @@ class Engine:
             torch.set_num_threads(self.num_threads)
         self.registry.start(desired)
         self.scheduler.start()
+        if self.encoder is not None:
+            self.encoder.start()
         self.started = True
 
     def stop(self) -> None:
         self.scheduler.stop()
+        if self.encoder is not None:
+            self.encoder.stop()
         self.started = False
 
     def generate(self, lease: Lease, prompt_ids: list[int], params: SamplingParams, n: int = 1) -> RequestStream:

@@ -278,7 +278,7 @@ class ModelRegistry:
         """Attach `artifact` under `slot` (model lock held); stack it when the batched path can serve it.
         A failure after PEFT's attach detaches it again: a failed load changes nothing."""
         base = self.base
-        base.model = attach_adapter(base.model, artifact, slot)
+        base.model = attach_adapter(base.model, artifact, slot, encoder_only=base.loaded.task == "embedding")
         if not self.config.batched_lora:
             return
         try:

@@ -20,6 +20,7 @@ import logging
 import queue
 import threading
 import time
+from typing import Callable, Iterator
 
 from service import metrics
 from service.engine.decode import DecodeBatch
@@ -85,24 +86,9 @@ class Scheduler:
             if first is None:
                 return
             self.waiting.append(first)
-            deadline = time.monotonic() + self.batch_max_wait_s
-            while len(self.waiting) < self.max_batch_size:
-                remaining = min(self.batch_wait_timeout_s, deadline - time.monotonic())  # the gap, capped
-                if remaining <= 0:
-                    break
-                try:
-                    item = self.inbox.get(timeout=remaining)
-                except queue.Empty:
-                    break
-                if item is not None:
-                    self.waiting.append(item)
-        while True:
-            try:
-                item = self.inbox.get_nowait()
-            except queue.Empty:
-                return
-            if item is not None:
-                self.waiting.append(item)
+            collect_burst(self.inbox, self.waiting, len, self.max_batch_size, self.batch_wait_timeout_s,
+                          self.batch_max_wait_s)
+        self.waiting.extend(drained(self.inbox))
 
     def _joins_now(self, batch: DecodeBatch, waiting: int, oldest: float, now: float) -> bool:
         """Rows joining a running batch share one prefill pass, which the running rows wait for:
@@ -162,3 +148,31 @@ class Scheduler:
             for row in new_rows:  # a failed prefill changed nothing in the running batch
                 row.stream.put(Event(index=row.index, error=exc))
                 row.release()
+
+
+def collect_burst(inbox: queue.Queue, items: list, size: Callable[[list], int], limit: int, gap_s: float,
+                  max_wait_s: float) -> None:
+    """Move what arrives on `inbox` into `items` while it arrives less than `gap_s` apart, for at most
+    `max_wait_s` in all, until `size(items)` reaches `limit` (None, a stop signal, is skipped)."""
+    deadline = time.monotonic() + max_wait_s
+    while size(items) < limit:
+        remaining = min(gap_s, deadline - time.monotonic())  # the gap, capped
+        if remaining <= 0:
+            return
+        try:
+            item = inbox.get(timeout=remaining)
+        except queue.Empty:
+            return
+        if item is not None:
+            items.append(item)
+
+
+def drained(inbox: queue.Queue) -> Iterator:
+    """What waits on `inbox` now, without blocking (None, a stop signal, is skipped)."""
+    while True:
+        try:
+            item = inbox.get_nowait()
+        except queue.Empty:
+            return
+        if item is not None:
+            yield item

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from training.artifact.config import StrictModel
 
@@ -21,7 +21,7 @@ class ModelSettings(StrictModel):
     """What the registry serves: the base, full-model artifacts and adapters."""
 
     base_model: str = "tiny-llama"
-    base_task: Literal["causal-lm", "classification"] = "causal-lm"
+    base_task: Literal["causal-lm", "classification", "embedding"] = "causal-lm"
     dtype: str = "float32"
     artifacts_dir: Path | None = None
     models: list[Path] = Field(default_factory=list, description="extra full-model artifact dirs served by name")
@@ -30,6 +30,16 @@ class ModelSettings(StrictModel):
     max_adapters: int = Field(16, ge=1, description="LRU bound on loaded adapters (pinned ones count)")
     pinned: list[str] = Field(default_factory=list)
     batched_lora: bool = Field(True, description="mixed-adapter batches via batched LoRA matmuls (else PEFT adapter_names)")
+    embedding_model: str | None = Field(None, description="an encoder base served beside base_model for "
+                                        "/v1/embeddings, e.g. all-minilm-l6-v2, with the adapters in artifacts_dir "
+                                        "built on it (service/engine/embed.py); null: no embeddings")
+
+    @model_validator(mode="after")
+    def _one_role_per_base(self) -> "ModelSettings":
+        if self.embedding_model is not None and self.embedding_model == self.base_model:
+            raise ValueError(f"embedding_model {self.embedding_model!r} is also base_model: serve one model either "
+                             "as the base (completions, classification) or for embeddings, not both")
+        return self
 
 
 class BatchingSettings(StrictModel):

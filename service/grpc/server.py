@@ -163,13 +163,22 @@ class InferenceService(GatewayService, inference_pb2_grpc.InferenceServicer):
                     if message is not None:
                         yield message
 
+    async def _answer(self, body, principal, call, run):
+        """A one-reply call (Classify, Embed): tokens reserved, the reply's model and usage recorded."""
+        call.reserved = await self.gateway.guard.reserve(principal, body)
+        reply = await run(body, principal)
+        call.model, call.usage = reply.model, reply.usage
+        return reply
+
     @unary(NAME, "infer")
     async def Classify(self, request, principal, call):
         body = translate.classify_request(request)
-        call.reserved = await self.gateway.guard.reserve(principal, body)
-        reply = await self.gateway.backend.classify(body, principal)
-        call.model, call.usage = reply.model, reply.usage
-        return translate.classify_response(reply)
+        return translate.classify_response(await self._answer(body, principal, call, self.gateway.backend.classify))
+
+    @unary(NAME, "infer")
+    async def Embed(self, request, principal, call):
+        body = translate.embed_request(request)
+        return translate.embed_response(await self._answer(body, principal, call, self.gateway.backend.embed))
 
     @unary(NAME, "infer")
     async def ListModels(self, request, principal, call):

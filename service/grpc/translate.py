@@ -11,10 +11,12 @@ Responses may arrive as pydantic models or plain dicts (through a Ray handle): b
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Callable, Iterable
 
 from pydantic import BaseModel, ValidationError
 
+from service.embedding_schemas import EmbeddingRequest
 from service.errors import with_param
 from service.grpc.gen.tuneserve.v1 import admin_pb2, inference_pb2 as pb
 from service.schemas import ChatCompletionRequest, ClassifyRequest, CompletionRequest, LoadAdapterRequest
@@ -108,6 +110,20 @@ def classify_request(msg: pb.ClassifyRequest) -> ClassifyRequest:
     return validated(ClassifyRequest, data)
 
 
+def embed_request(msg: pb.EmbedRequest) -> EmbeddingRequest:
+    _require_model(msg.model)
+    if bool(msg.inputs) == bool(msg.token_inputs):
+        raise with_param(InvalidRequest("set exactly one of inputs and token_inputs",
+                                        "send texts in inputs or token ids in token_inputs"), "inputs")
+    data: dict[str, Any] = {"model": msg.model, "encoding_format": msg.encoding_format or "float",
+                            "input": list(msg.inputs) or [list(t.ids) for t in msg.token_inputs]}
+    if msg.HasField("dimensions"):
+        data["dimensions"] = msg.dimensions
+    if msg.user:
+        data["user"] = msg.user
+    return validated(EmbeddingRequest, data)
+
+
 def load_adapter_request(msg: admin_pb2.LoadAdapterRequest) -> LoadAdapterRequest:
     data: dict[str, Any] = {"name": msg.name, "pin": msg.pin}
     if msg.HasField("path"):
@@ -172,6 +188,15 @@ def classify_response(resp: Any) -> pb.ClassifyResponse:
                for r in d["data"]]
     return pb.ClassifyResponse(id=d["id"], model=d["model"], created=d["created"], results=results,
                                usage=_usage(d.get("usage")))
+
+
+def embed_response(resp: Any) -> pb.EmbedResponse:
+    d = as_dict(resp)
+    data = [pb.Embedding(index=e["index"], packed=base64.b64decode(e["embedding"])) if isinstance(e["embedding"], str)
+            else pb.Embedding(index=e["index"], values=e["embedding"]) for e in d["data"]]
+    usage = d["usage"]
+    return pb.EmbedResponse(model=d["model"], data=data, usage=pb.Usage(
+        prompt_tokens=usage["prompt_tokens"], completion_tokens=0, total_tokens=usage["total_tokens"]))
 
 
 def model_info(card: Any) -> pb.ModelInfo:

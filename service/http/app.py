@@ -9,7 +9,7 @@ the audit line names the model the request named, while metrics label only resol
 `adapter=""`) and name unmatched paths `route="unmatched"`: junk traffic adds no series.
 
 Routes: GET /health (liveness), GET /ready (readiness), GET /v1/models, GET /v1/models/{id}, POST /v1/completions,
-POST /v1/chat/completions, POST /v1/classify, and admin GET/POST /v1/admin/adapters,
+POST /v1/chat/completions, POST /v1/classify, POST /v1/embeddings, and admin GET/POST /v1/admin/adapters,
 DELETE /v1/admin/adapters/{name}, POST /v1/admin/adapters/{name}/pin (200 once every Engine replica
 applied the change, 202 listing those that had not; see service/fleet.py). Keys go in
 `Authorization: Bearer <key>` (or `x-api-key`). Errors use OpenAI's error body.
@@ -29,6 +29,7 @@ from training.artifact.version import tuneserve_version
 from service import metrics
 from service.auth import Authenticator, Principal
 from service.backend import ServingBackend, get_model
+from service.embedding_schemas import EmbeddingRequest, EmbeddingResponse
 from service.errors import openai_error_body, resolved_model
 from service.http.errors import error_response, install_error_handlers
 from service.security import SecurityGuard
@@ -117,13 +118,21 @@ def create_app(backend: ServingBackend, auth: Authenticator, settings, guard: Se
     async def chat(body: ChatCompletionRequest, request: Request, principal: Principal = Depends(require("infer"))):
         return await generation(body, request, principal, backend.chat, backend.stream_chat)
 
-    @app.post("/v1/classify", response_model=ClassifyResponse, tags=["inference"])
-    async def classify(body: ClassifyRequest, request: Request, principal: Principal = Depends(require("infer"))):
+    async def unary(body, request: Request, principal: Principal, call):
+        """A request answered in one reply (classify, embeddings): tokens reserved, reply's model resolved."""
         request.state.model = body.model
         request.state.reserved = await guard.reserve(principal, body)
-        reply = await backend.classify(body, principal)
+        reply = await call(body, principal)
         resolved_as(request, reply.model, reply.usage)
         return reply
+
+    @app.post("/v1/classify", response_model=ClassifyResponse, tags=["inference"])
+    async def classify(body: ClassifyRequest, request: Request, principal: Principal = Depends(require("infer"))):
+        return await unary(body, request, principal, backend.classify)
+
+    @app.post("/v1/embeddings", response_model=EmbeddingResponse, tags=["inference"])
+    async def embeddings(body: EmbeddingRequest, request: Request, principal: Principal = Depends(require("infer"))):
+        return await unary(body, request, principal, backend.embed)
 
     @app.get("/v1/admin/adapters", response_model=AdapterList, tags=["admin"])
     async def list_adapters(principal: Principal = Depends(require("admin"))):

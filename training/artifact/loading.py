@@ -83,7 +83,7 @@ def load_tokenizer(model_dir: str | Path, padding_side: str = "left", trust_remo
 
 
 def _from_pretrained(model_dir: Path, task: str, dtype: str, labels: list[str] | None, trust_remote_code: bool):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     require_safetensors(model_dir)
     kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code,
@@ -93,8 +93,10 @@ def _from_pretrained(model_dir: Path, task: str, dtype: str, labels: list[str] |
             kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
                           label2id={label: i for i, label in enumerate(labels)})
         return AutoModelForSequenceClassification.from_pretrained(str(model_dir), **kwargs)
+    if task == "embedding":  # the bare encoder (its hidden states), as sentence-transformers loads it
+        return AutoModel.from_pretrained(str(model_dir), **kwargs)
     if task != "causal-lm":
-        raise ArtifactInvalid(f"unknown task {task!r}", "use causal-lm or classification")
+        raise ArtifactInvalid(f"unknown task {task!r}", "use causal-lm, classification or embedding")
     return AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
 
 
@@ -117,8 +119,10 @@ def read_adapter_config(artifact: Artifact):
     return PeftConfig.from_pretrained(str(artifact.path))
 
 
-def attach_adapter(model, artifact: Artifact, adapter_name: str):
+def attach_adapter(model, artifact: Artifact, adapter_name: str, encoder_only: bool = False):
     """Attach a verified adapter artifact to `model` (a transformers model or a PeftModel) under `adapter_name`.
+    `encoder_only`: `model` is a bare encoder (task "embedding") and only the adapter's encoder weights
+    apply (a classifier's head is dropped; training.artifact.encoder).
 
     Returns the PeftModel. On failure the model keeps its previous adapters.
     """
@@ -131,6 +135,10 @@ def attach_adapter(model, artifact: Artifact, adapter_name: str):
     config = read_adapter_config(artifact)
     config.inference_mode = True
     state = safetensors.torch.load_file(str(artifact.file(ADAPTER_WEIGHTS)))
+    if encoder_only:
+        from training.artifact.encoder import encoder_part
+
+        config, state = encoder_part(config, state, model)
     created = not isinstance(model, PeftModel)
     if created:
         model = get_peft_model(model, config, adapter_name=adapter_name)

@@ -60,6 +60,11 @@ class InferenceStub:
                 request_serializer=tuneserve_dot_v1_dot_inference__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=tuneserve_dot_v1_dot_inference__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/tuneserve.v1.Inference/Embed',
+                request_serializer=tuneserve_dot_v1_dot_inference__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=tuneserve_dot_v1_dot_inference__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -102,6 +107,14 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Embeddings from an embedding model (the encoder base or an adapter on it),
+        as POST /v1/embeddings.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +142,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.GetModel,
                     request_deserializer=tuneserve_dot_v1_dot_inference__pb2.GetModelRequest.FromString,
                     response_serializer=tuneserve_dot_v1_dot_inference__pb2.ModelInfo.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=tuneserve_dot_v1_dot_inference__pb2.EmbedRequest.FromString,
+                    response_serializer=tuneserve_dot_v1_dot_inference__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +285,33 @@ class Inference:
             '/tuneserve.v1.Inference/GetModel',
             tuneserve_dot_v1_dot_inference__pb2.GetModelRequest.SerializeToString,
             tuneserve_dot_v1_dot_inference__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneserve.v1.Inference/Embed',
+            tuneserve_dot_v1_dot_inference__pb2.EmbedRequest.SerializeToString,
+            tuneserve_dot_v1_dot_inference__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,
