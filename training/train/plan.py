@@ -4,11 +4,20 @@ Given a model (a size like `7b`/`350m`, or a reference/path whose config and saf
 headers are read), the task, the data size and the memory available, each method gets an
 estimate of weights + gradients + optimizer states + activations:
 
-- weights: P x bytes (2 for bf16 on GPU, 4 for fp32 on CPU; 4-bit base = 0.5 B + ~6% scales)
-- trainable T: full = P; LoRA = r x (in + out) per targeted projection (q, v by default);
-  prompt tuning = virtual tokens x hidden
+- weights: P x bytes (2 for bf16 on GPU, 4 for fp32 on CPU); QLoRA: the block linears at 4 bit
+  (0.5 B + ~6% scales), embeddings and heads at full width
+- trainable T: full = P; LoRA = r x (in + out) per targeted linear (from the safetensors shapes when
+  `lora_target_modules` names them, else q and v of width hidden); prompt tuning = virtual tokens x hidden
 - gradients: T x 4; AdamW states: T x 8 (two fp32 moments); mixed precision adds a 4 B master copy
-- activations (no recomputation): L x b x s x h x 34 x bytes/2 + L x 5 x heads x s^2 x b x bytes/2, plus logits b x s x V x 4
+- activations (no recomputation), per token and layer, in values of the compute width:
+  10 h + 4 i (norms, projections, SwiGLU/GELU MLP) + 4 heads x s when attention dropout is on (the
+  probabilities, their dropout and mask are kept); LoRA-family methods add in + out per targeted
+  linear (+ in / 4 for the dropout mask when lora_dropout > 0); a causal LM adds 5 x vocab per token
+  for the logits and the loss (shifted copy, log-softmax, their gradients).
+
+The activation terms were counted from the saved tensors of a Llama and a BERT layer and checked
+against measured peaks: `python benchmarks/memory.py` (P9: each estimate within 0.75-1.25 of the
+peak RSS of full, LoRA and QLoRA training of the tiny Llama and MiniLM on CPU).
 
     result = plan(PlanRequest(model="7b", gpu_memory_gb=24, rows=20000, batch_size=1))
 """
@@ -16,9 +25,10 @@ estimate of weights + gradients + optimizer states + activations:
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +44,8 @@ SCALE = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
 FOUR_BIT_OVERHEAD = 1.06
 HEADROOM = 0.9  # plan to use at most 90% of the memory given
 PREFERENCE = ("full", "lora", "qlora", "prompt")
+HEAD_NAMES = ("lm_head", "score", "classifier")  # kept at full width by the 4-bit loader
+EMBEDDING_NAMES = ("embed", "wte", "wpe", "position", "token_type", "shared")
 
 
 class PlanRequest(StrictModel):
@@ -45,7 +57,11 @@ class PlanRequest(StrictModel):
     gpu_memory_gb: float | None = Field(None, gt=0)
     cpu_memory_gb: float | None = Field(None, gt=0)
     lora_r: int = Field(8, gt=0)
-    lora_targets_per_layer: int = Field(2, gt=0, description="projections LoRA targets per layer (q, v)")
+    lora_targets_per_layer: int = Field(2, gt=0, description="projections LoRA targets per layer (q, v); "
+                                        "used when lora_target_modules is not given or the model is only a size")
+    lora_target_modules: list[str] | None = Field(None, description="LoRA targets by module name (as in the "
+                                                   "training config); sized from the model's safetensors shapes")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
     virtual_tokens: int = Field(20, gt=0)
     vocab_size: int | None = Field(None, gt=0, description="default: from the model config, else 32000")
     full_min_rows: int = Field(50_000, gt=0, description="below this, full fine-tuning is not worth it over LoRA")
@@ -65,6 +81,14 @@ class ModelShape:
     heads: int
     vocab: int
     source: str
+    intermediate: int = 0  # MLP width (0: 8/3 x hidden, a SwiGLU Llama's)
+    attention_dropout: bool = False
+    block_linear_params: int | None = None  # what QLoRA quantizes (None: all but the embeddings)
+    linears: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # leaf name -> (in, out) of each
+
+    @property
+    def mlp(self) -> int:
+        return self.intermediate or round(8 * self.hidden / 3)
 
 
 @dataclass
@@ -99,19 +123,19 @@ def shape_from_size(params: int, vocab: int | None) -> ModelShape:
     return ModelShape(params, hidden, layers, max(1, hidden // 128), vocab or 32000, "size (Llama-like shape assumed)")
 
 
-def safetensors_params(model_dir: Path) -> int:
-    total = 0
+def safetensors_shapes(model_dir: Path) -> dict[str, list[int]]:
+    """Every tensor's shape, read from the safetensors headers (no weights loaded)."""
+    shapes: dict[str, list[int]] = {}
     for path in model_dir.glob("*.safetensors"):
         with open(path, "rb") as handle:
             size = struct.unpack("<Q", handle.read(8))[0]
             header = json.loads(handle.read(size))
-        for name, meta in header.items():
-            if name != "__metadata__":
-                count = 1
-                for dim in meta["shape"]:
-                    count *= dim
-                total += count
-    return total
+        shapes.update({name: meta["shape"] for name, meta in header.items() if name != "__metadata__"})
+    return shapes
+
+
+def safetensors_params(model_dir: Path) -> int:
+    return sum(math.prod(shape) for shape in safetensors_shapes(model_dir).values())
 
 
 def shape_from_dir(model_dir: Path, vocab: int | None) -> ModelShape:
@@ -119,8 +143,20 @@ def shape_from_dir(model_dir: Path, vocab: int | None) -> ModelShape:
     hidden = config.get("hidden_size") or config.get("d_model") or config.get("n_embd")
     layers = config.get("num_hidden_layers") or config.get("n_layer") or config.get("num_layers")
     heads = config.get("num_attention_heads") or config.get("n_head") or max(1, hidden // 64)
-    return ModelShape(safetensors_params(model_dir), hidden, layers, heads, vocab or config.get("vocab_size", 32000),
-                      str(model_dir))
+    shapes = safetensors_shapes(model_dir)
+    linears: dict[str, list[tuple[int, int]]] = {}
+    for name, shape in shapes.items():
+        parts = name.split(".")
+        if len(shape) == 2 and parts[-1] == "weight" and not any(k in name for k in EMBEDDING_NAMES):
+            linears.setdefault(parts[-2], []).append((shape[1], shape[0]))
+    dropout = config.get("attention_probs_dropout_prob", config.get("attention_dropout", 0.0)) or 0.0
+    return ModelShape(sum(math.prod(s) for s in shapes.values()), hidden, layers, heads,
+                      vocab or config.get("vocab_size", 32000), str(model_dir),
+                      intermediate=config.get("intermediate_size") or config.get("n_inner") or 0,
+                      attention_dropout=dropout > 0,
+                      block_linear_params=sum(i * o for name, pairs in linears.items() for i, o in pairs
+                                              if name not in HEAD_NAMES),
+                      linears=linears)
 
 
 def model_shape(req: PlanRequest) -> ModelShape:
@@ -136,24 +172,46 @@ def model_shape(req: PlanRequest) -> ModelShape:
                           "pass a size like model=7b or a local model directory") from None
 
 
+def lora_linears(req: PlanRequest, shape: ModelShape) -> list[tuple[int, int]]:
+    """(in, out) of every linear LoRA targets: by name from the model's shapes, else q and v of width h."""
+    if req.lora_target_modules and shape.linears:
+        found = [pair for name in req.lora_target_modules for pair in shape.linears.get(name, [])]
+        if found:
+            return found
+    return [(shape.hidden, shape.hidden)] * (req.lora_targets_per_layer * shape.layers)
+
+
+def activation_values(req: PlanRequest, shape: ModelShape, method: str) -> float:
+    """Values kept for the backward pass of one batch (see the module docstring)."""
+    b, s, h, layers = req.batch_size, req.seq_len, shape.hidden, shape.layers
+    per_token = layers * (10 * h + 4 * shape.mlp + (4 * shape.heads * s if shape.attention_dropout else 0))
+    if method in ("lora", "qlora"):
+        targets = lora_linears(req, shape)
+        per_token += sum(i + o for i, o in targets)
+        if req.lora_dropout > 0:
+            per_token += sum(i for i, _ in targets) / 4
+    if req.task == "causal-lm":
+        per_token += 5 * shape.vocab
+    return b * s * per_token
+
+
 def estimate(req: PlanRequest, shape: ModelShape, method: str, on_gpu: bool, budget: float) -> Candidate:
     wbytes = 2 if on_gpu else 4
     master = 4 if on_gpu else 0
-    p, h, layers = shape.params, shape.hidden, shape.layers
-    trainable = {"full": p, "lora": req.lora_r * 2 * h * req.lora_targets_per_layer * layers,
-                 "prompt": req.virtual_tokens * h}
-    trainable["qlora"] = trainable["lora"]
+    p, h = shape.params, shape.hidden
+    lora = sum(req.lora_r * (i + o) for i, o in lora_linears(req, shape))
+    trainable = {"full": p, "lora": lora, "qlora": lora, "prompt": req.virtual_tokens * h}
     t = trainable[method]
-    weights = p * 0.5 * FOUR_BIT_OVERHEAD if method == "qlora" else p * wbytes
+    if method == "qlora":
+        quantized = shape.block_linear_params if shape.block_linear_params is not None else p - shape.vocab * h
+        weights = quantized * 0.5 * FOUR_BIT_OVERHEAD + (p - quantized) * wbytes
+    else:
+        weights = p * wbytes
     if method == "full":
         weights += p * master
     else:
         weights += t * (wbytes + master)
-    b, s = req.batch_size, req.seq_len
-    activations = layers * b * s * h * 34 * wbytes / 2 + layers * 5 * shape.heads * s * s * b * wbytes / 2
-    if req.task == "causal-lm":
-        activations += b * s * shape.vocab * 4
-    cand = Candidate(method, t, weights, t * 4, t * 8, activations, False)
+    cand = Candidate(method, t, weights, t * 4, t * 8, activation_values(req, shape, method) * wbytes, False)
     cand.fits = cand.total <= budget * HEADROOM
     return cand
 
