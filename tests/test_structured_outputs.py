@@ -1,0 +1,240 @@
+"""Structured outputs and tool calling (issue 18) through the official `openai` client over the REST app
+and a real ServingCore on the tiny base (random-ish weights: only the grammar makes its output valid),
+and a mixed batch in the engine: constrained and free rows on different adapters share decode steps
+and give the tokens each gives alone.
+
+    pytest tests/test_structured_outputs.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.auth import Authenticator
+from service.core import ServingCore
+from service.engine.decode import DecodeBatch
+from service.http import create_app
+from service.schemas import ChatCompletionRequest, CompletionRequest
+from service.settings import load_settings
+from tests.service_fixtures import service_args, service_artifacts, serve_keys  # noqa: F401
+
+openai = pytest.importorskip("openai")
+jsonschema = pytest.importorskip("jsonschema")
+
+SCHEMA = {"type": "object", "additionalProperties": False, "required": ["city", "rank", "ok"],
+          "properties": {"city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]},
+                         "rank": {"type": "integer", "minimum": 0, "maximum": 99}, "ok": {"type": "boolean"}}}
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "weather in a city",
+           "parameters": {"type": "object", "additionalProperties": False, "required": ["city", "celsius"],
+                          "properties": {"city": {"type": "string", "enum": ["Paris", "Oslo"]},
+                                         "celsius": {"type": "boolean"}}}}}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
+        "type": "object", "additionalProperties": False, "required": ["zone"],
+        "properties": {"zone": {"type": "string", "enum": ["UTC", "CET"]}}}}}
+TOOLS = {"get_weather": WEATHER, "get_time": TIME}
+STRICT = {"type": "json_schema", "json_schema": {"name": "place", "schema": SCHEMA, "strict": True}}
+CHAT = [{"role": "user", "content": "Which city?"}]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_base_dir, service_artifacts, serve_keys):
+    settings = load_settings(service_args(tiny_base_dir, service_artifacts, serve_keys[0]))
+    core = ServingCore(settings)
+    core.start()
+    with TestClient(create_app(core, Authenticator.from_settings(settings), settings)) as http:
+        http.core = core
+        http.keys = serve_keys[1]
+        yield http
+    core.stop()
+
+
+@pytest.fixture(scope="module")
+def oc(served):
+    return openai.OpenAI(base_url="http://testserver/v1", api_key=served.keys["infer"], http_client=served, max_retries=0)
+
+
+def bad_request(call) -> dict:
+    with pytest.raises(openai.BadRequestError) as caught:
+        call()
+    return caught.value.response.json()["error"]
+
+
+# ---- structured outputs --------------------------------------------------------------------
+@pytest.mark.parametrize("model", ["base", "a1"])
+def test_strict_json_schema_on_chat_parses_and_validates(oc, model):
+    reply = oc.chat.completions.create(model=model, messages=CHAT, max_tokens=120, temperature=0, response_format=STRICT)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "stop", choice.message.content
+    jsonschema.validate(json.loads(choice.message.content), SCHEMA)
+
+
+def test_json_schema_on_completions_sampled_n_choices_all_validate(oc):
+    reply = oc.completions.create(model="a2", prompt="Data:", max_tokens=120, temperature=1.0, n=3, seed=7,
+                                  extra_body={"response_format": STRICT})
+    for choice in reply.choices:
+        assert choice.finish_reason == "stop", choice.text
+        jsonschema.validate(json.loads(choice.text), SCHEMA)
+
+
+def test_vllm_structured_outputs_json_regex_choice_grammar(oc):
+    def complete(options, model="base"):
+        return oc.completions.create(model=model, prompt="Answer:", max_tokens=60, temperature=0,
+                                     extra_body={"structured_outputs": options}).choices[0]
+
+    jsonschema.validate(json.loads(complete({"json": SCHEMA}).text), SCHEMA)
+    regex = complete({"regex": r"[0-9]{3}-[a-c]{2}"}, model="a1")
+    assert re.fullmatch(r"[0-9]{3}-[a-c]{2}", regex.text) and regex.finish_reason == "stop"
+    assert complete({"choice": ["yes", "no", "maybe so"]}).text in ("yes", "no", "maybe so")
+    assert complete({"grammar": 'root ::= "x" [0-9] [0-9]'}).text[0] == "x"
+    assert re.fullmatch(r"(ab)+c", complete({"grammar": 'start: "ab"+ "c"'}, model="a3").text)  # Lark
+
+
+def test_json_object_gives_a_json_object(oc):
+    reply = oc.chat.completions.create(model="a3", messages=CHAT, max_tokens=200, temperature=0,
+                                       response_format={"type": "json_object"})
+    choice = reply.choices[0]
+    if choice.finish_reason == "stop":  # a free object may run out of tokens; what came must be a prefix of one
+        assert isinstance(json.loads(choice.message.content), dict)
+    assert choice.message.content.startswith("{")
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}},
+     "response_format.json_schema.schema"),
+    ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+    ({"structured_outputs": {"regex": "(unclosed"}}, "structured_outputs.regex"),
+    ({"structured_outputs": {"grammar": "root ::= undefined_rule"}}, "structured_outputs.grammar"),
+    ({"structured_outputs": {"regex": "a", "choice": ["a"]}}, "structured_outputs"),
+    ({"structured_outputs": {"json": "{not json"}}, "structured_outputs.json"),
+])
+def test_invalid_constraints_are_400_naming_the_field(oc, body, param):
+    error = bad_request(lambda: oc.completions.create(model="base", prompt="x", max_tokens=4, extra_body=body))
+    assert error["param"] == param and error["type"] == "invalid_request_error", error
+
+
+def test_compiled_grammars_are_cached(served, oc):
+    grammars = served.core.jobs.grammars
+    before = grammars.hits
+    for _ in range(2):
+        oc.completions.create(model="base", prompt="x", max_tokens=8, extra_body={"structured_outputs": {"regex": "q+"}})
+    assert grammars.hits >= before + 1 and len(grammars.compiled) <= grammars.size
+
+
+# ---- tool calling --------------------------------------------------------------------------
+def check_calls(calls, allowed=TOOLS):
+    assert calls
+    for call in calls:
+        assert call.type == "function" and call.id and call.function.name in allowed
+        jsonschema.validate(json.loads(call.function.arguments), allowed[call.function.name]["function"]["parameters"])
+
+
+def test_named_tool_choice_returns_a_valid_call(oc):
+    reply = oc.chat.completions.create(model="a1", messages=CHAT, max_tokens=80, temperature=0, tools=[WEATHER, TIME],
+                                       tool_choice={"type": "function", "function": {"name": "get_time"}})
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    check_calls(choice.message.tool_calls, {"get_time": TIME})
+
+
+def test_required_tool_choice_returns_valid_calls_one_when_not_parallel(oc):
+    reply = oc.chat.completions.create(model="base", messages=CHAT, max_tokens=120, temperature=0, tools=[WEATHER, TIME],
+                                       tool_choice="required", parallel_tool_calls=False)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    check_calls(choice.message.tool_calls)
+    assert len(choice.message.tool_calls) == 1
+
+
+@pytest.mark.parametrize("tool_choice", [{"type": "function", "function": {"name": "get_weather"}}, "required"])
+def test_tool_calls_stream_as_openai_deltas(oc, tool_choice):
+    stream = oc.chat.completions.create(model="a2", messages=CHAT, max_tokens=120, temperature=0, tools=[WEATHER, TIME],
+                                        tool_choice=tool_choice, stream=True)
+    calls: dict[int, dict] = {}
+    finish = None
+    for chunk in stream:
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            for piece in choice.delta.tool_calls or ():
+                call = calls.setdefault(piece.index, {"id": None, "name": None, "arguments": ""})
+                call["id"] = piece.id or call["id"]
+                call["name"] = (piece.function.name if piece.function else None) or call["name"]
+                call["arguments"] += (piece.function.arguments or "") if piece.function else ""
+    assert finish == "tool_calls" and calls
+    for call in calls.values():
+        assert call["id"] and call["name"] in TOOLS
+        jsonschema.validate(json.loads(call["arguments"]), TOOLS[call["name"]]["function"]["parameters"])
+
+
+def test_tool_messages_in_history_render_and_auto_parses_hermes_calls(served, oc):
+    history = [*CHAT, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "-3 C"}]
+    reply = oc.chat.completions.create(model="a1", messages=history, max_tokens=8, temperature=0, tools=[WEATHER])
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    request = ChatCompletionRequest(model="a1", messages=history, tools=[WEATHER])
+    prompt = served.core.jobs.chat_prompt(request, served.core.registry.base.loaded.tokenizer)
+    assert '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>' in prompt
+    assert "-3 C" in prompt and "get_weather" in prompt.split("-3 C")[0]
+    error = bad_request(lambda: oc.chat.completions.create(model="a1", messages=[{"role": "tool", "content": "x"}]))
+    assert error["param"].startswith("messages")
+
+
+def test_auto_mode_parses_the_hermes_format():
+    from service.tools import ToolReply
+
+    request = ChatCompletionRequest(model="m", messages=CHAT, tools=[WEATHER])
+    text = 'Let me look. <tool_call>{"name": "get_weather", "arguments": {"city": "Paris", "celsius": true}}</tool_call>'
+    content, calls = ToolReply(request).finish(text)
+    assert content == "Let me look." and calls[0].function.name == "get_weather"
+    assert json.loads(calls[0].function.arguments) == {"city": "Paris", "celsius": True}
+    streamer, sent = ToolReply(request), []
+    for piece in [text[:7], text[7:15], text[15:40], text[40:]]:
+        sent.append(streamer.delta(piece)[0] or "")
+    rest, deltas = streamer.close()
+    assert "".join(sent) + (rest or "") == "Let me look. " and deltas[0]["function"]["name"] == "get_weather"
+    assert ToolReply(request).finish("no call here") == ("no call here", [])
+
+
+# ---- the mixed batch -----------------------------------------------------------------------
+def test_constrained_and_free_rows_on_different_adapters_share_steps_and_match_alone(served, monkeypatch):
+    """Greedy rows: a1 constrained by a schema, a2 free, base constrained by a regex, a3 free; run together
+    (one request each, submitted at once) and each alone; same tokens, and they shared decode steps."""
+    core = served.core
+    requests = [
+        CompletionRequest(model="a1", prompt="One", max_tokens=40, temperature=0, response_format=STRICT),
+        CompletionRequest(model="a2", prompt="Two", max_tokens=12, temperature=0, ignore_eos=True),
+        CompletionRequest(model="base", prompt="Three", max_tokens=20, temperature=0,
+                          structured_outputs={"regex": "[a-z]{3,8}!"}),
+        CompletionRequest(model="a3", prompt="Four", max_tokens=12, temperature=0, ignore_eos=True),
+    ]
+    for r in requests:  # the response cache would answer repeats without decoding
+        r.seed = None
+    core.engine.cache.size, size = 0, core.engine.cache.size
+    steps: list[list[tuple]] = []
+    original = DecodeBatch._choose
+
+    def recording(self, rows, logits):
+        steps.append([(a.row.adapter, a.matcher is not None) for a in rows])
+        return original(self, rows, logits)
+
+    monkeypatch.setattr(DecodeBatch, "_choose", recording)
+    try:
+        alone = [asyncio.run(core.complete(r, None)).choices[0].text for r in requests]
+
+        async def together():
+            return await asyncio.gather(*(core.complete(r, None) for r in requests))
+
+        steps.clear()
+        mixed = [reply.choices[0].text for reply in asyncio.run(together())]
+    finally:
+        core.engine.cache.size = size
+    assert mixed == alone
+    jsonschema.validate(json.loads(mixed[0]), SCHEMA)
+    assert re.fullmatch("[a-z]{3,8}!", mixed[2])
+    shared = [s for s in steps if len({adapter for adapter, _ in s}) >= 3 and {c for _, c in s} == {True, False}]
+    assert shared, f"no decode step held constrained and free rows on several adapters: {steps[:5]}"
