@@ -238,3 +238,63 @@ def test_constrained_and_free_rows_on_different_adapters_share_steps_and_match_a
     assert re.fullmatch("[a-z]{3,8}!", mixed[2])
     shared = [s for s in steps if len({adapter for adapter, _ in s}) >= 3 and {c for _, c in s} == {True, False}]
     assert shared, f"no decode step held constrained and free rows on several adapters: {steps[:5]}"
+
+
+# ---- gRPC ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def stub(served):
+    import grpc
+
+    from service.grpc.gen.tuneserve.v1 import inference_pb2_grpc
+    from service.grpc.server import GrpcServer
+    from tests.grpc_support import LoopThread
+
+    loop, core = LoopThread(), served.core
+
+    async def start() -> GrpcServer:
+        server = GrpcServer(core, Authenticator.from_settings(core.settings), "127.0.0.1", 0, health_interval_s=60)
+        await server.start()
+        return server
+
+    server = loop.run(start())
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    yield inference_pb2_grpc.InferenceStub(channel), (("x-api-key", served.keys["infer"]),)
+    channel.close()
+    loop.run(server.stop(0))
+    loop.close()
+
+
+def test_grpc_constraints_tools_and_errors(stub):
+    import grpc
+
+    from service.grpc.gen.tuneserve.v1 import inference_pb2 as pb
+
+    inference, md = stub
+    schema = pb.OutputConstraint(json_schema=json.dumps(SCHEMA))
+    reply = inference.Generate(pb.GenerateRequest(model="a1", prompt="Data:", max_tokens=120, temperature=0,
+                                                  constraint=schema), metadata=md)
+    jsonschema.validate(json.loads(reply.choices[0].text), SCHEMA)
+    choice = inference.Generate(pb.GenerateRequest(model="base", prompt="x", max_tokens=10, temperature=0,
+                                                   constraint=pb.OutputConstraint(choice=pb.ChoiceList(choices=["up", "down"]))),
+                                metadata=md)
+    assert choice.choices[0].text in ("up", "down")
+    params = WEATHER["function"]["parameters"]
+    tools = [pb.FunctionDefinition(name="get_weather", parameters_json=json.dumps(params))]
+    history = pb.ChatMessages(messages=[
+        pb.ChatMessage(role="user", content="Weather?"),
+        pb.ChatMessage(role="assistant", tool_calls=[pb.ToolCall(id="c1", name="get_weather", arguments='{"city": "Oslo"}')]),
+        pb.ChatMessage(role="tool", tool_call_id="c1", content="-3 C")])
+    called = inference.Generate(pb.GenerateRequest(model="a2", messages=history, max_tokens=80, temperature=0,
+                                                   tools=tools, tool_choice="get_weather"), metadata=md)
+    call = called.choices[0].tool_calls[0]
+    assert called.choices[0].finish_reason == "tool_calls" and call.name == "get_weather" and call.id
+    jsonschema.validate(json.loads(call.arguments), params)
+    pieces = list(inference.GenerateStream(pb.GenerateRequest(model="a2", messages=history, max_tokens=80, temperature=0,
+                                                              tools=tools, tool_choice="required"), metadata=md))
+    deltas = [d for chunk in pieces for c in chunk.choices for d in c.tool_calls]
+    assert deltas and deltas[0].name == "get_weather"
+    jsonschema.validate(json.loads("".join(d.arguments for d in deltas)), params)
+    with pytest.raises(grpc.RpcError) as caught:
+        inference.Generate(pb.GenerateRequest(model="base", prompt="x", constraint=pb.OutputConstraint(regex="(")),
+                           metadata=md)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "structured_outputs.regex" in caught.value.details()
