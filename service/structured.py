@@ -70,6 +70,8 @@ def check_schema(schema: dict, param: str) -> None:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise invalid(f"{param} is not a valid JSON schema: {exc.message}", param) from None
+    except Exception as exc:  # noqa: BLE001 - e.g. a "$schema" that is not a string: the request's fault
+        raise invalid(f"{param} is not a valid JSON schema ({type(exc).__name__})", param) from None
 
 
 def constraint_of(request: Any, default_schema: dict | None = None) -> Constraint | None:
@@ -117,7 +119,7 @@ class Grammars:
             self.misses += 1
         try:
             grammar = _compile(compiler, constraint)
-        except (RuntimeError, ValueError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - the engine's errors (RuntimeError, ...) are the request's fault
             reason = str(exc).strip().splitlines()
             detail = reason[-1] if reason else type(exc).__name__
             raise invalid(f"{constraint.param}: the {constraint.kind.replace('_', ' ')} cannot be compiled: "

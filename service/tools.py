@@ -27,7 +27,7 @@ import secrets
 from typing import Any
 
 from service.schemas_output import NamedToolChoice, ToolCall
-from service.structured import Constraint, invalid
+from service.structured import Constraint, check_schema, invalid
 
 TOOL_FORMATS = ("hermes",)
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
@@ -41,11 +41,13 @@ def _parameters(tool) -> dict:
 def tool_constraint(request) -> Constraint | None:
     """The constraint of a required or named tool choice, None for auto and none."""
     mode = request.tool_mode()
+    if mode in ("none", "auto"):
+        return None
+    for tool in request.tools:
+        check_schema(_parameters(tool), "tools.function.parameters")
     if isinstance(mode, NamedToolChoice):
         tool = next(t for t in request.tools if t.function.name == mode.function.name)
         return Constraint("json_schema", json.dumps(_parameters(tool), sort_keys=True), "tools.function.parameters")
-    if mode != "required":
-        return None
     calls = [{"type": "object", "properties": {"name": {"const": t.function.name}, "arguments": _parameters(t)},
               "required": ["name", "arguments"], "additionalProperties": False} for t in request.tools]
     schema = {"type": "array", "items": {"anyOf": calls}, "minItems": 1}

@@ -111,10 +111,24 @@ def test_json_object_gives_a_json_object(oc):
     ({"structured_outputs": {"grammar": "root ::= undefined_rule"}}, "structured_outputs.grammar"),
     ({"structured_outputs": {"regex": "a", "choice": ["a"]}}, "structured_outputs"),
     ({"structured_outputs": {"json": "{not json"}}, "structured_outputs.json"),
+    ({"structured_outputs": {"json": {"$schema": 5}}}, "structured_outputs.json"),
+    ({"structured_outputs": {"json": {"type": "object", "properties": {"a": {"$ref": "#/nope"}}}}},
+     "structured_outputs.json"),
 ])
 def test_invalid_constraints_are_400_naming_the_field(oc, body, param):
     error = bad_request(lambda: oc.completions.create(model="base", prompt="x", max_tokens=4, extra_body=body))
     assert error["param"] == param and error["type"] == "invalid_request_error", error
+
+
+def test_invalid_tool_setups_are_400(oc):
+    bad = {"type": "function", "function": {"name": "f", "parameters": {"type": "nonsense"}}}
+    error = bad_request(lambda: oc.chat.completions.create(model="base", messages=CHAT, tools=[bad], tool_choice="required"))
+    assert error["param"] == "tools.function.parameters"
+    error = bad_request(lambda: oc.chat.completions.create(
+        model="base", messages=CHAT, tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "other"}}))
+    assert error["param"] == "tool_choice"
+    assert bad_request(lambda: oc.chat.completions.create(model="base", messages=CHAT,
+                                                          tool_choice="required"))["param"] == "tool_choice"
 
 
 def test_compiled_grammars_are_cached(served, oc):
@@ -298,3 +312,25 @@ def test_grpc_constraints_tools_and_errors(stub):
         inference.Generate(pb.GenerateRequest(model="base", prompt="x", constraint=pb.OutputConstraint(regex="(")),
                            metadata=md)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "structured_outputs.regex" in caught.value.details()
+
+
+# ---- an adapter's declared defaults ------------------------------------------------------------
+def test_manifest_defaults_apply_and_the_request_wins(served, oc, tiny_base_dir, tmp_path):
+    from service.schemas import LoadAdapterRequest
+    from tests.service_fixtures import make_adapter
+
+    template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant] "
+    make_adapter(tiny_base_dir, tmp_path / "shaped", "shaped", seed=9, response_schema=SCHEMA, chat_template=template)
+    asyncio.run(served.core.load_adapter(LoadAdapterRequest(name="shaped", path=str(tmp_path / "shaped")), None))
+    try:
+        declared = oc.chat.completions.create(model="shaped", messages=CHAT, max_tokens=120, temperature=0)
+        jsonschema.validate(json.loads(declared.choices[0].message.content), SCHEMA)
+        regex = oc.chat.completions.create(model="shaped", messages=CHAT, max_tokens=20, temperature=0,
+                                           extra_body={"structured_outputs": {"regex": "[0-9]{4}"}})
+        assert re.fullmatch("[0-9]{4}", regex.choices[0].message.content)
+        manifest = served.core.registry.adapters["shaped"].manifest
+        prompt = served.core.jobs.chat_prompt(ChatCompletionRequest(model="shaped", messages=CHAT),
+                                              served.core.registry.base.loaded.tokenizer, manifest)
+        assert prompt == "[user] Which city?\n[assistant] "
+    finally:
+        asyncio.run(served.core.unload_adapter("shaped", force=True))
