@@ -168,10 +168,11 @@ class ToolReply:
         """Streaming, at the choice's end: the rest of the content and the buffered calls as deltas."""
         if not self.active or isinstance(self.mode, NamedToolChoice):
             return None, []
-        content, calls = self.finish(self.text)
-        rest = self.text[self.sent:] if not calls else None
-        if calls and content:
-            rest = content[self.sent:] if len(content) > self.sent else None
+        calls = self.finish(self.text)[1]
+        if self.mode == "required":  # the output is the calls' JSON, never content
+            return None, [{"index": k, **c.model_dump()} for k, c in enumerate(calls)]
+        unsent = self.text[self.sent:]
+        rest = _CALL.sub("", unsent).strip() if calls else unsent  # the text around the calls, not yet sent
         return rest or None, [{"index": k, **c.model_dump()} for k, c in enumerate(calls)]
 
     def called(self) -> bool:

@@ -13,15 +13,11 @@ import json
 import re
 
 import pytest
-from fastapi.testclient import TestClient
 
-from service.auth import Authenticator
-from service.core import ServingCore
 from service.engine.decode import DecodeBatch
-from service.http import create_app
 from service.schemas import ChatCompletionRequest, CompletionRequest
-from service.settings import load_settings
-from tests.service_fixtures import service_args, service_artifacts, serve_keys  # noqa: F401
+from tests.service_fixtures import service_artifacts, serve_keys  # noqa: F401
+from tests.test_openai_surface import oc, served, stub  # noqa: F401 - the openai client and gRPC stub over one core
 
 openai = pytest.importorskip("openai")
 jsonschema = pytest.importorskip("jsonschema")
@@ -39,23 +35,6 @@ TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
 TOOLS = {"get_weather": WEATHER, "get_time": TIME}
 STRICT = {"type": "json_schema", "json_schema": {"name": "place", "schema": SCHEMA, "strict": True}}
 CHAT = [{"role": "user", "content": "Which city?"}]
-
-
-@pytest.fixture(scope="module")
-def served(tiny_base_dir, service_artifacts, serve_keys):
-    settings = load_settings(service_args(tiny_base_dir, service_artifacts, serve_keys[0]))
-    core = ServingCore(settings)
-    core.start()
-    with TestClient(create_app(core, Authenticator.from_settings(settings), settings)) as http:
-        http.core = core
-        http.keys = serve_keys[1]
-        yield http
-    core.stop()
-
-
-@pytest.fixture(scope="module")
-def oc(served):
-    return openai.OpenAI(base_url="http://testserver/v1", api_key=served.keys["infer"], http_client=served, max_retries=0)
 
 
 def bad_request(call) -> dict:
@@ -169,16 +148,17 @@ def test_tool_calls_stream_as_openai_deltas(oc, tool_choice):
     stream = oc.chat.completions.create(model="a2", messages=CHAT, max_tokens=120, temperature=0, tools=[WEATHER, TIME],
                                         tool_choice=tool_choice, stream=True)
     calls: dict[int, dict] = {}
-    finish = None
+    finish, content = None, ""
     for chunk in stream:
         for choice in chunk.choices:
             finish = choice.finish_reason or finish
+            content += choice.delta.content or ""
             for piece in choice.delta.tool_calls or ():
                 call = calls.setdefault(piece.index, {"id": None, "name": None, "arguments": ""})
                 call["id"] = piece.id or call["id"]
                 call["name"] = (piece.function.name if piece.function else None) or call["name"]
                 call["arguments"] += (piece.function.arguments or "") if piece.function else ""
-    assert finish == "tool_calls" and calls
+    assert finish == "tool_calls" and calls and content == ""
     for call in calls.values():
         assert call["id"] and call["name"] in TOOLS
         jsonschema.validate(json.loads(call["arguments"]), TOOLS[call["name"]]["function"]["parameters"])
@@ -255,29 +235,6 @@ def test_constrained_and_free_rows_on_different_adapters_share_steps_and_match_a
 
 
 # ---- gRPC ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def stub(served):
-    import grpc
-
-    from service.grpc.gen.tuneserve.v1 import inference_pb2_grpc
-    from service.grpc.server import GrpcServer
-    from tests.grpc_support import LoopThread
-
-    loop, core = LoopThread(), served.core
-
-    async def start() -> GrpcServer:
-        server = GrpcServer(core, Authenticator.from_settings(core.settings), "127.0.0.1", 0, health_interval_s=60)
-        await server.start()
-        return server
-
-    server = loop.run(start())
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    yield inference_pb2_grpc.InferenceStub(channel), (("x-api-key", served.keys["infer"]),)
-    channel.close()
-    loop.run(server.stop(0))
-    loop.close()
-
-
 def test_grpc_constraints_tools_and_errors(stub):
     import grpc
 
