@@ -12,10 +12,13 @@ EBNF in xgrammar's GBNF dialect when it holds `::=`, else Lark). An adapter's ma
 default `response_schema`; the request's own options win. Tool calls (service/tools.py) reuse this.
 
 Engine: xgrammar (0.2.9), chosen over llguidance (1.9.1) by measurement on this project's tokenizers
-(`benchmarks/results/structured.md`): per-step mask fill median 2 µs on the tiny base (4k vocab) and
-8 µs on SmolLM2 (49k) against llguidance's 61 µs and 193 µs (with spikes to 6-12 ms), for a one-off
-compile of 2 ms / 25 ms per schema, which the bounded LRU here pays once. The decode loop fills masks
-for every constrained row on every step, so the per-step cost is what decides throughput (P10).
+(`benchmarks/structured.py`, table in benchmarks/results/structured.md): the median per-step mask fill
+was about half of llguidance's on both the tiny base (4k vocabulary) and SmolLM2 (49k) in every run
+(e.g. 2.0 vs 3.9 µs and 4.1 vs 9.0 µs; a first ad-hoc run gave 2 vs 61 µs and 8 vs 193 µs), and its
+vocabulary table builds 3-4x faster. Its cost is a compile per schema (1-37 ms), paid once per
+distinct constraint thanks to the LRU here; llguidance needs none. The decode loop fills a mask for
+every constrained row on every step, so the per-step cost is the one that bears on throughput (P10);
+xgrammar also applies all rows' masks to the batch's logits in one call.
 JSON is generated compactly (no free whitespace), so a model cannot spend its tokens on blanks.
 """
 
@@ -181,16 +184,24 @@ class Masker:
         self.vocab = vocab
         self.bitmask = None
 
-    def apply(self, logits: Any, rows: list[tuple[int, Any]]) -> None:
-        """`rows`: (batch position, matcher); masks `logits` (batch, V) in place."""
+    def apply(self, logits: Any, rows: list[tuple[int, Any]]) -> dict[int, Exception]:
+        """`rows`: (batch position, matcher); masks `logits` (batch, V) in place. Returns the rows whose
+        matcher failed (each fails alone; its logits stay unmasked and its token is not used)."""
         import xgrammar
 
         if self.bitmask is None or self.bitmask.shape[0] < logits.shape[0]:
             self.bitmask = xgrammar.allocate_token_bitmask(max(logits.shape[0], 16), self.vocab)
+        failed: dict[int, Exception] = {}
         for i, matcher in rows:
-            matcher.fill_next_token_bitmask(self.bitmask, i)
-        xgrammar.apply_token_bitmask_inplace(logits, self.bitmask[:logits.shape[0]],
-                                             vocab_size=min(logits.shape[-1], self.vocab), indices=[i for i, _ in rows])
+            try:
+                matcher.fill_next_token_bitmask(self.bitmask, i)
+            except Exception as exc:  # noqa: BLE001 - fails this row only
+                failed[i] = exc
+        masked = [i for i, _ in rows if i not in failed]
+        if masked:
+            xgrammar.apply_token_bitmask_inplace(logits, self.bitmask[:logits.shape[0]],
+                                                 vocab_size=min(logits.shape[-1], self.vocab), indices=masked)
+        return failed
 
 
 def grammar_vocab(tokenizer: Any, model: Any) -> int:

@@ -291,3 +291,35 @@ def test_manifest_defaults_apply_and_the_request_wins(served, oc, tiny_base_dir,
         assert prompt == "[user] Which city?\n[assistant] "
     finally:
         asyncio.run(served.core.unload_adapter("shaped", force=True))
+
+
+def test_a_failing_matcher_fails_only_its_row(served, monkeypatch):
+    """A grammar matcher that breaks mid-generation fails its own request; the free row beside it finishes."""
+    import service.engine.decode as decode
+
+    original = decode.new_matcher
+
+    class Breaking:
+        def __init__(self, compiled):
+            self.inner, self.fills = original(compiled), 0
+
+        def fill_next_token_bitmask(self, bitmask, index):
+            self.fills += 1
+            if self.fills > 3:
+                raise RuntimeError("matcher broke")
+            return self.inner.fill_next_token_bitmask(bitmask, index)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(decode, "new_matcher", Breaking)
+    core = served.core
+    broken = CompletionRequest(model="a1", prompt="Broken", max_tokens=40, temperature=0, response_format=STRICT)
+    free = CompletionRequest(model="a2", prompt="Free", max_tokens=10, temperature=0, ignore_eos=True)
+
+    async def together():
+        return await asyncio.gather(core.complete(broken, None), core.complete(free, None), return_exceptions=True)
+
+    failed, fine = asyncio.run(together())
+    assert isinstance(failed, RuntimeError) and "matcher broke" in str(failed)
+    assert fine.choices[0].finish_reason == "length" and fine.usage.completion_tokens == 10

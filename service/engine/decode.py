@@ -205,16 +205,16 @@ class DecodeBatch:
             logits = logits.clone()
             for i in waiting:  # end-of-sequence and stop ids wait for min_tokens
                 logits[i, self._stop_ids(rows[i].row.params, logits.shape[-1])] = float("-inf")
+        failed: dict[int, Exception] = {}
         if constrained:
             if self.masker is None:
                 self.masker = Masker(grammar_vocab(self.tokenizer, self.target().model))
-            self.masker.apply(logits, constrained)
+            failed.update(self.masker.apply(logits, constrained))
         tokens = logits.argmax(dim=-1)
-        failed: dict[int, Exception] = {}
         logprobs = torch.log_softmax(logits, dim=-1) if any(a.row.params.logprobs is not None for a in rows) else None
         for i, a in enumerate(rows):
             params = a.row.params
-            if params.max_tokens == 0:  # echo alone: the prompt's logprobs, no token
+            if params.max_tokens == 0 or i in failed:  # echo alone: the prompt's logprobs, no token
                 continue
             try:
                 if params.temperature > 0.0:
