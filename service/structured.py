@@ -13,9 +13,10 @@ default `response_schema`; the request's own options win. Tool calls (service/to
 
 Engine: xgrammar (0.2.9), chosen over llguidance (1.9.1) by measurement on this project's tokenizers
 (`benchmarks/structured.py`, table in benchmarks/results/structured.md): the median per-step mask fill
-was about half of llguidance's on both the tiny base (4k vocabulary) and SmolLM2 (49k) in every run
-(e.g. 2.0 vs 3.9 µs and 4.1 vs 9.0 µs; a first ad-hoc run gave 2 vs 61 µs and 8 vs 193 µs), and its
-vocabulary table builds 3-4x faster. Its cost is a compile per schema (1-37 ms), paid once per
+was under half of llguidance's on both the tiny base (4k vocabulary) and SmolLM2 (49k) in every run
+(recorded: 5.0 vs 12.0 µs and 8.2 vs 18.4 µs, worst step 113 vs 2068 µs; a first ad-hoc run gave 2 vs
+61 µs and 8 vs 193 µs), and its vocabulary table builds 2-3x faster. Its cost is a compile per schema
+(recorded 1.9 ms and 9.3 ms; up to 37 ms on a loaded host), paid once per
 distinct constraint thanks to the LRU here; llguidance needs none. The decode loop fills a mask for
 every constrained row on every step, so the per-step cost is the one that bears on throughput (P10);
 xgrammar also applies all rows' masks to the batch's logits in one call.
