@@ -151,8 +151,10 @@ class Grammars:
         compiler = xgrammar.GrammarCompiler(info, max_threads=1, cache_enabled=False)
         with self.lock:
             self.compilers[id(tokenizer)] = (tokenizer, compiler)
-            while len(self.compilers) > TOKENIZER_INFOS:
-                self.compilers.popitem(last=False)
+            while len(self.compilers) > TOKENIZER_INFOS:  # its grammars go too (their key holds its id)
+                gone = id(self.compilers.popitem(last=False)[1][1])
+                for key in [k for k in self.compiled if k[0] == gone]:
+                    del self.compiled[key]
         return compiler
 
 

@@ -116,6 +116,12 @@ def test_compiled_grammars_are_cached(served, oc):
     for _ in range(2):
         oc.completions.create(model="base", prompt="x", max_tokens=8, extra_body={"structured_outputs": {"regex": "q+"}})
     assert grammars.hits >= before + 1 and len(grammars.compiled) <= grammars.size
+    from service.structured import Constraint, Grammars
+
+    small, loaded = Grammars(size=2), served.core.registry.base.loaded
+    for pattern in ("a+", "b+", "c+", "a+"):
+        small.compile(loaded, Constraint("regex", pattern, "structured_outputs.regex"))
+    assert len(small.compiled) == 2 and small.misses == 4 and small.hits == 0  # "a+" was evicted by "c+"
 
 
 # ---- tool calling --------------------------------------------------------------------------
