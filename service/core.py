@@ -43,6 +43,7 @@ from service.schemas import (
     LoadAdapterRequest, ModelCard, ModelList, SamplingFields,
 )
 from service.settings import ENGINE_QUEUE_CAPACITY, ServiceSettings
+from service.tools import tool_replies
 
 
 class ServingCore:
@@ -101,10 +102,11 @@ class ServingCore:
 
     async def chat(self, request: ChatCompletionRequest, principal: Principal | None) -> ChatCompletionResponse:
         job = await self.jobs.chat(request, principal)
+        replies = tool_replies(request, job.tool_format)
         with naming(job.model):
             results, prompt_tokens = await self._generate(job)
         return ChatCompletionResponse(id=_id("chatcmpl"), created=int(time.time()), model=job.model,
-                                      choices=[chat_choice(r, request.logprobs) for r in results],
+                                      choices=[chat_choice(r, request.logprobs, replies(r.index)) for r in results],
                                       usage=usage(prompt_tokens, sum(r.completion_tokens for r in results)))
 
     async def stream_complete(self, request: CompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
@@ -127,9 +129,10 @@ class ServingCore:
     async def stream_chat(self, request: ChatCompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
         job = await self.jobs.chat(request, principal)
         head = {"id": _id("chatcmpl"), "created": int(time.time()), "model": job.model}
+        replies = tool_replies(request, job.tool_format)
         with naming(job.model):
             async for item in self._stream(job, head, "chat.completion.chunk", request,
-                                           lambda i, ev: chat_chunk(head, i, ev, request.logprobs)):
+                                           lambda i, ev: chat_chunk(head, i, ev, request.logprobs, replies(i))):
                 yield item
 
     async def classify(self, request: ClassifyRequest, principal: Principal | None) -> ClassifyResponse:
@@ -242,7 +245,7 @@ class ServingCore:
         streams: list[RequestStream] = []
         try:
             for lease, ids in zip(job.leases, job.prompts):
-                streams.append(self.engine.generate(lease, ids, job.params, job.n))
+                streams.append(self.engine.generate(lease, ids, job.params, job.n, grammar=job.grammar))
         except BaseException:
             for stream in streams:
                 stream.cancel()

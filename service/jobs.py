@@ -9,6 +9,7 @@ checked against its vocabulary and context. `ServingCore` (service/core.py) owns
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from service.errors import with_model, with_param
 from service.render import Echo, decode, echo_of
 from service.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 from service.settings import ServiceSettings
+from service.structured import Grammars, constraint_of
+from service.tools import chat_messages, check_format, tool_constraint
 
 DEFAULT_CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
@@ -56,6 +59,8 @@ class Job:
     started: float
     scope: str | None = None  # the API key the reply is cached for (None: in-process callers share one scope)
     echoes: list[Echo] | None = None  # per prompt, when the request asked for echo
+    grammar: Any = None  # params.constraint compiled for the model's tokenizer (service/structured.py)
+    tool_format: str | None = None  # the model's declared tool-call format (chat with tools; None: hermes)
 
     def echo(self, choice: int) -> Echo | None:
         return self.echoes[choice // self.n] if self.echoes else None
@@ -72,14 +77,16 @@ class JobBuilder:
         self.settings = settings
         self.lease = lease
         self.drift = drift
+        self.grammars = Grammars(settings.limits.grammar_cache_size)
 
     async def completion(self, request: CompletionRequest, principal: Principal | None) -> Job:
         prompts = self.counted(request.prompts(), "prompt", "prompts")
-        return await self._job(request, request.logprobs, principal, lambda tokenizer: prompts)
+        return await self._job(request, request.logprobs, principal, lambda tokenizer, manifest: prompts)
 
     async def chat(self, request: ChatCompletionRequest, principal: Principal | None) -> Job:
         logprobs = (request.top_logprobs or 0) if request.logprobs else None
-        return await self._job(request, logprobs, principal, lambda tokenizer: [self.chat_prompt(request, tokenizer)])
+        return await self._job(request, logprobs, principal,
+                               lambda tokenizer, manifest: [self.chat_prompt(request, tokenizer, manifest)])
 
     def counted(self, texts: list[str], param: str, what: str) -> list[str]:
         most = self.settings.limits.max_prompts
@@ -119,7 +126,7 @@ class JobBuilder:
                               include_stop_str=request.include_stop_str_in_output)
 
     async def _job(self, request: SamplingFields, logprobs: int | None, principal: Principal | None,
-                   render: Callable[[Any], list[str | list[int]]]) -> Job:
+                   render: Callable[[Any, Any], list[str | list[int]]]) -> Job:
         """Validate, lease the model once (authorized once), render the prompts with its tokenizer, encode
         (prompts given as token ids are checked against its vocabulary and decoded for the drift monitor)."""
         limits = self.settings.limits
@@ -130,7 +137,8 @@ class JobBuilder:
             loaded = lease.target.loaded
             if loaded.task != "causal-lm":
                 raise invalid(f"model {request.model!r} is a {loaded.task} model", "model", "use /v1/classify for it")
-            given = render(loaded.tokenizer)
+            manifest = lease.adapter.manifest if lease.adapter is not None else None
+            given = render(loaded.tokenizer, manifest)
             for _ in given[1:]:  # one by one: each lease is released below if a later step fails
                 leases.append(lease.share())
             vocab = vocabulary(loaded)
@@ -147,6 +155,14 @@ class JobBuilder:
                                   f"model's context of {context} tokens", "max_tokens", "lower max_tokens")
             texts = [p if isinstance(p, str) else decode(loaded.tokenizer, p) for p in given]
             self.drift.observe_prompts(lease.model_id, texts, prompts, loaded.tokenizer)
+            if getattr(request, "tools", None):
+                check_format(getattr(manifest, "tool_call_format", None))
+            constraint = (tool_constraint(request) if getattr(request, "tools", None) else None) \
+                or constraint_of(request, getattr(manifest, "response_schema", None))
+            grammar = None
+            if constraint is not None:  # compiled (or found in the cache) before the job is admitted: a bad one is a 400
+                grammar = await asyncio.to_thread(self.grammars.compile, loaded, constraint)
+                params = dataclasses.replace(params, constraint=constraint)
             echoes = None
             if params.echo:
                 echoes = await asyncio.to_thread(lambda: [echo_of(loaded.tokenizer, t, ids, params.prompt_logprobs)
@@ -156,13 +172,17 @@ class JobBuilder:
                 held.release()
             raise with_model(exc, lease.model_id)
         return Job(lease.model_id, leases, prompts, params, request.n, time.perf_counter(),
-                   scope=principal.key_id if principal is not None else None, echoes=echoes)
+                   scope=principal.key_id if principal is not None else None, echoes=echoes, grammar=grammar,
+                   tool_format=getattr(manifest, "tool_call_format", None))
 
-    def chat_prompt(self, request: ChatCompletionRequest, tokenizer: Any) -> str:
-        """The conversation rendered with the chat template of the leased model's tokenizer."""
-        template = tokenizer.chat_template or self.settings.chat_template or DEFAULT_CHAT_TEMPLATE
-        messages = [{"role": m.role, "content": m.text()} for m in request.messages]
-        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
+    def chat_prompt(self, request: ChatCompletionRequest, tokenizer: Any, manifest: Any = None) -> str:
+        """The conversation (tools and tool turns included) rendered with the adapter's declared chat template,
+        else its tokenizer's, else the configured one."""
+        template = (getattr(manifest, "chat_template", None) or tokenizer.chat_template or self.settings.chat_template
+                    or DEFAULT_CHAT_TEMPLATE)
+        messages, extra = chat_messages(request, template)
+        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                             add_generation_prompt=True, **extra)
 
 
 def check_ids(ids, vocab: int, param: str) -> list[int]:

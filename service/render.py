@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from service.engine.types import Event, TokenLogprob
+from service.tools import ToolReply
 from service.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -105,10 +106,16 @@ def completion_choice(result: ChoiceResult, want_logprobs: bool, echo: Echo | No
                             logprobs=completion_logprobs(result.logprobs, echo) if want_logprobs else None)
 
 
-def chat_choice(result: ChoiceResult, want_logprobs: bool) -> ChatChoice:
-    return ChatChoice(index=result.index, message=AssistantMessage(content=result.text),
-                      finish_reason=result.finish_reason,
+def chat_choice(result: ChoiceResult, want_logprobs: bool, reply: ToolReply | None = None) -> ChatChoice:
+    """A chat choice; with tools (`reply`), its output becomes content and tool calls."""
+    content, calls = reply.finish(result.text) if reply is not None else (result.text, [])
+    return ChatChoice(index=result.index, message=AssistantMessage(content=content, tool_calls=calls or None),
+                      finish_reason=_finish(result.finish_reason, bool(calls)),
                       logprobs=chat_logprobs(result.logprobs) if want_logprobs else None)
+
+
+def _finish(reason: str | None, called: bool) -> str | None:
+    return "tool_calls" if called and reason == "stop" else reason
 
 
 def completion_chunk(head: dict, index: int, event: Event, want_logprobs: bool, echo: Echo | None = None) -> dict:
@@ -119,12 +126,19 @@ def completion_chunk(head: dict, index: int, event: Event, want_logprobs: bool, 
     return {**head, "object": "text_completion", "choices": [choice.model_dump()]}
 
 
-def chat_chunk(head: dict, index: int, event: Event | None, want_logprobs: bool) -> dict:
+def chat_chunk(head: dict, index: int, event: Event | None, want_logprobs: bool, reply: ToolReply | None = None) -> dict:
+    """A chat choice's piece; with tools (`reply`), content and `delta.tool_calls` as OpenAI streams them."""
     if event is None:  # opening chunk of a choice: the role
         choice = ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content=""))
     else:
-        choice = ChatChunkChoice(index=index, delta=ChatDelta(content=event.text or None),
-                                 finish_reason=event.finish_reason,
+        content, calls = reply.delta(event.text) if reply is not None else (event.text or None, [])
+        finish = event.finish_reason
+        if reply is not None and finish is not None:
+            rest, more = reply.close()
+            content, calls = ((content or "") + (rest or "")) or None, calls + more
+            finish = _finish(finish, reply.called())
+        choice = ChatChunkChoice(index=index, delta=ChatDelta(content=content, tool_calls=calls or None),
+                                 finish_reason=finish,
                                  logprobs=chat_logprobs(event.logprobs) if want_logprobs else None)
     return ChatCompletionChunk(**head, choices=[choice]).model_dump(exclude_none=True)
 

@@ -7,57 +7,20 @@ transports.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, Field, StrictInt, model_validator
 
 from training.artifact.errors import InvalidRequest
 
 from service.errors import with_param
+from service.schema_base import Request, find_surrogate  # noqa: F401 - find_surrogate re-exported
+from service.schemas_output import ResponseFormat, StructuredOutputs, ToolCall, ToolCallIn, ToolFields
 
 # Seeds are signed 64-bit integers (OpenAI's `seed`, the gRPC API's int64); larger ones are refused.
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
 MAX_STOP_TOKEN_IDS = 256
 TokenIds = Annotated[list[StrictInt], Field(min_length=1)]  # a prompt as token ids (vocabulary checked by the core)
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def find_surrogate(data: Any, path: str = "") -> str | None:
-    """The path of the first field holding a lone UTF-16 surrogate in decoded JSON, or None. JSON may
-    spell one (`"\\ud800"`), but it is not Unicode text: no tokenizer, log line or reply can hold it."""
-    if isinstance(data, str):
-        return (path or "body") if _SURROGATE.search(data) else None
-    if isinstance(data, dict):
-        for key, value in data.items():
-            if isinstance(key, str) and _SURROGATE.search(key):
-                return f"a field name in {path or 'the body'}"
-        items = [(str(k), v) for k, v in data.items()]
-    elif isinstance(data, (list, tuple)):
-        items = [(str(i), v) for i, v in enumerate(data)]
-    else:
-        return None
-    for name, value in items:
-        found = find_surrogate(value, f"{path}.{name}" if path else name)
-        if found:
-            return found
-    return None
-
-
-class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    @model_validator(mode="before")
-    @classmethod
-    def _unicode_only(cls, data: Any) -> Any:
-        field = find_surrogate(data)
-        if field:  # raised as is (not a ValueError): both transports answer 400 / INVALID_ARGUMENT naming the field
-            raise with_param(InvalidRequest(
-                f"{field} holds a lone UTF-16 surrogate (\\ud800-\\udfff); text must be valid Unicode",
-                "send UTF-8 text; escapes of that range are valid only as surrogate pairs"), field)
-        return data
-
-
 class StreamOptions(Request):
     include_usage: bool = False
 
@@ -81,6 +44,9 @@ class SamplingFields(Request):
     min_tokens: int = Field(0, ge=0)
     stop_token_ids: list[StrictInt] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
     include_stop_str_in_output: bool = False
+    # structured outputs: OpenAI's response_format, vLLM's structured_outputs (service/schemas_output.py)
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> "SamplingFields":
@@ -128,15 +94,31 @@ class TextPart(Request):
 
 
 class ChatMessage(Request):
-    role: Literal["system", "user", "assistant", "developer"]
-    content: str | list[TextPart]
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[TextPart] | None = None  # None only for an assistant turn with tool_calls
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None  # assistant turns: the calls it made
+    tool_call_id: str | None = None  # tool turns: the call this answers
+
+    @model_validator(mode="after")
+    def _shape(self) -> "ChatMessage":
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise with_param(InvalidRequest(f"a {self.role} message needs content",
+                                            "only an assistant message with tool_calls may leave content out"),
+                             "messages.content")
+        if self.role == "tool" and not self.tool_call_id:
+            raise with_param(InvalidRequest("a tool message needs tool_call_id",
+                                            "set it to the id of the assistant's tool call it answers"),
+                             "messages.tool_call_id")
+        return self
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
-class ChatCompletionRequest(SamplingFields):
+class ChatCompletionRequest(SamplingFields, ToolFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
@@ -210,7 +192,8 @@ class ChatLogprobs(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -233,6 +216,7 @@ class ChatCompletionResponse(BaseModel):
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI's pieces: {index, id, type, function: {name, arguments}}
 
 
 class ChatChunkChoice(BaseModel):

@@ -47,6 +47,8 @@ class LimitSettings(StrictModel):
     max_body_bytes: int = Field(1_048_576, ge=1024)
     max_embedding_inputs: int = Field(256, ge=1, description="inputs per /v1/embeddings request (each at most "
                                       "max_prompt_tokens and the encoder's context)")
+    grammar_cache_size: int = Field(256, ge=1, description="compiled grammars (structured outputs, tool choices) "
+                                    "kept per replica, least recently used dropped")
     grpc_concurrent_rpcs: int = Field(256, ge=1, description="gRPC calls one Ingress replica handles at once (as "
                                       "its max_ongoing_requests does for HTTP); more get RESOURCE_EXHAUSTED at once")
     grpc_health_watches: int = Field(32, ge=0, description="open grpc.health.v1 Watch streams per Ingress replica "

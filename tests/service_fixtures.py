@@ -22,9 +22,10 @@ LORA_TARGETS = ["q_proj", "v_proj"]
 
 
 def make_adapter(base_dir: Path, dest: Path, name: str, seed: int = 0, version: str = "1", r: int = 8,
-                 task: str = "causal-lm", method: str = "lora") -> Path:
+                 task: str = "causal-lm", method: str = "lora", **manifest_fields) -> Path:
     """A LoRA adapter artifact with random (non-zero) weights on the base at `base_dir`; `method`
-    dora makes it DoRA, lora-head adds a trained copy of lm_head (PEFT's modules_to_save)."""
+    dora makes it DoRA, lora-head adds a trained copy of lm_head (PEFT's modules_to_save);
+    `manifest_fields` go into its manifest (e.g. response_schema, chat_template, tool_call_format)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -41,7 +42,8 @@ def make_adapter(base_dir: Path, dest: Path, name: str, seed: int = 0, version: 
             elif "modules_to_save" in param_name:  # a trained copy of the head
                 param.add_(0.05 * torch.randn_like(param))
     manifest = {"name": name, "kind": "adapter", "task": task, "method": "lora" if method == "lora-head" else method,
-                "version": version, "base": {"id": "tiny-llama", "sha256": fingerprint_model_dir(base_dir)}}
+                "version": version, "base": {"id": "tiny-llama", "sha256": fingerprint_model_dir(base_dir)},
+                **manifest_fields}
     with ArtifactWriter(dest, manifest, overwrite=True) as writer:
         model.save_pretrained(str(writer.path), safe_serialization=True)
         for extra in ("README.md",):

@@ -10,6 +10,11 @@ Each row brings its own options (`SamplingParams`): min_tokens masks end-of-sequ
 until reached, ignore_eos, stop_token_ids, stop strings kept or cut, and echo with logprobs, whose
 prompt logprobs come from the prefill's logits (all positions, only in a prefill holding such a row).
 
+A row with a grammar (structured output, service/structured.py) has its own matcher: its logits are
+masked to the tokens the grammar allows (all constrained rows of a step in one call), the matcher
+advances with each accepted token, and the row finishes with "stop" when the grammar terminates;
+end-of-sequence is then the grammar's to allow (min_tokens and ignore_eos do not hold it back).
+
 Rows may use different adapters: the registry's `Target.forward` runs them through batched
 multi-LoRA (`multilora.py`) or PEFT's `adapter_names=[...]`. Everything here runs in the engine thread; the model lock
 is held only around each forward pass so adapters can be loaded between steps.
@@ -26,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from service.engine.sampling import choose_token, make_generator, token_logprobs
+from service.engine.sampling import SamplingError, choose_token, make_generator, token_logprobs
 from service.engine.text import TextTracker
 from service.engine.types import Event, GenRow, TokenLogprob
+from service.structured import Masker, grammar_vocab, new_matcher
 
 log = logging.getLogger("tuneserve.service.decode")
 
@@ -40,6 +46,7 @@ class ActiveRow:
     generator: torch.Generator
     produced: int = 0
     buffered: list[TokenLogprob] = field(default_factory=list)
+    matcher: Any = None  # the row's grammar matcher (structured output), None when unconstrained
 
 
 class DecodeBatch:
@@ -55,6 +62,7 @@ class DecodeBatch:
         self.cache: DynamicCache | None = None
         self.attn: torch.Tensor | None = None
         self.pending: torch.Tensor | None = None
+        self.masker: Masker | None = None
 
     def __len__(self) -> int:
         return len(self.active)
@@ -121,7 +129,8 @@ class DecodeBatch:
             cache.batch_select_indices(index)
             logits, attn = logits[index], attn[index]
         new = [ActiveRow(r, TextTracker(self.tokenizer, r.params.stop, r.params.include_stop_str),
-                         make_generator(_row_seed(r)), buffered=list(prompt[expand[i]])) for i, r in enumerate(rows)]
+                         make_generator(_row_seed(r)), buffered=list(prompt[expand[i]]),
+                         matcher=new_matcher(r.grammar) if r.grammar is not None else None) for i, r in enumerate(rows)]
         tokens, failed = self._choose(new, logits)
         return new, cache, attn, tokens, failed
 
@@ -190,17 +199,22 @@ class DecodeBatch:
 
     def _choose(self, rows: list[ActiveRow], logits: torch.Tensor) -> tuple[torch.Tensor, dict[int, Exception]]:
         """Each row's next token (and logprobs); a row whose sampling fails is reported, not raised."""
-        waiting = [i for i, a in enumerate(rows) if a.produced < a.row.params.min_tokens]
-        if waiting:  # end-of-sequence and stop ids wait for min_tokens (a copy: the logits are inference tensors)
+        waiting = [i for i, a in enumerate(rows) if a.produced < a.row.params.min_tokens and a.matcher is None]
+        constrained = [(i, a.matcher) for i, a in enumerate(rows) if a.matcher is not None]
+        if waiting or constrained:  # a copy: the logits are inference tensors
             logits = logits.clone()
-            for i in waiting:
+            for i in waiting:  # end-of-sequence and stop ids wait for min_tokens
                 logits[i, self._stop_ids(rows[i].row.params, logits.shape[-1])] = float("-inf")
-        tokens = logits.argmax(dim=-1)
         failed: dict[int, Exception] = {}
+        if constrained:
+            if self.masker is None:
+                self.masker = Masker(grammar_vocab(self.tokenizer, self.target().model))
+            failed.update(self.masker.apply(logits, constrained))
+        tokens = logits.argmax(dim=-1)
         logprobs = torch.log_softmax(logits, dim=-1) if any(a.row.params.logprobs is not None for a in rows) else None
         for i, a in enumerate(rows):
             params = a.row.params
-            if params.max_tokens == 0:  # echo alone: the prompt's logprobs, no token
+            if params.max_tokens == 0 or i in failed:  # echo alone: the prompt's logprobs, no token
                 continue
             try:
                 if params.temperature > 0.0:
@@ -243,7 +257,11 @@ class DecodeBatch:
             if row.stream.cancelled.is_set():
                 row.release()
                 continue
-            text, reason = self._advance(active, int(tokens[i]))
+            try:
+                text, reason = self._advance(active, int(tokens[i]))
+            except SamplingError as exc:  # fails this row only
+                self._fail_rows([row], exc)
+                continue
             if reason is None:
                 keep.append(i)
             else:  # before the last event: the request's adapter slot is free once its reply is complete
@@ -260,6 +278,11 @@ class DecodeBatch:
         if params.max_tokens == 0:
             return tracker.flush(), "length"
         active.produced += 1
+        if active.matcher is not None:
+            if not active.matcher.accept_token(token):
+                raise SamplingError(f"token {token} does not continue the row's grammar")
+            if active.matcher.is_terminated():  # the grammar's end (its end-of-sequence token)
+                return active.tracker.flush(), "stop"
         if token in params.stop_token_ids:  # its text only with include_stop_str_in_output
             text = tracker.push(token, check_stop=False)[0] if params.include_stop_str else ""
             return text + tracker.flush(), "stop"

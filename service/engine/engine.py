@@ -48,8 +48,10 @@ class Engine:
             self.encoder.stop()
         self.started = False
 
-    def generate(self, lease: Lease, prompt_ids: list[int], params: SamplingParams, n: int = 1) -> RequestStream:
-        """Queue `n` choices of one prompt; the lease is released when the last choice ends."""
+    def generate(self, lease: Lease, prompt_ids: list[int], params: SamplingParams, n: int = 1,
+                 grammar=None) -> RequestStream:
+        """Queue `n` choices of one prompt; the lease is released when the last choice ends. `grammar`:
+        params.constraint compiled for the lease's tokenizer (service/structured.py), each row matches it."""
         stream = RequestStream(n)
         remaining = [n]
 
@@ -58,8 +60,8 @@ class Engine:
             if remaining[0] == 0:
                 lease.release()
 
-        rows = [GenRow(prompt_ids, params, lease.target, lease.slot, i, stream, lease.model_id, release_one)
-                for i in range(n)]
+        rows = [GenRow(prompt_ids, params, lease.target, lease.slot, i, stream, lease.model_id, release_one,
+                       grammar=grammar) for i in range(n)]
         self.scheduler.submit(rows)
         return stream
 

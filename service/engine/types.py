@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from service.engine.registry import Target
+    from service.structured import Constraint
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class SamplingParams:
     ignore_eos: bool = False
     stop_token_ids: tuple[int, ...] = ()
     include_stop_str: bool = False  # a stop string (or stop token's text) stays in the output
+    constraint: "Constraint | None" = None  # structured output (service/structured.py); the compiled grammar rides on GenRow
 
     @property
     def prompt_logprobs(self) -> bool:
@@ -104,3 +106,4 @@ class GenRow:
     model: str  # the request's resolved model id (metric label)
     release: Callable[[], None] = lambda: None
     queued_at: float = 0.0  # time.monotonic() when the scheduler received it
+    grammar: Any = None  # the compiled grammar of params.constraint (each row matches its own copy)

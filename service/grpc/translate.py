@@ -12,6 +12,7 @@ Responses may arrive as pydantic models or plain dicts (through a Ray handle): b
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any, Callable, Iterable
 
 from pydantic import BaseModel, ValidationError
@@ -83,6 +84,7 @@ def generate_request(msg: pb.GenerateRequest, stream: bool = False) -> Completio
         data["stop_token_ids"] = list(msg.stop_token_ids)
     if stream:
         data.update(stream=True, stream_options={"include_usage": True})
+    data.update(_constraint(msg.constraint) if msg.HasField("constraint") else {})
     which = msg.WhichOneof("input")
     if which in ("prompt", "prompt_token_ids"):
         data["prompt"] = msg.prompt if which == "prompt" else list(msg.prompt_token_ids.ids)
@@ -95,11 +97,58 @@ def generate_request(msg: pb.GenerateRequest, stream: bool = False) -> Completio
         raise with_param(InvalidRequest("echo applies to completions (prompt), not to chat (messages)",
                                         "leave echo out of chat requests"), "echo")
     if which == "messages":
-        data["messages"] = [{"role": m.role, "content": m.content} for m in msg.messages.messages]
+        data["messages"] = [_message(m) for m in msg.messages.messages]
         if msg.HasField("logprobs"):
             data.update(logprobs=True, top_logprobs=msg.logprobs)
+        data.update(_tools(msg))
         return validated(ChatCompletionRequest, data)
     raise with_param(InvalidRequest("the request has neither prompt nor messages", "set exactly one of them"), "prompt")
+
+
+def _constraint(c: pb.OutputConstraint) -> dict[str, Any]:
+    """OutputConstraint -> the REST fields (JSON texts are parsed by the schemas' validation)."""
+    which = c.WhichOneof("kind")
+    if which == "json_object":
+        return {"response_format": {"type": "json_object"}} if c.json_object else {}
+    if which == "choice":
+        return {"structured_outputs": {"choice": list(c.choice.choices)}}
+    if which is None:
+        return {}
+    return {"structured_outputs": {{"json_schema": "json"}.get(which, which): getattr(c, which)}}
+
+
+def _message(m: pb.ChatMessage) -> dict[str, Any]:
+    item: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        item["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                              for c in m.tool_calls]
+        item["content"] = m.content or None
+    item.update({k: getattr(m, k) for k in ("tool_call_id", "name") if getattr(m, k)})
+    return item
+
+
+def _tools(msg: pb.GenerateRequest) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    if msg.tools:
+        data["tools"] = [{"type": "function", "function": {
+            "name": f.name, **({"description": f.description} if f.description else {}),
+            **({"parameters": _json(f.parameters_json, "tools.parameters_json")} if f.parameters_json else {})}}
+            for f in msg.tools]
+    if msg.HasField("tool_choice"):
+        choice = msg.tool_choice
+        data["tool_choice"] = choice if choice in ("none", "auto", "required") else {
+            "type": "function", "function": {"name": choice}}
+    if msg.HasField("parallel_tool_calls"):
+        data["parallel_tool_calls"] = msg.parallel_tool_calls
+    return data
+
+
+def _json(text: str, field: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise with_param(InvalidRequest(f"{field} is not valid JSON: {exc}", "send a JSON schema as JSON text"),
+                         field) from None
 
 
 def classify_request(msg: pb.ClassifyRequest) -> ClassifyRequest:
@@ -159,9 +208,17 @@ def _text(choice: dict[str, Any]) -> str:
     return (choice.get("message") or choice.get("delta") or {}).get("content") or ""
 
 
+def _tool_calls(choice: dict[str, Any], cls: type) -> list[Any]:
+    calls = (choice.get("message") or choice.get("delta") or {}).get("tool_calls") or ()
+    if cls is pb.ChunkChoice:  # deltas: {index, id?, function: {name?, arguments?}}
+        return [pb.ToolCallDelta(index=c["index"], id=c.get("id") or "", name=(c.get("function") or {}).get("name") or "",
+                                 arguments=(c.get("function") or {}).get("arguments") or "") for c in calls]
+    return [pb.ToolCall(id=c["id"], name=c["function"]["name"], arguments=c["function"]["arguments"]) for c in calls]
+
+
 def _choice(choice: dict[str, Any], cls: type = pb.Choice) -> Any:
     return cls(index=choice["index"], text=_text(choice), finish_reason=choice.get("finish_reason") or "",
-               logprobs=_logprobs(choice.get("logprobs")))
+               logprobs=_logprobs(choice.get("logprobs")), tool_calls=_tool_calls(choice, cls))
 
 
 def generate_response(resp: Any) -> pb.GenerateResponse:
@@ -174,7 +231,7 @@ def generate_chunk(chunk: Any) -> pb.GenerateChunk | None:
     """A stream chunk, or None when it carries no text, finish reason, logprobs or usage (chat's role opener)."""
     d = as_dict(chunk)
     choices = [_choice(c, pb.ChunkChoice) for c in d.get("choices") or ()]
-    choices = [c for c in choices if c.text or c.finish_reason or c.HasField("logprobs")]
+    choices = [c for c in choices if c.text or c.finish_reason or c.HasField("logprobs") or c.tool_calls]
     usage = _usage(d.get("usage"))
     if not choices and usage is None:
         return None

@@ -77,7 +77,8 @@ class StreamUsage:
         if reported:
             self.prompt_tokens = reported.get("prompt_tokens")
             self.completion_tokens = reported.get("completion_tokens", self.completion_tokens)
-        elif any(c.get("text") or (c.get("delta") or {}).get("content") for c in chunk.get("choices", ())):
+        elif any(c.get("text") or (c.get("delta") or {}).get("content") or (c.get("delta") or {}).get("tool_calls")
+                 for c in chunk.get("choices", ())):
             self.completion_tokens += 1
 
 

@@ -54,3 +54,7 @@ class Manifest(BaseModel):
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     tuneserve_version: str = Field(default_factory=tuneserve_version)
     version: str = "1"
+    # serving defaults an artifact may declare (all optional; a request's own options win)
+    response_schema: dict[str, Any] | None = None  # JSON schema its outputs follow (structured output)
+    chat_template: str | None = None  # Jinja chat template it was trained with
+    tool_call_format: str | None = None  # how it writes tool calls ("hermes": <tool_call>{...}</tool_call>)
