@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import Field
 
 from training.artifact.config import StrictModel
+from training.artifact.replay import ParityGate
 
 
 class ModelSettings(StrictModel):
@@ -30,6 +31,8 @@ class ModelSettings(StrictModel):
     max_adapters: int = Field(16, ge=1, description="LRU bound on loaded adapters (pinned ones count)")
     pinned: list[str] = Field(default_factory=list)
     batched_lora: bool = Field(True, description="mixed-adapter batches via batched LoRA matmuls (else PEFT adapter_names)")
+    parity: ParityGate = Field(default_factory=ParityGate, description="replay each artifact's golden set through "
+                               "its served form at load; refuse one that drifted past these tolerances")
 
 
 class BatchingSettings(StrictModel):
