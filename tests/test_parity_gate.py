@@ -144,11 +144,12 @@ def flow(tiny_base_dir, tmp_path_factory):
             "base": tiny_base_dir, "tmp": tmp}
 
 
-def registry(base_dir: Path, models: list[Path] = (), **parity):
+def registry(base_dir: Path, models: list[Path] = (), base_task: str = "causal-lm", **parity):
     from service.engine.registry import ModelRegistry
     from service.engine.settings import ModelSettings
 
-    reg = ModelRegistry(ModelSettings(base_model=str(base_dir), models=list(models), parity=ParityGate(**parity)))
+    reg = ModelRegistry(ModelSettings(base_model=str(base_dir), models=list(models), base_task=base_task,
+                                      parity=ParityGate(**parity)))
     reg.start()
     return reg
 
@@ -185,10 +186,16 @@ def test_service_serves_adapter_merged_and_int8_after_replaying_their_golden_set
     assert metrics.PARITY_AGREEMENT.labels("trained")._value.get() == 1.0
 
 
-def test_a_broken_int8_quantization_is_refused_at_load_naming_the_worst_prompt(flow):
+@pytest.fixture(scope="module")
+def broken_int8(flow) -> Path:
     broken = flow["tmp"] / "int8-broken"
     shutil.copytree(flow["int8"], broken)
     tamper_int8_scales(broken, 2.0)
+    return broken
+
+
+def test_a_broken_int8_quantization_is_refused_at_load_naming_the_worst_prompt(flow, broken_int8):
+    broken = broken_int8
     artifact = load_artifact(broken)  # checksums are consistent: only the parity gate can tell
     name = artifact.name
     golden = read_golden(artifact)
@@ -214,3 +221,41 @@ def test_a_drifted_adapter_is_refused_and_the_registry_keeps_serving_as_before(f
         reg.load_adapter("drifted", broken)
     assert reg.list_adapters() == [] and (reg.base.multilora is None or not reg.base.multilora.slots)
     assert reg.load_adapter("trained", flow["adapter"])["parity"]["token_agreement"] == 1.0
+
+
+def test_evaluate_parity_prints_the_replay_and_fails_over_the_threshold(flow, broken_int8):
+    import typer
+    from typer.testing import CliRunner
+
+    from tuneserve.commands import evaluate as evaluate_commands
+
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    evaluate_commands.register(app)
+    run = lambda *args: CliRunner().invoke(app, ["evaluate", *map(str, args)], catch_exceptions=True)
+    for ok in (flow["adapter"], flow["int8"]):
+        result = run("--parity", ok)
+        assert result.exit_code == 0 and "PASS" in result.output and "token_agreement" in result.output, result.output
+    result = run("--parity", broken_int8)
+    assert result.exit_code == 1 and "FAIL" in result.output and "worst prompt #" in result.output, result.output
+    assert run("--parity", broken_int8, "--max-kl", "100", "--min-agreement", "0").exit_code == 0
+    result = run("--parity", FIXTURES / "micro-int8")
+    assert isinstance(result.exception, ArtifactInvalid) and "no golden set" in result.exception.message
+
+
+def test_a_trained_classifier_stores_labels_and_probabilities_and_serves_through_the_gate(tiny_base_dir, tmp_path):
+    from tests.train_support import classification_rows
+    from training.artifact.replay import load_served
+    from training.train import train
+
+    rows = [r for r in classification_rows(48) if r["label"] != "music"]  # the served base takes 2 labels
+    data = write_jsonl(tmp_path / "rows.jsonl", rows)
+    outcome = train(make_config(*train_args(tiny_base_dir, data, tmp_path / "clf", "task=classification")))
+    artifact, forward = load_served(outcome.artifact)
+    golden = read_golden(artifact)
+    assert golden.task == "classification" and golden.labels == artifact.manifest.labels
+    assert all(p.label in golden.labels and sum(p.probs) == pytest.approx(1.0, abs=1e-4) for p in golden.prompts)
+    assert replay(golden, forward)["label_agreement"] == 1.0
+    reg = registry(tiny_base_dir, base_task="classification")
+    info = reg.load_adapter("clf", outcome.artifact)
+    assert info["parity"]["label_agreement"] == 1.0 and info["parity"]["mean_kl"] < 1e-6
