@@ -31,7 +31,7 @@ VOCAB = 6
 def table_forward(table: dict[int, list[float]]):
     """A causal 'model' whose next-token logits depend only on the last input token."""
     def forward(input_ids, attention_mask):
-        return torch.tensor([[table[int(t)] for t in input_ids[0]]])
+        return torch.tensor([[table[int(t)] for t in row] for row in input_ids])
     return forward
 
 
@@ -39,9 +39,8 @@ def golden_from(forward, prompts: list[list[int]], new_tokens: int = 3, top_k: i
     from training.artifact.golden import _greedy, teacher_forced_logprobs
 
     rows = []
-    for i, ids in enumerate(prompts):
-        tokens = _greedy(forward, ids, new_tokens)
-        lp = teacher_forced_logprobs(forward, ids, tokens)
+    pairs = [(ids, _greedy(forward, ids, new_tokens)) for ids in prompts]
+    for i, ((ids, tokens), lp) in enumerate(zip(pairs, teacher_forced_logprobs(forward, pairs))):
         top = lp.topk(top_k, dim=-1)
         rows.append(GoldenPrompt(text=f"prompt {i}", input_ids=ids, tokens=tokens,
                                  logprobs=[float(lp[p, t]) for p, t in enumerate(tokens)],

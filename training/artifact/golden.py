@@ -80,13 +80,22 @@ def model_forward(model) -> Forward:
     return forward
 
 
-def teacher_forced_logprobs(forward: Forward, input_ids: list[int], tokens: list[int]):
-    """Log-softmax at the positions that predict each of `tokens` after `input_ids`: [len(tokens), vocab]."""
+def teacher_forced_logprobs(forward: Forward, pairs: list[tuple[list[int], list[int]]]) -> list[Any]:
+    """For each (input_ids, tokens): log-softmax at the positions predicting each token, [len(tokens), vocab].
+
+    One forward pass for all pairs, right-padded: in a causal model no real position sees the padding."""
     import torch
 
-    sequence = torch.tensor([input_ids + tokens[:-1]], dtype=torch.long)
-    logits = forward(sequence, torch.ones_like(sequence))
-    return logits[0, len(input_ids) - 1:].log_softmax(-1)
+    sequences = [ids + tokens[:-1] for ids, tokens in pairs]
+    width = max(len(s) for s in sequences)
+    input_ids = torch.zeros((len(sequences), width), dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for row, sequence in enumerate(sequences):
+        input_ids[row, :len(sequence)] = torch.tensor(sequence)
+        mask[row, :len(sequence)] = 1
+    logits = forward(input_ids, mask)
+    return [logits[row, len(ids) - 1:len(ids) - 1 + len(tokens)].log_softmax(-1)
+            for row, (ids, tokens) in enumerate(pairs)]
 
 
 def label_probs(forward: Forward, input_ids: list[int]):
@@ -125,24 +134,23 @@ def build_golden_set(model, tokenizer, texts: list[str], task: str, labels: list
                      limit: int = DEFAULT_PROMPTS) -> GoldenSet:
     """Run the reference `model` on the first `limit` non-empty `texts` and record its outputs."""
     forward = model_forward(model)
+    encoded = [(text, encode_prompt(tokenizer, text, task)) for text in [t for t in texts if t and t.strip()][:limit]]
+    encoded = [(text, ids) for text, ids in encoded if ids]
     prompts = []
-    for text in [t for t in texts if t and t.strip()][:limit]:
-        input_ids = encode_prompt(tokenizer, text, task)
-        if not input_ids:
-            continue
-        if task == "classification":
+    if task == "classification":
+        for text, input_ids in encoded:
             probs = label_probs(forward, input_ids)
             names = labels or [str(i) for i in range(len(probs))]
             prompts.append(GoldenPrompt(text=text, input_ids=input_ids, label=names[int(probs.argmax())],
                                         probs=_rounded(probs)))
-            continue
-        tokens = _greedy(forward, input_ids, new_tokens)
-        logprobs = teacher_forced_logprobs(forward, input_ids, tokens)
-        top = logprobs.topk(min(top_k, logprobs.shape[-1]), dim=-1)
-        prompts.append(GoldenPrompt(
-            text=text, input_ids=input_ids, tokens=tokens,
-            logprobs=_rounded(logprobs.gather(-1, logprobs.new_tensor(tokens).long()[:, None])[:, 0]),
-            top_ids=top.indices.tolist(), top_logprobs=[_rounded(row) for row in top.values]))
+    else:
+        pairs = [(ids, _greedy(forward, ids, new_tokens)) for _, ids in encoded]
+        for (text, input_ids), (_, tokens), logprobs in zip(encoded, pairs, teacher_forced_logprobs(forward, pairs)):
+            top = logprobs.topk(min(top_k, logprobs.shape[-1]), dim=-1)
+            prompts.append(GoldenPrompt(
+                text=text, input_ids=input_ids, tokens=tokens,
+                logprobs=_rounded(logprobs.gather(-1, logprobs.new_tensor(tokens).long()[:, None])[:, 0]),
+                top_ids=top.indices.tolist(), top_logprobs=[_rounded(row) for row in top.values]))
     return GoldenSet(task=task, labels=labels, new_tokens=new_tokens if task != "classification" else 0,
                      top_k=top_k if task != "classification" else 0, prompts=prompts)
 

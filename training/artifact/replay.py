@@ -1,7 +1,7 @@
 """Replaying an artifact's golden set through a served form, and the parity gate on the result.
 
-A causal LM is replayed teacher-forced: the served form reads each prompt followed by the
-reference greedy tokens in one forward pass, and at every generated position
+A causal LM is replayed teacher-forced: the served form reads every prompt followed by its
+reference greedy tokens in one right-padded forward pass, and at every generated position
 - `token_agreement`: its top-1 token equals the reference token (share over all positions),
 - `kl`: KL(reference || served) over the reference's top-k tokens plus one bucket for all
   other tokens (a lower bound of the full KL; the golden set stores only the top k),
@@ -69,8 +69,7 @@ def coarse_kl(ref_top: list[float], cand_top: list[float]) -> float:
     return max(total, 0.0)
 
 
-def _replay_tokens(prompt: GoldenPrompt, forward: Forward) -> dict[str, Any]:
-    logprobs = teacher_forced_logprobs(forward, prompt.input_ids, prompt.tokens)
+def _replay_tokens(prompt: GoldenPrompt, logprobs) -> dict[str, Any]:
     chosen = logprobs.argmax(-1).tolist()
     kls, diffs = [], []
     for pos, token in enumerate(prompt.tokens):
@@ -95,8 +94,11 @@ def _replay_label(prompt: GoldenPrompt, forward: Forward, labels: list[str]) -> 
 def replay(golden: GoldenSet, forward: Forward) -> dict[str, Any]:
     """Run every golden prompt through `forward` and compare with the reference outputs."""
     classifier = golden.task == "classification"
-    rows = [_replay_label(p, forward, golden.labels) if classifier else _replay_tokens(p, forward)
-            for p in golden.prompts]
+    if classifier:
+        rows = [_replay_label(p, forward, golden.labels) for p in golden.prompts]
+    else:
+        served = teacher_forced_logprobs(forward, [(p.input_ids, p.tokens) for p in golden.prompts])
+        rows = [_replay_tokens(p, logprobs) for p, logprobs in zip(golden.prompts, served)]
     positions = sum(r["positions"] for r in rows)
     per_prompt = [{"index": i, "text": p.text[:120], "kl": r["kl_sum"] / max(r["positions"], 1),
                    "agreement": r["agreed"] / max(r["positions"], 1), "max_diff": r["max_diff"]}
