@@ -2,8 +2,9 @@
 
 The manifest records the base (id + fingerprint), method, hyperparameters, data
 (fingerprint, rows, source), metrics, trainable parameter count, wall time and tokenizer
-facts (template kind, special tokens); the golden set (`training.artifact.golden`) goes in with the weights. Weights are saved by `save_pretrained(...,
-safe_serialization=True)` into the writer's temp dir, so only safetensors ever land there.
+facts (template kind, special tokens). Weights are saved by `save_pretrained(...,
+safe_serialization=True)` into the writer's temp dir, so only safetensors ever land there;
+the golden set (`training.artifact.golden`) goes in beside them.
 
     written = write_artifact(dest, manifest, save_model(model), profile=p)   # an Artifact: path + manifest
     merge_adapter(written.path, merged_dest, manifest, profile=p)              # kind merged-model
