@@ -19,8 +19,8 @@ import torch
 from tests.train_support import instruction_rows, make_config, train_args, write_jsonl
 from training.artifact import load_artifact, sha256_file
 from training.artifact.errors import ArtifactInvalid
-from training.artifact.loading import load_model_artifact
 from training.artifact.golden import GOLDEN_NAME, GoldenPrompt, GoldenSet, model_forward, parse_golden, read_golden
+from training.artifact.loading import load_model_artifact
 from training.artifact.replay import ParityGate, coarse_kl, replay
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "transformers4"
