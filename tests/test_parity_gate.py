@@ -242,6 +242,16 @@ def test_evaluate_parity_prints_the_replay_and_fails_over_the_threshold(flow, br
     assert isinstance(result.exception, ArtifactInvalid) and "no golden set" in result.exception.message
 
 
+def test_the_tuneserve_entry_point_exits_non_zero_when_parity_fails(broken_int8):
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-c", "import sys; from tuneserve.cli import run; sys.argv[0] = 'tuneserve'; run()",
+            "evaluate", "--parity", str(broken_int8)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "worst prompt #" in done.stdout, (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
+
+
 def test_a_trained_classifier_stores_labels_and_probabilities_and_serves_through_the_gate(tiny_base_dir, tmp_path):
     from tests.train_support import classification_rows
     from training.artifact.replay import load_served

@@ -112,7 +112,7 @@ def _parity(path: Path, max_kl: float | None, min_agreement: float | None) -> No
     _print_metrics("overall", list(summary.items()))
     refusal = gate.refusal(f"artifact {artifact.name}", report)
     if refusal is not None:
-        console.print(f"[red]FAIL[/] {refusal}")
+        console.print(f"[red]FAIL[/] {refusal}", highlight=False, soft_wrap=True)  # the worst prompt stays greppable
         raise typer.Exit(1)
     console.print(f"[green]PASS[/] within max_kl={gate.max_kl}, min_token_agreement={gate.min_token_agreement}")
 
