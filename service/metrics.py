@@ -78,6 +78,10 @@ ADAPTER_EVICTIONS = Counter("tuneserve_adapter_evictions", "Adapters evicted fro
 ADAPTERS_LOADED = Gauge("tuneserve_adapters_loaded", "Adapters currently loaded.", multiprocess_mode="livesum")
 MODEL_LOAD = Gauge("tuneserve_model_load_seconds", "How long loading a model or adapter took.", ["model"],
                    multiprocess_mode="max")
+PARITY_KL = Gauge("tuneserve_parity_kl", "Mean KL of the served form vs the artifact's golden set, at load.",
+                  ["adapter"], multiprocess_mode="livemax")
+PARITY_AGREEMENT = Gauge("tuneserve_parity_agreement", "Token (label) agreement of the served form with the "
+                         "artifact's golden set, at load.", ["adapter"], multiprocess_mode="livemin")
 CLASSIFIED = Counter("tuneserve_classified_inputs", "Texts classified.", ["adapter"])
 EMBEDDED = Counter("tuneserve_embedded_inputs", "Inputs embedded (/v1/embeddings, Embed).", ["adapter"])
 RESIDENT_MEMORY = Gauge("tuneserve_process_resident_memory_bytes", "Resident memory of the serving processes.",
@@ -234,6 +238,13 @@ def adapters_loaded(count: int) -> None:
 
 def model_loaded(model: str, seconds: float) -> None:
     MODEL_LOAD.labels(adapter_label(model)).set(seconds)
+
+
+def parity_measured(model: str, mean_kl: float, agreement: float) -> None:
+    """The golden-set replay of a model or adapter that loaded (refused loads are not recorded)."""
+    name = adapter_label(model)
+    PARITY_KL.labels(name).set(mean_kl)
+    PARITY_AGREEMENT.labels(name).set(agreement)
 
 
 def classified(model: str, n_inputs: int, seconds: float) -> None:

@@ -300,6 +300,17 @@ class FleetView(BaseModel):
     replicas: list[ReplicaState]
 
 
+class ParityNumbers(BaseModel):
+    prompts: int
+    token_agreement: float | None = None
+    label_agreement: float | None = None
+    mean_kl: float
+    max_logprob_diff: float | None = None
+    max_prob_diff: float | None = None
+    worst_prompt: str | None = None
+    seconds: float | None = None
+
+
 class AdapterInfo(BaseModel):
     name: str
     path: str
@@ -309,6 +320,8 @@ class AdapterInfo(BaseModel):
     pinned: bool
     loaded_at: int
     version: str
+    parity: ParityNumbers | None = Field(None, description="its golden set replayed through the served form at load "
+                                         "(absent for artifacts without a golden set)")
     fleet: FleetStatus | None = Field(None, description="admin replies: the replicas that applied the change")
 
 

@@ -58,7 +58,7 @@ for _name in COMMAND_MODULES:
 def run() -> None:
     """Entry point: run the app, turning user errors into a clean message."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # a command's typer.Exit(n) comes back as n in this mode
     except TuneserveError as exc:
         from rich.console import Console
 
@@ -81,6 +81,8 @@ def run() -> None:
         if isinstance(exc, click.exceptions.Abort):
             sys.exit(1)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

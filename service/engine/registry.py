@@ -14,6 +14,8 @@ Adapters are attached to the base as PEFT adapters under internal slot names, so
 version is attached next to the old one and swapped in one step; the old slot is deleted
 when the last running request that uses it finishes. At most `max_adapters` stay loaded;
 the least recently used unpinned idle one is evicted. A failed load changes nothing.
+Before an adapter or full model serves, its golden set is replayed through the form it is
+served in (`service.engine.parity`); one that drifted past `parity` settings is refused.
 Plain LoRA adapters of a causal LM are then copied into the batched multi-LoRA stacks and
 PEFT's copy is deleted (PEFT keeps one adapter as the anchor of its wrapped layers), so a
 load costs the same with 1 or 100 adapters loaded; other methods stay in PEFT.
@@ -38,6 +40,7 @@ from training.artifact.remote import is_remote
 from service import metrics
 from service.engine.catalog import Catalog, discover
 from service.engine.multilora import MultiLora
+from service.engine.parity import check_parity, record_parity, served_forward
 from service.engine.settings import ModelSettings
 
 log = logging.getLogger("tuneserve.service.registry")
@@ -56,11 +59,12 @@ class AdapterEntry:
     loaded_at: float = field(default_factory=time.time)
     in_use: int = 0
     retired: bool = False
+    parity: dict[str, Any] | None = None  # golden-set replay through the served form at load (None: no golden set)
 
     def info(self, base: str) -> dict[str, Any]:
         return {"name": self.name, "path": str(self.path), "base": base, "method": self.manifest.method or "",
                 "task": self.manifest.task, "pinned": self.pinned, "loaded_at": int(self.loaded_at),
-                "version": self.manifest.version}
+                "version": self.manifest.version, "parity": self.parity}
 
 
 @dataclass
@@ -72,6 +76,7 @@ class Target:
     model: Any
     created: float = field(default_factory=time.time)
     multilora: MultiLora | None = None
+    parity: dict[str, Any] | None = None  # a full model's golden-set replay at load
 
     @property
     def takes_adapters(self) -> bool:
@@ -147,8 +152,7 @@ class ModelRegistry:
         pinned = [n for n, pin in pins.items() if pin]
         for name, path in self.catalog.models.items():
             try:
-                loaded = load_model_artifact(load_artifact(path), dtype=self.config.dtype)
-                self.targets[name] = Target(name, loaded, loaded.model)
+                self.targets[name] = self._load_model(name, path)
             except Exception as exc:  # noqa: BLE001 - one bad artifact must not stop the server
                 self.catalog.skipped[str(path)] = str(exc)
                 log.warning("cannot serve model %s: %s", path, exc)
@@ -160,6 +164,16 @@ class ModelRegistry:
             except Exception as exc:  # noqa: BLE001
                 self.catalog.skipped[str(self.catalog.adapters[name])] = str(exc)
                 log.warning("cannot load adapter %s: %s", name, exc)
+
+    def _load_model(self, name: str, path: Path) -> Target:
+        """A full-model artifact as a target, once its served form passed the parity gate."""
+        artifact = load_artifact(path)
+        loaded = load_model_artifact(artifact, dtype=self.config.dtype)
+        target = Target(name, loaded, loaded.model)
+        target.parity = check_parity(self.config.parity, f"model {name!r}", artifact,
+                                     served_forward(target, None, False, self.model_lock))
+        record_parity(name, target.parity)
+        return target
 
     @property
     def base(self) -> Target:
@@ -257,7 +271,15 @@ class ModelRegistry:
             slot = f"a{next(self._slots)}"
             with self.model_lock:
                 self._attach(artifact, slot)
-            entry = AdapterEntry(name, slot, artifact.path, artifact.manifest,
+            try:  # the slot is not reachable by requests until the entry is registered below
+                # an encoder serving a classifier's adapter for embeddings has no outputs its golden set describes
+                same_task = artifact.manifest.task == self.base.loaded.task
+                parity = check_parity(self.config.parity, f"adapter {name!r}", artifact,
+                                      self._slot_forward(slot)) if same_task else None
+            except BaseException:
+                self._delete_slot(slot)
+                raise
+            entry = AdapterEntry(name, slot, artifact.path, artifact.manifest, parity=parity,
                                  pinned=pin if pin is not None else (old.pinned if old else name in self.config.pinned))
             with self._state:
                 if old is None:  # evict only once the new adapter is in: a failed load changes nothing
@@ -271,8 +293,14 @@ class ModelRegistry:
                 self.catalog.adapters[name] = artifact.path
                 if old is not None:
                     self._retire(old)
+            record_parity(name, parity)
             log.info("adapter %s loaded from %s (slot %s, version %s)", name, artifact.path, slot, artifact.manifest.version)
             return entry.info(self.base_name)
+
+    def _slot_forward(self, slot: str):
+        """Rows on `slot` the way requests run them: batched multi-LoRA for generation, PEFT for classification."""
+        batched = self.config.batched_lora and self.base.loaded.task == "causal-lm"
+        return served_forward(self.base, slot, batched, self.model_lock)
 
     def _attach(self, artifact, slot: str) -> None:
         """Attach `artifact` under `slot` (model lock held); stack it when the batched path can serve it.

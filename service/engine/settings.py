@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from training.artifact.config import StrictModel
+from training.artifact.replay import ParityGate
 
 
 class ModelSettings(StrictModel):
@@ -33,6 +34,8 @@ class ModelSettings(StrictModel):
     embedding_model: str | None = Field(None, description="an encoder base served beside base_model for "
                                         "/v1/embeddings, e.g. all-minilm-l6-v2, with the adapters in artifacts_dir "
                                         "built on it (service/engine/embed.py); null: no embeddings")
+    parity: ParityGate = Field(default_factory=ParityGate, description="replay each artifact's golden set through "
+                               "its served form at load; refuse one that drifted past these tolerances")
 
     @model_validator(mode="after")
     def _one_role_per_base(self) -> "ModelSettings":

@@ -1,7 +1,8 @@
 """The on-disk contract between training and serving.
 
 An artifact is a directory with `manifest.json` (see `manifest.Manifest`), safetensors
-weights, configs, tokenizer files and optionally `reference_profile.json` for drift.
+weights, configs, tokenizer files, optionally `reference_profile.json` for drift and
+`golden_set.json` for the train-to-serve parity gate (`golden`, `replay`).
 Training writes artifacts with `ArtifactWriter`; the service loads them with
 `load_artifact`, which verifies everything first. This package is the only thing
 `service` imports from `training`.

@@ -1,7 +1,10 @@
 """Quantize or export a model into an artifact: resolve the source, build, reload, measure, commit.
 
 The artifact is reloaded through the same loader the service uses before the manifest
-is written, so a manifest with parity numbers proves the artifact loads.
+is written, so a manifest with parity numbers proves the artifact loads. The golden set
+(`training.artifact.golden`) is the source artifact's own (the training-time model's outputs),
+or, for a source without one (a base model, an older artifact), the float source's outputs on
+the calibration texts; its replay through the reloaded artifact is `metrics.golden_parity`.
 
     manifest = quantize("artifacts/my-adapter", QuantizeConfig(scheme="torch-int8", merge=True), "artifacts/my-int8")
 """
@@ -15,7 +18,9 @@ from typing import Any
 from training.artifact import Artifact, ArtifactWriter, Manifest
 from training.artifact.checksums import hash_files, list_files
 from training.artifact.errors import ConfigError
+from training.artifact.golden import build_golden_set, model_forward, save_golden
 from training.artifact.loading import LoadedModel, load_model_artifact
+from training.artifact.replay import headline, replay
 from training.quantize.calibration import DEFAULT_PROMPTS, Calibration, load_calibration
 from training.quantize.config import QuantizeConfig
 from training.quantize.parity import compare, judge, weights_size
@@ -78,6 +83,8 @@ def quantize(source: str | Path, config: QuantizeConfig, out: str | Path, overwr
         say("reloading and measuring parity")
         loaded = reload(writer.path, fields)
         texts = _texts(calibration)
+        golden = src.golden or build_golden_set(src.model, src.tokenizer, texts, src.task, src.labels)
+        save_golden(writer, golden)
         parity = config.parity
         report = judge(compare(src.model, loaded.model, src.tokenizer, texts, src.task, parity),
                        parity.max_logit_diff or scheme.max_logit_diff,
@@ -90,5 +97,6 @@ def quantize(source: str | Path, config: QuantizeConfig, out: str | Path, overwr
             latency_ratio=report.get("latency_ratio"), memory_bytes=loaded.info.get("memory_bytes"),
             quality_delta={k: report[k] for k in ("perplexity_delta_ratio", "token_agreement", "mean_kl", "label_agreement")
                            if k in report})
-        writer.update(quantization=fields["quantization"], metrics={"parity": report})
+        writer.update(quantization=fields["quantization"],
+                      metrics={"parity": report, "golden_parity": headline(replay(golden, model_forward(loaded.model)))})
     return writer.manifest

@@ -12,6 +12,7 @@ from typing import Any
 
 from training.artifact import MANIFEST_NAME, fingerprint_model_dir, load_artifact
 from training.artifact.errors import ArtifactInvalid, BaseModelMismatch, ConfigError
+from training.artifact.golden import GoldenSet, read_golden
 from training.artifact.loading import attach_adapter, load_base, load_model_artifact
 from training.quantize.config import QuantizeConfig
 
@@ -27,6 +28,7 @@ class SourceModel:
     base: dict[str, str]
     lineage: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
+    golden: GoldenSet | None = None  # the source artifact's golden set: the training-time model's outputs
 
     def float_bytes(self) -> int:
         """Size of the weights at fp32, each shared tensor counted once (the baseline for size ratios)."""
@@ -60,10 +62,10 @@ def _from_artifact(path: Path, config: QuantizeConfig) -> SourceModel:
         model = attach_adapter(base.model, artifact, "merge").merge_and_unload().eval()
         lineage["merged_adapter"] = True
         return SourceModel(model, base.tokenizer, manifest.task, manifest.labels,
-                           {"id": manifest.base.id, "sha256": manifest.base.sha256}, lineage, data)
+                           {"id": manifest.base.id, "sha256": manifest.base.sha256}, lineage, data, read_golden(artifact))
     loaded = load_model_artifact(artifact)
     return SourceModel(loaded.model, loaded.tokenizer, manifest.task, manifest.labels,
-                       {"id": manifest.base.id, "sha256": manifest.base.sha256}, lineage, data)
+                       {"id": manifest.base.id, "sha256": manifest.base.sha256}, lineage, data, read_golden(artifact))
 
 
 def _manifest_sha(path: Path) -> str:

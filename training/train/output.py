@@ -3,7 +3,8 @@
 The manifest records the base (id + fingerprint), method, hyperparameters, data
 (fingerprint, rows, source), metrics, trainable parameter count, wall time and tokenizer
 facts (template kind, special tokens). Weights are saved by `save_pretrained(...,
-safe_serialization=True)` into the writer's temp dir, so only safetensors ever land there.
+safe_serialization=True)` into the writer's temp dir, so only safetensors ever land there;
+the golden set (`training.artifact.golden`) goes in beside them.
 
     written = write_artifact(dest, manifest, save_model(model), profile=p)   # an Artifact: path + manifest
     merge_adapter(written.path, merged_dest, manifest, profile=p)              # kind merged-model
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from training.artifact import Artifact, ArtifactWriter, Manifest, load_artifact
+from training.artifact.golden import GoldenSet, read_golden, save_golden
 from training.artifact.loading import attach_adapter, load_base
 from training.artifact.profile import write_reference_profile
 
@@ -34,11 +36,12 @@ def tokenizer_info(tokenizer: Any, template: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_artifact(dest: str | Path, manifest: Manifest, save: Callable[[Path], None],
-                   profile: dict[str, Any] | None, overwrite: bool = False) -> Artifact:
+                   profile: dict[str, Any] | None, overwrite: bool = False, golden: GoldenSet | None = None) -> Artifact:
     with ArtifactWriter(dest, manifest, overwrite=overwrite) as writer:
         save(writer.path)
         if profile is not None:
             write_reference_profile(writer.path, profile)
+        save_golden(writer, golden)
     return Artifact(path=writer.dest, manifest=writer.manifest)
 
 
@@ -59,10 +62,12 @@ def merge_adapter(adapter_path: Path, dest: str | Path, manifest: Manifest, prof
     """Fold a saved adapter into a fresh full-precision copy of its base and write a merged-model artifact.
 
     `manifest` describes the merged model; its kind becomes merged-model and `merged_from` names the adapter.
+    The adapter's golden set (the training-time model's outputs) is stored with the merged model too.
     """
     artifact = load_artifact(adapter_path, expect_kind="adapter")
     adapter = artifact.manifest
     base = load_base(adapter.base.id, task=adapter.task, labels=adapter.labels)
     merged = attach_adapter(base.model, artifact, "merge").merge_and_unload()
     merged_manifest = manifest.model_copy(update={"kind": "merged-model", "merged_from": str(adapter_path)})
-    return write_artifact(dest, merged_manifest, save_model(merged, base.tokenizer), profile, overwrite)
+    return write_artifact(dest, merged_manifest, save_model(merged, base.tokenizer), profile, overwrite,
+                          read_golden(artifact))

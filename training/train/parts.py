@@ -20,6 +20,7 @@ from typing import Any
 
 from training.artifact import BaseRef, DataRef, Manifest, fingerprint_model_dir, resolve_base_dir
 from training.artifact.errors import ConfigError, TrainingError
+from training.artifact.golden import DEFAULT_PROMPTS, GoldenSet, build_golden_set
 from training.artifact.loading import load_tokenizer, require_safetensors
 from training.artifact.profile import build_reference_profile
 from training.train.checkpoint import latest_checkpoint
@@ -117,11 +118,22 @@ def test_metrics(cfg: TrainConfig, loop: TrainLoop, splits: Splits, enc: Callabl
     return {f"test_{k.removeprefix('val_')}": v for k, v in metrics.items()}
 
 
-def profile_inputs(cfg: TrainConfig, splits: Splits, tokenizer: Any, template: PromptTemplate | None) -> list[str]:
-    rows = splits.train[: cfg.profile.sample * 4]
+def prompt_texts(rows: list[dict], tokenizer: Any, template: PromptTemplate | None) -> list[str]:
+    """What the model reads of each row: the text (classifier) or the rendered prompt without the answer."""
     if template is None:
         return [r["text"] for r in rows]
     return [template.render_prompt(tokenizer, r["instruction"], r["input"]) for r in rows]
+
+
+def profile_inputs(cfg: TrainConfig, splits: Splits, tokenizer: Any, template: PromptTemplate | None) -> list[str]:
+    return prompt_texts(splits.train[: cfg.profile.sample * 4], tokenizer, template)
+
+
+def golden_set(cfg: TrainConfig, prep: "Prepared") -> GoldenSet:
+    """The trained model's outputs on the first validation prompts (training prompts when there is no validation split)."""
+    rows = (prep.splits.validation or prep.splits.train)[:DEFAULT_PROMPTS]
+    texts = prompt_texts(rows, prep.tokenizer, prep.template)
+    return build_golden_set(prep.model, prep.tokenizer, texts, cfg.task, prep.splits.labels)
 
 
 def classifier_outputs(model: Any, examples: list[dict], collate: Any, labels: list[str], device: Any,
@@ -227,13 +239,13 @@ def describe(cfg: TrainConfig, prep: Prepared, result: LoopResult, wall: float) 
 
 def write_outputs(cfg: TrainConfig, prep: Prepared, result: LoopResult, wall: float,
                   device: Any) -> tuple[Manifest, Path, Path | None]:
-    """Profile, manifest and artifact (plus `<output>-merged` with merge=true): (manifest, artifact, merged)."""
+    """Profile, golden set, manifest and artifact (plus `<output>-merged` with merge=true): (manifest, artifact, merged)."""
     model = prep.model
     model.eval()
     profile = build_profile(cfg, prep.splits, prep.tokenizer, prep.template, model, prep.val_ex, prep.collate, device)
     written = write_artifact(cfg.output, describe(cfg, prep, result, wall),
                              save_model(model, prep.tokenizer if prep.method.build is None else None),
-                             profile, cfg.overwrite)
+                             profile, cfg.overwrite, golden_set(cfg, prep))
     merged = None
     if cfg.merge:
         merged_manifest = written.manifest.model_copy(update={"name": f"{cfg.artifact_name()}-merged"})

@@ -3,6 +3,7 @@
     tuneserve evaluate --model artifacts/banking77 --data data/prepared/banking77
     tuneserve evaluate --model http://localhost:8000#my-adapter --data squad.jsonl --task qa limit=200
     tuneserve evaluate --compare artifacts/a artifacts/b --data data/prepared/alpaca
+    tuneserve evaluate --parity artifacts/my-int8 --max-kl 0.1     # golden-set replay; exit 1 over the threshold
     tuneserve human-eval export --prompts prompts.jsonl --model a=artifacts/a --model b=artifacts/b --out sheet/
     tuneserve human-eval import --key sheet.key/key.json --ratings rater1.csv --ratings rater2.csv
 
@@ -50,8 +51,16 @@ def evaluate_command(
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default file:./mlruns)."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TUNESERVE_API_KEY", help="Key for an endpoint."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    parity: Optional[Path] = typer.Option(None, "--parity", help="Replay ARTIFACT's golden set through the loaded "
+                                          "artifact and compare with the training-time outputs (no --data needed)."),
+    max_kl: Optional[float] = typer.Option(None, "--max-kl", help="--parity: fail above this mean KL."),
+    min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="--parity: fail below this "
+                                                  "token (label) agreement."),
 ) -> None:
     """Evaluate an artifact or a running endpoint; write eval_report.{json,md,html} and log the run."""
+    if parity is not None:
+        _parity(parity, max_kl, min_agreement)
+        return
     from training.evaluation.runner import ENV_PREFIX, EvalConfig, compare, evaluate
 
     extra = _overrides(model=model, data=data, task=task, split=split, limit=limit, out=out,
@@ -73,6 +82,39 @@ def evaluate_command(
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
     console.print(f"report: [bold]{where}/eval_report.html[/]  (MLflow run {result.tracking.get('run_id')})")
+
+
+def _parity(path: Path, max_kl: float | None, min_agreement: float | None) -> None:
+    from rich.table import Table
+
+    from training.artifact.errors import ArtifactInvalid
+    from training.artifact.golden import read_golden
+    from training.artifact.replay import ParityGate, load_served, replay
+    from training.evaluation.render import fmt
+
+    gate = ParityGate(**{k: v for k, v in {"max_kl": max_kl, "min_token_agreement": min_agreement}.items()
+                         if v is not None})
+    artifact, forward = load_served(path)
+    golden = read_golden(artifact)
+    if golden is None:
+        raise ArtifactInvalid(f"artifact {artifact.path} holds no golden set (written before golden sets existed)",
+                              "rebuild it with this tuneserve (train or quantize again) to check its parity")
+    report = replay(golden, forward)
+    agreement = "label agreement" if golden.task == "classification" else "token agreement"
+    table = Table(title=f"parity of {artifact.name} ({artifact.kind}) with its golden set")
+    for column in ("#", "prompt", agreement, "KL", "max diff"):
+        table.add_column(column, justify="left" if column == "prompt" else "right")
+    for row in report["per_prompt"]:
+        table.add_row(str(row["index"]), row["text"][:60].replace("\n", " "), fmt(row["agreement"]), fmt(row["kl"]),
+                      fmt(row["max_diff"]))
+    console.print(table)
+    summary = {k: v for k, v in report.items() if k not in ("per_prompt", "worst", "task")}
+    _print_metrics("overall", list(summary.items()))
+    refusal = gate.refusal(f"artifact {artifact.name}", report)
+    if refusal is not None:
+        console.print(f"[red]FAIL[/] {refusal}", highlight=False, soft_wrap=True)  # the worst prompt stays greppable
+        raise typer.Exit(1)
+    console.print(f"[green]PASS[/] within max_kl={gate.max_kl}, min_token_agreement={gate.min_token_agreement}")
 
 
 human_app = typer.Typer(help="Blinded side-by-side human evaluation: export sheets, import ratings.", no_args_is_help=True)
