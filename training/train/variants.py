@@ -19,8 +19,10 @@ rsLoRA and the PiSSA/OLoRA initialisation are PEFT `LoraConfig` fields (set in
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,7 @@ def remember_initial_adapter(model: Any, adapter: str = "default") -> None:
     finally:
         config.init_lora_weights = chosen
     setattr(model, INITIAL_ADAPTER_ATTR, directory)
+    weakref.finalize(model, shutil.rmtree, directory.parent, ignore_errors=True)
 
 
 def save_adapter(model: Any, path: Path) -> None:
