@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
         """Merge adapters (linear, cat, svd, TIES, DARE) into one adapter artifact with its lineage."""
         from training.train.merge import ENV_PREFIX, MergeConfig, merge_adapters
 
-        sources = [a for a in args if "=" not in a and Path(a).is_dir()]
+        sources = [a for a in args if "=" not in a and not a.endswith((".yaml", ".yml"))]
         rest = [a for a in args if a not in sources]
         overrides = [f"sources={json.dumps(sources)}"] if sources else []
         overrides += [f"output={out}"] if out else []
