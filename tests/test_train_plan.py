@@ -101,3 +101,23 @@ def test_estimate_is_within_the_band_of_a_measured_training_peak(method):
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=root)
     case = json.loads(out.stdout.strip().splitlines()[-1])
     assert 0.75 <= case["estimate_bytes"] / case["measured_bytes"] <= 1.25, case
+
+
+def test_lora_recommendation_advises_each_variant_for_the_request():
+    from io import StringIO
+
+    from rich.console import Console
+
+    from training.train.plan import render_plan
+
+    low = plan(PlanRequest(model="7b", gpu_memory_gb=24, batch_size=1, seq_len=512, lora_r=8, rows=2000))
+    high = plan(PlanRequest(model="7b", gpu_memory_gb=24, batch_size=1, seq_len=512, lora_r=64, rows=50_000))
+    assert set(low["advice"]) == {"rslora", "loraplus", "neftune", "init"}
+    assert "little effect at r=8" in low["advice"]["rslora"] and "recommended" in high["advice"]["rslora"]
+    assert "2000 rows" in low["advice"]["neftune"] and "yours" not in high["advice"]["neftune"]
+    assert "loraplus_lr_ratio=16" in low["advice"]["loraplus"] and "not qlora" in low["advice"]["init"]
+    full = plan(PlanRequest(model="125m", cpu_memory_gb=24, rows=200_000, batch_size=8, seq_len=256))
+    assert full["advice"] == {}
+    out = StringIO()
+    render_plan(low, Console(file=out, width=400))
+    assert all(line in out.getvalue() for line in low["advice"].values())

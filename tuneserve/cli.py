@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "tuneserve.commands.base",
     "tuneserve.commands.train",
     "tuneserve.commands.quantize",
+    "tuneserve.commands.merge",
     "tuneserve.commands.serve",
     "tuneserve.commands.demo",
     "tuneserve.commands.observe",

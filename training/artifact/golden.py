@@ -1,6 +1,6 @@
 """The golden set: a few prompts with the training-time model's outputs, stored in the artifact.
 
-Every writer of a servable artifact (`train`, its `-merged` copy, `quantize`, `export`) stores
+Every writer of a servable artifact (`train`, its `-merged` copy, `merge`, `quantize`, `export`) stores
 `golden_set.json` (listed in the manifest with its sha256 like every file, summarised under
 `manifest.golden`). For a causal LM each prompt holds its token ids, the reference model's
 greedy continuation and, teacher-forced at every generated position, the logprob of the

@@ -50,6 +50,7 @@ class Manifest(BaseModel):
     labels: list[str] | None = None
     trainable_parameters: int | None = None
     wall_time_seconds: float | None = None
+    lineage: dict[str, Any] | None = None  # what it was made from (tuneserve merge: the source adapters)
     golden: dict[str, Any] | None = None  # summary of golden_set.json (training.artifact.golden); None: has none
     files: dict[str, str] = Field(default_factory=dict)
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))

@@ -40,6 +40,13 @@ class LoraOptions(StrictModel):
     alpha: int = Field(16, gt=0)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | None = Field(None, description="linear module names; default: the attention projections")
+    use_rslora: bool = Field(False, description="rank-stabilised scaling alpha/sqrt(r) instead of alpha/r (helps at r >= 32)")
+    init: Literal["default", "gaussian", "pissa", "olora"] = Field(
+        "default", description="adapter initialisation: default (Kaiming A, zero B), gaussian, pissa (principal "
+        "singular vectors of the base weight), olora (QR of the base weight); pissa/olora start from the base's output")
+    loraplus_lr_ratio: float | None = Field(None, gt=0, description="LoRA+: B matrices train at lr x this (16 is typical)")
+    neftune_alpha: float | None = Field(None, gt=0, description="NEFTune: uniform noise of scale alpha/sqrt(L*d) on the "
+                                        "input embeddings while training (5 is typical)")
 
 
 class QloraOptions(StrictModel):

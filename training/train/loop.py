@@ -34,6 +34,7 @@ from training.train.checkpoint import (
 from training.train.collective import Solo
 from training.train.config import TrainConfig
 from training.train.templates import IGNORE_INDEX
+from training.train.variants import param_groups
 
 # Test/debug throttle: seconds to sleep after each optimizer step (lets tests kill a run mid-way).
 STEP_DELAY_ENV = "TUNESERVE_TRAIN_STEP_DELAY_S"
@@ -91,7 +92,8 @@ class TrainLoop:
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ConfigError("the model has no trainable parameters", "check the method and its target modules")
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.optim.lr, betas=cfg.optim.betas,
+        groups = param_groups(model.named_parameters(), cfg.lora.loraplus_lr_ratio)  # LoRA+: B matrices at lr x ratio
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas,
                                            weight_decay=cfg.optim.weight_decay)
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self._precision())
         self._orders: dict[int, list[int]] = {}
@@ -197,8 +199,9 @@ class TrainLoop:
         return self.cfg.optim.l1 * sum(p.abs().sum() for p in self.params)
 
     def _step(self, step: int) -> float:
+        factor = lr_factor(step, self.total_steps, self.warmup, self.cfg.optim.scheduler)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.cfg.optim.lr * lr_factor(step, self.total_steps, self.warmup, self.cfg.optim.scheduler)
+            group["lr"] = self.cfg.optim.lr * factor * group.get("lr_scale", 1.0)
         accumulated = 0.0
         accum = self.cfg.grad_accum
         for k in range(accum):

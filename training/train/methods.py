@@ -17,6 +17,7 @@ from typing import Any
 
 from training.artifact.errors import ConfigError
 from training.train.config import TrainConfig
+from training.train.variants import MUTATING_INITS, add_neftune, peft_init, remember_initial_adapter
 
 HEAD_NAMES = ("lm_head", "score", "classifier")
 TASK_TYPES = {"causal-lm": "CAUSAL_LM", "classification": "SEQ_CLS"}
@@ -39,6 +40,13 @@ class Method:
         """Checks that need only the base's config.json (run before loading weights)."""
         if self.quantized_base:
             check_4bit_dims(model_config, cfg.qlora.blocksize)
+        lora = cfg.lora
+        if "lora" in self.options and self.build not in (_lora, _dora) and (lora.use_rslora or lora.init != "default"):
+            raise ConfigError(f"lora.use_rslora and lora.init apply to LoRA adapters, not to {self.name}",
+                              "use method lora, dora or qlora, or drop these options")
+        if self.quantized_base and lora.init in MUTATING_INITS:
+            raise ConfigError(f"lora.init={lora.init} rewrites the base weights, which a 4-bit base cannot hold",
+                              "use method lora for pissa/olora, or lora.init=default with qlora")
         if cfg.merge and not self.mergeable:
             mergeable = sorted(n for n, m in METHODS.items() if m.mergeable)
             raise ConfigError(f"method {self.name!r} cannot be merged into the base (merge=true)",
@@ -59,7 +67,13 @@ class Method:
             check_targets(model, cfg.ia3.feedforward_modules)
         if self.quantized_base:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        return get_peft_model(model, self.build(cfg, model))
+        model = get_peft_model(model, self.build(cfg, model))
+        if "lora" in self.options:
+            if cfg.lora.init in MUTATING_INITS:
+                remember_initial_adapter(model)
+            if cfg.lora.neftune_alpha:
+                add_neftune(model, cfg.lora.neftune_alpha)
+        return model
 
 
 METHODS: dict[str, Method] = {}
@@ -135,8 +149,13 @@ def _lora(cfg: TrainConfig, model: Any, **extra: Any):
     from peft import LoraConfig
 
     o = cfg.lora
-    return LoraConfig(r=o.r, lora_alpha=o.alpha, lora_dropout=o.dropout,
+    return LoraConfig(r=o.r, lora_alpha=o.alpha, lora_dropout=o.dropout, use_rslora=o.use_rslora,
+                      init_lora_weights=peft_init(o.init),
                       target_modules=o.target_modules or default_targets(model), **_common(cfg, model), **extra)
+
+
+def _dora(cfg: TrainConfig, model: Any):
+    return _lora(cfg, model, use_dora=True)
 
 
 def _loha(cfg: TrainConfig, model: Any):
@@ -190,8 +209,7 @@ def _prompt(cfg: TrainConfig, model: Any):
 
 register(Method("full", "all weights trainable (full fine-tuning)", None))
 register(Method("lora", "low-rank adapters on linear layers", _lora, ("lora",), targets_linear=True, mergeable=True))
-register(Method("dora", "weight-decomposed LoRA (magnitude + direction)",
-                lambda cfg, model: _lora(cfg, model, use_dora=True), ("lora",), targets_linear=True, mergeable=True))
+register(Method("dora", "weight-decomposed LoRA (magnitude + direction)", _dora, ("lora",), targets_linear=True, mergeable=True))
 register(Method("qlora", "LoRA on a 4-bit (bitsandbytes NF4) base", _lora, ("lora", "qlora"), targets_linear=True,
                 mergeable=True, quantized_base=True))
 register(Method("loha", "low-rank Hadamard product adapters", _loha, ("lora",), targets_linear=True, mergeable=True))

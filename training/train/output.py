@@ -20,6 +20,7 @@ from training.artifact import Artifact, ArtifactWriter, Manifest, load_artifact
 from training.artifact.golden import GoldenSet, read_golden, save_golden
 from training.artifact.loading import attach_adapter, load_base
 from training.artifact.profile import write_reference_profile
+from training.train.variants import save_adapter
 
 RUN_KEYS = ("epochs", "max_steps", "batch_size", "grad_accum", "dropout", "seed", "precision")
 
@@ -47,7 +48,7 @@ def write_artifact(dest: str | Path, manifest: Manifest, save: Callable[[Path], 
 
 def save_model(model: Any, tokenizer: Any | None = None) -> Callable[[Path], None]:
     def save(path: Path) -> None:
-        model.save_pretrained(str(path), safe_serialization=True)
+        save_adapter(model, path)  # plain save_pretrained, or a PiSSA/OLoRA adapter converted for the original base
         if tokenizer is not None:
             tokenizer.save_pretrained(str(path))
         readme = path / "README.md"  # peft's generated model card says nothing the manifest doesn't
