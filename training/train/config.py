@@ -78,11 +78,15 @@ class OptimConfig(StrictModel):
 
 
 class EarlyStopping(StrictModel):
+    """Model selection by validation: `metric` picks the best evaluation (every `eval_every` steps and
+    at the end); `restore_best` writes that one's weights, not the last; `enabled` stops after
+    `patience` evaluations without an improvement of more than `min_delta`."""
+
     enabled: bool = False
     metric: str = Field("val_loss", description="val_loss, or val_accuracy for classification")
     patience: int = Field(3, gt=0, description="evaluations without improvement before stopping")
     min_delta: float = Field(0.0, ge=0.0)
-    restore_best: bool = True
+    restore_best: bool = Field(True, description="keep the best-scoring evaluation's weights (needs eval_every)")
 
 
 class ProfileOptions(StrictModel):
@@ -158,6 +162,8 @@ class TrainConfig(StrictModel):
     eval_every: int | None = Field(None, gt=0, description="validate every N steps (default: at the end only)")
     eval_batches: int | None = Field(None, gt=0, description="limit validation to N batches")
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    refit: bool = Field(False, description="after selecting the best step on validation, retrain a fresh model on "
+                        "train + validation for that many steps and write it (not measured to help yet)")
     checkpoint_every: int | None = Field(None, gt=0, description="write a resumable checkpoint every N steps")
     checkpoint_dir: str | None = Field(None, description="default: <output>.checkpoints")
     keep_checkpoints: int = Field(2, gt=0)
@@ -173,6 +179,8 @@ class TrainConfig(StrictModel):
     def _early_stopping_needs_eval(self) -> TrainConfig:
         if self.early_stopping.enabled and self.eval_every is None:
             raise ValueError("early_stopping.enabled needs eval_every (validate every N steps)")
+        if self.refit and self.distributed.backend == "ray":
+            raise ValueError("refit=true runs in one process for now; use distributed.backend=local")
         workers = self.distributed.workers
         if self.batch_size % workers:
             raise ValueError(f"batch_size {self.batch_size} is the global batch and must be a multiple of "
