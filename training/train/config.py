@@ -13,7 +13,7 @@ distributed.workers=4`); the same config trains on a laptop and on a Ray cluster
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -60,9 +60,11 @@ class Ia3Options(StrictModel):
 
 
 class OptimConfig(StrictModel):
-    lr: float = Field(2e-4, description="peak learning rate")
+    lr: float | Literal["auto"] = Field(2e-4, description="peak learning rate (auto: picked from method and task, "
+                                        "see training.train.recipes)")
     scheduler: Literal["constant", "linear", "cosine"] = "linear"
-    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] | Literal["auto"] = Field(
+        0.05, description="auto: about 30 warm-up steps (training.train.recipes)")
     warmup_steps: int | None = Field(None, ge=0, description="overrides warmup_ratio")
     weight_decay: float = Field(0.0, ge=0.0)
     l1: float = Field(0.0, ge=0.0, description="L1 penalty on trainable weights (sum |w| times this)")
@@ -71,8 +73,8 @@ class OptimConfig(StrictModel):
 
     @field_validator("lr")
     @classmethod
-    def _positive_lr(cls, value: float) -> float:
-        if value <= 0:
+    def _positive_lr(cls, value: float | str) -> float | str:
+        if value != "auto" and value <= 0:
             raise ValueError(f"learning rate must be > 0 (try 2e-4 for LoRA, 2e-5 for full fine-tuning), got {value}")
         return value
 
@@ -148,7 +150,11 @@ class TrainConfig(StrictModel):
     prompt: VirtualTokenOptions = Field(default_factory=VirtualTokenOptions)
     ia3: Ia3Options = Field(default_factory=Ia3Options)
     optim: OptimConfig = Field(default_factory=OptimConfig)
-    epochs: float = Field(1.0, gt=0)
+    epochs: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        1.0, description="auto: from rows, labels and lengths (training.train.recipes)")
+    class_weighting: Literal["balanced", "none", "auto"] = Field(
+        "balanced", description="classification loss weights: balanced (rare classes weigh more), none, or auto "
+        "(balanced when the data is imbalanced)")
     max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
     batch_size: int = Field(8, gt=0)
     grad_accum: int = Field(1, gt=0)

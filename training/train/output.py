@@ -21,7 +21,8 @@ from training.artifact.golden import GoldenSet, read_golden, save_golden
 from training.artifact.loading import attach_adapter, load_base
 from training.artifact.profile import write_reference_profile
 
-RUN_KEYS = ("epochs", "max_steps", "batch_size", "grad_accum", "dropout", "seed", "precision")
+RUN_KEYS = ("epochs", "max_steps", "batch_size", "grad_accum", "dropout", "seed", "precision", "class_weighting",
+            "refit")
 
 
 def hyperparameters(cfg: Any, method: Any, steps: int) -> dict[str, Any]:

@@ -48,6 +48,7 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, dict[str, float]], None] | N
     resume_from = resume_point(cfg)
     device = pick_device(cfg)
     prep = prepare(cfg, device)
+    cfg = prep.cfg
     loop = TrainLoop(cfg, prep.model, prep.train_ex, prep.val_ex, prep.collate, device, prep.weights, prep.identity)
     started = time.perf_counter()
     with RunReporter(cfg) as reporter:
