@@ -94,6 +94,8 @@ class SearchConfig(StrictModel):
     pruner: Literal["none", "median", "hyperband"] = "median"
     n_trials: int = Field(20, gt=0, description="finished (complete or pruned) trials to reach, counting resumed ones")
     timeout: float | None = Field(None, gt=0, description="seconds; no new trial starts after it")
+    budget: float | None = Field(None, gt=0, description="seconds for the whole search: after each trial, stop "
+                                 "when the longest trial so far would not fit in what is left")
     metric: str = Field("val_loss", description="validation metric the trials report (val_loss, val_accuracy)")
     direction: Literal["minimize", "maximize"] | None = Field(None, description="default: minimize losses, maximize others")
     patience: int | None = Field(None, gt=0, description="stop the search after N finished trials without a new best")

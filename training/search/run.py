@@ -1,8 +1,8 @@
 """Run a hyper-parameter search end to end (`tuneserve search`).
 
 Opens (or resumes) the SQLite study, runs trials on the chosen backend until `n_trials`
-trials finished, the grid is exhausted, `timeout` passed or `patience` trials brought no
-improvement; keeps the best trial's artifact as `<output>/best`, writes the report, and logs
+trials finished, the grid is exhausted, `timeout` passed, `patience` trials brought no
+improvement or the `budget` cannot fit another trial as long as the longest so far; keeps the best trial's artifact as `<output>/best`, writes the report, and logs
 the search as a tracked run with one nested run per trial.
 
     from training.search import SearchConfig, search
@@ -11,6 +11,7 @@ the search as a tracked run with one nested run per trial.
 
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -38,10 +39,22 @@ def _best_text(study) -> str:
         return "no completed trial yet"
 
 
+def out_of_budget(budget: float | None, elapsed: float, longest_trial: float) -> bool:
+    """True when another trial as long as the longest one so far would end after `budget` seconds."""
+    return budget is not None and elapsed + longest_trial > budget
+
+
+def _longest_trial(study) -> float:
+    spans = [(t.datetime_complete - t.datetime_start).total_seconds() for t in finished(study)
+             if t.datetime_complete and t.datetime_start]
+    return max(spans, default=0.0)
+
+
 def search(cfg: SearchConfig) -> dict[str, Any]:
     """Run (or resume) the study described by `cfg`; return the report dict (also on disk)."""
     Path(cfg.output).mkdir(parents=True, exist_ok=True)
     study = open_study(cfg)
+    started = time.monotonic()
     resumed = len(finished(study))
     params = {"sampler": cfg.sampler, "pruner": cfg.pruner, "metric": cfg.metric, "n_trials": cfg.n_trials,
               "backend": cfg.backend, "space": {k: v.model_dump(exclude_none=True) for k, v in cfg.space.items()},
@@ -60,6 +73,9 @@ def search(cfg: SearchConfig) -> dict[str, Any]:
                 bar.update(task, advance=1, best=_best_text(study))
             if cfg.patience and stale_since_best(cfg, study) >= cfg.patience:
                 return f"no improvement in {cfg.patience} trials"
+            elapsed = time.monotonic() - started
+            if out_of_budget(cfg.budget, elapsed, _longest_trial(study)):
+                return f"budget: {elapsed:.0f} s of {cfg.budget:.0f} s used, another trial would not fit"
             return None
 
         stopped = BACKENDS[cfg.backend](cfg, study, run.run_id, after) if remaining_trials(cfg, study) > 0 else None

@@ -2,7 +2,8 @@
 
 A checkpoint is `<checkpoint_dir>/step-<N>/` holding `trainable.safetensors` (the weights
 that train), `optimizer.safetensors` (every tensor of the optimizer state, keyed
-`<param index>.<name>`), `rng.safetensors` (torch CPU/CUDA generator states) and
+`<param index>.<name>`), `rng.safetensors` (torch CPU/CUDA generator states),
+`best.safetensors` (the trainable weights of the best evaluation so far, when there is one) and
 `state.json` (step, optimizer param groups and scalar state, Python RNG state, loss
 history, early-stopping counters, and the run identity checked on resume). It is written
 to a temp dir and renamed, so a kill leaves the previous checkpoint intact.
@@ -23,6 +24,7 @@ from typing import Any
 from training.artifact.errors import TrainingError
 
 PREFIX = "step-"
+BEST_FILE = "best.safetensors"
 
 
 def trainable_state(model: Any) -> dict[str, Any]:
@@ -65,6 +67,10 @@ def save_checkpoint(directory: Path, step: int, model: Any, optimizer: Any, extr
     tensors, opt_json = _optimizer_tensors(optimizer)
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     save_file(_rng_tensors(), str(tmp / "rng.safetensors"))
+    extra = dict(extra)
+    best = extra.pop("best_weights", None)
+    if best is not None:
+        save_file(best, str(tmp / BEST_FILE))
     state = {"step": step, "optimizer": opt_json, "python_random": _jsonable(random.getstate()), **extra}
     (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
     if final.exists():
@@ -129,4 +135,6 @@ def restore_checkpoint(path: Path, model: Any, optimizer: Any, identity: dict[st
         if cuda:
             torch.cuda.set_rng_state_all(cuda)
     random.setstate(_tupled(state["python_random"]))
+    if (path / BEST_FILE).is_file():
+        state["best_weights"] = load_file(str(path / BEST_FILE))
     return state

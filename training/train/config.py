@@ -13,7 +13,7 @@ distributed.workers=4`); the same config trains on a laptop and on a Ray cluster
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -67,9 +67,11 @@ class Ia3Options(StrictModel):
 
 
 class OptimConfig(StrictModel):
-    lr: float = Field(2e-4, description="peak learning rate")
+    lr: float | Literal["auto"] = Field(2e-4, description="peak learning rate (auto: picked from method and task, "
+                                        "see training.train.recipes)")
     scheduler: Literal["constant", "linear", "cosine"] = "linear"
-    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] | Literal["auto"] = Field(
+        0.05, description="auto: about 30 warm-up steps (training.train.recipes)")
     warmup_steps: int | None = Field(None, ge=0, description="overrides warmup_ratio")
     weight_decay: float = Field(0.0, ge=0.0)
     l1: float = Field(0.0, ge=0.0, description="L1 penalty on trainable weights (sum |w| times this)")
@@ -78,18 +80,22 @@ class OptimConfig(StrictModel):
 
     @field_validator("lr")
     @classmethod
-    def _positive_lr(cls, value: float) -> float:
-        if value <= 0:
+    def _positive_lr(cls, value: float | str) -> float | str:
+        if value != "auto" and value <= 0:
             raise ValueError(f"learning rate must be > 0 (try 2e-4 for LoRA, 2e-5 for full fine-tuning), got {value}")
         return value
 
 
 class EarlyStopping(StrictModel):
+    """Model selection by validation: `metric` picks the best evaluation (every `eval_every` steps and
+    at the end); `restore_best` writes that one's weights, not the last; `enabled` stops after
+    `patience` evaluations without an improvement of more than `min_delta`."""
+
     enabled: bool = False
     metric: str = Field("val_loss", description="val_loss, or val_accuracy for classification")
     patience: int = Field(3, gt=0, description="evaluations without improvement before stopping")
     min_delta: float = Field(0.0, ge=0.0)
-    restore_best: bool = True
+    restore_best: bool = Field(True, description="keep the best-scoring evaluation's weights (needs eval_every)")
 
 
 class ProfileOptions(StrictModel):
@@ -151,7 +157,11 @@ class TrainConfig(StrictModel):
     prompt: VirtualTokenOptions = Field(default_factory=VirtualTokenOptions)
     ia3: Ia3Options = Field(default_factory=Ia3Options)
     optim: OptimConfig = Field(default_factory=OptimConfig)
-    epochs: float = Field(1.0, gt=0)
+    epochs: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        1.0, description="auto: from rows, labels and lengths (training.train.recipes)")
+    class_weighting: Literal["balanced", "none", "auto"] = Field(
+        "balanced", description="classification loss weights: balanced (rare classes weigh more), none, or auto "
+        "(balanced when the data is imbalanced)")
     max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
     batch_size: int = Field(8, gt=0)
     grad_accum: int = Field(1, gt=0)
@@ -165,6 +175,8 @@ class TrainConfig(StrictModel):
     eval_every: int | None = Field(None, gt=0, description="validate every N steps (default: at the end only)")
     eval_batches: int | None = Field(None, gt=0, description="limit validation to N batches")
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    refit: bool = Field(False, description="after selecting the best step on validation, retrain a fresh model on "
+                        "train + validation for that many steps and write it (not measured to help yet)")
     checkpoint_every: int | None = Field(None, gt=0, description="write a resumable checkpoint every N steps")
     checkpoint_dir: str | None = Field(None, description="default: <output>.checkpoints")
     keep_checkpoints: int = Field(2, gt=0)
@@ -180,6 +192,8 @@ class TrainConfig(StrictModel):
     def _early_stopping_needs_eval(self) -> TrainConfig:
         if self.early_stopping.enabled and self.eval_every is None:
             raise ValueError("early_stopping.enabled needs eval_every (validate every N steps)")
+        if self.refit and self.distributed.backend == "ray":
+            raise ValueError("refit=true runs in one process for now; use distributed.backend=local")
         workers = self.distributed.workers
         if self.batch_size % workers:
             raise ValueError(f"batch_size {self.batch_size} is the global batch and must be a multiple of "

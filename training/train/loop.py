@@ -4,7 +4,12 @@
 function of (seed, epoch), so a checkpoint only needs the step number to know the data
 position; together with the saved optimizer and RNG state, `--resume` continues exactly
 where a killed run stopped. Evaluation reports `val_loss` (and `val_accuracy` for
-classification); early stopping watches one of them.
+classification). The best evaluation by `early_stopping.metric` is remembered (its trainable
+weights kept in memory and in checkpoints); at the end, when the last weights score worse than
+it, the best weights are restored (`early_stopping.restore_best`, on by default), so the artifact
+is the best validated model, not the last. `metrics` then carry `best_step` and `best_<metric>`.
+Early stopping (`early_stopping.enabled`, `patience`) ends the run after that many evaluations
+without improvement.
 
     loop = TrainLoop(cfg, model, train_examples, val_examples, collate, device)   # cfg.task picks the loss
     result = loop.run(resume_from=latest_checkpoint(cfg.checkpoint_path()))
@@ -220,6 +225,30 @@ class TrainLoop:
         self.optimizer.zero_grad(set_to_none=True)
         return self.collective.mean([accumulated])[0]
 
+    @property
+    def selection_metric(self) -> str:
+        return self.cfg.early_stopping.metric
+
+    def _judge(self, state: dict[str, Any], step: int, record: dict[str, float], final_eval: bool = False) -> bool:
+        """Track the best evaluation (its weights kept in memory when `early_stopping.restore_best`);
+        True when early stopping's patience ran out. A final evaluation returns whether it is the best."""
+        es = self.cfg.early_stopping
+        value = record.get(es.metric)
+        if value is None:
+            if not record or not (es.enabled or es.restore_best):
+                return False
+            raise ConfigError(f"early_stopping.metric {es.metric!r} is not reported",
+                              f"use one of {sorted(k for k in record if k.startswith('val_'))}")
+        sign = 1 if lower_is_better(es.metric) else -1
+        if state["best"] is None or sign * (state["best"] - value) > es.min_delta:
+            state.update(best=value, best_step=step, bad_evals=0)
+            self._best_weights = trainable_state(self.model) if es.restore_best and not final_eval else None
+            return final_eval
+        if final_eval:
+            return False
+        state["bad_evals"] += 1
+        return es.enabled and state["bad_evals"] >= es.patience
+
     def _save_local(self, step: int, model: Any, optimizer: Any, extra: dict[str, Any]) -> None:
         save_checkpoint(self.cfg.checkpoint_path(), step, model, optimizer, extra, self.cfg.keep_checkpoints)
 
@@ -233,14 +262,15 @@ class TrainLoop:
 
         torch.manual_seed(self.cfg.seed)
         self.model.train()
-        es = self.cfg.early_stopping
-        state: dict[str, Any] = {"history": [], "best": None, "bad_evals": 0, "samples": 0, "train_seconds": 0.0}
+        state: dict[str, Any] = {"history": [], "best": None, "best_step": None, "bad_evals": 0, "samples": 0,
+                                 "train_seconds": 0.0}
         start, resumed = 0, None
+        self._best_weights = None
         if resume_from is not None:
             saved = restore_checkpoint(resume_from, self.model, self.optimizer, self.identity)
             start = resumed = saved["step"]
             state.update({k: saved[k] for k in state if k in saved})
-        best_weights = None
+            self._best_weights = saved.get("best_weights")
         delay = float(os.environ.get(STEP_DELAY_ENV, "0") or 0)
         stopped = False
         step = start
@@ -252,36 +282,31 @@ class TrainLoop:
             record = {"step": step + 1, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"]}
             if self.cfg.eval_every and (step + 1) % self.cfg.eval_every == 0 and step + 1 < self.total_steps:
                 record.update(self.evaluate())
-                if es.enabled:
-                    value = record.get(es.metric)
-                    if value is None:
-                        raise ConfigError(f"early_stopping.metric {es.metric!r} is not reported",
-                                          f"use one of {sorted(k for k in record if k.startswith('val_'))}")
-                    sign = 1 if lower_is_better(es.metric) else -1
-                    if state["best"] is None or sign * (state["best"] - value) > es.min_delta:
-                        state["best"], state["bad_evals"] = value, 0
-                        best_weights = trainable_state(self.model) if es.restore_best else None
-                    else:
-                        state["bad_evals"] += 1
-                        stopped = state["bad_evals"] >= es.patience
+                stopped = self._judge(state, step + 1, record)
                 if on_eval is not None:
                     on_eval(step + 1, record)
             state["history"].append(record)
             if on_record is not None:
                 on_record(record)
             if self.cfg.checkpoint_every and (step + 1) % self.cfg.checkpoint_every == 0 and step + 1 < self.total_steps:
-                self.save(step + 1, self.model, self.optimizer, {**state, "identity": self.identity})
+                extra = {**state, "identity": self.identity, "best_weights": self._best_weights}
+                self.save(step + 1, self.model, self.optimizer, extra)
             if delay:
                 time.sleep(delay)
             if stopped:
                 break
-        if stopped and best_weights is not None:
-            self.model.load_state_dict(best_weights, strict=False)
         final = self.evaluate()
+        last = min(step + 1, self.total_steps)
+        final_is_best = state["best"] is None or self._judge(state, last, final, final_eval=True)
+        if not final_is_best and self._best_weights is not None:
+            self.model.load_state_dict(self._best_weights, strict=False)
+            final = self.evaluate()
         tail = [r["loss"] for r in state["history"][-max(1, self.batches_per_epoch // 4):]]
         metrics = {"train_loss": sum(tail) / max(1, len(tail)), **final}
         if state["history"]:
             metrics["train_loss_first"] = state["history"][0]["loss"]
-        return LoopResult(steps=min(step + 1, self.total_steps), metrics=metrics, history=state["history"],
+        if state["best_step"] is not None:
+            metrics.update({"best_step": state["best_step"], f"best_{self.selection_metric}": state["best"]})
+        return LoopResult(steps=last, metrics=metrics, history=state["history"],
                           stopped_early=stopped, samples=state["samples"], train_seconds=state["train_seconds"],
                           resumed_from=resumed)

@@ -6,13 +6,14 @@ manifest and writes the artifact (and `<output>-merged`). `training.train.run.tr
 them together in one process; `training.train.ray_backend` does the same on every worker,
 with rank 0 writing.
 
-    prep = prepare(cfg, pick_device(cfg))
+    prep = prepare(cfg, pick_device(cfg)); cfg = prep.cfg      # `auto` values resolved from the data
     loop = TrainLoop(cfg, prep.model, prep.train_ex, prep.val_ex, prep.collate, device, prep.weights, prep.identity)
     manifest, artifact, merged = write_outputs(cfg, prep, loop.run(), wall, device)
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from training.train.config import TrainConfig
 from training.train.data import Splits, load_splits
 from training.train.loop import LoopResult, TrainLoop
 from training.train.methods import Method, get_method
+from training.train.recipes import data_shape, pick_recipe
 from training.train.output import (
     hyperparameters,
     merge_adapter,
@@ -166,8 +168,10 @@ def build_profile(cfg, splits, tokenizer, template, model, val_examples, collate
 
 @dataclass
 class Prepared:
-    """Everything a run trains with, built the same way in one process and in each Ray worker."""
+    """Everything a run trains with, built the same way in one process and in each Ray worker
+    (`cfg` is the run's config with every `auto` resolved by `training.train.recipes`)."""
 
+    cfg: TrainConfig
     method: Method
     base_sha: str
     splits: Splits
@@ -197,7 +201,8 @@ def resume_point(cfg: TrainConfig) -> Path | None:
 
 
 def prepare(cfg: TrainConfig, device: Any) -> Prepared:
-    """Data, tokenizer and the base made trainable by the method, on `device`, seeded by cfg.seed."""
+    """Data, tokenizer and the base made trainable by the method, on `device`, seeded by cfg.seed;
+    `auto` settings are picked from the data (`prep.cfg` holds the resolved config)."""
     import torch
 
     if cfg.threads:
@@ -207,6 +212,10 @@ def prepare(cfg: TrainConfig, device: Any) -> Prepared:
     base_sha = fingerprint_model_dir(model_dir)
     splits = load_splits(cfg.data, cfg.task, cfg.seed)
     tokenizer = load_tokenizer(model_dir, padding_side="right")
+    recipe = pick_recipe(cfg, data_shape(cfg, splits, tokenizer))
+    cfg = recipe.config
+    if cfg.progress and recipe.advice:
+        print("recipe (heuristics, training.train.recipes):\n  " + "\n  ".join(recipe.advice), file=sys.stderr)
     torch.manual_seed(cfg.seed)
     model = load_training_model(cfg, method, model_dir, splits.labels, device)
     if getattr(model.config, "pad_token_id", None) is None:
@@ -215,8 +224,9 @@ def prepare(cfg: TrainConfig, device: Any) -> Prepared:
     enc, collate, template = encoder(cfg, splits, tokenizer)
     identity = {"base_sha256": base_sha, "method": cfg.method, "data": splits.fingerprint, "batch_size": cfg.batch_size,
                 "grad_accum": cfg.grad_accum, "seed": cfg.seed}
-    weights = [splits.class_weights[label] for label in splits.labels] if splits.class_weights else None
-    return Prepared(method=method, base_sha=base_sha, splits=splits, tokenizer=tokenizer, model=model, enc=enc,
+    balanced = splits.class_weights and cfg.class_weighting == "balanced"
+    weights = [splits.class_weights[label] for label in splits.labels] if balanced else None
+    return Prepared(cfg=cfg, method=method, base_sha=base_sha, splits=splits, tokenizer=tokenizer, model=model, enc=enc,
                     collate=collate, template=template, train_ex=enc(splits.train), val_ex=enc(splits.validation),
                     identity=identity, weights=weights,
                     trainable=sum(p.numel() for p in model.parameters() if p.requires_grad))

@@ -279,6 +279,7 @@ def worker_main(config: dict[str, Any]) -> None:
     channel = config["channel"]
     device = ray.train.torch.get_device()
     prep = prepare(cfg, device)
+    cfg = prep.cfg
     collective = TorchCollective.prepare(prep.model, cfg.distributed.strategy, device,
                                          move=not prep.method.quantized_base)
     identity = {**prep.identity, "shards": collective.world if collective.sharded else 1}

@@ -3,7 +3,8 @@
 `train(cfg)` validates everything it can before touching weights (method, options, data,
 target modules, 4-bit dims), trains with `TrainLoop`, and writes the artifact at
 `cfg.output` (an adapter for PEFT methods, a full model for `full`), plus
-`<output>-merged` when `merge=true`. Returns a `TrainOutcome` holding the in-memory model
+`<output>-merged` when `merge=true`. With `refit=true` the selected number of steps is
+trained again on train + validation from a fresh base, and that model is written. Returns a `TrainOutcome` holding the in-memory model
 so tests can compare it with the reloaded artifact. The pieces live in `training.train.parts`;
 `distributed.backend=ray` hands the run to `training.train.ray_backend`.
 
@@ -19,7 +20,7 @@ from pathlib import Path
 from training.artifact import fingerprint_model_dir, resolve_base_dir
 from training.artifact.loading import load_tokenizer
 from training.train.config import TrainConfig
-from training.train.loop import TrainLoop
+from training.train.loop import LoopResult, TrainLoop
 from training.train.methods import get_method
 from training.train.parts import (
     TrainOutcome,
@@ -47,17 +48,35 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, dict[str, float]], None] | N
     resume_from = resume_point(cfg)
     device = pick_device(cfg)
     prep = prepare(cfg, device)
+    cfg = prep.cfg
     loop = TrainLoop(cfg, prep.model, prep.train_ex, prep.val_ex, prep.collate, device, prep.weights, prep.identity)
     started = time.perf_counter()
     with RunReporter(cfg) as reporter:
         reporter.begin(loop.total_steps)
         result = loop.run(resume_from=resume_from, on_eval=on_eval, on_record=reporter.record)
+        if cfg.refit and prep.val_ex:
+            prep, loop, result = refit(cfg, prep, result, device)
         wall = time.perf_counter() - started
         result.metrics.update(test_metrics(cfg, loop, prep.splits, prep.enc))
         reporter.finish(result.metrics, result.steps)
     manifest, artifact, merged = write_outputs(cfg, prep, result, wall, device)
     return TrainOutcome(artifact=artifact, merged=merged, model=prep.model, tokenizer=prep.tokenizer, result=result,
                         manifest=manifest, examples=prep.val_ex or prep.train_ex, collate=prep.collate)
+
+
+def refit(cfg: TrainConfig, prep, selected: LoopResult, device) -> tuple:
+    """Retrain a fresh model on train + validation for the selected number of steps (the best
+    evaluation's step, else the steps run); returns (prepared, loop, result) of the refit, whose
+    metrics keep the selection run's validation numbers (the refit model has seen the validation rows)."""
+    steps = int(selected.metrics.get("best_step", selected.steps))
+    refit_cfg = cfg.model_copy(update={"max_steps": steps, "eval_every": None, "checkpoint_every": None,
+                                       "early_stopping": cfg.early_stopping.model_copy(update={"enabled": False})})
+    fresh = prepare(refit_cfg, device)
+    loop = TrainLoop(refit_cfg, fresh.model, fresh.train_ex + fresh.val_ex, [], fresh.collate, device, fresh.weights,
+                     fresh.identity)
+    result = loop.run()
+    result.metrics = {**selected.metrics, "train_loss": result.metrics["train_loss"], "refit_steps": result.steps}
+    return fresh, loop, result
 
 
 def load_trained(artifact_path: str | Path, device: str = "cpu"):

@@ -2,6 +2,7 @@
 
     tuneserve train training/configs/lora-tiny.yaml optim.lr=1e-3 max_steps=50
     tuneserve train training/configs/lora-tiny.yaml --resume          # continue a killed run
+    tuneserve train training/configs/classify-minilm.yaml auto=true budget=15m   # time-budgeted search
     tuneserve train method=lora output=artifacts/a --merge              # also write <output>-merged
     tuneserve train training/configs/lora-tiny.yaml --backend ray --workers 2          # Ray Train, local Ray
     tuneserve train cfg.yaml --backend ray --workers 8 --use-gpu --address auto       # on a Ray cluster
@@ -28,16 +29,35 @@ def distributed_overrides(backend: str | None, workers: int | None, use_gpu: boo
     return [f"distributed.{key}={value}" for key, value in pairs.items() if value is not None]
 
 
+def split_auto(args: list[str]) -> tuple[list[str], float | None]:
+    """Take `auto=true budget=15m` out of the overrides: (the rest, the budget in seconds or None)."""
+    from training.search.auto import parse_budget
+
+    picked = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if a.startswith(("auto=", "budget="))}
+    rest = [a for a in args if not a.startswith(("auto=", "budget="))]
+    if picked.get("auto", "false").lower() not in ("true", "1", "yes"):
+        return rest, None
+    return rest, parse_budget(picked.get("budget", "15m"))
+
+
 def _train(args: list[str] | None, resume: bool, merge: bool, overwrite: bool, scale: list[str]) -> None:
     from training.train.config import ENV_PREFIX, TrainConfig
     from training.train.run import train
 
-    cfg = load_cli_config(TrainConfig, [*(args or []), *scale], ENV_PREFIX)
+    args, budget = split_auto(list(args or []))
+    cfg = load_cli_config(TrainConfig, [*args, *scale], ENV_PREFIX)
     updates = {k: True for k, flag in (("resume", resume), ("merge", merge), ("overwrite", overwrite)) if flag}
     cfg = cfg.model_copy(update=updates) if updates else cfg
     where = (f" on {cfg.distributed.workers} Ray workers ({cfg.distributed.strategy})"
              if cfg.distributed.backend == "ray" else "")
     console.print(f"[bold]training[/] {cfg.method} on {cfg.base} ({cfg.task}){where} → {cfg.output}")
+    if budget is not None:
+        from training.search.auto import auto_train
+
+        report = auto_train(cfg, budget)
+        console.print(f"[green]wrote[/] {cfg.output} (auto: best of {len(report['trials'])} trials, "
+                      f"{report['stopped'] or 'done'}; report in {cfg.output}.search)")
+        return
     outcome = train(cfg)
     metrics = outcome.manifest.metrics
     shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))

@@ -1,0 +1,119 @@
+"""Data-driven defaults: epochs, learning rate, warm-up and class weighting picked from the data's shape.
+
+A config value of `auto` (`epochs: auto`, `optim.lr: auto`, `optim.warmup_ratio: auto`,
+`class_weighting: auto`) is filled by these rules from the training split; an explicit value
+always wins. The shipped recipes (`training/configs/classify-minilm.yaml`) use `auto`, so they
+adapt to whatever data they are pointed at instead of carrying one dataset's optimum.
+
+The rules (heuristics from common practice for LoRA/PEFT fine-tuning, NOT yet validated by the
+benchmark panel of issue 23; treat them as a starting point):
+
+- learning rate, by method family and task: LoRA-family adapters 2e-3 (classification: what the
+  banking77 recipe and the issue's hand-written MiniLM loop both used) / 2e-4 (causal LM); IA3 5e-3 / 3e-3; soft prompts and prefixes 1e-2 / 5e-3; full fine-tuning 5e-5 / 2e-5.
+- epochs, so the model sees enough examples: classification aims at max(10 000, 200 x labels)
+  examples seen (few rows or many labels -> more epochs), clamped to 2..20 epochs; causal LM aims
+  at 500 000 target tokens (rows x mean tokens per row), clamped to 1..5 epochs.
+- warm-up: about 30 optimizer steps, as a ratio of the run's steps clamped to 0.03..0.10.
+- class weighting (classification): `balanced` (n / (k x count)) when the largest class has at
+  least IMBALANCE_FOR_WEIGHTS times the rows of the smallest, else `none`.
+- advice only: when more than 5 % of rows are longer than `data.max_length` tokens it says so.
+
+    recipe = pick_recipe(cfg, data_shape(cfg, splits, tokenizer))
+    cfg = recipe.config            # every `auto` replaced; recipe.advice: one line per decision
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from training.train.config import TrainConfig
+
+AUTO = "auto"
+IMBALANCE_FOR_WEIGHTS = 2.0
+LENGTH_SAMPLE = 2000
+CLASSIFY_SEEN, CLASSIFY_SEEN_PER_LABEL, CLASSIFY_EPOCHS = 10_000, 200, (2, 20)
+CAUSAL_TOKENS, CAUSAL_EPOCHS = 500_000, (1, 5)
+WARMUP_STEPS, WARMUP_RATIO = 30, (0.03, 0.10)
+LEARNING_RATES = {  # family: (classification, causal-lm)
+    "adapter": (2e-3, 2e-4), "ia3": (5e-3, 3e-3), "virtual": (1e-2, 5e-3), "full": (5e-5, 2e-5)}
+FAMILY = {"full": "full", "ia3": "ia3", "prompt": "virtual", "prefix": "virtual", "p-tuning": "virtual"}
+
+
+@dataclass
+class DataShape:
+    rows: int
+    labels: int = 0
+    imbalance: float = 1.0
+    mean_tokens: float = 0.0
+    p95_tokens: int = 0
+
+
+@dataclass
+class Recipe:
+    config: TrainConfig
+    advice: list[str] = field(default_factory=list)
+
+
+def _clamp(value: float, bounds: tuple[float, float]) -> float:
+    return min(max(value, bounds[0]), bounds[1])
+
+
+def data_shape(cfg: TrainConfig, splits: Any, tokenizer: Any) -> DataShape:
+    """Rows, label count, imbalance (largest / smallest class) and token lengths of a sample of the training split."""
+    rows = splits.train
+    sample = rows[:: max(1, len(rows) // LENGTH_SAMPLE)][:LENGTH_SAMPLE]
+    if cfg.task == "classification":
+        texts = [r["text"] for r in sample]
+    else:
+        texts = [f"{r['instruction']} {r['input']} {r['output']}" for r in sample]
+    lengths = sorted(len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]) if texts else [0]
+    shape = DataShape(rows=len(rows), mean_tokens=sum(lengths) / len(lengths),
+                      p95_tokens=lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))])
+    if cfg.task == "classification":
+        counts = Counter(r["label"] for r in rows)
+        shape.labels = len(splits.labels or counts)
+        shape.imbalance = max(counts.values()) / max(1, min(counts.values())) if counts else 1.0
+    return shape
+
+
+def _epochs(cfg: TrainConfig, shape: DataShape) -> tuple[float, str]:
+    if cfg.task == "classification":
+        seen = max(CLASSIFY_SEEN, CLASSIFY_SEEN_PER_LABEL * shape.labels)
+        epochs = _clamp(math.ceil(seen / max(1, shape.rows)), CLASSIFY_EPOCHS)
+        return epochs, f"epochs={epochs:g}: {shape.rows} rows, {shape.labels} labels -> about {seen} examples seen"
+    tokens = shape.rows * max(1.0, shape.mean_tokens)
+    epochs = _clamp(math.ceil(CAUSAL_TOKENS / tokens), CAUSAL_EPOCHS)
+    return epochs, f"epochs={epochs:g}: {shape.rows} rows of ~{shape.mean_tokens:.0f} tokens ({tokens:.0f} tokens an epoch)"
+
+
+def pick_recipe(cfg: TrainConfig, shape: DataShape) -> Recipe:
+    """Replace every `auto` in `cfg` by the rule for `shape`; explicit values are kept as given."""
+    advice: list[str] = []
+    updates: dict[str, Any] = {}
+    optim: dict[str, Any] = {}
+    column = 0 if cfg.task == "classification" else 1
+    if cfg.optim.lr == AUTO:
+        optim["lr"] = LEARNING_RATES[FAMILY.get(cfg.method, "adapter")][column]
+        advice.append(f"optim.lr={optim['lr']:g}: usual peak for {cfg.method} on {cfg.task}")
+    epochs = cfg.epochs
+    if epochs == AUTO:
+        epochs, why = _epochs(cfg, shape)
+        updates["epochs"] = epochs
+        advice.append(why)
+    if cfg.optim.warmup_ratio == AUTO:
+        steps = cfg.max_steps or math.ceil(epochs * math.ceil(shape.rows / cfg.batch_size) / cfg.grad_accum)
+        optim["warmup_ratio"] = round(_clamp(WARMUP_STEPS / max(1, steps), WARMUP_RATIO), 4)
+        advice.append(f"optim.warmup_ratio={optim['warmup_ratio']:g}: ~{WARMUP_STEPS} warm-up steps of {steps}")
+    if cfg.class_weighting == AUTO:
+        updates["class_weighting"] = "balanced" if shape.imbalance >= IMBALANCE_FOR_WEIGHTS else "none"
+    if cfg.class_weighting == AUTO and cfg.task == "classification":
+        advice.append(f"class_weighting={updates['class_weighting']}: largest/smallest class = {shape.imbalance:.1f}")
+    if shape.p95_tokens > cfg.data.max_length:
+        advice.append(f"data.max_length={cfg.data.max_length} truncates over 5 % of rows "
+                      f"(95th percentile {shape.p95_tokens} tokens); consider data.max_length={shape.p95_tokens}")
+    if optim:
+        updates["optim"] = cfg.optim.model_copy(update=optim)
+    return Recipe(config=cfg.model_copy(update=updates), advice=advice)
