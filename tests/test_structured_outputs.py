@@ -151,8 +151,9 @@ def test_required_tool_choice_returns_valid_calls_one_when_not_parallel(oc):
 
 @pytest.mark.parametrize("tool_choice", [{"type": "function", "function": {"name": "get_weather"}}, "required"])
 def test_tool_calls_stream_as_openai_deltas(oc, tool_choice):
+    # one call at most: an untrained model may keep appending parallel calls until max_tokens ("length")
     stream = oc.chat.completions.create(model="a2", messages=CHAT, max_tokens=120, temperature=0, tools=[WEATHER, TIME],
-                                        tool_choice=tool_choice, stream=True)
+                                        tool_choice=tool_choice, parallel_tool_calls=False, stream=True)
     calls: dict[int, dict] = {}
     finish, content = None, ""
     for chunk in stream:
@@ -267,7 +268,8 @@ def test_grpc_constraints_tools_and_errors(stub):
     assert called.choices[0].finish_reason == "tool_calls" and call.name == "get_weather" and call.id
     jsonschema.validate(json.loads(call.arguments), params)
     pieces = list(inference.GenerateStream(pb.GenerateRequest(model="a2", messages=history, max_tokens=80, temperature=0,
-                                                              tools=tools, tool_choice="required"), metadata=md))
+                                                              tools=tools, tool_choice="required",
+                                                              parallel_tool_calls=False), metadata=md))
     deltas = [d for chunk in pieces for c in chunk.choices for d in c.tool_calls]
     assert deltas and deltas[0].name == "get_weather"
     jsonschema.validate(json.loads("".join(d.arguments for d in deltas)), params)
