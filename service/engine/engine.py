@@ -6,6 +6,7 @@
     stream = engine.generate(lease, prompt_ids, SamplingParams(max_tokens=32), n=1)   # inside an event loop
     async for event in stream: ...
     engine.classify(lease, ["text"])   # -> [[(label, prob), ...] best first]
+    engine.prefix_cache                # the PrefixCache shared by the decode batches (None: disabled)
     engine.encoder                     # the EncoderEngine for /v1/embeddings (settings.embedding_model), or None
 """
 
@@ -15,6 +16,7 @@ import torch
 
 from service.engine.cache import ResponseCache
 from service.engine.embed import EncoderEngine
+from service.engine.prefix_cache import PrefixCache
 from service.engine.registry import Lease, ModelRegistry
 from service.engine.scheduler import Scheduler
 from service.engine.settings import EngineSettings
@@ -25,7 +27,9 @@ class Engine:
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
         self.registry = ModelRegistry(settings)
-        self.scheduler = Scheduler(self.registry, settings.batching)
+        prefix = settings.prefix_cache
+        self.prefix_cache = PrefixCache(prefix.max_bytes, prefix.block_tokens) if prefix.enabled else None
+        self.scheduler = Scheduler(self.registry, settings.batching, self.prefix_cache)
         cache = settings.cache
         self.cache = ResponseCache(cache.size if cache.enabled else 0, cache.ttl_s, max_bytes=cache.max_bytes)
         self.num_threads = settings.num_threads
