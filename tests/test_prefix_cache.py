@@ -38,10 +38,10 @@ def engines(tiny_base_dir, tmp_path_factory):
         engine.stop()
 
 
-def run(engine, requests, together=False):
+def run(engine, requests, together=False, scope=None):
     """[(model, prompt_ids, params)] -> per request its [(token piece, logprob)], prompt logprobs first."""
     async def one(model, prompt, params):
-        stream = engine.generate(engine.registry.acquire(model), prompt, params)
+        stream = engine.generate(engine.registry.acquire(model), prompt, params, scope=scope)
         return [(lp.token, lp.logprob) async for event in stream for lp in event.logprobs]
 
     async def main():
@@ -111,6 +111,18 @@ def test_hit_and_miss_counters_move_per_adapter(engines):
     assert REGISTRY.get_sample_value("tuneserve_prefix_cache_reused_tokens_total", {"adapter": "pb"}) >= 160
 
 
+def test_entries_are_per_api_key(engines):
+    """Like the response cache: no tenant learns from its time to first token what another one sent."""
+    cache = engines[True].prefix_cache
+    cache.clear()
+    run(engines[True], [("pa", SHARED + TURNS[0], GREEDY)], scope="key-1")
+    hits = cache.hits
+    run(engines[True], [("pa", SHARED + TURNS[1], GREEDY)], scope="key-2")
+    assert cache.hits == hits
+    run(engines[True], [("pa", SHARED + TURNS[2], GREEDY)], scope="key-1")
+    assert cache.hits == hits + 1
+
+
 def kv(tokens: int, layers: int = 2):
     return [(torch.full((2, tokens, 4), float(i)), torch.full((2, tokens, 4), float(i))) for i in range(layers)]
 
@@ -120,26 +132,26 @@ def test_eviction_keeps_the_byte_bound_and_drops_least_recently_used():
     cache = PrefixCache(max_bytes=3 * per_entry, block_tokens=16)
     prompts = [[p] * 17 for p in range(5)]
     for prompt in prompts[:3]:
-        assert cache.store("t", None, prompt, kv(17))
-    assert cache.lookup("t", None, prompts[0] + [1])[0] == 16  # prompt 0 becomes the most recently used
+        assert cache.store(("t", None), prompt, kv(17))
+    assert cache.lookup(("t", None), prompts[0] + [1])[0] == 16  # prompt 0 becomes the most recently used
     for prompt in prompts[3:]:
-        cache.store("t", None, prompt, kv(17))
+        cache.store(("t", None), prompt, kv(17))
         assert cache.bytes <= cache.max_bytes
     assert cache.stats()["entries"] == 3
-    assert cache.lookup("t", None, prompts[0] + [1]) is not None
-    assert cache.lookup("t", None, prompts[1] + [1]) is None and cache.lookup("t", None, prompts[2] + [1]) is None
-    assert not cache.store("t", None, [9] * 200, kv(200))  # larger than the whole budget: not kept
-    assert cache.lookup("t", None, prompts[4] + [1]) is not None
+    assert cache.lookup(("t", None), prompts[0] + [1]) is not None
+    assert cache.lookup(("t", None), prompts[1] + [1]) is None and cache.lookup(("t", None), prompts[2] + [1]) is None
+    assert not cache.store(("t", None), [9] * 200, kv(200))  # larger than the whole budget: not kept
+    assert cache.lookup(("t", None), prompts[4] + [1]) is not None
     assert len(cache.index) == 3  # evicted entries left no index keys behind
 
 
 def test_longest_block_aligned_match_within_scope_and_never_the_whole_prompt():
     cache = PrefixCache(max_bytes=1 << 20, block_tokens=4)
     prompt = list(range(10))
-    cache.store("t", "a1", prompt, kv(10))
-    assert cache.lookup("t", "a1", prompt[:8] + [99])[0] == 8
-    assert cache.lookup("t", "a1", prompt[:6] + [99])[0] == 4
-    assert cache.lookup("t", "a1", prompt[:8])[0] == 4  # the last token always runs (its logits pick the next)
-    assert cache.lookup("t", "a2", prompt) is None and cache.lookup("t", None, prompt) is None
-    assert cache.lookup("other", "a1", prompt) is None
-    assert cache.lookup("t", "a1", [50] + prompt[1:]) is None
+    cache.store(("t", "a1"), prompt, kv(10))
+    assert cache.lookup(("t", "a1"), prompt[:8] + [99])[0] == 8
+    assert cache.lookup(("t", "a1"), prompt[:6] + [99])[0] == 4
+    assert cache.lookup(("t", "a1"), prompt[:8])[0] == 4  # the last token always runs (its logits pick the next)
+    assert cache.lookup(("t", "a2"), prompt) is None and cache.lookup(("t", None), prompt) is None
+    assert cache.lookup(("other", "a1"), prompt) is None
+    assert cache.lookup(("t", "a1"), [50] + prompt[1:]) is None

@@ -148,7 +148,8 @@ class DecodeBatch:
             return [None] * len(rows)
         key, hits = self.target().key, []
         for row in rows:
-            hit = None if row.params.prompt_logprobs else self.prefix_cache.lookup(key, row.adapter, row.prompt_ids)
+            hit = None if row.params.prompt_logprobs else self.prefix_cache.lookup((key, row.adapter, row.scope),
+                                                                                          row.prompt_ids)
             if not row.params.prompt_logprobs:
                 metrics.prefix_cache_lookup(row.model, hit[0] if hit else 0)
             hits.append(hit)
@@ -162,7 +163,7 @@ class DecodeBatch:
         for i, (row, hit) in enumerate(zip(rows, hits)):
             length = len(row.prompt_ids) // block * block
             if length and (hit is None or hit[0] < length):
-                self.prefix_cache.store(key, row.adapter, row.prompt_ids, row_layers(cache, attn, i, length))
+                self.prefix_cache.store((key, row.adapter, row.scope), row.prompt_ids, row_layers(cache, attn, i, length))
         metrics.prefix_cache_size(self.prefix_cache.bytes)
 
     def _prompt_logprobs(self, row: GenRow, logits: torch.Tensor) -> list[TokenLogprob]:

@@ -53,9 +53,10 @@ class Engine:
         self.started = False
 
     def generate(self, lease: Lease, prompt_ids: list[int], params: SamplingParams, n: int = 1,
-                 grammar=None) -> RequestStream:
+                 grammar=None, scope: str | None = None) -> RequestStream:
         """Queue `n` choices of one prompt; the lease is released when the last choice ends. `grammar`:
-        params.constraint compiled for the lease's tokenizer (service/structured.py), each row matches it."""
+        params.constraint compiled for the lease's tokenizer (service/structured.py), each row matches it;
+        `scope`: the API key id, whose own prefix cache entries the rows reuse."""
         stream = RequestStream(n)
         remaining = [n]
 
@@ -65,7 +66,7 @@ class Engine:
                 lease.release()
 
         rows = [GenRow(prompt_ids, params, lease.target, lease.slot, i, stream, lease.model_id, release_one,
-                       grammar=grammar) for i in range(n)]
+                       grammar=grammar, scope=scope) for i in range(n)]
         self.scheduler.submit(rows)
         return stream
 

@@ -1,12 +1,15 @@
 """Cross-request prefix cache: the KV cache of prompt prefixes, reused by later prompts that share them.
 
     cache = PrefixCache(max_bytes=256 << 20, block_tokens=16)
-    hit = cache.lookup(target_key, slot, prompt_ids)       # (length, [(keys, values) per layer]) or None
-    cache.store(target_key, slot, prompt_ids, layers)      # layers: per layer (keys, values) of [H, T, D]
+    scope = (target_key, slot, api_key_id)
+    hit = cache.lookup(scope, prompt_ids)       # (length, [(keys, values) per layer]) or None
+    cache.store(scope, prompt_ids, layers)      # layers: per layer (keys, values) of [H, T, D]
 
-Keys are (model target, adapter slot, token prefix): a LoRA adapter changes K and V, so each adapter
-slot (a new slot per loaded version; slots are never reused) and the bare base (slot None) have their
-own entries, and a full-model artifact (another target) its own. Prefixes are matched in blocks of
+Keys are (scope, token prefix), the scope naming the model target, the adapter slot and the API key:
+a LoRA adapter changes K and V, so each adapter slot (a new slot per loaded version; slots are never
+reused) and the bare base (slot None) have their own entries, and a full-model artifact (another
+target) its own; entries are per API key like the response cache's (engine/cache.py), so no tenant
+learns from its time to first token which prefixes another tenant sent. Prefixes are matched in blocks of
 `block_tokens`: every block boundary of a stored prompt is indexed by a chained hash of the token ids
 up to it (hash of the previous boundary's hash and the block), so a lookup walks the new prompt's
 boundaries once (O(prompt length)) and takes the longest one some entry holds, slicing that entry's
@@ -49,21 +52,21 @@ class PrefixCache:
         self._next_id = 0
 
     def _boundaries(self, scope: tuple, tokens: list[int] | tuple[int, ...], blocks: int) -> list[int]:
-        """Chained hashes of the first 1..blocks blocks of `tokens` within `scope` (target, slot)."""
+        """Chained hashes of the first 1..blocks blocks of `tokens` within `scope`."""
         out, current, size = [], hash(scope), self.block_tokens
         for b in range(blocks):
             current = hash((current, tuple(tokens[b * size:(b + 1) * size])))
             out.append(current)
         return out
 
-    def lookup(self, target: str, slot: str | None, prompt_ids: list[int]) -> tuple[int, Layers] | None:
-        """The longest cached block-aligned prefix of `prompt_ids` (shorter than the prompt) on this
-        target and adapter slot: (its length, its KV per layer, sliced), or None."""
+    def lookup(self, scope: tuple, prompt_ids: list[int]) -> tuple[int, Layers] | None:
+        """The longest cached block-aligned prefix of `prompt_ids` (shorter than the prompt) within
+        `scope`: (its length, its KV per layer, sliced), or None."""
         blocks = (len(prompt_ids) - 1) // self.block_tokens
         if self.max_bytes <= 0 or blocks <= 0 or not self.entries:
             self.misses += 1
             return None
-        boundaries = self._boundaries((target, slot), prompt_ids, blocks)
+        boundaries = self._boundaries(scope, prompt_ids, blocks)
         for b in range(blocks, 0, -1):
             length = b * self.block_tokens
             for entry_id in self.index.get(boundaries[b - 1], {}):
@@ -75,14 +78,14 @@ class PrefixCache:
         self.misses += 1
         return None
 
-    def store(self, target: str, slot: str | None, prompt_ids: list[int], layers: Layers) -> bool:
+    def store(self, scope: tuple, prompt_ids: list[int], layers: Layers) -> bool:
         """Keep the KV of `prompt_ids`' whole blocks (`layers` may hold more positions: they are cut).
         Skipped when an entry already holds that whole prefix or it exceeds the budget; True when kept."""
         blocks = len(prompt_ids) // self.block_tokens
         if self.max_bytes <= 0 or blocks <= 0:
             return False
         length = blocks * self.block_tokens
-        boundaries = self._boundaries((target, slot), prompt_ids, blocks)
+        boundaries = self._boundaries(scope, prompt_ids, blocks)
         tokens = tuple(prompt_ids[:length])
         for entry_id in self.index.get(boundaries[-1], {}):
             if self.entries[entry_id].tokens[:length] == tokens:
