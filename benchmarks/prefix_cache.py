@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--note", default="2-core dev box shared with other jobs (load average recorded)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
+    from benchmarks.banking77_compare import machine
     from service.engine.engine import Engine
     from service.engine.settings import EngineSettings
 
@@ -89,7 +90,7 @@ def main() -> None:
     def turn() -> list[int]:
         return [rng.randrange(10, vocab) for _ in range(rng.randrange(8, 21))]
 
-    load = os.getloadavg()
+    host = machine(args.threads, args.note)
     hit_ratios, miss_ratios, runs, identical, total = [], [], {"hit_on": [], "off": [], "miss_on": [], "miss_off": []}, 0, 0
     try:
         for engine in engines.values():  # warm-up; the cached engine stores the system prompt
@@ -130,9 +131,7 @@ def main() -> None:
                     "hit_ratio_per_rep": [round(r, 3) for r in hit_ratios],
                     "miss_cost_ratio": round(statistics.median(miss_ratios), 3),
                     "miss_cost_ratio_per_rep": [round(r, 3) for r in miss_ratios], "cache_stats": stats},
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": args.threads,
-                    "processor": platform.processor() or platform.machine(), "load_average_at_start": load,
-                    "note": args.note},
+        "machine": host,
         "versions": versions(),
         "command": " ".join(["python benchmarks/prefix_cache.py", *sys.argv[1:]]),
     }

@@ -4,7 +4,10 @@
 (identical prompts on the same adapter are prefilled once and their KV cache copied — prefix
 reuse for n > 1 and repeated prompts) and merges their KV cache into the running one
 (left-padded); `step()` decodes one token for every active row. Finished, cancelled and
-failed rows leave after each step, and cache columns no row needs are trimmed.
+failed rows leave after each step, and cache columns no row needs are trimmed. With a `PrefixCache`
+(prefix_cache.py), a row's prefill continues from the KV of its longest cached prompt prefix (per
+target, adapter slot and API key) and only the rest of its prompt runs; each prefill's prompt KV is
+stored for later requests.
 
 Each row brings its own options (`SamplingParams`): min_tokens masks end-of-sequence and stop ids
 until reached, ignore_eos, stop_token_ids, stop strings kept or cut, and echo with logprobs, whose
@@ -163,7 +166,11 @@ class DecodeBatch:
         for i, (row, hit) in enumerate(zip(rows, hits)):
             length = len(row.prompt_ids) // block * block
             if length and (hit is None or hit[0] < length):
-                self.prefix_cache.store((key, row.adapter, row.scope), row.prompt_ids, row_layers(cache, attn, i, length))
+                try:
+                    self.prefix_cache.store((key, row.adapter, row.scope), row.prompt_ids,
+                                            row_layers(cache, attn, i, length))
+                except Exception as exc:  # noqa: BLE001 - a prefix not kept never fails the request
+                    log.warning("prefix cache store failed: %s: %s", type(exc).__name__, exc)
         metrics.prefix_cache_size(self.prefix_cache.bytes)
 
     def _prompt_logprobs(self, row: GenRow, logits: torch.Tensor) -> list[TokenLogprob]:
