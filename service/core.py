@@ -245,7 +245,8 @@ class ServingCore:
         streams: list[RequestStream] = []
         try:
             for lease, ids in zip(job.leases, job.prompts):
-                streams.append(self.engine.generate(lease, ids, job.params, job.n, grammar=job.grammar))
+                streams.append(self.engine.generate(lease, ids, job.params, job.n, grammar=job.grammar,
+                                                     scope=job.scope))
         except BaseException:
             for stream in streams:
                 stream.cancel()

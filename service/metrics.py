@@ -73,6 +73,10 @@ QUEUE_DEPTH = Gauge("tuneserve_queue_depth", "Requests waiting for a batch slot.
 QUEUE_CAPACITY = Gauge("tuneserve_queue_capacity", "Bound of the request queue.", multiprocess_mode="livesum")
 BATCH_SIZE = Histogram("tuneserve_batch_size", "Rows per engine batch when rows join it.", buckets=BATCH_BUCKETS)
 CACHE_REQUESTS = Counter("tuneserve_cache_requests", "Cache lookups.", ["cache", "result"])
+PREFIX_LOOKUPS = Counter("tuneserve_prefix_cache_lookups", "Prompt prefix KV cache lookups.", ["adapter", "result"])
+PREFIX_TOKENS = Counter("tuneserve_prefix_cache_reused_tokens", "Prompt tokens whose KV came from the prefix cache.",
+                        ["adapter"])
+PREFIX_BYTES = Gauge("tuneserve_prefix_cache_bytes", "KV bytes held by the prefix cache.", multiprocess_mode="livesum")
 ADAPTER_LOADS = Counter("tuneserve_adapter_loads", "Adapter load attempts.", ["adapter", "result"])
 ADAPTER_EVICTIONS = Counter("tuneserve_adapter_evictions", "Adapters evicted from the loaded set.", ["adapter"])
 ADAPTERS_LOADED = Gauge("tuneserve_adapters_loaded", "Adapters currently loaded.", multiprocess_mode="livesum")
@@ -187,6 +191,20 @@ def inter_token(model: str, seconds: float, transport: str = "any") -> None:
 
 def cache_lookup(model: str, hit: bool, cache: str = "response") -> None:
     CACHE_REQUESTS.labels(cache, "hit" if hit else "miss").inc()
+
+
+def prefix_cache_lookup(model: str, reused_tokens: int) -> None:
+    """One prompt's prefix cache lookup (a hit reused `reused_tokens` > 0), per adapter and in the cache totals."""
+    hit = reused_tokens > 0
+    CACHE_REQUESTS.labels("prefix", "hit" if hit else "miss").inc()
+    label = adapter_label(model)
+    PREFIX_LOOKUPS.labels(label, "hit" if hit else "miss").inc()
+    if hit:
+        PREFIX_TOKENS.labels(label).inc(reused_tokens)
+
+
+def prefix_cache_size(nbytes: int) -> None:
+    PREFIX_BYTES.set(nbytes)
 
 
 def batch_admitted(new_rows: int, running_rows: int) -> None:

@@ -4,7 +4,10 @@
 (identical prompts on the same adapter are prefilled once and their KV cache copied — prefix
 reuse for n > 1 and repeated prompts) and merges their KV cache into the running one
 (left-padded); `step()` decodes one token for every active row. Finished, cancelled and
-failed rows leave after each step, and cache columns no row needs are trimmed.
+failed rows leave after each step, and cache columns no row needs are trimmed. With a `PrefixCache`
+(prefix_cache.py), a row's prefill continues from the KV of its longest cached prompt prefix (per
+target, adapter slot and API key) and only the rest of its prompt runs; each prefill's prompt KV is
+stored for later requests.
 
 Each row brings its own options (`SamplingParams`): min_tokens masks end-of-sequence and stop ids
 until reached, ignore_eos, stop_token_ids, stop strings kept or cut, and echo with logprobs, whose
@@ -31,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from service import metrics
+from service.engine.prefix_cache import PrefixCache, past_for_rows, row_layers
 from service.engine.sampling import SamplingError, choose_token, make_generator, token_logprobs
 from service.engine.text import TextTracker
 from service.engine.types import Event, GenRow, TokenLogprob
@@ -50,8 +55,10 @@ class ActiveRow:
 
 
 class DecodeBatch:
-    def __init__(self, target: Callable[[], Any], tokenizer: Any, lock: threading.Lock) -> None:
+    def __init__(self, target: Callable[[], Any], tokenizer: Any, lock: threading.Lock,
+                 prefix_cache: PrefixCache | None = None) -> None:
         self.target = target  # () -> registry Target: asked at every step, its adapters may change
+        self.prefix_cache = prefix_cache  # shared by the engine's batches (keys name the target)
         self.tokenizer = tokenizer
         self.lock = lock
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -112,16 +119,19 @@ class DecodeBatch:
                 keys[key] = len(unique)
                 unique.append(row)
             expand.append(keys[key])
-        width = max(len(r.prompt_ids) for r in unique)
+        hits = self._cached_prefixes(unique)
+        rest = [r.prompt_ids[h[0]:] if h else r.prompt_ids for r, h in zip(unique, hits)]
+        width = max(len(ids) for ids in rest)
         ids = torch.full((len(unique), width), self.pad_id, dtype=torch.long)
         attn = torch.zeros((len(unique), width), dtype=torch.long)
-        for i, row in enumerate(unique):
-            n = len(row.prompt_ids)
-            ids[i, width - n:] = torch.tensor(row.prompt_ids, dtype=torch.long)
-            attn[i, width - n:] = 1
-        cache = DynamicCache()
+        for i, row_ids in enumerate(rest):
+            ids[i, width - len(row_ids):] = torch.tensor(row_ids, dtype=torch.long)
+            attn[i, width - len(row_ids):] = 1
+        cache, past = past_for_rows(hits)  # [cached prefix][remaining tokens], each part left-padded
+        attn = torch.cat([past, attn], dim=1)
         echo = any(r.params.prompt_logprobs for r in unique)
         logits = self._forward(ids, attn, cache, [r.adapter for r in unique], every_position=echo)
+        self._keep_prefixes(unique, hits, cache, attn)
         prompt = [self._prompt_logprobs(r, logits[i]) if r.params.prompt_logprobs else [] for i, r in enumerate(unique)]
         logits = logits[:, -1, :] if echo else logits
         if len(unique) != len(rows):
@@ -133,6 +143,35 @@ class DecodeBatch:
                          matcher=new_matcher(r.grammar) if r.grammar is not None else None) for i, r in enumerate(rows)]
         tokens, failed = self._choose(new, logits)
         return new, cache, attn, tokens, failed
+
+    def _cached_prefixes(self, rows: list[GenRow]) -> list:
+        """Each row's longest cached prompt prefix on its adapter (None: none, or a row wanting prompt
+        logprobs, whose every position must run)."""
+        if self.prefix_cache is None:
+            return [None] * len(rows)
+        key, hits = self.target().key, []
+        for row in rows:
+            hit = None if row.params.prompt_logprobs else self.prefix_cache.lookup((key, row.adapter, row.scope),
+                                                                                          row.prompt_ids)
+            if not row.params.prompt_logprobs:
+                metrics.prefix_cache_lookup(row.model, hit[0] if hit else 0)
+            hits.append(hit)
+        return hits
+
+    def _keep_prefixes(self, rows: list[GenRow], hits: list, cache, attn: torch.Tensor) -> None:
+        """Store each row's prompt KV (its whole blocks) unless its hit already covered them."""
+        if self.prefix_cache is None:
+            return
+        key, block = self.target().key, self.prefix_cache.block_tokens
+        for i, (row, hit) in enumerate(zip(rows, hits)):
+            length = len(row.prompt_ids) // block * block
+            if length and (hit is None or hit[0] < length):
+                try:
+                    self.prefix_cache.store((key, row.adapter, row.scope), row.prompt_ids,
+                                            row_layers(cache, attn, i, length))
+                except Exception as exc:  # noqa: BLE001 - a prefix not kept never fails the request
+                    log.warning("prefix cache store failed: %s: %s", type(exc).__name__, exc)
+        metrics.prefix_cache_size(self.prefix_cache.bytes)
 
     def _prompt_logprobs(self, row: GenRow, logits: torch.Tensor) -> list[TokenLogprob]:
         """The logprob of each prompt token given the ones before it (the first: None), with the

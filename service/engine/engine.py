@@ -6,6 +6,7 @@
     stream = engine.generate(lease, prompt_ids, SamplingParams(max_tokens=32), n=1)   # inside an event loop
     async for event in stream: ...
     engine.classify(lease, ["text"])   # -> [[(label, prob), ...] best first]
+    engine.prefix_cache                # the PrefixCache shared by the decode batches (None: disabled)
     engine.encoder                     # the EncoderEngine for /v1/embeddings (settings.embedding_model), or None
 """
 
@@ -15,6 +16,7 @@ import torch
 
 from service.engine.cache import ResponseCache
 from service.engine.embed import EncoderEngine
+from service.engine.prefix_cache import PrefixCache
 from service.engine.registry import Lease, ModelRegistry
 from service.engine.scheduler import Scheduler
 from service.engine.settings import EngineSettings
@@ -25,7 +27,9 @@ class Engine:
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
         self.registry = ModelRegistry(settings)
-        self.scheduler = Scheduler(self.registry, settings.batching)
+        prefix = settings.prefix_cache
+        self.prefix_cache = PrefixCache(prefix.max_bytes, prefix.block_tokens) if prefix.enabled else None
+        self.scheduler = Scheduler(self.registry, settings.batching, self.prefix_cache)
         cache = settings.cache
         self.cache = ResponseCache(cache.size if cache.enabled else 0, cache.ttl_s, max_bytes=cache.max_bytes)
         self.num_threads = settings.num_threads
@@ -49,9 +53,10 @@ class Engine:
         self.started = False
 
     def generate(self, lease: Lease, prompt_ids: list[int], params: SamplingParams, n: int = 1,
-                 grammar=None) -> RequestStream:
+                 grammar=None, scope: str | None = None) -> RequestStream:
         """Queue `n` choices of one prompt; the lease is released when the last choice ends. `grammar`:
-        params.constraint compiled for the lease's tokenizer (service/structured.py), each row matches it."""
+        params.constraint compiled for the lease's tokenizer (service/structured.py), each row matches it;
+        `scope`: the API key id, whose own prefix cache entries the rows reuse."""
         stream = RequestStream(n)
         remaining = [n]
 
@@ -61,7 +66,7 @@ class Engine:
                 lease.release()
 
         rows = [GenRow(prompt_ids, params, lease.target, lease.slot, i, stream, lease.model_id, release_one,
-                       grammar=grammar) for i in range(n)]
+                       grammar=grammar, scope=scope) for i in range(n)]
         self.scheduler.submit(rows)
         return stream
 

@@ -31,8 +31,9 @@ log = logging.getLogger("tuneserve.service.scheduler")
 
 
 class Scheduler:
-    def __init__(self, registry, batching: BatchingSettings) -> None:
+    def __init__(self, registry, batching: BatchingSettings, prefix_cache=None) -> None:
         self.registry = registry
+        self.prefix_cache = prefix_cache  # a PrefixCache every batch shares (None: off)
         self.max_batch_size = batching.max_batch_size
         self.batch_wait_timeout_s = batching.batch_wait_timeout_s
         self.batch_max_wait_s = max(batching.batch_max_wait_s, batching.batch_wait_timeout_s)
@@ -132,7 +133,8 @@ class Scheduler:
         batch = self.batches.get(key)
         if batch is None:
             target = self.registry.targets[key]
-            batch = DecodeBatch(lambda k=key: self.registry.target(k), target.loaded.tokenizer, self.registry.model_lock)
+            batch = DecodeBatch(lambda k=key: self.registry.target(k), target.loaded.tokenizer, self.registry.model_lock,
+                                self.prefix_cache)
             self.batches[key] = batch
         return batch
 

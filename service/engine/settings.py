@@ -64,9 +64,17 @@ class CacheSettings(StrictModel):
                            "(text and logprobs), besides the entry count")
 
 
+class PrefixCacheSettings(StrictModel):
+    enabled: bool = Field(True, description="reuse the KV cache of prompt prefixes across requests "
+                          "(service/engine/prefix_cache.py), per base and adapter version")
+    max_bytes: int = Field(256 * 1024 * 1024, ge=0, description="bound on the cached KV tensors (LRU)")
+    block_tokens: int = Field(16, ge=1, le=1024, description="prefixes match in blocks of this many tokens")
+
+
 class EngineSettings(ModelSettings):
-    """Everything one replica's engine is built from (registry, scheduler, response cache, threads)."""
+    """Everything one replica's engine is built from (registry, scheduler, response and prefix caches, threads)."""
 
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    prefix_cache: PrefixCacheSettings = Field(default_factory=PrefixCacheSettings)
     num_threads: int = Field(2, ge=1, description="torch threads in the engine replica")

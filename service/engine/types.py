@@ -107,3 +107,4 @@ class GenRow:
     release: Callable[[], None] = lambda: None
     queued_at: float = 0.0  # time.monotonic() when the scheduler received it
     grammar: Any = None  # the compiled grammar of params.constraint (each row matches its own copy)
+    scope: str | None = None  # the API key whose prefix cache entries the row may use (None: in-process callers)
