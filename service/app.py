@@ -142,10 +142,14 @@ class RemoteCore:
         self.handle = handle
         self.ingress_secret = ingress_secret
 
-    async def _call(self, method: str, *args: Any) -> Any:
+    @staticmethod
+    def _attempts(method: str) -> int:
         # a replica that died before answering lost nothing the client saw, and Serve's router drops it at
         # once, so a retry reaches a live one. Admin writes are not retried (the dead replica may have applied one).
-        attempts = 1 if method in ADMIN_WRITES else 1 + DEAD_REPLICA_RETRIES
+        return 1 if method in ADMIN_WRITES else 1 + DEAD_REPLICA_RETRIES
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        attempts = self._attempts(method)
         with engine_queue():
             for attempt in range(attempts):
                 try:
@@ -159,8 +163,9 @@ class RemoteCore:
         return reply["ok"]
 
     async def _stream(self, method: str, *args: Any) -> AsyncIterator[dict]:
+        attempts = self._attempts(method)
         with engine_queue():
-            for attempt in range(1 + DEAD_REPLICA_RETRIES):
+            for attempt in range(attempts):
                 sent = False
                 gen = self.handle.options(stream=True).stream.remote(self.ingress_secret, method, *args)
                 try:
@@ -171,7 +176,7 @@ class RemoteCore:
                         yield reply["ok"]
                     return
                 except RayActorError:
-                    if sent or attempt == DEAD_REPLICA_RETRIES:  # half a stream cannot be replayed
+                    if sent or attempt == attempts - 1:  # half a stream cannot be replayed
                         raise
                 finally:
                     gen.cancel()  # client gone or done: stop the generation on the engine

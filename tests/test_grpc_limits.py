@@ -127,3 +127,77 @@ def test_a_full_engine_queue_is_overloaded_503_resource_exhausted():
     asyncio.run(calls())
     spec = describe(Overloaded("busy"))
     assert (spec.http_status, spec.grpc_code) == (503, "RESOURCE_EXHAUSTED")
+
+
+class _DyingReplicas:
+    """A stand-in DeploymentHandle whose first `deaths` calls land on a replica that died (RayActorError);
+    `sends` counts how many calls reached a replica."""
+
+    def __init__(self, deaths: int, stream_items: int = 0) -> None:
+        self.deaths, self.sends, self.stream_items = deaths, 0, stream_items
+        self.call = self.stream = self
+
+    def options(self, **kwargs):
+        return self
+
+    def _dead(self) -> bool:
+        self.sends += 1
+        return self.sends <= self.deaths
+
+    def remote(self, secret, method, *args):
+        from ray.exceptions import RayActorError
+
+        if method.startswith("stream_"):
+            return _Stream(self, RayActorError)
+
+        async def reply():
+            if self._dead():
+                raise RayActorError()
+            return {"ok": method}
+
+        return reply()
+
+
+class _Stream:
+    def __init__(self, handle: _DyingReplicas, error: type[Exception]) -> None:
+        self.handle, self.error = handle, error
+
+    def cancel(self) -> None:
+        pass
+
+    async def __aiter__(self):
+        dead = self.handle._dead()
+        for i in range(self.handle.stream_items):
+            if dead and i == self.handle.stream_items // 2:
+                raise self.error()
+            yield {"ok": i}
+        if dead:
+            raise self.error()
+
+
+def test_a_dead_replica_is_retried_for_reads_and_fresh_streams_never_for_admin_writes_or_half_streams():
+    from service.app import DEAD_REPLICA_RETRIES, RemoteCore
+    from training.artifact.errors import Unavailable
+
+    async def drain(core, name):
+        return [item async for item in getattr(core, name)(None, None)]
+
+    async def calls():
+        handle = _DyingReplicas(deaths=DEAD_REPLICA_RETRIES)
+        assert await RemoteCore(handle).list_models(None) == "list_models" and handle.sends == DEAD_REPLICA_RETRIES + 1
+        handle = _DyingReplicas(deaths=DEAD_REPLICA_RETRIES + 1)
+        with pytest.raises(Unavailable):
+            await RemoteCore(handle).health()
+        assert handle.sends == DEAD_REPLICA_RETRIES + 1, "the retries are bounded"
+        handle = _DyingReplicas(deaths=1)
+        with pytest.raises(Unavailable):
+            await RemoteCore(handle).pin_adapter("a", True)
+        assert handle.sends == 1, "an admin write may have been applied: never sent twice"
+        handle = _DyingReplicas(deaths=1, stream_items=0)
+        assert await drain(RemoteCore(handle), "stream_chat") == [] and handle.sends == 2, "nothing sent yet: retried"
+        handle = _DyingReplicas(deaths=1, stream_items=4)
+        with pytest.raises(Unavailable):
+            await drain(RemoteCore(handle), "stream_complete")
+        assert handle.sends == 1, "half a stream cannot be replayed"
+
+    asyncio.run(calls())
