@@ -17,6 +17,8 @@ Output forms:
   `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`; text outside the tags is the content.
   When the chat template does not render tools itself, a system turn lists them and this format.
 A reply with calls finishes with "tool_calls" (unless it ran out of tokens: "length").
+Streamed, every form sends a call's id and name once its name is written and then its arguments' raw
+JSON text piece by piece (`CallScanner` reads the output once, as it grows), as OpenAI streams calls.
 """
 
 from __future__ import annotations
@@ -109,6 +111,70 @@ def _call(name: str, arguments: Any) -> ToolCall:
     return ToolCall(id=f"call_{secrets.token_hex(12)}", function={"name": name, "arguments": text})
 
 
+class CallScanner:
+    """Tool calls in JSON text as it grows: the objects at `depth` (1: the text is one call object, as in a
+    hermes tag; 2: an array of them, as `required` writes) with a "name" string and an "arguments" value.
+    It scans each character once and keeps, per call, its name and where the raw text of its arguments
+    starts and (once the value closed) ends, so the arguments can stream as the model writes them."""
+
+    def __init__(self, depth: int) -> None:
+        self.depth, self.pos, self.level = depth, 0, 0
+        self.in_string, self.escaped, self.string_start = False, False, 0
+        self.key: str | None = None    # the last key read in the current call object
+        self.value_of: str | None = None  # the key whose value is being read
+        self.calls: list[dict] = []
+
+    def feed(self, text: str) -> None:
+        for i in range(self.pos, len(text)):
+            self._char(text, i)
+        self.pos = len(text)
+
+    def _char(self, text: str, i: int) -> None:
+        c, here = text[i], self.level == self.depth
+        if self.in_string:
+            if self.escaped:
+                self.escaped = False
+            elif c == "\\":
+                self.escaped = True
+            elif c == '"':
+                self.in_string = False
+                if here and self.calls:
+                    self._string(text[self.string_start:i + 1])
+        elif c == '"':
+            self.in_string, self.string_start = True, i
+        elif c in "{[":
+            self.level += 1
+            if c == "{" and self.level == self.depth:
+                self.calls.append({"name": None, "start": None, "end": None})
+                self.key = self.value_of = None
+        elif c in "}]":
+            if here and self.calls:
+                self._value_ends(i)
+            self.level -= 1
+        elif here and self.calls and c == ":":
+            self.value_of = self.key
+            if self.key == "arguments":
+                self.calls[-1]["start"] = i + 1
+        elif here and self.calls and c == ",":
+            self._value_ends(i)
+
+    def _string(self, literal: str) -> None:
+        try:
+            value = json.loads(literal)
+        except ValueError:
+            return
+        if self.value_of is None:
+            self.key = value
+        elif self.value_of == "name" and self.calls[-1]["name"] is None:
+            self.calls[-1]["name"] = value
+
+    def _value_ends(self, i: int) -> None:
+        call = self.calls[-1]
+        if self.value_of == "arguments" and call["end"] is None:
+            call["end"] = i
+        self.value_of = self.key = None
+
+
 class ToolReply:
     """One choice's output turned into content and tool calls (whole, or as stream deltas)."""
 
@@ -119,6 +185,8 @@ class ToolReply:
         self.text = ""
         self.sent = 0  # characters of text already streamed as content (auto) or arguments (named)
         self.opened: ToolCall | None = None  # named streaming: the call whose arguments are streaming
+        self.scanners: list[tuple[int, CallScanner]] = []  # auto: (where its tag's body starts, its scanner)
+        self.streamed: dict[tuple[int, int], dict] = {}  # (scanner, call) -> {"index", "sent"}
 
     @property
     def active(self) -> bool:
@@ -144,7 +212,9 @@ class ToolReply:
         return (content or None), calls
 
     def delta(self, text: str) -> tuple[str | None, list[dict]]:
-        """Streaming: (content to send now, tool_call deltas to send now) for a new piece of text."""
+        """Streaming: (content to send now, tool_call deltas to send now) for a new piece of text. A call's
+        deltas begin once its name is known (id, name, empty arguments), then carry its arguments' raw
+        text as the model writes it, so they join into the arguments JSON."""
         self.text += text
         if not self.active:
             return text, []
@@ -157,33 +227,73 @@ class ToolReply:
                                "function": {"name": self.mode.function.name, "arguments": text}}]
             return None, [{"index": 0, "function": {"arguments": text}}]
         if self.mode == "required":
-            return None, []
-        start = self.text.find(OPEN)  # auto: content until a call may begin, then the rest waits for the end
-        safe = start if start >= 0 else len(self.text) - _held_back(self.text)
+            return None, self._call_deltas(final=False)
+        start = self.text.find(OPEN)  # auto: content until a call may begin; after it, content waits for the end
+        safe = start if start >= 0 else len(self.text) - _held_back(self.text, OPEN)
         out = self.text[self.sent:max(safe, self.sent)]
         self.sent = max(safe, self.sent)
-        return out or None, []
+        return out or None, self._call_deltas(final=False)
 
     def close(self) -> tuple[str | None, list[dict]]:
-        """Streaming, at the choice's end: the rest of the content and the buffered calls as deltas."""
+        """Streaming, at the choice's end: the rest of the content and what is left of the calls."""
         if not self.active or isinstance(self.mode, NamedToolChoice):
             return None, []
-        calls = self.finish(self.text)[1]
+        deltas = self._call_deltas(final=True)
         if self.mode == "required":  # the output is the calls' JSON, never content
-            return None, [{"index": k, **c.model_dump()} for k, c in enumerate(calls)]
+            return None, deltas
         unsent = self.text[self.sent:]
-        rest = _CALL.sub("", unsent).strip() if calls else unsent  # the text around the calls, not yet sent
-        return rest or None, [{"index": k, **c.model_dump()} for k, c in enumerate(calls)]
+        rest = _CALL.sub("", unsent).strip() if self.streamed else unsent  # the text around the calls
+        return rest or None, deltas
+
+    def _regions(self, final: bool) -> list[tuple[int, CallScanner, str]]:
+        """(scanner number, scanner, the text it reads): the whole output for `required`, each hermes tag's
+        body for auto (up to its closing tag, or to what may be the start of one)."""
+        if self.mode == "required":
+            if not self.scanners:
+                self.scanners.append((0, CallScanner(depth=2)))
+            return [(0, self.scanners[0][1], self.text)]
+        while True:
+            after = self.scanners[-1][0] if self.scanners else 0
+            found = self.text.find(OPEN, after)
+            if found < 0:
+                break
+            self.scanners.append((found + len(OPEN), CallScanner(depth=1)))
+        regions = []
+        for k, (begin, scanner) in enumerate(self.scanners):
+            close = self.text.find(CLOSE, begin)
+            end = close if close >= 0 else len(self.text) - (0 if final else _held_back(self.text, CLOSE))
+            regions.append((k, scanner, self.text[begin:max(end, begin)]))
+        return regions
+
+    def _call_deltas(self, final: bool) -> list[dict]:
+        deltas = []
+        for k, scanner, region in self._regions(final):
+            scanner.feed(region)
+            for j, call in enumerate(scanner.calls):
+                if call["name"] not in self.names or call["start"] is None:
+                    continue
+                state = self.streamed.get((k, j))
+                if state is None:
+                    state = self.streamed[(k, j)] = {"index": len(self.streamed), "sent": 0}
+                    deltas.append({"index": state["index"], "id": f"call_{secrets.token_hex(12)}", "type": "function",
+                                   "function": {"name": call["name"], "arguments": ""}})
+                raw = region[call["start"]:call["end"] if call["end"] is not None else len(region)].lstrip()
+                raw = raw.rstrip()  # trailing whitespace may be the gap before the value's end: sent once more follows
+                piece = raw[state["sent"]:]
+                if piece:
+                    state["sent"] = len(raw)
+                    deltas.append({"index": state["index"], "function": {"arguments": piece}})
+        return deltas
 
     def called(self) -> bool:
         """Whether this choice's (streamed) output made calls."""
-        return self.opened is not None or bool(self.active and self.finish(self.text)[1])
+        return self.opened is not None or bool(self.streamed) or bool(self.active and self.finish(self.text)[1])
 
 
-def _held_back(text: str) -> int:
-    """Characters at the end of `text` that may be the start of OPEN."""
-    for n in range(min(len(OPEN) - 1, len(text)), 0, -1):
-        if text.endswith(OPEN[:n]):
+def _held_back(text: str, tag: str) -> int:
+    """Characters at the end of `text` that may be the start of `tag`."""
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:n]):
             return n
     return 0
 

@@ -193,12 +193,57 @@ def test_auto_mode_parses_the_hermes_format():
     content, calls = ToolReply(request).finish(text)
     assert content == "Let me look." and calls[0].function.name == "get_weather"
     assert json.loads(calls[0].function.arguments) == {"city": "Paris", "celsius": True}
-    streamer, sent = ToolReply(request), []
+    streamer, sent, deltas = ToolReply(request), [], []
     for piece in [text[:7], text[7:15], text[15:40], text[40:]]:
-        sent.append(streamer.delta(piece)[0] or "")
-    rest, deltas = streamer.close()
+        content, calls = streamer.delta(piece)
+        sent.append(content or "")
+        deltas += calls
+    rest, calls = streamer.close()
     assert "".join(sent) + (rest or "") == "Let me look. " and deltas[0]["function"]["name"] == "get_weather"
     assert ToolReply(request).finish("no call here") == ("no call here", [])
+
+
+def _stream_pieces(tool_choice, text: str, size: int):
+    from service.tools import ToolReply
+
+    streamer = ToolReply(ChatCompletionRequest(model="m", messages=CHAT, tools=[WEATHER, TIME], tool_choice=tool_choice))
+    content, calls, before_close = "", {}, set()
+    for i in range(0, len(text), size):
+        piece, deltas = streamer.delta(text[i:i + size])
+        content += piece or ""
+        for d in deltas:
+            call = calls.setdefault(d["index"], {"id": d.get("id"), "name": d.get("function", {}).get("name"), "args": ""})
+            call["args"] += d["function"]["arguments"]
+            if d["function"]["arguments"]:
+                before_close.add(d["index"])
+    rest, deltas = streamer.close()
+    for d in deltas:
+        call = calls.setdefault(d["index"], {"id": d.get("id"), "name": d.get("function", {}).get("name"), "args": ""})
+        call["args"] += d["function"]["arguments"]
+    return content + (rest or ""), calls, before_close, streamer
+
+
+@pytest.mark.parametrize("tool_choice,text", [
+    ("auto", 'Sure. <tool_call>{"name": "get_weather", "arguments": {"city": "Pa\\"ris {x}", "celsius": true}}'
+             '</tool_call> <tool_call>{"arguments": {"tz": "UTC"}, "name": "get_time"}</tool_call>'),
+    ("required", '[{"name": "get_weather", "arguments": {"city": "Oslo, [N]"}} , {"name":"get_time","arguments":{"tz":"CET"}}]'),
+])
+def test_streamed_tool_calls_send_their_arguments_as_the_model_writes_them(tool_choice, text):
+    """`auto` and `required` calls stream like named ones: a call's id and name as soon as its name is
+    known, then its arguments' text piece by piece (not all at the end), joining into what the whole
+    reply parses; for every split of the output into pieces."""
+    from service.tools import ToolReply
+
+    content_whole, whole = ToolReply(ChatCompletionRequest(model="m", messages=CHAT, tools=[WEATHER, TIME],
+                                                           tool_choice=tool_choice)).finish(text)
+    for size in (1, 2, 3, 7, 50):
+        content, calls, before_close, streamer = _stream_pieces(tool_choice, text, size)
+        assert [(c["name"], json.loads(c["args"])) for c in calls.values()] == \
+            [(c.function.name, json.loads(c.function.arguments)) for c in whole], size
+        assert all(c["id"] for c in calls.values()) and streamer.called()
+        assert (content.strip() or None) == (content_whole if tool_choice == "auto" else None)
+        if size < 10:
+            assert before_close == set(calls), "every call's arguments streamed before the choice ended"
 
 
 # ---- the mixed batch -----------------------------------------------------------------------
