@@ -13,7 +13,7 @@ distributed.workers=4`); the same config trains on a laptop and on a Ray cluster
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -33,6 +33,12 @@ class DataConfig(StrictModel):
     max_length: int = Field(256, gt=8, description="tokens per example; longer ones are truncated")
     text_field: str | None = Field(None, description="classification text column (default: text)")
     label_field: str | None = Field(None, description="classification label column (default: label/category/intent)")
+    output_format: Literal["text", "json", "tool_calls"] = Field(
+        "text", description="the assistant turn's format (instruction data): json outputs are checked (against "
+        "output_schema when given) and the schema becomes the adapter's served default; tool_calls (hermes "
+        "<tool_call> tags) records tool_call_format=hermes")
+    output_schema: dict[str, Any] | str | None = Field(None, description="JSON schema (inline or a .json path) every "
+                                                       "output follows, with output_format=json")
 
 
 class LoraOptions(StrictModel):
@@ -194,6 +200,9 @@ class TrainConfig(StrictModel):
             raise ValueError("early_stopping.enabled needs eval_every (validate every N steps)")
         if self.refit and self.distributed.backend == "ray":
             raise ValueError("refit=true runs in one process for now; use distributed.backend=local")
+        if self.data.output_format != "text" and self.task != "causal-lm":
+            raise ValueError(f"data.output_format={self.data.output_format} applies to instruction data "
+                             f"(task=causal-lm), not task={self.task}; leave it at text")
         workers = self.distributed.workers
         if self.batch_size % workers:
             raise ValueError(f"batch_size {self.batch_size} is the global batch and must be a multiple of "

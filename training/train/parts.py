@@ -27,6 +27,7 @@ from training.artifact.profile import build_reference_profile
 from training.train.checkpoint import latest_checkpoint
 from training.train.config import TrainConfig
 from training.train.data import Splits, load_splits
+from training.train.output_format import check_outputs, manifest_defaults
 from training.train.loop import LoopResult, TrainLoop
 from training.train.methods import Method, get_method
 from training.train.recipes import data_shape, pick_recipe
@@ -211,6 +212,7 @@ def prepare(cfg: TrainConfig, device: Any) -> Prepared:
     model_dir = resolve_base_dir(cfg.base)
     base_sha = fingerprint_model_dir(model_dir)
     splits = load_splits(cfg.data, cfg.task, cfg.seed)
+    check_outputs(cfg.data, cfg.task, splits)
     tokenizer = load_tokenizer(model_dir, padding_side="right")
     recipe = pick_recipe(cfg, data_shape(cfg, splits, tokenizer))
     cfg = recipe.config
@@ -244,6 +246,7 @@ def describe(cfg: TrainConfig, prep: Prepared, result: LoopResult, wall: float) 
         metrics={**result.metrics, "steps": result.steps, "samples_per_second": result.samples / max(result.train_seconds, 1e-9),
                  "stopped_early": result.stopped_early},
         labels=splits.labels, trainable_parameters=prep.trainable, wall_time_seconds=round(wall, 3),
+        **manifest_defaults(cfg.data, tokenizer, prep.template, [row.get("output", "") for row in splits.train]),
     )
 
 
