@@ -13,22 +13,18 @@ Writes benchmarks/results/adapter_miss.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `python benchmarks/NAME.py`
+from benchmarks.common import (  # noqa: E402
+    arguments, command, load_average, machine, provenance, versions, write_results)
+
 ADAPTERS = ["m0", "m1", "m2", "m3"]
 
 
@@ -50,8 +46,7 @@ def summary(seconds: list[float]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", default="tiny-llama")
+    parser = arguments(__doc__)
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--max-tokens", type=int, default=16)
     args = parser.parse_args()
@@ -80,18 +75,15 @@ def main() -> None:
     finally:
         core.stop()
     hit, miss = summary(hits), summary(misses)
-    results = {"command": "python benchmarks/adapter_miss.py " + " ".join(sys.argv[1:]), "base": args.base,
-               "max_tokens": args.max_tokens, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-               "load_average": os.getloadavg(), "hit": hit, "miss": miss,
-               "miss_cost_ms": round(miss["median_ms"] - hit["median_ms"], 1)}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "adapter_miss.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / "adapter_miss.md").write_text("\n".join([
-        "# Adapter hit vs miss on one engine", "", f"Command: `{results['command']}`  ",
-        f"Machine: {results['machine']}, load average {results['load_average']}", "",
+    results = {"command": command(), "base": args.base, "max_tokens": args.max_tokens, "machine": machine(),
+               "versions": versions("torch", "transformers", "peft"), "load_average": load_average(),
+               "hit": hit, "miss": miss, "miss_cost_ms": round(miss["median_ms"] - hit["median_ms"], 1)}
+    write_results("adapter_miss", results, "\n".join([
+        "# Adapter hit vs miss on one engine", "", *provenance(results),
+        f"Load average at the end: {results['load_average']}", "",
         f"Completion of {args.max_tokens} tokens, adapter resident (hit): median {hit['median_ms']} ms (n={hit['n']}); "
         f"adapter loaded first, evicting another (miss, max_adapters 2, 4 adapters round-robin): median "
-        f"{miss['median_ms']} ms (n={miss['n']}). A miss costs {results['miss_cost_ms']} ms.", ""]) + "\n")
+        f"{miss['median_ms']} ms (n={miss['n']}). A miss costs {results['miss_cost_ms']} ms."]))
     print(json.dumps(results, indent=2))
 
 

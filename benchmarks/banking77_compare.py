@@ -6,58 +6,35 @@ for the test accuracy) and checks goals Q1 (LoRA test accuracy >= 0.90 within 15
 on 2 cores) and Q2 (LoRA within 2 accuracy points of full fine-tuning, measured in the same run).
 
     python benchmarks/banking77_compare.py [--epochs 4] [--threads 2] [--no-group-by-length]
-Writes benchmarks/results/banking77_compare.{json,md} (+ comparison.png).
+Writes benchmarks/results/banking77_compare.{json,md} (+ banking77_compare.png).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-DATA = ROOT.parent / "shared" / "data" / "banking77"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `python benchmarks/NAME.py`
+from benchmarks.common import (  # noqa: E402
+    DATA, arguments, command, goals_table, machine, provenance, versions, write_results)
 
-
-def versions() -> dict[str, str]:
-    import peft
-    import torch
-    import transformers
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__}
-
-
-def machine(threads: int, note: str) -> dict[str, object]:
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": threads,
-            "processor": platform.processor() or platform.machine(), "load_average_at_start": load,
-            "note": note}
+BANKING77 = DATA / "banking77"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__, base=False, threads=True, note="2-core dev box, nothing else heavy running")
     parser.add_argument("--epochs", type=float, default=4.0)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lora-lr", type=float, default=2e-3)
     parser.add_argument("--full-lr", type=float, default=1e-4)
     parser.add_argument("--no-group-by-length", dest="group_by_length", action="store_false",
                         help="random batches instead of length-grouped ones (pads to ~46 instead of ~17 tokens)")
     parser.add_argument("--keep-artifacts", action="store_true")
-    parser.add_argument("--data", default=str(DATA), help="folder with Banking77 train.csv / test.csv")
-    parser.add_argument("--note", default="2-core dev box, nothing else heavy running")
+    parser.add_argument("--data", default=str(BANKING77), help="folder with Banking77 train.csv / test.csv")
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
     from training.artifact.config import load_config
     from training.train.compare import CompareConfig, compare
 
@@ -87,21 +64,16 @@ def main() -> None:
         {"id": "Q2", "measure": "full minus LoRA test accuracy (points)", "value": round(gap, 2), "goal": "<= 2.0",
          "met": gap <= 2.0},
     ]
-    shutil.copy(result["plot"], RESULTS / "banking77_compare.png")
     report = {"benchmark": "banking77_compare", "goals": goals, "results": result["results"],
               "baseline": "full fine-tuning of the same model on the same data in the same run",
-              "machine": machine(args.threads, args.note), "versions": versions(),
-              "command": "python benchmarks/banking77_compare.py " + " ".join(sys.argv[1:]),
+              "machine": machine(torch_threads=args.threads, note=args.note),
+              "versions": versions("torch", "transformers", "peft"), "command": command(),
               "total_seconds": round(time.time() - started, 1)}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "banking77_compare.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     table = Path(result["markdown"]).read_text(encoding="utf-8")
-    lines = ["# Banking77: LoRA vs full fine-tuning (all-MiniLM-L6-v2)", "",
-             f"Command: `{report['command']}`  ", f"Machine: {report['machine']}  ", f"Versions: {report['versions']}", "",
-             table, "| goal | measure | value | target | met |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {g['id']} | {g['measure']} | {g['value']} | {g['goal']} | {g['met']} |" for g in goals]
-    lines += ["", "![comparison](banking77_compare.png)", ""]
-    (RESULTS / "banking77_compare.md").write_text("\n".join(lines), encoding="utf-8")
+    lines = ["# Banking77: LoRA vs full fine-tuning (all-MiniLM-L6-v2)", "", *provenance(report), "", table,
+             *goals_table(goals), "", "![comparison](banking77_compare.png)"]
+    path = write_results("banking77_compare", report, "\n".join(lines))
+    shutil.copy(result["plot"], path.with_suffix(".png"))
     print("\n".join(lines))
     if not args.keep_artifacts:
         shutil.rmtree(work, ignore_errors=True)

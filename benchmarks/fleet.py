@@ -13,18 +13,16 @@ Writes benchmarks/results/fleet.{json,md}.
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("RAY_TMPDIR", "/tmp/ts-ray-bench")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `python benchmarks/NAME.py`
+from benchmarks.common import (  # noqa: E402
+    RAY_TMPDIR, command, goals_table, load_average, machine, provenance, versions, write_results)
+
+os.environ.setdefault("RAY_TMPDIR", RAY_TMPDIR)
 GOAL_S = 5.0
 
 
@@ -55,8 +53,6 @@ def main() -> None:
 
 
 def write_report(out: dict) -> None:
-    from importlib.metadata import version
-
     worst = round(max(out["load_s"], out["unload_s"]), 3)
     met = worst < GOAL_S and out["after_restart"] == {"a1": [404], "fresh": [200]}
     goals = [{"id": "R9", "measure": "seconds from an admin load / unload until every probe of two Engine replicas "
@@ -66,25 +62,19 @@ def write_report(out: dict) -> None:
               "results": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items()},
               "setup": "real Ray Serve app, 2 Engine replicas (0.5 CPU each), cache off, auth on; probes: 16 concurrent "
                        "1-token completions per round",
-              "command": "python " + " ".join(sys.argv),
-              "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-                          "load_average_at_end": [round(x, 1) for x in os.getloadavg()]},
-              "versions": {p: version(p) for p in ("ray", "torch", "fastapi", "httpx")}}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "fleet.json").write_text(json.dumps(report, indent=2) + "\n")
+              "command": command(), "machine": machine(load_average_at_end=load_average()),
+              "versions": versions("ray", "torch", "fastapi", "httpx")}
     r = report["results"]
     lines = ["# Adapters across Engine replicas (R9)", "", __doc__.split("\n\n")[1].replace("\n", " "), "",
-             f"Command: `{report['command']}`  ", f"Machine: {report['machine']}  ", f"Versions: {report['versions']}", "",
-             "| step | seconds | admin reply |", "| --- | ---: | --- |",
+             *provenance(report), "", "| step | seconds | admin reply |", "| --- | ---: | --- |",
              f"| load `fresh` until every probe answers 200 | {r['load_s']} | {r['load_reply']['status']}, applied by "
              f"{len(r['load_reply']['fleet']['applied'])} replicas |",
              f"| unload `a1` until every probe answers 404 | {r['unload_s']} | {r['unload_reply']['status']}, applied by "
              f"{len(r['unload_reply']['fleet']['applied'])} replicas |",
              f"| kill one replica until its replacement follows the state | {r['restart_s']} | after: {r['after_restart']} |",
-             "", "| goal | measure | value | goal | met |", "| --- | --- | ---: | --- | --- |"]
-    lines += [f"| {g['id']} | {g['measure']} | {g['value']} | {g['goal']} | {g['met']} |" for g in goals]
-    (RESULTS / "fleet.md").write_text("\n".join(lines) + "\n")
-    print(f"R9 = {worst} s (goal < {GOAL_S:g} s), met: {met} -> {RESULTS / 'fleet.json'}")
+             "", *goals_table(goals)]
+    path = write_results("fleet", report, "\n".join(lines))
+    print(f"R9 = {worst} s (goal < {GOAL_S:g} s), met: {met} -> {path}")
 
 
 if __name__ == "__main__":

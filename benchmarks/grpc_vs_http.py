@@ -12,10 +12,7 @@ Writes benchmarks/results/grpc_vs_http.{json,md}.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -23,11 +20,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("RAY_TMPDIR", "/tmp/ts-ray-bench")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `python benchmarks/NAME.py`
+from benchmarks.common import (  # noqa: E402
+    RAY_TMPDIR, arguments, command, goals_table, load_average, machine, provenance, versions, write_results)
+
+os.environ.setdefault("RAY_TMPDIR", RAY_TMPDIR)
 PROMPT = "To be, or not to be, that is the question:"
 SCENARIOS = [("1 token, sequential", 1, 1), ("16 tokens, sequential", 16, 1), ("16 tokens, 4 concurrent", 16, 4)]
 P7_SCENARIO = "16 tokens, sequential"
@@ -95,15 +92,8 @@ def summary(seconds: list[float]) -> dict[str, float]:
             "mean_ms": round(statistics.fmean(ms), 2)}
 
 
-def versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    return {p: version(p) for p in ("grpcio", "protobuf", "ray", "fastapi", "uvicorn", "httpx", "torch")}
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", default="tiny-llama", help="base model id or directory")
+    parser = arguments(__doc__)
     parser.add_argument("--requests", type=int, default=100, help="requests per transport per scenario")
     parser.add_argument("--warmup", type=int, default=10)
     args = parser.parse_args()
@@ -143,21 +133,17 @@ def write_report(args, scenarios: list[dict]) -> None:
               "value": p7, "goal": "<= 1.0", "met": p7 <= 1.0}]
     report = {"benchmark": "grpc_vs_http", "goals": goals, "scenarios": scenarios, "prompt": PROMPT,
               "setup": "real Ray Serve app (Ingress: FastAPI + grpc.aio server; Engine: ServingCore), cache off, auth on",
-              "command": "python " + " ".join(sys.argv), "requests_per_transport": args.requests,
-              "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-                          "load_average_at_end": [round(x, 1) for x in os.getloadavg()]},
-              "versions": versions()}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "grpc_vs_http.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = ["# gRPC vs HTTP latency (P7)", "", __doc__.split("\n\n")[1].replace("\n", " "), "",
-             f"Command: `{report['command']}`  ", f"Machine: {report['machine']}  ", f"Versions: {report['versions']}", "",
-             "| scenario | gRPC p50 ms | HTTP p50 ms | gRPC p90 ms | HTTP p90 ms | p50 ratio |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+              "command": command(), "requests_per_transport": args.requests,
+              "machine": machine(load_average_at_end=load_average()),
+              "versions": versions("grpcio", "protobuf", "ray", "fastapi", "uvicorn", "httpx", "torch")}
+    lines = ["# gRPC vs HTTP latency (P7)", "", __doc__.split("\n\n")[1].replace("\n", " "), "", *provenance(report), "",
+             "| scenario | gRPC p50 ms | HTTP p50 ms | gRPC p90 ms | HTTP p90 ms | p50 ratio |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {s['scenario']} | {s['grpc']['p50_ms']} | {s['http']['p50_ms']} | {s['grpc']['p90_ms']} | "
               f"{s['http']['p90_ms']} | {s['p50_ratio_grpc_over_http']} |" for s in scenarios]
-    lines += ["", "| goal | measure | value | goal | met |", "| --- | --- | ---: | --- | --- |"]
-    lines += [f"| {g['id']} | {g['measure']} | {g['value']} | {g['goal']} | {g['met']} |" for g in goals]
-    (RESULTS / "grpc_vs_http.md").write_text("\n".join(lines) + "\n")
-    print(f"P7 = {p7} (goal <= 1.0) -> {RESULTS / 'grpc_vs_http.json'}")
+    lines += ["", *goals_table(goals)]
+    path = write_results("grpc_vs_http", report, "\n".join(lines))
+    print(f"P7 = {p7} (goal <= 1.0) -> {path}")
 
 
 if __name__ == "__main__":

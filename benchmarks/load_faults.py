@@ -20,9 +20,7 @@ Serve's status); R1 spawns it. About 12 minutes on 2 cores.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -33,11 +31,10 @@ from pathlib import Path
 
 import yaml
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `python benchmarks/NAME.py`
+from benchmarks.common import (  # noqa: E402
+    RESULTS, ROOT, arguments, command, goals_table, load_average, machine, provenance, versions, write_results)
+
 MODELS = ["a0", "a1", "a2", "a3"]
 R2_FAULTS = ("engine", "ratelimit", "ingress")
 OUT = "load_faults"  # results name under benchmarks/results (--out)
@@ -266,23 +263,14 @@ def r1_duration(args: argparse.Namespace) -> str:
 
 
 def seconds(timespan: str) -> int:
-    """'300', '90s', '5m', '1h' in seconds (locust must not be imported here: see versions)."""
+    """'300', '90s', '5m', '1h' in seconds (locust must not be imported here: it gevent-patches this process)."""
     units = {"s": 1, "m": 60, "h": 3600}
     return int(float(timespan[:-1]) * units[timespan[-1]]) if timespan[-1] in units else int(timespan)
 
 
-def versions() -> dict:
-    """From package metadata: importing Ray here, before the launcher sets its auth mode, would break its start,
-    and importing locust gevent-patches this process."""
-    from importlib.metadata import version
-
-    return {"python": platform.python_version(), **{name: version(name) for name in ("torch", "transformers", "ray", "locust")}}
-
-
 def main() -> None:
     global OUT
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", default="tiny-llama")
+    parser = arguments(__doc__)
     parser.add_argument("--r1-duration", default="5m")
     parser.add_argument("--phase-s", type=int, default=60, help="seconds of load per fault phase (R2, R10)")
     parser.add_argument("--only", default="R1,R2,R10")
@@ -310,9 +298,10 @@ def main() -> None:
     limited, record = create_key("limited", ["infer"], requests_per_min=30)
     add_key(work / "keys.json", record)
     (RESULTS / OUT).mkdir(parents=True, exist_ok=True)
-    results: dict = {"load_average_before": os.getloadavg(), "goals": [],
-                     "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "versions": versions(),
-                     "command": "python benchmarks/load_faults.py " + " ".join(sys.argv[1:])}
+    # versions from package metadata: importing Ray here, before the launcher sets its auth mode, would break its
+    # start, and importing locust gevent-patches this process
+    results: dict = {"load_average_before": load_average(), "goals": [], "machine": machine(),
+                     "versions": versions("torch", "transformers", "ray", "locust"), "command": command()}
     keys_file = work / "keys.json"
     runs = {"R10": lambda: r10(work, base_dir, artifacts, keys_file, key, args.phase_s),  # faults first: most likely to break
             "R2": lambda: r2(work, base_dir, artifacts, keys_file, key, args.phase_s, tuple(args.r2_faults.split(","))),
@@ -325,20 +314,16 @@ def main() -> None:
         except Exception as exc:  # noqa: BLE001 - the other goals still run; the error is the result
             results["goals"].append({"id": gid, "measure": "did not complete", "value": None, "goal": "",
                                      "met": False, "error": f"{type(exc).__name__}: {exc}"[:2000]})
-        results["load_average_after"] = os.getloadavg()
+        results["load_average_after"] = load_average()
         write(results)
 
 
 def write(results: dict) -> None:
-    (RESULTS / f"{OUT}.json").write_text(json.dumps(results, indent=2))
-    lines = ["# Load and faults", "", f"Command: `{results['command']}`  ", f"Machine: {results['machine']}  ",
-             f"Load average (1/5/15 min) before {results['load_average_before']}, after {results['load_average_after']}  ",
-             f"Versions: {results['versions']}", "",
-             "The 2 cores are shared with whatever else runs on the host (load averages above): latencies and",
+    lines = ["# Load and faults", "", *provenance(results),
+             f"Load average (1/5/15 min) before {results['load_average_before']}, after {results['load_average_after']}",
+             "", "The 2 cores are shared with whatever else runs on the host (load averages above): latencies and",
              "request counts are noisy; failure counts and recovery times are what the goals judge.", "",
-             "| id | measure | value | goal | met |", "|---|---|---|---|---|"]
-    lines += [f"| {g['id']} | {g['measure']} | {g['value']} | {g['goal']} | "
-              f"{ {True: 'yes', False: 'no', None: 'unknown'}[g['met']] } |" for g in results["goals"]]
+             *goals_table(results["goals"])]
     for g in results["goals"]:
         if "error" in g:
             lines.append(f"\n{g['id']} failed: {g['error']}")
@@ -350,7 +335,7 @@ def write(results: dict) -> None:
             lines += [f"- {k['count']} x {k['name']}: {k['error']}" for k in load["failure_kinds"]]
     if results.get("notes"):  # what a person read in the results, added to the JSON after the run
         lines += ["", "## What users saw", "", *[f"- {note}" for note in results["notes"]]]
-    (RESULTS / f"{OUT}.md").write_text("\n".join(lines) + "\n")
+    write_results(OUT, results, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -18,18 +18,14 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `python benchmarks/NAME.py`
+from benchmarks.common import ROOT, command, goals_table, machine, provenance, versions, write_results  # noqa: E402
+
 MB = 1024 ** 2
 P8_GOAL = 1.5
 P9_BAND = (0.75, 1.25)
@@ -183,8 +179,6 @@ def main() -> None:
 
 
 def write_report(p8: dict, p9: list[dict]) -> None:
-    from importlib.metadata import version
-
     ratios = [r["ratio"] for r in p9]
     goals = [
         {"id": "P8", "measure": "RSS added per loaded adapter ÷ its safetensors size, from 10 to 100 adapters (tiny "
@@ -195,14 +189,9 @@ def write_report(p8: dict, p9: list[dict]) -> None:
                                 "the tiny base and MiniLM)", "value": [min(ratios), max(ratios)],
          "goal": f"each within {P9_BAND[0]}-{P9_BAND[1]}", "met": all(P9_BAND[0] <= r <= P9_BAND[1] for r in ratios)},
     ]
-    report = {"benchmark": "memory", "goals": goals, "p8": p8, "p9": p9, "command": "python benchmarks/memory.py",
-              "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version()},
-              "versions": {name: version(name) for name in ("torch", "transformers", "peft", "bitsandbytes")}}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "memory.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = ["# Memory: per adapter (P8) and the training planner (P9)", "",
-             "| goal | value | target | met |", "|---|---|---|---|"]
-    lines += [f"| {g['id']} | {g['value']} | {g['goal']} | {'yes' if g['met'] else 'no'} |" for g in goals]
+    report = {"benchmark": "memory", "goals": goals, "p8": p8, "p9": p9, "command": command(), "machine": machine(),
+              "versions": versions("torch", "transformers", "peft", "bitsandbytes")}
+    lines = ["# Memory: per adapter (P8) and the training planner (P9)", "", *provenance(report), "", *goals_table(goals)]
     lines += ["", "## P8: resident memory with adapters loaded", "",
               f"adapter safetensors: {p8['adapter_safetensors_bytes'] / MB:.2f} MiB each; added per adapter from 10 "
               f"to 100: {p8['added_per_adapter_bytes'] / MB:.3f} MiB (ratio {p8['ratio']}); one-time cost of the "
@@ -215,7 +204,7 @@ def write_report(p8: dict, p9: list[dict]) -> None:
               "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['base']} | {r['method']} | {r['batch']} × {r['seq']} | {r['trainable']:,} | "
               f"{r['estimate_bytes'] / MB:.1f} | {r['measured_bytes'] / MB:.1f} | {r['ratio']} |" for r in p9]
-    (RESULTS / "memory.md").write_text("\n".join(lines) + "\n")
+    write_results("memory", report, "\n".join(lines))
     print("\n".join(lines))
 
 

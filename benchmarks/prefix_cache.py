@@ -18,21 +18,15 @@ Writes benchmarks/results/prefix_cache.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import os
-import platform
 import random
 import statistics
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `python benchmarks/NAME.py`
+from benchmarks.common import arguments, command, goals_table, machine, versions, write_results  # noqa: E402
 
 
 def base_dir(name: str, context: int) -> Path:
@@ -63,18 +57,13 @@ def timed(engine, model: str, prompt: list[int], max_tokens: int) -> tuple[float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", default="tiny-llama")
+    parser = arguments(__doc__, threads=True, note="2-core dev box shared with other jobs (load average recorded)")
     parser.add_argument("--context", type=int, default=1024, help="max positions of the built tiny base")
     parser.add_argument("--system-tokens", type=int, default=512)
     parser.add_argument("--turns", type=int, default=8, help="user turns per repetition")
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--max-tokens", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--note", default="2-core dev box shared with other jobs (load average recorded)")
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
-    from benchmarks.banking77_compare import machine
     from service.engine.engine import Engine
     from service.engine.settings import EngineSettings
 
@@ -90,7 +79,7 @@ def main() -> None:
     def turn() -> list[int]:
         return [rng.randrange(10, vocab) for _ in range(rng.randrange(8, 21))]
 
-    host = machine(args.threads, args.note)
+    host = machine(torch_threads=args.threads, note=args.note)
     hit_ratios, miss_ratios, runs, identical, total = [], [], {"hit_on": [], "off": [], "miss_on": [], "miss_off": []}, 0, 0
     try:
         for engine in engines.values():  # warm-up; the cached engine stores the system prompt
@@ -132,27 +121,15 @@ def main() -> None:
                     "miss_cost_ratio": round(statistics.median(miss_ratios), 3),
                     "miss_cost_ratio_per_rep": [round(r, 3) for r in miss_ratios], "cache_stats": stats},
         "machine": host,
-        "versions": versions(),
-        "command": " ".join(["python benchmarks/prefix_cache.py", *sys.argv[1:]]),
+        "versions": versions("torch", "transformers"),
+        "command": command(),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "prefix_cache.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / "prefix_cache.md").write_text(markdown(result))
+    write_results("prefix_cache", result, markdown(result))
     print(markdown(result))
 
 
-def versions() -> dict:
-    import torch
-    import transformers
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
-
-
 def markdown(result: dict) -> str:
-    lines = [f"# {result['benchmark']}", "", f"`{result['command']}`", "", "| goal | measure | value | target | met |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {g['id']} | {g['measure']} | {g['value']} | {g['goal']} | {'yes' if g['met'] else 'no'} |"
-              for g in result["goals"]]
+    lines = [f"# {result['benchmark']}", "", f"`{result['command']}`", "", *goals_table(result["goals"])]
     r, m = result["results"], result["machine"]
     lines += ["", f"Base {r['base']}, {r['reps']} reps x {r['turns_per_rep']} turns, {r['max_tokens']} tokens per answer. "
               f"TTFT medians per rep (ms): hit with cache {r['ttft_ms_median_per_rep']['hit_on']}, without "

@@ -15,11 +15,9 @@ then compares test accuracy of fp32, torch int8 and ORT int8.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
-import platform
 import shutil
 import statistics
 import sys
@@ -27,18 +25,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `python benchmarks/NAME.py`
+from benchmarks.common import DATA, arguments, command, goals_table, machine, versions, write_results  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch  # noqa: E402
 
 from training.artifact import ArtifactWriter, fingerprint_model_dir, load_artifact, resolve_base_dir  # noqa: E402
 from training.artifact.loading import load_base, load_model_artifact  # noqa: E402
 from training.quantize import ParityConfig, QATConfig, QuantizeConfig, quantize  # noqa: E402
 from training.quantize.parity import encode, greedy, logits_of, percentile, token_nll, weights_size  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "benchmarks" / "results"
 LM_PATHS = {  # row name → (scheme, extra config); None = the torch fp32 baseline
     "torch fp32 (eager)": None, "torch int8 (dynamic)": ("torch-int8", {}), "ORT fp32": ("onnx-fp32", {}),
     "ORT int8 static": ("onnx-int8-static", {}), "ORT int8 dynamic": ("onnx-int8-dynamic", {}),
@@ -241,7 +237,8 @@ def fmt(value, digits=3) -> str:
 
 def markdown(report: dict) -> str:
     lm = report["lm"]
-    lines = [f"# Quantization benchmark\n", f"`{report['command']}` on {report['machine']}\n",
+    lines = ["# Quantization benchmark\n", f"`{report['command']}`  ", f"Machine: {report['machine']}  ",
+             f"Versions: {report['versions']}\n",
              f"LM: {lm['base']} ({lm['parameters'] / 1e6:.1f}M parameters), {lm['new_tokens']} new tokens per request, "
              f"{lm['rounds']} interleaved rounds; perplexity on {lm['eval_tokens']} held-out tinyshakespeare tokens.\n",
              "| path | size MB | size × | load s | b1 p50 ms | b1 p95 ms | b8 p50 ms | b8 p95 ms | tok/s b8 | b1 × | b8 × | ppl | ppl Δ |",
@@ -261,15 +258,12 @@ def markdown(report: dict) -> str:
         for name, r in b["rows"].items():
             lines.append(f"| {name} | {100 * r['accuracy']:.2f}% | {r['accuracy_drop_points']:+.2f} | "
                          f"{r['size_bytes'] / 1e6:.2f} | {r['size_ratio']:.2f} |")
-    lines += ["\n## Goals\n", "| id | measure | value | goal | met |", "|---|---|---|---|---|"]
-    lines += [f"| {g['id']} | {g['measure']} | {fmt(g['value'])} | {g['goal']} | {'yes' if g['met'] else 'no'} |"
-              for g in report["goals"]]
+    lines += ["\n## Goals\n", *goals_table(report["goals"], value=fmt)]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", default="tiny-llama")
+    parser = arguments(__doc__, threads=True)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--eval-chunks", type=int, default=32)
@@ -278,24 +272,16 @@ def main() -> None:
     parser.add_argument("--head-epochs", type=int, default=30)
     parser.add_argument("--qat-steps", type=int, default=40)
     parser.add_argument("--skip-banking", action="store_true")
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="tuneserve-qbench-") as tmp:
         lm = bench_lm(args.base, Path(tmp), args)
         banking = None if args.skip_banking else bench_banking(Path(tmp), args)
     goal_list, best = goals(lm, banking)
-    import onnxruntime
-    import transformers
-
-    report = {"command": " ".join(["python", *sys.argv]), "machine": f"{platform.processor() or platform.machine()}, "
-              f"{torch.get_num_threads()} torch threads, {platform.platform()}",
-              "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                           "transformers": transformers.__version__, "onnxruntime": onnxruntime.__version__},
+    report = {"command": command(), "machine": machine(torch_threads=torch.get_num_threads()),
+              "versions": versions("torch", "transformers", "onnxruntime"),
               "best_int8_path": best, "lm": lm, "banking77": banking, "goals": goal_list}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "quantization.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    (RESULTS / "quantization.md").write_text(markdown(report), encoding="utf-8")
+    write_results("quantization", report, markdown(report))
     print(markdown(report))
 
 

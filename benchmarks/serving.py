@@ -17,10 +17,7 @@ Writes benchmarks/results/serving.{json,md}. Takes a few minutes on 2 cores.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -28,11 +25,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `python benchmarks/NAME.py`
+from benchmarks.common import (  # noqa: E402
+    RAY_TMPDIR, ROOT, arguments, command, goals_table, load_average, machine, provenance, versions, write_results)
+
 CLIENTS = 16
 PROMPTS = ["To be, or not to be, that is the question", "Now is the winter of our discontent",
            "Friends, Romans, countrymen, lend me your ears", "All the world's a stage"]
@@ -193,17 +189,6 @@ def median_run(runs: list[dict]) -> dict:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
-def versions() -> dict:
-    import fastapi
-    import peft
-    import ray
-    import torch
-    import transformers
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "ray": ray.__version__, "fastapi": fastapi.__version__}
-
-
 def goal(gid: str, measure: str, value: float, target: float, higher: bool = True) -> dict:
     met = value >= target if higher else value <= target
     return {"id": gid, "measure": measure, "value": round(value, 3), "goal": (">= " if higher else "<= ") + str(target),
@@ -211,8 +196,7 @@ def goal(gid: str, measure: str, value: float, target: float, higher: bool = Tru
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", default="tiny-llama")
+    parser = arguments(__doc__)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--requests", type=int, default=4, help="sequential requests per client per phase")
     parser.add_argument("--many", type=int, default=100, help="registered adapters for the P6b phase")
@@ -232,7 +216,7 @@ def main() -> None:
     key, record = create_key("bench", ["infer", "admin"])
     add_key(work / "keys.json", record)
     results: dict = {"clients": CLIENTS, "max_tokens": args.max_tokens, "requests_per_client": args.requests,
-                     "reps": args.reps, "load_average_before": os.getloadavg()}
+                     "reps": args.reps, "load_average_before": load_average()}
     naive_port, port = free_port(), free_port()
     naive = _spawn_naive(base_dir, artifacts / names[0], naive_port, work / "naive.log")
     overrides = [f"base_model={base_dir}", f"artifacts_dir={artifacts}", f"keys_file={work / 'keys.json'}",
@@ -240,7 +224,7 @@ def main() -> None:
                  f"max_adapters={args.many + 16}",
                  f"security.adapter_roots=[{extra}]"]  # admins may load from there besides artifacts_dir
     try:
-        proc, url = spawn(overrides, work / "server.log", env={"RAY_TMPDIR": "/tmp/ts-ray-bench"})
+        proc, url = spawn(overrides, work / "server.log", env={"RAY_TMPDIR": RAY_TMPDIR})
     except BaseException:
         terminate(naive)
         raise
@@ -270,7 +254,7 @@ def main() -> None:
     finally:
         terminate(proc)
         terminate(naive)
-    results["load_average_after"] = os.getloadavg()
+    results["load_average_after"] = load_average()
 
     # The host's speed drifts by 2-3x within minutes (same matmul loop 0.2-0.8 s): a ratio of two
     # medians mixes phases from different moments; the median of per-repetition ratios pairs
@@ -290,8 +274,8 @@ def main() -> None:
         goal("P6b", f"p50 latency with {args.many + 8} registered adapters / with 8 (before and after)",
              results["p50_with_many_adapters_s"] / results["p50_with_few_adapters_s"], 1.1, higher=False),
     ]
-    results.update(machine={"cpus": os.cpu_count(), "platform": platform.platform()}, versions=versions(),
-                   command="python benchmarks/serving.py " + " ".join(sys.argv[1:]))
+    results.update(machine=machine(), versions=versions("torch", "transformers", "peft", "ray", "fastapi"),
+                   command=command())
     write(results)
 
 
@@ -314,13 +298,9 @@ def _spawn_naive(base_dir: Path, adapter: Path, port: int, log_path: Path):
 
 
 def write(results: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "serving.json").write_text(json.dumps(results, indent=2))
-    lines = ["# Serving benchmark", "", f"Command: `{results['command']}`  ", f"Machine: {results['machine']}  ",
-             f"Load average (1/5/15 min) before {results['load_average_before']}, after {results['load_average_after']}  ",
-             f"Versions: {results['versions']}", "", "| id | measure | value | goal | met |", "|---|---|---|---|---|"]
-    lines += [f"| {g['id']} | {g['measure']} | {g['value']} | {g['goal']} | {'yes' if g['met'] else 'no'} |"
-              for g in results["goals"]]
+    lines = ["# Serving benchmark", "", *provenance(results),
+             f"Load average (1/5/15 min) before {results['load_average_before']}, after {results['load_average_after']}",
+             "", *goals_table(results["goals"])]
     lines += ["", "| phase | tokens/s | p50 s | p95 s |", "|---|---|---|---|",
               f"| raw batched generate (in-process) | {results['raw_tokens_per_s']:.0f} | | |"]
     for phase in ("naive", "one_adapter", "eight_adapters"):
@@ -332,7 +312,7 @@ def write(results: dict) -> None:
     s = results["streaming"]
     lines += ["", f"Streaming: TTFT p50 {s['ttft_p50_ms']:.0f} ms, p95 {s['ttft_p95_ms']:.0f} ms; "
               f"inter-token p50 {s['itl_p50_ms']:.1f} ms, p95 {s['itl_p95_ms']:.1f} ms."]
-    (RESULTS / "serving.md").write_text("\n".join(lines) + "\n")
+    write_results("serving", results, "\n".join(lines))
     print("\n".join(lines))
 
 

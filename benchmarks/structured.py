@@ -17,21 +17,17 @@ Writes benchmarks/results/structured.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `python benchmarks/NAME.py`
+from benchmarks.common import arguments, command, goals_table, machine, versions, write_results  # noqa: E402
+
 ROWS = 16
 SCHEMA = {"type": "array", "minItems": 4, "maxItems": 4, "items": {
     "type": "object", "additionalProperties": False, "required": ["id", "tag", "ok"],
@@ -129,28 +125,11 @@ def run_batch(core, requests) -> tuple[float, float, list]:
     return time.perf_counter() - started, time.process_time() - cpu, replies
 
 
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    def of(name: str) -> str:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return "not installed"
-
-    return {"python": platform.python_version(), **{name: of(name) for name in ("torch", "transformers", "xgrammar",
-                                                                                "llguidance")}}
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", default="tiny-llama")
+    parser = arguments(__doc__, threads=True, note="2-core dev box shared with other jobs (load average recorded)")
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--max-tokens", type=int, default=200, help="cap of the constrained rows (they end earlier)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--note", default="2-core dev box shared with other jobs (load average recorded)")
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
     import jsonschema
 
     from benchmarks.serving import make_adapters
@@ -168,7 +147,6 @@ def main() -> None:
     core = ServingCore(settings)
     core.start()
     models = [*names, "base"]
-    load = os.getloadavg()
     try:
         run_batch(core, requests_for(models, True, None, args.max_tokens))  # warm-up: loads adapters, compiles
         replies = run_batch(core, requests_for(models, True, None, args.max_tokens))[2]
@@ -215,15 +193,11 @@ def main() -> None:
                     "cpu_time_ratio_median": round(statistics.median(cpu_ratios), 3),
                     "cpu_time_ratios": [round(r, 3) for r in cpu_ratios],
                     "grammar_engines": engines},
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": args.threads,
-                    "processor": platform.processor() or platform.machine(), "load_average_at_start": load,
-                    "note": args.note},
-        "versions": versions(),
-        "command": " ".join(["python benchmarks/structured.py", *sys.argv[1:]]),
+        "machine": machine(torch_threads=args.threads, note=args.note),
+        "versions": versions("torch", "transformers", "xgrammar", "llguidance"),
+        "command": command(),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "structured.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / "structured.md").write_text(markdown(result))
+    write_results("structured", result, markdown(result))
     print(markdown(result))
 
 
@@ -237,10 +211,7 @@ def resolve_base_dir_or_none(name: str) -> Path | None:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"# {result['benchmark']}", "", f"`{result['command']}`", "", "| goal | measure | value | target | met |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {g['id']} | {g['measure']} | {g['value']} | {g['goal']} | {'yes' if g['met'] else 'no'} |"
-              for g in result["goals"]]
+    lines = [f"# {result['benchmark']}", "", f"`{result['command']}`", "", *goals_table(result["goals"])]
     res = result["results"]
     lines += ["", f"Rows: {res['rows']} ({res['constrained_rows']} constrained) on {', '.join(res['models'])}; "
               f"per-rep tokens/s constrained {res['tokens_per_s']['constrained']}, unconstrained "

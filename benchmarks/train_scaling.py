@@ -15,22 +15,18 @@ Writes benchmarks/results/train_scaling.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-DATA = ROOT.parent / "shared" / "data" / "alpaca_en_demo" / "alpaca_en_demo.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `python benchmarks/NAME.py`
+from benchmarks.common import DATA, RESULTS, arguments, command, machine, versions, write_results  # noqa: E402
+
+ALPACA = DATA / "alpaca_en_demo" / "alpaca_en_demo.json"
 # 1: the per-step compute measured here (one CPU core); 100: a GPU doing the same step ~100x faster (assumed)
 COMPUTE_SPEEDUPS = (1, 100)
 LINKS_GBIT = {"25 Gbit/s Ethernet": 25, "100 Gbit/s Ethernet / IB EDR": 100, "NVLink-class (~2400 Gbit/s)": 2400}
@@ -98,23 +94,17 @@ def expected(compute_s: float, gradients: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", default="tiny-llama")
+    parser = arguments(__doc__, note="2-core box shared with other work; 2 workers x 1 CPU vs 1 process x 2 threads")
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--data", default=str(DATA))
-    parser.add_argument("--note", default="2-core box shared with other work; 2 workers x 1 CPU vs 1 process x 2 threads")
+    parser.add_argument("--data", default=str(ALPACA))
     parser.add_argument("--render-only", action="store_true", help="rewrite the .md from the stored .json")
     args = parser.parse_args()
     if args.render_only:
         report = json.loads((RESULTS / "train_scaling.json").read_text(encoding="utf-8"))
         (RESULTS / "train_scaling.md").write_text(render(report), encoding="utf-8")
         return
-    sys.path.insert(0, str(ROOT))
-    import ray
-    import torch
-
     from training.artifact import resolve_base_dir
 
     cores = os.cpu_count() or 1
@@ -147,13 +137,8 @@ def main() -> None:
                                      for speed in COMPUTE_SPEEDUPS},
         "settings": {"base": args.base, "method": "lora r8 q/k/v/o", "steps": args.steps, "global_batch": args.batch_size,
                      "max_length": args.max_length},
-        "machine": {"platform": platform.platform(), "cpu_count": cores, "load_average_at_start": os.getloadavg(),
-                    "note": args.note},
-        "versions": {"torch": torch.__version__, "ray": ray.__version__},
-        "command": "python benchmarks/train_scaling.py " + " ".join(sys.argv[1:])}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "train_scaling.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    (RESULTS / "train_scaling.md").write_text(render(report), encoding="utf-8")
+        "machine": machine(note=args.note), "versions": versions("torch", "ray"), "command": command()}
+    write_results("train_scaling", report, render(report))
     print(render(report))
 
 

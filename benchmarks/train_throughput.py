@@ -11,21 +11,17 @@ Writes benchmarks/results/train_throughput.{json,md}.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-DATA = ROOT.parent / "shared" / "data" / "alpaca_en_demo" / "alpaca_en_demo.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `python benchmarks/NAME.py`
+from benchmarks.common import (  # noqa: E402
+    DATA, arguments, command, goals_table, machine, provenance, versions, write_results)
+
+ALPACA = DATA / "alpaca_en_demo" / "alpaca_en_demo.json"
 
 
 def build(cfg):
@@ -77,20 +73,15 @@ def run_hf(cfg, workdir: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", default="tiny-llama")
+    parser = arguments(__doc__, threads=True,
+                       note="CPU shared with other engineers' test runs; reps alternate to spread the noise")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--data", default=str(DATA), help="instruction rows (JSON/JSONL)")
-    parser.add_argument("--note", default="CPU shared with other engineers' test runs; reps alternate to spread the noise")
+    parser.add_argument("--data", default=str(ALPACA), help="instruction rows (JSON/JSONL)")
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
-    import peft
     import torch
-    import transformers
 
     from training.artifact.config import load_config
     from training.train.config import TrainConfig
@@ -113,21 +104,14 @@ def main() -> None:
               "ours_samples_per_second": ours, "baseline_samples_per_second": hf,
               "settings": {"base": args.base, "method": "lora r8 q/k/v/o", "steps": args.steps,
                            "batch_size": args.batch_size, "max_length": args.max_length, "reps": args.reps},
-              "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": args.threads,
-                          "load_average_at_start": os.getloadavg(),
-                          "note": args.note},
-              "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
-              "command": "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:])}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "train_throughput.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    lines = ["# Training throughput: tuneserve trainer vs transformers Trainer + PEFT", "",
-             f"Command: `{report['command']}`  ", f"Settings: {report['settings']}  ", f"Machine: {report['machine']}  ",
-             f"Versions: {report['versions']}", "", "| trainer | samples/s (each rep) | median |", "| --- | --- | ---: |",
+              "machine": machine(torch_threads=args.threads, note=args.note),
+              "versions": versions("torch", "transformers", "peft"), "command": command()}
+    lines = ["# Training throughput: tuneserve trainer vs transformers Trainer + PEFT", "", *provenance(report),
+             f"Settings: {report['settings']}", "", "| trainer | samples/s (each rep) | median |", "| --- | --- | ---: |",
              f"| tuneserve | {', '.join(f'{x:.2f}' for x in ours)} | {statistics.median(ours):.2f} |",
              f"| transformers Trainer + PEFT | {', '.join(f'{x:.2f}' for x in hf)} | {statistics.median(hf):.2f} |", "",
-             "| goal | measure | value | target | met |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {g['id']} | {g['measure']} | {g['value']} | {g['goal']} | {g['met']} |" for g in goals]
-    (RESULTS / "train_throughput.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+             *goals_table(goals)]
+    write_results("train_throughput", report, "\n".join(lines))
     print("\n".join(lines))
 
 
