@@ -265,6 +265,9 @@ def test_every_dashboard_query_returns_data(incident):
     prometheus = incident["prometheus"]
     time.sleep(3)  # a few more scrapes so rate() has two samples everywhere
     queries = load_script("deploy/grafana/generate.py").all_queries()
-    empty = [q for q in queries if not _query(prometheus, q)]
+    # an alert panel shows firing alerts: one that fired earlier in this module (drift) may have resolved by now
+    # on a slow host, so it counts when it fired within the module's span
+    empty = [q for q in queries if not _query(prometheus, q)
+             and not (q.startswith("ALERTS{") and _query(prometheus, f"last_over_time(({q})[15m:5s])"))]
     assert not empty, "panel queries without data:\n" + "\n\n".join(empty)
     assert len(queries) >= 65
