@@ -137,7 +137,7 @@ def start_server(work: Path, engine: dict, keys_file: Path, base_dir: Path, arti
 
 
 def r1(work: Path, base_dir: Path, artifacts: Path, keys_file: Path, keys: list[str], duration: str) -> dict:
-    from service.launcher import spawn, terminate
+    from service.server_process import spawn, terminate
     from service.ports import free_port
 
     grpc_port = free_port()

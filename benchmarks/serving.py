@@ -204,7 +204,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from service.keys import add_key, create_key
-    from service.launcher import spawn, terminate
+    from service.server_process import spawn, terminate
     from tests.service_fixtures import free_port
     from training.artifact import resolve_base_dir
 

@@ -118,7 +118,7 @@ def served_app(tiny_base_dir, service_artifacts, serve_keys, tmp_path_factory):
     Yields a dict: url, keys ({label: plain key}), artifacts (dir), log (server log path).
     Runs in a subprocess so the test process never owns a Ray cluster.
     """
-    from service.launcher import spawn, terminate
+    from service.server_process import spawn, terminate
 
     port, grpc_port = free_port(), free_port()
     log_path = tmp_path_factory.mktemp("served-app") / "server.log"

@@ -46,7 +46,7 @@ def test_summary_counts_designed_refusals_apart_from_failures(tmp_path):
 
 @pytest.mark.integration
 def test_run_sh_drives_rest_and_grpc_users_without_failures(tiny_base_dir, service_artifacts, serve_keys, tmp_path):
-    from service.launcher import spawn, terminate
+    from service.server_process import spawn, terminate
 
     grpc_port = free_port()
     args = service_args(tiny_base_dir, service_artifacts, serve_keys[0], port=free_port(), grpc_port=grpc_port,

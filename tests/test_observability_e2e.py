@@ -137,7 +137,7 @@ def _alertmanager_config(path: Path, webhook: Webhook) -> Path:
 @pytest.fixture(scope="module")
 def stack(artifacts, tiny_base_dir, serve_keys, tmp_path_factory):
     from service.keys import add_key, create_key
-    from service.launcher import spawn, terminate
+    from service.server_process import spawn, terminate
     from tuneserve.commands.observe import ObserveConfig, ObserveStack
 
     require_tool("prometheus")

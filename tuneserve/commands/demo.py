@@ -126,7 +126,7 @@ def run_demo(workdir: Path, port: int, keep_serving: bool, train_steps: int | No
     quiet_third_party()
     from rich.markup import escape
 
-    from service import launcher
+    from service import server_process
     from service.keys import create_key, write_keys
     from training.artifact.paths import SMOLLM2
     from training.base.gguf import convert_base
@@ -164,7 +164,7 @@ def run_demo(workdir: Path, port: int, keep_serving: bool, train_steps: int | No
     log_path = workdir / "server.log"
     overrides = [f"base_model={SMOLLM2}", f"artifacts_dir={artifacts}", f"models=[{classifier}]",
                  f"keys_file={keys_file}", f"port={port}", "api_keys_env=null", "grpc_port=null"]
-    proc, url = launcher.spawn(overrides, log_path, timeout_s=600)
+    proc, url = server_process.spawn(overrides, log_path, timeout_s=600)
     console.print(f"server: {url}  (logs: {log_path})")
     try:
         _step(6, "asking over HTTP with the key")
@@ -191,7 +191,7 @@ def run_demo(workdir: Path, port: int, keep_serving: bool, train_steps: int | No
             wait_for_interrupt(proc)
         return summary
     finally:
-        launcher.terminate(proc)
+        server_process.terminate(proc)
         console.print("server stopped")
 
 
