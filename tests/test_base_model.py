@@ -195,3 +195,21 @@ def test_cli_reports_bad_config_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "hidden_size" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_size_small_is_the_30m_rung_with_its_own_name_and_explicit_keys_win():
+    from training.artifact import resolve_base
+    from training.artifact.errors import ArtifactInvalid
+    from training.artifact.paths import SMALL_BASE
+    from training.base.build import BaseBuildConfig
+
+    small = BaseBuildConfig(size="small")
+    v, h, i, kv = small.vocab_size, small.hidden_size, small.intermediate_size, small.hidden_size // small.num_heads * small.num_kv_heads
+    params = v * h + small.num_layers * (2 * h * h + 2 * h * kv + 3 * h * i)
+    assert small.name == SMALL_BASE and 20e6 < params < 40e6
+    assert BaseBuildConfig.model_validate({"size": "small", "num_layers": 4}).num_layers == 4
+    assert BaseBuildConfig().hidden_size < small.hidden_size and BaseBuildConfig().name == "tiny-llama"
+    try:
+        resolve_base(SMALL_BASE)
+    except ArtifactInvalid as exc:  # not built in this cache: the error names the command that builds it
+        assert "tuneserve base build size=small" in str(exc)

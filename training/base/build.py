@@ -25,7 +25,7 @@ import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -33,7 +33,7 @@ from training.artifact import embedded_base_dir, sha256_file
 from training.artifact.config import StrictModel
 from training.artifact.errors import ConfigError
 from training.artifact.version import tuneserve_version
-from training.artifact.paths import CACHED_BASES, DEFAULT_BASE
+from training.artifact.paths import CACHED_BASES, DEFAULT_BASE, SMALL_BASE
 from training.base.corpus import CORPUS_PATH, split_documents
 
 ENV_PREFIX = "TUNESERVE_BASE__"
@@ -53,6 +53,12 @@ CHAT_TEMPLATE = (
 )
 
 
+# `size=small`: ~30M parameters (8 layers of width 512, 8 heads over 4 key/value heads), a few minutes of
+# pretraining on 2 cores; the scale ladder's middle rung between tiny-llama (~5M) and SmolLM2-135M.
+SMALL_SHAPE = {"name": SMALL_BASE, "hidden_size": 512, "intermediate_size": 1408, "num_layers": 8, "num_heads": 8,
+               "num_kv_heads": 4, "max_position_embeddings": 1024, "steps": 200}
+
+
 class BaseBuildConfig(StrictModel):
     """Shape and pretraining budget of the tiny base.
 
@@ -60,6 +66,9 @@ class BaseBuildConfig(StrictModel):
     CPU cores (about 0.3 s a step) while still seeing every corpus token about three times.
     """
 
+    size: Literal["tiny", "small"] = Field("tiny", description="shape preset: tiny (~5M parameters, the test and "
+                                           "default base) or small (~30M, named small-llama: the scale ladder's "
+                                           "middle rung); explicit shape keys still win")
     name: str = Field(DEFAULT_BASE, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     vocab_size: int = Field(4096, ge=512, le=65536)
     hidden_size: int = Field(256, gt=0)
@@ -75,10 +84,17 @@ class BaseBuildConfig(StrictModel):
     warmup_steps: int = Field(20, ge=0)
     seed: int = 0
 
+    @model_validator(mode="before")
+    @classmethod
+    def _size_preset(cls, values: Any) -> Any:
+        if isinstance(values, dict) and values.get("size") == "small":
+            return {**SMALL_SHAPE, **values}
+        return values
+
     @field_validator("name")
     @classmethod
     def _not_a_pretrained_name(cls, value: str) -> str:
-        if value != DEFAULT_BASE and value in CACHED_BASES:
+        if value not in (DEFAULT_BASE, SMALL_BASE) and value in CACHED_BASES:
             raise ValueError(f"{value!r} names a pretrained base, not a tiny build: run `{CACHED_BASES[value]}`, "
                              "or pick another name")
         return value

@@ -1,6 +1,7 @@
 """CLI: `tuneserve base build|convert|info` for the bases tuneserve keeps in its cache.
 
     tuneserve base build                                # default tiny-llama into $TUNESERVE_CACHE/base/tiny-llama
+    tuneserve base build size=small                     # small-llama (~30M parameters), the scale ladder's middle rung
     tuneserve base build steps=60 seed=1 --out /tmp/tl  # overrides, another directory
     tuneserve base build base.yaml --force              # YAML config; rebuild even if up to date
     tuneserve base convert smollm2-135m                 # SmolLM2-135M-Instruct from its GGUF file, once
