@@ -16,14 +16,17 @@ import pytest
 import yaml
 
 from service.keys import add_key, create_key
-from service.launcher import default_config_path, spawn, terminate
+from service.launcher import default_config_path
+from service.server_process import spawn, terminate
 from service.security.tls import self_signed_cert
+from training.artifact import MINILM
 from tests.service_fixtures import free_port, service_args, service_artifacts  # noqa: F401
 
 pytestmark = pytest.mark.integration
 LIMITED_RPM = 10
 SCHEMATHESIS_EXAMPLES = 25
 SCHEMATHESIS_BUDGET_S = 80.0
+SERVED_FOR = {"/v1/embeddings": MINILM, "/v1/classify": "clf"}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +47,9 @@ def secure_app(tiny_base_dir, service_artifacts, tmp_path_factory):
             deployment["num_replicas"] = 2
     config_path = root / "serve.yaml"
     config_path.write_text(yaml.safe_dump(config))
+    # an embedding model too, so the fuzz reaches /v1/embeddings' validation and not only its 404
     args = service_args(tiny_base_dir, service_artifacts, keys_file, port=free_port(), grpc_port=None,
+                        embedding_model=MINILM,
                         **{"cache.enabled": False, "limits.max_tokens": 16, "security.audit_log": root / "audit.jsonl",
                            "security.tls_certfile": cert, "security.tls_keyfile": key,
                            "security.block_after_failures": 1000})
@@ -167,6 +172,9 @@ def test_schemathesis_fuzzing_finds_no_server_errors(secure_app):
         def fuzz(case):
             if time.monotonic() > deadline:
                 return
+            if isinstance(case.body, dict) and isinstance(case.body.get("model"), str) and len(calls) % 2 == 0:
+                # every other body names a served model, so the fuzz reaches validation beyond the 404
+                case.body["model"] = SERVED_FOR.get(operation.label.split(" ")[-1], "a1")
             response = case.call(session=session, headers=headers, timeout=30, verify=str(secure_app["cert"]))
             calls.append((operation.label, response.status_code))
             try:
@@ -177,7 +185,10 @@ def test_schemathesis_fuzzing_finds_no_server_errors(secure_app):
 
         fuzz()
     assert calls and len({label for label, _ in calls}) >= 8, "every operation must have been exercised"
-    served = {"", "unresolved", "a1", "a2", "a3", "clf", Path(secure_app["base"]).name}
+    for path in ("/v1/embeddings", "/v1/completions", "/v1/chat/completions"):
+        statuses = {status for label, status in calls if label.endswith(path)}
+        assert statuses - {404}, f"the fuzz reached a served model on {path}: {statuses}"
+    served = {"", "unresolved", "a1", "a2", "a3", "clf", Path(secure_app["base"]).name, MINILM}
     assert adapter_labels(metric_series(secure_app)) <= served, "fuzzed model names became metric labels"
     assert not [c for c in calls if c[1] >= 500], "server errors"
     assert not failures, "\n".join(failures[:10])
