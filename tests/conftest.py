@@ -26,6 +26,10 @@ if os.environ["RAY_AUTH_MODE"] == "token":
 
     os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(ray_auth_token_path()))
 
+# The service fixtures live here, once for the whole suite: a test module that imported them itself
+# would get its own session-lived copy (another artifacts dir, another Ray app left running to the end).
+from tests.service_fixtures import served_app, serve_keys, service_artifacts  # noqa: E402,F401
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
@@ -43,3 +47,9 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests on the session's served app (`served_app`: a Ray cluster in a child process) run last,
+    together, so its idle Ray does not tax the rest of the suite; otherwise the order is unchanged."""
+    items.sort(key=lambda item: "served_app" in getattr(item, "fixturenames", ()))

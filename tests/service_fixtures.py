@@ -4,10 +4,11 @@
     make_adapter(base_dir, tmp_path / "a1", name="a1", seed=1)     # LoRA adapter artifact on the base
 
 `in_process_server(settings, keys)` (a started ServingCore behind the REST app's TestClient) and
-`grpc_inference_stub(core, key)` serve tests without Ray. Pytest fixtures (import them into a test module, e.g. `from tests.service_fixtures import
-served_app  # noqa: F401`): `service_artifacts` (adapters a1, a2, a3 + a classifier in one
-artifacts dir), `serve_keys` (a keys file with infer and admin keys) and `served_app` (the
-real Ray Serve app on a free port, started once per session; integration only).
+`grpc_inference_stub(core, key)` serve tests without Ray. Pytest fixtures, registered for the whole
+suite by tests/conftest.py (never import them into a test module: that makes a second session-lived
+copy): `service_artifacts` (adapters a1, a2, a3 + a classifier in one artifacts dir), `serve_keys`
+(a keys file with infer and admin keys) and `served_app` (the real Ray Serve app on a free port,
+started once per session; integration only).
 """
 
 from __future__ import annotations

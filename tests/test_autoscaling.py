@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.service_fixtures import service_args, service_artifacts, serve_keys  # noqa: F401
+from tests.service_fixtures import service_args
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

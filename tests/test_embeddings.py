@@ -20,7 +20,7 @@ from service.embedding_schemas import EmbeddingRequest
 from service.grpc.gen.tuneserve.v1 import inference_pb2 as pb
 from service.settings import load_settings
 from tests.service_fixtures import (  # noqa: F401
-    grpc_inference_stub, in_process_server, make_adapter, openai_client, service_args, serve_keys,
+    grpc_inference_stub, in_process_server, make_adapter, openai_client, service_args,
 )
 from tests.train_support import classification_rows, make_config, train_args, write_jsonl
 from training.artifact import MINILM, ArtifactWriter, fingerprint_model_dir, resolve_base_dir

@@ -15,7 +15,6 @@ from training.evaluation.predictor import split_endpoint
 from training.evaluation.runner import EvalConfig, evaluate
 from training.tracking import TrackingConfig
 
-from tests.service_fixtures import served_app, serve_keys, service_artifacts  # noqa: F401
 
 
 class FakeOpenAI:

@@ -15,7 +15,7 @@ from service.engine.desired import AdapterSpec, DesiredState
 from service.fleet import Coordinator, StateStore, admin_source
 from service.schemas import CompletionRequest, LoadAdapterRequest
 from service.settings import load_settings
-from tests.service_fixtures import make_adapter, service_args, service_artifacts, serve_keys  # noqa: F401
+from tests.service_fixtures import make_adapter, service_args
 from training.artifact.errors import ConfigError, Conflict, InvalidRequest, NotFound, PermissionDenied
 
 

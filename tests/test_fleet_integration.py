@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from tests.fleet_support import r9_scenario, start_two_replicas
-from tests.service_fixtures import make_adapter, service_args, service_artifacts, serve_keys  # noqa: F401
+from tests.service_fixtures import make_adapter, service_args
 
 pytestmark = pytest.mark.integration
 GOAL_S = 5.0

@@ -12,7 +12,7 @@ import pytest
 from service.core import ServingCore
 from service.schemas import CompletionRequest, LoadAdapterRequest
 from service.settings import load_settings
-from tests.service_fixtures import make_adapter, service_args, service_artifacts, serve_keys  # noqa: F401
+from tests.service_fixtures import make_adapter, service_args
 from training.artifact.errors import ArtifactInvalid, NotFound, PermissionDenied
 
 BUCKET = "models"

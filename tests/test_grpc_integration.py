@@ -13,7 +13,7 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from service.client import TuneserveClient
-from tests.service_fixtures import make_adapter, served_app, service_artifacts, serve_keys  # noqa: F401
+from tests.service_fixtures import make_adapter
 from training.artifact.errors import InvalidRequest, NotFound, PermissionDenied, Unauthenticated
 
 pytestmark = pytest.mark.integration

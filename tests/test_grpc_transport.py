@@ -22,7 +22,7 @@ from service.grpc.server import GrpcServer
 from service.schemas import ChatCompletionRequest, CompletionRequest
 from service.settings import load_settings
 from tests.grpc_support import LoopThread
-from tests.service_fixtures import make_adapter, service_args, service_artifacts, serve_keys  # noqa: F401
+from tests.service_fixtures import make_adapter, service_args
 from training.artifact.errors import Conflict, InvalidRequest, NotFound, PermissionDenied, Unauthenticated
 
 PROMPT = "To be, or not to be"

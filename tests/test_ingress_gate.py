@@ -13,7 +13,7 @@ import pytest
 
 from service.app import EngineDeployment, RemoteCore, app_builder
 from service.errors import from_wire
-from tests.service_fixtures import service_args, service_artifacts, serve_keys  # noqa: F401
+from tests.service_fixtures import service_args
 from training.artifact.errors import PermissionDenied
 
 SECRET = "s3cret-for-this-build"

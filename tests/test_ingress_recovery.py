@@ -19,7 +19,7 @@ import grpc
 import httpx
 import pytest
 
-from tests.service_fixtures import service_args, service_artifacts, serve_keys  # noqa: F401
+from tests.service_fixtures import service_args
 
 pytestmark = pytest.mark.integration
 RECOVERY_S = 30.0  # R2: back at full capacity within 30 s

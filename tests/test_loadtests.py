@@ -1,5 +1,5 @@
 """The load tooling: shapes and the summary (unit), and `loadtests/run.sh` end to end against a
-spawned tiny-base server with REST and gRPC users on two adapters (integration, ~1 minute)."""
+the session's served tiny-base app with REST and gRPC users on two adapters (integration)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import pytest
 
 from loadtests.shapes import shape_tick
 from loadtests.summary import summarize
-from tests.service_fixtures import free_port, service_args, service_artifacts, serve_keys  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,22 +44,12 @@ def test_summary_counts_designed_refusals_apart_from_failures(tmp_path):
 
 
 @pytest.mark.integration
-def test_run_sh_drives_rest_and_grpc_users_without_failures(tiny_base_dir, service_artifacts, serve_keys, tmp_path):
-    from service.server_process import spawn, terminate
-
-    grpc_port = free_port()
-    args = service_args(tiny_base_dir, service_artifacts, serve_keys[0], port=free_port(), grpc_port=grpc_port,
-                        **{"cache.enabled": False})
-    overrides = [f"{k}={'null' if v is None else v}" for k, v in args.items()]
-    proc, url = spawn(overrides, tmp_path / "server.log", env={"RAY_TMPDIR": "/tmp/ts-ray-loadtest"})
-    try:
-        env = {**os.environ, "PYTHON": sys.executable, "RESULTS": str(tmp_path / "results"),
-               "TUNESERVE_GRPC": f"127.0.0.1:{grpc_port}", "TUNESERVE_MODELS": "a1,a2",
-               "TUNESERVE_API_KEY": serve_keys[1]["infer"], "TUNESERVE_MAX_TOKENS": "8"}
-        done = subprocess.run([str(ROOT / "loadtests" / "run.sh"), url, "4", "10s", "soak"], env=env,
-                              capture_output=True, text=True, timeout=120)
-    finally:
-        terminate(proc)
+def test_run_sh_drives_rest_and_grpc_users_without_failures(served_app, tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "RESULTS": str(tmp_path / "results"),
+           "TUNESERVE_GRPC": served_app["grpc"], "TUNESERVE_MODELS": "a1,a2",
+           "TUNESERVE_API_KEY": served_app["keys"]["infer"], "TUNESERVE_MAX_TOKENS": "8"}
+    done = subprocess.run([str(ROOT / "loadtests" / "run.sh"), served_app["url"], "4", "10s", "soak"], env=env,
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = tmp_path / "results"
     assert (results / "load.html").stat().st_size > 0

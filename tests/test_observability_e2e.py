@@ -34,7 +34,7 @@ import pytest
 import yaml
 
 from tests.deploy_support import RULES_DIR, load_script, require_tool
-from tests.service_fixtures import free_port, make_adapter, make_classifier, serve_keys, service_args  # noqa: F401
+from tests.service_fixtures import free_port, make_adapter, make_classifier, service_args  # noqa: F401
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from service.grpc.gen.tuneserve.v1 import inference_pb2 as pb
 from service.schemas import CompletionRequest
 from service.settings import load_settings
 from tests.service_fixtures import (  # noqa: F401
-    grpc_inference_stub, in_process_server, openai_client, service_args, service_artifacts, serve_keys,
+    grpc_inference_stub, in_process_server, openai_client, service_args,
 )
 from training.artifact.errors import InvalidRequest
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 from quantize_support import PROMPTS, greedy_tokens, last_logits, teacher_forced_agreement
 
-from tests.service_fixtures import serve_keys  # noqa: F401
 
 from training.artifact import load_artifact
 from training.artifact.errors import DataError

@@ -20,7 +20,7 @@ from service.launcher import default_config_path
 from service.server_process import spawn, terminate
 from service.security.tls import self_signed_cert
 from training.artifact import MINILM
-from tests.service_fixtures import free_port, service_args, service_artifacts  # noqa: F401
+from tests.service_fixtures import free_port, service_args  # noqa: F401
 
 pytestmark = pytest.mark.integration
 LIMITED_RPM = 10

@@ -30,7 +30,7 @@ import yaml
 
 from service.launcher import default_config_path
 from service.ports import INSTANCE_ENV, INSTANCE_HEADER, bindable
-from tests.service_fixtures import free_port, serve_keys  # noqa: F401
+from tests.service_fixtures import free_port  # noqa: F401
 
 STOP_TIMEOUT_S = 20
 SERVE_ENV = {"RAY_TMPDIR": "/tmp/ts-ray-lifecycle", "COLUMNS": "200"}

@@ -12,7 +12,7 @@ from service.auth import Authenticator
 from service.core import ServingCore
 from service.http import create_app
 from service.settings import load_settings
-from tests.service_fixtures import service_args, service_artifacts, serve_keys  # noqa: F401
+from tests.service_fixtures import service_args
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.service_fixtures import make_adapter, served_app, service_artifacts, serve_keys  # noqa: F401
+from tests.service_fixtures import make_adapter
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +34,8 @@ def complete(http, served_app, model, prompt="To be, or not", **kw):
 
 def test_auth_models_and_errors(http, served_app):
     assert http.get("/v1/models").status_code == 401
+    for name in ("a1", "a2", "a3"):  # the session's server: earlier tests may have evicted some (max_adapters=3)
+        complete(http, served_app, name, max_tokens=1)
     listed = http.get("/v1/models", headers=auth(served_app, "infer"))
     assert listed.status_code == 200 and {"a1", "a2", "a3", "clf"} <= {m["id"] for m in listed.json()["data"]}
     missing = http.post("/v1/completions", headers=auth(served_app, "infer"), json={"model": "ghost", "prompt": "x"})

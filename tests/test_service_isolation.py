@@ -19,7 +19,7 @@ from service.http import create_app
 from service.keys import add_key, create_key
 from service.schemas import CompletionRequest
 from service.settings import load_settings
-from tests.service_fixtures import service_args, service_artifacts, serve_keys  # noqa: F401
+from tests.service_fixtures import service_args
 from training.artifact.errors import InvalidRequest
 
 PROMPT = "To be, or not to be"

@@ -16,7 +16,6 @@ import pytest
 
 from service.engine.decode import DecodeBatch
 from service.schemas import ChatCompletionRequest, CompletionRequest
-from tests.service_fixtures import service_artifacts, serve_keys  # noqa: F401
 from tests.test_openai_surface import oc, served, stub  # noqa: F401 - the openai client and gRPC stub over one core
 
 openai = pytest.importorskip("openai")

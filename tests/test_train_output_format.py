@@ -10,7 +10,6 @@ import json
 import pytest
 from train_support import make_config, train_args, write_jsonl
 
-from tests.service_fixtures import serve_keys  # noqa: F401 - fixture
 from training.artifact.errors import ConfigError, DataError
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},

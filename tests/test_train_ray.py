@@ -18,7 +18,7 @@ import pytest
 from search_support import data_file, make_search_config, search_args
 from train_support import instruction_rows, make_config, train_args, write_jsonl
 
-from tests.service_fixtures import serve_keys, service_args  # noqa: F401 - fixture
+from tests.service_fixtures import service_args
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

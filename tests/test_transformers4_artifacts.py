@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.service_fixtures import serve_keys  # noqa: F401
 from training.artifact import load_artifact
 from training.artifact.loading import attach_adapter, load_base, load_model_artifact
 
