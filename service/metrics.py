@@ -112,7 +112,8 @@ DRIFT_WINDOW = Gauge("tuneserve_drift_window_samples", "Samples in the current d
 
 # Production feedback (written by service.feedback): online quality per served model (adapter version).
 FEEDBACK = Counter("tuneserve_feedback", "Feedback received on served responses.", ["adapter", "kind"])
-FEEDBACK_DROPPED = Counter("tuneserve_feedback_records_dropped", "Served records not stored durably (writer behind).")
+# labelled so that no sample exists before the first drop (an unlabelled counter opens its multiprocess file at import)
+FEEDBACK_DROPPED = Counter("tuneserve_feedback_records_dropped", "Records not stored durably (writer behind).", ["record"])
 ONLINE_QUALITY = Gauge("tuneserve_online_quality", "Rolling online quality from feedback: accuracy (kind=accuracy, "
                        "0..1) or mean rating (kind=rating, 1..5).", ["adapter", "kind"],
                        multiprocess_mode="livemostrecent")
@@ -305,7 +306,7 @@ def feedback_recorded(model: str, kind: str) -> None:
 
 
 def feedback_records_dropped() -> None:
-    FEEDBACK_DROPPED.inc()
+    FEEDBACK_DROPPED.labels("served").inc()
 
 
 def online_quality(model: str, kind: str, value: float, samples: int) -> None:
