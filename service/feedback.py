@@ -42,7 +42,7 @@ from pydantic import Field
 
 from training.artifact import feedback as disk
 from training.artifact.config import StrictModel
-from training.artifact.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from training.artifact.errors import Conflict, InvalidRequest, NotFound, TuneserveError, Unavailable
 from training.artifact.paths import cache_dir
 
 from service import metrics
@@ -120,12 +120,18 @@ class FeedbackStore:
         self._writer: threading.Thread | None = None
         self._refreshed_at = 0.0
         self.dropped = 0
+        self.broken: str | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
         if not self.settings.enabled or self._writer is not None:
             return
-        self._conn = disk.connect(self.path, self.settings.journal)
+        try:
+            self._conn = disk.connect(self.path, self.settings.journal)
+        except (sqlite3.Error, OSError, TuneserveError) as exc:  # serving goes on; feedback answers 503
+            self.broken = str(exc)
+            log.error("feedback store %s unusable, feedback is off: %s", self.path, exc)
+            return
         self._writer = threading.Thread(target=self._write_loop, name="tuneserve-feedback-writer", daemon=True)
         self._writer.start()
 
@@ -190,6 +196,8 @@ class FeedbackStore:
                 self._recent[response_id] = record
                 while len(self._recent) > s.served_cache_size:
                     self._recent.popitem(last=False)
+        if self._writer is None:
+            return
         try:
             self._queue.put_nowait(record)
         except queue.Full:
@@ -223,8 +231,10 @@ class FeedbackStore:
         return await asyncio.to_thread(self.submit, request, principal, record)
 
     def _check_enabled(self) -> None:
-        if not self.settings.enabled or self._conn is None:
+        if not self.settings.enabled:
             raise Conflict("feedback is turned off on this server", "an operator can set feedback.enabled=true")
+        if self._conn is None:
+            raise Unavailable("the feedback store is not available", "retry later; the server log names the cause")
 
     def submit(self, request: FeedbackRequest, principal: Any, record: disk.ServedRecord | None = None) -> FeedbackResponse:
         """Check `request` against what was served (`record`, else looked up) to whom and store it

@@ -15,7 +15,7 @@ from service.auth import Principal
 from service.feedback import FeedbackSettings, FeedbackStore
 from service.feedback_schemas import FeedbackRequest
 from training.artifact import feedback as disk
-from training.artifact.errors import Conflict, InvalidRequest, NotFound
+from training.artifact.errors import Conflict, InvalidRequest, NotFound, Unavailable
 
 ALICE = Principal("k-alice", "acme", adapters=("clf*", "gen"))
 ALICE2 = Principal("k-alice2", "acme", adapters=("*",))  # same tenant, another key
@@ -161,3 +161,15 @@ def test_disabled_store_refuses(tmp_path):
     with pytest.raises(Conflict):
         give(store, id=rid(1), label="a")
     assert not (tmp_path / "fb.db").exists()
+
+
+def test_unusable_store_leaves_serving_alone(tmp_path):
+    (tmp_path / "file").write_text("x")
+    store = FeedbackStore(FeedbackSettings(path=tmp_path / "file" / "fb.db"))  # its parent is a file
+    store.start()
+    assert store.broken
+    store.served(rid(1), "clf", ALICE, "classification", ["t"], ["a"])  # remembered in memory, nothing queued
+    assert store._queue.qsize() == 0 and store.dropped == 0
+    with pytest.raises(Unavailable):
+        give(store, id=rid(1), label="a")
+    store.stop()
