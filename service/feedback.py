@@ -284,23 +284,25 @@ class FeedbackStore:
                                             "send `correct_answer` (the right text) or `rating`"), "label")
 
     # ---- online quality --------------------------------------------------------------------
-    def online_quality(self, model_id: str) -> OnlineQuality | None:
+    def online_quality(self, model_id: str, since: float | None = None, window: int | None = None) -> OnlineQuality | None:
         """The rolling online quality of `model_id` (a resolved id: an adapter version or a model), from
         the durable store, so every replica answers the same: for a classifier (its latest feedback was
         on a classification) `OnlineQuality("accuracy", share of label feedbacks whose label equals the
         served one, n)`, else `OnlineQuality("rating", mean rating 1..5, n)`, over the newest
         `feedback.window` such feedbacks no older than `feedback.window_s`. None when there are none
-        (or feedback is off). Stable API: rollout gating (promote/rollback) builds on it."""
+        (or feedback is off). `since` (unix time, e.g. when a canary started) and `window` narrow it
+        further. Stable API: rollout gating (promote/rollback) builds on it."""
         if self._conn is None:
             return None
-        since = time.time() - self.settings.window_s
+        since = max(time.time() - self.settings.window_s, since or 0.0)
+        window = min(window or self.settings.window, self.settings.window)
         with self._db:
             task = self._conn.execute("SELECT task FROM feedback WHERE model = ? AND created >= ? "
                                       "ORDER BY created DESC LIMIT 1", (model_id, since)).fetchone()
             if task is None:
                 return None
             kind = "label" if task[0] == "classification" else "rating"
-            rows = disk.recent_feedback(self._conn, model_id, since, self.settings.window, kind)
+            rows = disk.recent_feedback(self._conn, model_id, since, window, kind)
         if not rows:
             return None
         if kind == "label":

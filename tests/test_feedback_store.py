@@ -94,6 +94,8 @@ def test_rating_on_generation_and_gauges(make_store):
         give(store, id=rid(i, "cmpl"), rating=rating)
     quality = store.online_quality("gen")
     assert quality.kind == "rating" and quality.n == 3 and quality.value == pytest.approx((5 + 1 + 2) / 3)
+    assert store.online_quality("gen", window=1).value == 2  # the newest only
+    assert store.online_quality("gen", since=time.time() + 1) is None  # e.g. since a canary started
     assert metrics.ONLINE_QUALITY.labels("gen", "rating")._value.get() == pytest.approx(8 / 3)
     assert metrics.ONLINE_QUALITY_SAMPLES.labels("gen", "rating")._value.get() == 3
     with pytest.raises(InvalidRequest) as err:
