@@ -34,6 +34,7 @@ from service.auth import Authenticator, Principal
 from service.backend import STREAM_CALLS, UNARY_CALLS
 from service.embedding_schemas import EmbeddingRequest, EmbeddingResponse
 from service.errors import from_wire, to_wire
+from service.feedback_schemas import FeedbackRequest, FeedbackResponse
 from service.schemas import (
     AdapterInfo, AdapterList, ChatCompletionRequest, ChatCompletionResponse, ClassifyRequest, ClassifyResponse,
     CompletionRequest, CompletionResponse, Health, LoadAdapterRequest, ModelList,
@@ -213,6 +214,9 @@ class RemoteCore:
 
     async def list_adapters(self, principal: Principal | None = None) -> AdapterList:
         return await self._call("list_adapters", principal)
+
+    async def feedback(self, request: FeedbackRequest, principal: Principal | None) -> FeedbackResponse:
+        return await self._call("feedback", request, principal)  # any replica: served records are in the shared store
 
     async def health(self) -> Health:
         return await self._call("health")

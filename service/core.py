@@ -32,6 +32,8 @@ from service.engine.engine import Engine
 from service.engine.registry import Lease
 from service.engine.types import RequestStream
 from service.errors import with_model
+from service.feedback import FeedbackStore
+from service.feedback_schemas import FeedbackRequest, FeedbackResponse
 from service.fleet import Coordinator, FleetMember, admin_source, local_replica_id, state_path
 from service.jobs import Job, JobBuilder, context_of, invalid, naming, nonempty
 from service.loader import AdapterLoader
@@ -62,12 +64,14 @@ class ServingCore:
         self.jobs = JobBuilder(settings, self.lease, self.drift)
         self.embeddings = EmbeddingService(settings, getattr(self.engine, "encoder", None), self.registry, self.drift,
                                            self.loader.buckets)
+        self.feedback_store = FeedbackStore(settings.feedback, settings.artifacts_dir)
         self._stop_gauges = None
 
     def start(self) -> None:
         self.engine.start(desired=self.fleet.plan)  # the admin-set adapters, before serving
         self.fleet.start()
         self.drift.start()
+        self.feedback_store.start()
         self._stop_gauges = metrics.poll(self._sample_gauges)
 
     def stop(self) -> None:
@@ -76,6 +80,7 @@ class ServingCore:
         self.loader.stop()
         self.embeddings.stop()
         self.drift.stop()
+        self.feedback_store.stop()
         if self._stop_gauges is not None:
             self._stop_gauges.set()
 
@@ -89,6 +94,7 @@ class ServingCore:
     def _sample_gauges(self) -> None:
         metrics.queue_state(self.engine.scheduler.queue_depth(), ENGINE_QUEUE_CAPACITY)
         metrics.adapters_loaded(len(self.registry.adapters))
+        self.feedback_store.refresh_gauges()
 
     # ---- inference -------------------------------------------------------------------
     async def complete(self, request: CompletionRequest, principal: Principal | None) -> CompletionResponse:
@@ -96,18 +102,22 @@ class ServingCore:
         with naming(job.model):
             results, prompt_tokens = await self._generate(job)
         want = request.logprobs is not None
-        return CompletionResponse(id=_id("cmpl"), created=int(time.time()), model=job.model,
-                                  choices=[completion_choice(r, want, job.echo(r.index)) for r in results],
-                                  usage=usage(prompt_tokens, sum(r.completion_tokens for r in results)))
+        reply = CompletionResponse(id=_id("cmpl"), created=int(time.time()), model=job.model,
+                                   choices=[completion_choice(r, want, job.echo(r.index)) for r in results],
+                                   usage=usage(prompt_tokens, sum(r.completion_tokens for r in results)))
+        self._remember(reply.id, job.model, principal, _inputs(request, job.n), [r.text for r in results])
+        return reply
 
     async def chat(self, request: ChatCompletionRequest, principal: Principal | None) -> ChatCompletionResponse:
         job = await self.jobs.chat(request, principal)
         replies = tool_replies(request, job.tool_format)
         with naming(job.model):
             results, prompt_tokens = await self._generate(job)
-        return ChatCompletionResponse(id=_id("chatcmpl"), created=int(time.time()), model=job.model,
-                                      choices=[chat_choice(r, request.logprobs, replies(r.index)) for r in results],
-                                      usage=usage(prompt_tokens, sum(r.completion_tokens for r in results)))
+        reply = ChatCompletionResponse(id=_id("chatcmpl"), created=int(time.time()), model=job.model,
+                                       choices=[chat_choice(r, request.logprobs, replies(r.index)) for r in results],
+                                       usage=usage(prompt_tokens, sum(r.completion_tokens for r in results)))
+        self._remember(reply.id, job.model, principal, _inputs(request, job.n), [r.text for r in results])
+        return reply
 
     async def stream_complete(self, request: CompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
         job = await self.jobs.completion(request, principal)
@@ -123,7 +133,7 @@ class ServingCore:
             return completion_chunk(head, i, event, want, echo)
 
         with naming(job.model):
-            async for item in self._stream(job, head, "text_completion", request, chunk):
+            async for item in self._stream(job, head, "text_completion", request, chunk, principal):
                 yield item
 
     async def stream_chat(self, request: ChatCompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
@@ -132,7 +142,7 @@ class ServingCore:
         replies = tool_replies(request, job.tool_format)
         with naming(job.model):
             async for item in self._stream(job, head, "chat.completion.chunk", request,
-                                           lambda i, ev: chat_chunk(head, i, ev, request.logprobs, replies(i))):
+                                           lambda i, ev: chat_chunk(head, i, ev, request.logprobs, replies(i)), principal):
                 yield item
 
     async def classify(self, request: ClassifyRequest, principal: Principal | None) -> ClassifyResponse:
@@ -156,8 +166,16 @@ class ServingCore:
         top = request.top_k or None
         data = [Classification(index=i, label=r[0][0], score=r[0][1],
                                scores=[LabelScore(label=name, score=s) for name, s in r[:top]]) for i, r in enumerate(ranked)]
-        return ClassifyResponse(id=_id("cls"), created=int(time.time()), model=lease.model_id, data=data,
-                                usage=usage(sum(len(ids) for ids in encoded), 0))
+        reply = ClassifyResponse(id=_id("cls"), created=int(time.time()), model=lease.model_id, data=data,
+                                 usage=usage(sum(len(ids) for ids in encoded), 0))
+        self.feedback_store.served(reply.id, lease.model_id, principal, "classification", texts, [c.label for c in data],
+                                   labels=[name for name, _ in ranked[0]] if ranked else None)
+        return reply
+
+    async def feedback(self, request: FeedbackRequest, principal: Principal | None) -> FeedbackResponse:
+        """Feedback on a response this service served (service/feedback.py: scoping, validation, storage)."""
+        self._authorize(principal, "infer")
+        return await self.feedback_store.feedback(request, principal)
 
     async def embed(self, request: EmbeddingRequest, principal: Principal | None) -> EmbeddingResponse:
         return await self.embeddings.embed(request, principal)
@@ -284,8 +302,16 @@ class ServingCore:
             self.engine.cache.put(key, results)
         return results, prompt_tokens
 
-    async def _stream(self, job: Job, head: dict, obj: str, request: SamplingFields, make) -> AsyncIterator[dict]:
+    def _remember(self, response_id: str, model: str, principal: Principal | None, inputs: list[str | None],
+                  texts: list[str]) -> None:
+        """A generated reply's record for feedback: choice i's input and text."""
+        self.feedback_store.served(response_id, model, principal, "generation", inputs, texts)
+
+    async def _stream(self, job: Job, head: dict, obj: str, request: SamplingFields, make,
+                      principal: Principal | None = None) -> AsyncIterator[dict]:
         queue: asyncio.Queue = asyncio.Queue()
+        texts = [""] * (len(job.prompts) * job.n)  # what each choice generated, for the feedback record
+        text_cap = self.settings.feedback.max_prediction_chars
         streams = self._start(job)
 
         async def pump(p: int, stream) -> None:
@@ -319,9 +345,12 @@ class ServingCore:
                         metrics.inter_token(job.model, now - last[index])
                     last[index] = now
                 completion += event.completion_tokens if event.finish_reason else 0
+                if len(texts[index]) <= text_cap:
+                    texts[index] += event.text
                 yield make(index, event)
             prompt_tokens = sum(len(p) for p in job.prompts)
             metrics.generation_finished(job.model, prompt_tokens, completion, time.perf_counter() - job.started)
+            self._remember(head["id"], job.model, principal, _inputs(request, job.n), texts)
             if request.stream_options is not None and request.stream_options.include_usage:
                 yield usage_chunk(head, obj, prompt_tokens, completion)
         finally:
@@ -333,3 +362,12 @@ class ServingCore:
 
 def _id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def _inputs(request: SamplingFields, n: int) -> list[str | None]:
+    """Each choice's input text for the feedback record: its prompt (completions; None for token ids), or
+    the conversation's last user message (chat)."""
+    if isinstance(request, ChatCompletionRequest):
+        users = [m.text() for m in request.messages if m.role == "user"]
+        return [users[-1] if users else None] * n
+    return [p if isinstance(p, str) else None for p in request.prompts() for _ in range(n)]

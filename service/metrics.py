@@ -110,7 +110,18 @@ DRIFT_THRESHOLD = Gauge("tuneserve_drift_threshold", "Configured threshold of a 
 DRIFT_WINDOW = Gauge("tuneserve_drift_window_samples", "Samples in the current drift window.", ["adapter"],
                      multiprocess_mode="livemax")
 
+# Production feedback (written by service.feedback): online quality per served model (adapter version).
+FEEDBACK = Counter("tuneserve_feedback", "Feedback received on served responses.", ["adapter", "kind"])
+# labelled so that no sample exists before the first drop (an unlabelled counter opens its multiprocess file at import)
+FEEDBACK_DROPPED = Counter("tuneserve_feedback_records_dropped", "Records not stored durably (writer behind).", ["record"])
+ONLINE_QUALITY = Gauge("tuneserve_online_quality", "Rolling online quality from feedback: accuracy (kind=accuracy, "
+                       "0..1) or mean rating (kind=rating, 1..5).", ["adapter", "kind"],
+                       multiprocess_mode="livemostrecent")
+ONLINE_QUALITY_SAMPLES = Gauge("tuneserve_online_quality_samples", "Feedbacks in the online quality window.",
+                               ["adapter", "kind"], multiprocess_mode="livemostrecent")
+
 _adapters: set[str] = set()
+_quality_series: dict[str, str] = {}  # model -> kind of the online quality series this process exports
 _GRPC_BY_STATUS: dict[int, str] = {}
 _lock = threading.Lock()
 _memory_at = 0.0
@@ -287,6 +298,34 @@ def rate_limited(key_id: str, kind: str) -> None:
 
 def prompt_injection_suspected(model: str | None) -> None:
     PROMPT_INJECTION_SUSPECTED.labels(adapter_label(model)).inc()
+
+
+def feedback_recorded(model: str, kind: str) -> None:
+    """kind: label / correct_answer / rating (the feedback's)."""
+    FEEDBACK.labels(adapter_label(model), kind).inc()
+
+
+def feedback_records_dropped() -> None:
+    FEEDBACK_DROPPED.labels("served").inc()
+
+
+def online_quality(model: str, kind: str, value: float, samples: int) -> None:
+    """kind: accuracy / rating (what `value` measures)."""
+    label = adapter_label(model)
+    with _lock:
+        _quality_series[model] = kind
+    ONLINE_QUALITY.labels(label, kind).set(value)
+    ONLINE_QUALITY_SAMPLES.labels(label, kind).set(samples)
+
+
+def online_quality_expired(current: set[str]) -> None:
+    """Models no longer in any quality window keep their last value with 0 samples (alerts need samples)."""
+    with _lock:
+        gone = {m: k for m, k in _quality_series.items() if m not in current}
+        for model in gone:
+            del _quality_series[model]
+    for model, kind in gone.items():
+        ONLINE_QUALITY_SAMPLES.labels(adapter_label(model), kind).set(0)
 
 
 # ---- exposition ---------------------------------------------------------------------------

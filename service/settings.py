@@ -17,6 +17,7 @@ from training.artifact.config import StrictModel, load_config
 
 from service.drift.monitor import DriftSettings
 from service.engine.settings import EngineSettings
+from service.feedback import FeedbackSettings
 from service.fleet import FleetSettings
 from service.security.config import SecuritySettings
 
@@ -78,6 +79,8 @@ class ServiceSettings(EngineSettings):
     drift: DriftSettings = Field(default_factory=DriftSettings, description="drift of live traffic vs reference profiles")
     fleet: FleetSettings = Field(default_factory=FleetSettings, description="the admin-set adapter state all Engine "
                                  "replicas converge to (service/fleet.py)")
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings, description="served-response records, "
+                                       "POST /v1/feedback and online quality (service/feedback.py, docs/feedback.md)")
 
 
 def load_settings(args: dict[str, Any] | None = None, overrides: Iterable[str] = (),

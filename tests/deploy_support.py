@@ -67,7 +67,8 @@ CONTRACT_COUNTERS_GAUGES = {
     "tuneserve_model_load_seconds", "tuneserve_auth_failures_total", "tuneserve_rate_limited_total",
     "tuneserve_blocked_clients", "tuneserve_key_client_addresses", "tuneserve_prompt_injection_suspected_total",
     "tuneserve_drift_score", "tuneserve_drift_threshold", "tuneserve_drift_window_samples",
-    "tuneserve_process_resident_memory_bytes",
+    "tuneserve_process_resident_memory_bytes", "tuneserve_online_quality", "tuneserve_online_quality_samples",
+    "tuneserve_feedback_total",
 }
 CONTRACT_HISTOGRAMS = {
     "tuneserve_request_duration_seconds", "tuneserve_time_to_first_token_seconds",

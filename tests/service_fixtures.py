@@ -109,7 +109,7 @@ def service_args(base_dir: Path, artifacts: Path, keys_file: Path, **extra) -> d
     state = Path(tempfile.mkdtemp(prefix="ts-fleet-")) / "state.json"
     return {"base_model": str(base_dir), "artifacts_dir": str(artifacts), "keys_file": str(keys_file),
             "api_keys_env": None, "max_adapters": 3, "security": {"adapter_roots": [tempfile.gettempdir()]},
-            "fleet": {"state_file": str(state)}, **extra}
+            "fleet": {"state_file": str(state)}, "feedback": {"path": str(state.with_name("feedback.db"))}, **extra}
 
 
 @pytest.fixture(scope="session")

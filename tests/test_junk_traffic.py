@@ -30,7 +30,8 @@ def junk_target(tiny_base_dir, tmp_path_factory):
     settings = load_settings({"base_model": str(tiny_base_dir), "keys_file": str(root / "keys.json"),
                               "api_keys_env": None, "security": {"rate_limit_store": "local",
                                                                  "audit_log": str(root / "audit.jsonl"),
-                                                                 "block_after_failures": 100000}})
+                                                                 "block_after_failures": 100000},
+                              "feedback": {"path": str(root / "feedback.db"), "lookup_retry_s": 0}})
     core = ServingCore(settings)
     core.start()
     app = create_app(core, Authenticator.from_settings(settings), settings)
@@ -78,6 +79,10 @@ def junk_round(target, tag: str, count: int) -> None:
         assert http.post("/v1/classify", json={"model": name, "input": "x"}, headers=bearer(infer)).status_code == 404
         assert http.post("/v1/completions", json={"model": f"z-{name}", "prompt": "x"},
                          headers=bearer(admin)).status_code == 403
+        assert http.post("/v1/feedback", json={"id": f"cls-{name}", "label": name},
+                         headers=bearer(infer)).status_code == 404  # unknown response ids label nothing new
+        assert http.post("/v1/feedback", json={"id": f"cls-{i:024x}", "rating": 3},
+                         headers=bearer(infer)).status_code == 404  # well-formed but never served
         assert http.post("/v1/admin/adapters", json={"name": name}, headers=bearer(admin)).status_code == 404
         assert http.delete(f"/v1/admin/adapters/{name}", headers=bearer(admin)).status_code == 404
         if i % 5 == 0:  # gRPC: a few of each per round (each call costs a thread hop)
@@ -85,6 +90,9 @@ def junk_round(target, tag: str, count: int) -> None:
                 with pytest.raises(grpc.RpcError):
                     target["inference"].Generate(inference_pb2.GenerateRequest(model=name, prompt=INJECTION),
                                                  metadata=metadata)
+            with pytest.raises(grpc.RpcError):
+                target["inference"].Feedback(inference_pb2.FeedbackRequest(id=f"cls-{name}", label=name),
+                                             metadata=(("authorization", f"Bearer {infer}"),))
             with pytest.raises(grpc.RpcError):
                 target["admin"].LoadAdapter(admin_pb2.LoadAdapterRequest(name=name),
                                             metadata=(("authorization", f"Bearer {admin}"),))
@@ -96,7 +104,7 @@ def test_junk_traffic_adds_a_handful_of_series_and_bounded_audit_bytes(junk_targ
     assert http.get("/v1/models", headers=bearer(keys["good"])).status_code == 200
     flush_audit_logs()
     before, audit_before = series(), audit.stat().st_size
-    junk_round(junk_target, "r1", 30)  # 300 HTTP requests, 24 gRPC calls
+    junk_round(junk_target, "r1", 30)  # 360 HTTP requests, 30 gRPC calls
     flush_audit_logs()
     added = series() - before
     assert len(added) <= 40, sorted(added)
@@ -106,11 +114,11 @@ def test_junk_traffic_adds_a_handful_of_series_and_bounded_audit_bytes(junk_targ
     assert ("route", "unmatched") in {pair for _, label_set in series() for pair in label_set}
     first_round = audit.stat().st_size - audit_before
     # keyless failures: one budget of lines (the rest summarised); keyed failures: one short line each
-    assert first_round < 200 * 400, first_round
+    assert first_round < 230 * 400, first_round  # (30 x 8 + 6 x 3 keyed lines + a keyless budget)
 
     middle, audit_middle = series(), audit.stat().st_size
     junk_round(junk_target, "r2", 60)  # twice as much junk, new names: nothing new to label
     flush_audit_logs()
     assert series() == middle
-    keyed = 60 * 6 + 12 * 2  # the requests made with a valid key (one audit line each)
+    keyed = 60 * 8 + 12 * 3  # the requests made with a valid key (one audit line each)
     assert audit.stat().st_size - audit_middle < (keyed + 130) * 400  # + a new keyless budget if a window passed

@@ -44,6 +44,8 @@ def _exercise():
     metrics.DRIFT_SCORE.labels("a1", "prompt_length", "psi").set(0.1)
     metrics.DRIFT_THRESHOLD.labels("a1", "prompt_length", "psi").set(0.25)
     metrics.DRIFT_WINDOW.labels("a1").set(40)
+    metrics.feedback_recorded("a1", "label")
+    metrics.online_quality("a1", "accuracy", 0.9, 25)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -122,9 +122,21 @@ def per_adapter() -> dict:
                                             f" / on (job, instance, adapter, feature, method) tuneserve_drift_threshold)",
                                             "{{adapter}} {{feature}} ({{method}})")], "short",
               thresholds=[(None, "green"), (1, "red")], show_thresholds=True),
+        Row("Production feedback"),
+        Panel("Online quality (feedback)", [
+            q(f"max by (adapter) (tuneserve_online_quality{{kind=\"accuracy\", {ADAPTER}}})", "accuracy {{adapter}}"),
+            q(f"max by (adapter) (tuneserve_online_quality{{kind=\"rating\", {ADAPTER}}}) / 5", "rating/5 {{adapter}}")],
+              "percentunit", min=0, max=1, thresholds=[(None, "red"), (0.6, "yellow"), (0.7, "green")], show_thresholds=True,
+              description="Classifiers: share of label feedback agreeing with the served label (alert under 70%). "
+                          "Generation: mean rating 1..5 shown divided by 5 (alert under 3, i.e. 60%). "
+                          "Over the newest feedback.window feedbacks (docs/feedback.md)."),
+        Panel("Feedback/s and window size", [
+            q(f"sum by (adapter, kind) (rate(tuneserve_feedback_total{{{ADAPTER}}}[{RATE}]))", "{{adapter}} {{kind}}/s"),
+            q(f"max by (adapter, kind) (tuneserve_online_quality_samples{{{ADAPTER}}})", "{{adapter}} {{kind}} in window")],
+              "short"),
     ]
     return dashboard("tuneserve-adapter", "tuneserve / Adapter",
-                     "Traffic, latency, errors, lifecycle and drift of the selected adapters.", items, [adapter_variable()])
+                     "Traffic, latency, errors, lifecycle, drift and online quality of the selected adapters.", items, [adapter_variable()])
 
 
 def drift() -> dict:

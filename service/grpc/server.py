@@ -181,6 +181,12 @@ class InferenceService(GatewayService, inference_pb2_grpc.InferenceServicer):
         return translate.embed_response(await self._answer(body, principal, call, self.gateway.backend.embed))
 
     @unary(NAME, "infer")
+    async def Feedback(self, request, principal, call):
+        reply = await self.gateway.backend.feedback(translate.feedback_request(request), principal)
+        call.model = reply.model
+        return translate.feedback_response(reply)
+
+    @unary(NAME, "infer")
     async def ListModels(self, request, principal, call):
         return translate.list_models_response(await self.gateway.backend.list_models(principal))
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from service.embedding_schemas import EmbeddingRequest
 from service.errors import with_param
 from service.grpc.gen.tuneserve.v1 import admin_pb2, inference_pb2 as pb
+from service.feedback_schemas import FeedbackRequest
 from service.schemas import ChatCompletionRequest, ClassifyRequest, CompletionRequest, LoadAdapterRequest
 from training.artifact.errors import InvalidRequest
 
@@ -178,6 +179,19 @@ def load_adapter_request(msg: admin_pb2.LoadAdapterRequest) -> LoadAdapterReques
     if msg.HasField("path"):
         data["path"] = msg.path
     return validated(LoadAdapterRequest, data)
+
+
+def feedback_request(msg: pb.FeedbackRequest) -> FeedbackRequest:
+    data: dict[str, Any] = {"id": msg.id}
+    value = msg.WhichOneof("value")
+    if value is not None:
+        data[value] = getattr(msg, value)
+    data.update({name: getattr(msg, name) for name in ("index", "comment") if msg.HasField(name)})
+    return validated(FeedbackRequest, data)
+
+
+def feedback_response(resp: Any) -> pb.FeedbackResponse:
+    return pb.FeedbackResponse(**{k: v for k, v in as_dict(resp).items() if k != "object"})
 
 
 # ---- responses --------------------------------------------------------------------------

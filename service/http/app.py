@@ -9,7 +9,7 @@ the audit line names the model the request named, while metrics label only resol
 `adapter=""`) and name unmatched paths `route="unmatched"`: junk traffic adds no series.
 
 Routes: GET /health (liveness), GET /ready (readiness), GET /v1/models, GET /v1/models/{id}, POST /v1/completions,
-POST /v1/chat/completions, POST /v1/classify, POST /v1/embeddings, and admin GET/POST /v1/admin/adapters,
+POST /v1/chat/completions, POST /v1/classify, POST /v1/embeddings, POST /v1/feedback (on a served reply's `id`), and admin GET/POST /v1/admin/adapters,
 DELETE /v1/admin/adapters/{name}, POST /v1/admin/adapters/{name}/pin (200 once every Engine replica
 applied the change, 202 listing those that had not; see service/fleet.py). Keys go in
 `Authorization: Bearer <key>` (or `x-api-key`). Errors use OpenAI's error body.
@@ -31,6 +31,7 @@ from service.auth import Authenticator, Principal
 from service.backend import ServingBackend, get_model
 from service.embedding_schemas import EmbeddingRequest, EmbeddingResponse
 from service.errors import openai_error_body, resolved_model
+from service.feedback_schemas import FeedbackRequest, FeedbackResponse
 from service.http.errors import error_response, install_error_handlers
 from service.security import SecurityGuard
 from service.security.guard import prompt_texts
@@ -133,6 +134,13 @@ def create_app(backend: ServingBackend, auth: Authenticator, settings, guard: Se
     @app.post("/v1/embeddings", response_model=EmbeddingResponse, tags=["inference"])
     async def embeddings(body: EmbeddingRequest, request: Request, principal: Principal = Depends(require("infer"))):
         return await unary(body, request, principal, backend.embed)
+
+    @app.post("/v1/feedback", response_model=FeedbackResponse, tags=["inference"],
+              summary="Feedback on a served reply: the right label, the right answer, or a rating 1..5")
+    async def feedback(body: FeedbackRequest, request: Request, principal: Principal = Depends(require("infer"))):
+        reply = await backend.feedback(body, principal)  # 404 for ids unknown, expired or served to another tenant
+        resolved_as(request, reply.model)
+        return reply
 
     @app.get("/v1/admin/adapters", response_model=AdapterList, tags=["admin"])
     async def list_adapters(principal: Principal = Depends(require("admin"))):

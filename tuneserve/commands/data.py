@@ -4,6 +4,7 @@
     tuneserve data annotate export training/configs/data_demo_classification.yaml --out to_label.json --format labelstudio
     tuneserve data annotate import ls_export.json bob.csv --out labels.jsonl
     tuneserve data inspect data/prepared/banking77
+    tuneserve data import-feedback --store artifacts/.tuneserve-feedback.db --out data/feedback [--model clf-v2]
 
 Logic lives in `training.data`; heavy imports happen inside the command bodies.
 """
@@ -59,6 +60,31 @@ def register(app: typer.Typer) -> None:
             console.print(line, highlight=False)
         console.print(f"task {ds.task}, rows {ds.rows}, labels {len(ds.labels or [])}, "
                       f"class weights {'yes' if ds.class_weights else 'no'}", highlight=False)
+
+    @data_app.command("import-feedback")
+    def import_feedback_cmd(
+            store: Path = typer.Option(..., "--store", help="The server's feedback store (feedback.path; default "
+                                       "<artifacts_dir>/.tuneserve-feedback.db)."),
+            out: Path = typer.Option(..., "--out", help="Directory for the JSONL files and prepare configs."),
+            model: str | None = typer.Option(None, "--model", help="Only feedback on this model (adapter version)."),
+            since_days: float | None = typer.Option(None, "--since-days", help="Only feedback of the last N days."),
+            keep_rating: int | None = typer.Option(5, "--keep-rating", help="Served outputs rated at least this "
+                                                  "become instruction rows (0: none)."),
+            overwrite: bool = typer.Option(False, "--overwrite", help="Replace the files in --out."),
+    ) -> None:
+        """Turn production feedback into data for the next round: {text,label}, {instruction,input,output}
+        and preference pairs {prompt,chosen,rejected}, plus `data prepare` configs."""
+        import time
+
+        from training.data.feedback_import import import_feedback
+
+        since = time.time() - since_days * 86400 if since_days is not None else None
+        report = import_feedback(store, out, model, since, keep_rating or None, overwrite)
+        rows = ", ".join(f"{task} {n}" for task, n in report["rows"].items()) or "no rows"
+        skipped = ", ".join(f"{why}: {n}" for why, n in report["skipped"].items()) or "none"
+        console.print(f"{report['feedback']} feedbacks -> {rows} (skipped: {skipped})", highlight=False)
+        for config in sorted(out.glob("data_*.yaml")):
+            console.print(f"next: tuneserve data prepare {config}", highlight=False)
 
     @annotate_app.command("export")
     def export_cmd(args: list[str] | None = typer.Argument(None, help="[CONFIG.yaml] [key=value ...]"),

@@ -335,3 +335,37 @@ class EmbedResponse(_message.Message):
     data: _containers.RepeatedCompositeFieldContainer[Embedding]
     usage: Usage
     def __init__(self, model: _Optional[str] = ..., data: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("id", "index", "label", "correct_answer", "rating", "comment")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    CORRECT_ANSWER_FIELD_NUMBER: _ClassVar[int]
+    RATING_FIELD_NUMBER: _ClassVar[int]
+    COMMENT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    index: int
+    label: str
+    correct_answer: str
+    rating: int
+    comment: str
+    def __init__(self, id: _Optional[str] = ..., index: _Optional[int] = ..., label: _Optional[str] = ..., correct_answer: _Optional[str] = ..., rating: _Optional[int] = ..., comment: _Optional[str] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("id", "response_id", "index", "model", "kind", "created", "replaced")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    response_id: str
+    index: int
+    model: str
+    kind: str
+    created: int
+    replaced: bool
+    def __init__(self, id: _Optional[str] = ..., response_id: _Optional[str] = ..., index: _Optional[int] = ..., model: _Optional[str] = ..., kind: _Optional[str] = ..., created: _Optional[int] = ..., replaced: _Optional[bool] = ...) -> None: ...

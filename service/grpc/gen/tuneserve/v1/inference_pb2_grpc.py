@@ -65,6 +65,11 @@ class InferenceStub:
                 request_serializer=tuneserve_dot_v1_dot_inference__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=tuneserve_dot_v1_dot_inference__pb2.EmbedResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/tuneserve.v1.Inference/Feedback',
+                request_serializer=tuneserve_dot_v1_dot_inference__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=tuneserve_dot_v1_dot_inference__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -115,6 +120,15 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """Feedback on a served reply (Generate, GenerateStream or Classify `id`), as
+        POST /v1/feedback. NOT_FOUND for an id that is unknown, expired or was
+        served to another tenant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +161,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.Embed,
                     request_deserializer=tuneserve_dot_v1_dot_inference__pb2.EmbedRequest.FromString,
                     response_serializer=tuneserve_dot_v1_dot_inference__pb2.EmbedResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=tuneserve_dot_v1_dot_inference__pb2.FeedbackRequest.FromString,
+                    response_serializer=tuneserve_dot_v1_dot_inference__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +331,33 @@ class Inference:
             '/tuneserve.v1.Inference/Embed',
             tuneserve_dot_v1_dot_inference__pb2.EmbedRequest.SerializeToString,
             tuneserve_dot_v1_dot_inference__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneserve.v1.Inference/Feedback',
+            tuneserve_dot_v1_dot_inference__pb2.FeedbackRequest.SerializeToString,
+            tuneserve_dot_v1_dot_inference__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,
