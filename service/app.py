@@ -34,6 +34,7 @@ from service.auth import Authenticator, Principal
 from service.backend import STREAM_CALLS, UNARY_CALLS
 from service.embedding_schemas import EmbeddingRequest, EmbeddingResponse
 from service.errors import from_wire, to_wire
+from service.rollout_schemas import RolloutReply, RolloutRequest
 from service.schemas import (
     AdapterInfo, AdapterList, ChatCompletionRequest, ChatCompletionResponse, ClassifyRequest, ClassifyResponse,
     CompletionRequest, CompletionResponse, Health, LoadAdapterRequest, ModelList,
@@ -131,7 +132,7 @@ def engine_queue() -> Iterator[None]:
 
 
 DEAD_REPLICA_RETRIES = 2
-ADMIN_WRITES = frozenset({"load_adapter", "unload_adapter", "pin_adapter"})
+ADMIN_WRITES = frozenset({"load_adapter", "unload_adapter", "pin_adapter", "rollout"})
 
 
 class RemoteCore:
@@ -208,6 +209,9 @@ class RemoteCore:
 
     async def list_adapters(self, principal: Principal | None = None) -> AdapterList:
         return await self._call("list_adapters", principal)
+
+    async def rollout(self, request: RolloutRequest, principal: Principal | None = None) -> RolloutReply:
+        return await self._call("rollout", request, principal)
 
     async def health(self) -> Health:
         return await self._call("health")

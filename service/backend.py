@@ -18,6 +18,7 @@ from training.artifact.errors import NotFound
 from service.auth import Authenticator, Principal
 from service.embedding_schemas import EmbeddingRequest, EmbeddingResponse
 from service.errors import with_param
+from service.rollout_schemas import RolloutReply, RolloutRequest
 from service.schemas import (
     AdapterInfo, AdapterList, ChatCompletionRequest, ChatCompletionResponse, ClassifyRequest, ClassifyResponse,
     CompletionRequest, CompletionResponse, Health, LoadAdapterRequest, ModelCard, ModelList,
@@ -48,6 +49,8 @@ class ServingBackend(Protocol):
     async def pin_adapter(self, name: str, pinned: bool, principal: Principal | None = None) -> AdapterInfo: ...
 
     async def list_adapters(self, principal: Principal | None = None) -> AdapterList: ...
+
+    async def rollout(self, request: RolloutRequest, principal: Principal | None = None) -> RolloutReply: ...
 
     async def health(self) -> Health: ...
 

@@ -11,7 +11,8 @@ generation, usage, response cache and adapter administration live here; transpor
 
 `principal=None` skips authorization (in-process callers that already checked it). A request's
 `model` is resolved once, by the lease (`"base"` → the base model's id): every response, metric,
-drift sample and (through the response's `model`) audit line of the request names that id.
+drift sample and (through the response's `model`) audit line of the request names that id. An alias
+(service/rollout.py) resolves first to one of its versions, which the request is then served as.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from service.errors import with_model
 from service.fleet import Coordinator, FleetMember, admin_source, local_replica_id, state_path
 from service.jobs import Job, JobBuilder, context_of, invalid, naming, nonempty
 from service.loader import AdapterLoader
+from service.rollout import QualitySource, Rollouts, Route, answers_of, server_fault
+from service.rollout_schemas import RolloutReply, RolloutRequest
 from service.render import ChoiceResult, chat_choice, chat_chunk, completion_choice, completion_chunk, usage, usage_chunk
 from service.security.limits import check_adapter_name, relative_paths
 from service.schemas import (
@@ -48,9 +51,10 @@ from service.tools import tool_replies
 
 class ServingCore:
     def __init__(self, settings: ServiceSettings, engine: Engine | None = None, coordinator: Any = None,
-                 replica_id: str | None = None) -> None:
+                 replica_id: str | None = None, quality: QualitySource | None = None) -> None:
         """`coordinator`: the fleet's (service/fleet.py; the Ray app passes the cluster's actor), else an
-        in-process one over the state file; `replica_id` names this replica to it."""
+        in-process one over the state file; `replica_id` names this replica to it; `quality`: online quality
+        per version for the promotion gate (service/rollout.py; default: none)."""
         self.settings = settings
         self.engine = engine or Engine(settings)
         self.registry = self.engine.registry
@@ -58,6 +62,7 @@ class ServingCore:
         self.fleet = FleetMember(self.registry, coordinator or Coordinator(
             state_path(settings.fleet, settings.artifacts_dir), settings.fleet.replica_ttl_s),
             replica_id or local_replica_id(), settings.fleet, settings.adapters)
+        self.rollouts = Rollouts(settings.rollout, self.fleet, self._knows, quality)
         self.drift = DriftMonitor(settings.drift, self._artifact_dir)
         self.jobs = JobBuilder(settings, self.lease, self.drift)
         self.embeddings = EmbeddingService(settings, getattr(self.engine, "encoder", None), self.registry, self.drift,
@@ -71,6 +76,7 @@ class ServingCore:
         self._stop_gauges = metrics.poll(self._sample_gauges)
 
     def stop(self) -> None:
+        self.rollouts.stop()
         self.fleet.stop()
         self.engine.stop()
         self.loader.stop()
@@ -78,6 +84,9 @@ class ServingCore:
         self.drift.stop()
         if self._stop_gauges is not None:
             self._stop_gauges.set()
+
+    def _knows(self, name: str) -> bool:
+        return name in self.registry.catalog.adapters or name in self.registry.model_ids()
 
     def _artifact_dir(self, name: str):
         """Where `name`'s artifact is (the drift monitor reads its reference profile), or None."""
@@ -92,6 +101,57 @@ class ServingCore:
 
     # ---- inference -------------------------------------------------------------------
     async def complete(self, request: CompletionRequest, principal: Principal | None) -> CompletionResponse:
+        return await self._aliased(self._complete, request, principal)
+
+    async def chat(self, request: ChatCompletionRequest, principal: Principal | None) -> ChatCompletionResponse:
+        return await self._aliased(self._chat, request, principal)
+
+    async def classify(self, request: ClassifyRequest, principal: Principal | None) -> ClassifyResponse:
+        return await self._aliased(self._classify, request, principal)
+
+    def stream_complete(self, request: CompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
+        return self._aliased_stream(self._stream_complete, self._complete, request, principal)
+
+    def stream_chat(self, request: ChatCompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
+        return self._aliased_stream(self._stream_chat, self._chat, request, principal)
+
+    async def _aliased(self, serve, request, principal: Principal | None):
+        """Serve `request` (an alias resolves once to a version, counted for it; a sampled copy goes to the
+        shadow version after the client's answer is complete)."""
+        route = self.rollouts.route(request.model, principal, getattr(request, "user", None))
+        if route is None:
+            return await serve(request, principal)
+        reply = await self.rollouts.serve(route, lambda: serve(_as(request, route.version), route.principal))
+        self._shadow(route, serve, request, answers_of(reply))
+        return reply
+
+    async def _aliased_stream(self, stream, serve, request, principal: Principal | None) -> AsyncIterator[dict]:
+        route = self.rollouts.route(request.model, principal, getattr(request, "user", None))
+        if route is None:
+            async for chunk in stream(request, principal):
+                yield chunk
+            return
+        texts: dict[int, str] = {}
+        started = time.perf_counter()
+        try:
+            async for chunk in stream(_as(request, route.version), route.principal):
+                for choice in chunk.get("choices") or ():
+                    piece = choice.get("text") if "text" in choice else (choice.get("delta") or {}).get("content")
+                    texts[choice.get("index", 0)] = texts.get(choice.get("index", 0), "") + (piece or "")
+                yield chunk
+        except Exception as exc:  # a client that went away (cancelled, GeneratorExit) counts for no version
+            self.rollouts.record(route.alias, route.version, "primary", not server_fault(exc),
+                                 time.perf_counter() - started)
+            raise
+        self.rollouts.record(route.alias, route.version, "primary", True, time.perf_counter() - started)
+        self._shadow(route, serve, request.model_copy(update={"stream": False, "stream_options": None}),
+                         [texts[i] for i in sorted(texts)])
+
+    def _shadow(self, route: Route, serve, request, primary: list[str]) -> None:
+        if route.shadow is not None:
+            self.rollouts.shadow_copy(route, lambda: serve(_as(request, route.shadow), None), primary, answers_of)
+
+    async def _complete(self, request: CompletionRequest, principal: Principal | None) -> CompletionResponse:
         job = await self.jobs.completion(request, principal)
         with naming(job.model):
             results, prompt_tokens = await self._generate(job)
@@ -100,7 +160,7 @@ class ServingCore:
                                   choices=[completion_choice(r, want, job.echo(r.index)) for r in results],
                                   usage=usage(prompt_tokens, sum(r.completion_tokens for r in results)))
 
-    async def chat(self, request: ChatCompletionRequest, principal: Principal | None) -> ChatCompletionResponse:
+    async def _chat(self, request: ChatCompletionRequest, principal: Principal | None) -> ChatCompletionResponse:
         job = await self.jobs.chat(request, principal)
         replies = tool_replies(request, job.tool_format)
         with naming(job.model):
@@ -109,7 +169,7 @@ class ServingCore:
                                       choices=[chat_choice(r, request.logprobs, replies(r.index)) for r in results],
                                       usage=usage(prompt_tokens, sum(r.completion_tokens for r in results)))
 
-    async def stream_complete(self, request: CompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
+    async def _stream_complete(self, request: CompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
         job = await self.jobs.completion(request, principal)
         head = {"id": _id("cmpl"), "created": int(time.time()), "model": job.model}
         want = request.logprobs is not None
@@ -126,7 +186,7 @@ class ServingCore:
             async for item in self._stream(job, head, "text_completion", request, chunk):
                 yield item
 
-    async def stream_chat(self, request: ChatCompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
+    async def _stream_chat(self, request: ChatCompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
         job = await self.jobs.chat(request, principal)
         head = {"id": _id("chatcmpl"), "created": int(time.time()), "model": job.model}
         replies = tool_replies(request, job.tool_format)
@@ -135,7 +195,7 @@ class ServingCore:
                                            lambda i, ev: chat_chunk(head, i, ev, request.logprobs, replies(i))):
                 yield item
 
-    async def classify(self, request: ClassifyRequest, principal: Principal | None) -> ClassifyResponse:
+    async def _classify(self, request: ClassifyRequest, principal: Principal | None) -> ClassifyResponse:
         texts = self.jobs.counted(request.inputs(), "input", "texts")
         lease = await self.lease(request.model, principal)
         try:
@@ -208,6 +268,11 @@ class ServingCore:
         self._authorize(principal, "admin")
         rows = [a for a in self.registry.list_adapters() if principal is None or principal.may_use(a["name"])]
         return AdapterList(data=[AdapterInfo(**a) for a in rows], fleet=await asyncio.to_thread(self.fleet.view))
+
+    async def rollout(self, request: RolloutRequest, principal: Principal | None = None) -> RolloutReply:
+        """Aliases: list, status, set, promote (gated), rollback, delete (service/rollout.py)."""
+        self._authorize(principal, "admin")
+        return await asyncio.to_thread(self.rollouts.admin, request, principal)
 
     async def health(self) -> Health:
         if not self.engine.started:
@@ -329,6 +394,11 @@ class ServingCore:
                 task.cancel()
             for stream in streams:
                 stream.cancel()
+
+
+def _as(request, model: str):
+    """The request as one for `model` (an alias's resolved version)."""
+    return request.model_copy(update={"model": model})
 
 
 def _id(prefix: str) -> str:

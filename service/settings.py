@@ -18,6 +18,7 @@ from training.artifact.config import StrictModel, load_config
 from service.drift.monitor import DriftSettings
 from service.engine.settings import EngineSettings
 from service.fleet import FleetSettings
+from service.rollout import RolloutSettings
 from service.security.config import SecuritySettings
 
 ENV_PREFIX = "TUNESERVE_SERVE__"
@@ -78,6 +79,8 @@ class ServiceSettings(EngineSettings):
     drift: DriftSettings = Field(default_factory=DriftSettings, description="drift of live traffic vs reference profiles")
     fleet: FleetSettings = Field(default_factory=FleetSettings, description="the admin-set adapter state all Engine "
                                  "replicas converge to (service/fleet.py)")
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings, description="aliases, canaries, shadow "
+                                     "traffic and the promotion gate (service/rollout.py, docs/fleet.md)")
 
 
 def load_settings(args: dict[str, Any] | None = None, overrides: Iterable[str] = (),

@@ -93,7 +93,7 @@ async def recorded(gateway: Gateway, context: grpc.aio.ServicerContext, route: s
         if call.injection:
             metrics.prompt_injection_suspected(resolved)
         await record_call(gateway.guard, context, route, resolved or model, code, started, call.principal, call.usage,
-                          error, call.reserved)
+                          error, call.reserved, call.detail)
 
 
 def unary(service: str, scope: str) -> Callable:
