@@ -181,3 +181,53 @@ def test_two_replicas_route_alike_after_an_alias_change(tiny_base_dir, versions,
     finally:
         for core in cores:
             core.stop()
+
+
+def test_cli_and_grpc_drive_the_same_rollout(server, monkeypatch):
+    """`tuneserve rollout` over REST (httpx routed into the in-process app) and `Admin.Rollout` over gRPC."""
+    import httpx
+    from typer.testing import CliRunner
+
+    from service.auth import Authenticator
+    from service.client import TuneserveClient
+    from service.grpc.server import GrpcServer
+    from tests.grpc_support import LoopThread
+    from training.artifact.errors import Conflict
+    from tuneserve.cli import app
+
+    http = server
+    monkeypatch.setattr(httpx, "request", lambda method, url, **kw: http.request(
+        method, url.removeprefix("http://ts.test"), **{k: v for k, v in kw.items() if k != "timeout"}))
+    cli = ["--url", "http://ts.test", "--api-key", http.keys["admin"]]
+    runner = CliRunner()
+    made = runner.invoke(app, ["rollout", "set", ALIAS, "--stable", "bot-v1", "--candidate", "bot-v2",
+                               "--shadow", "0.5", *cli])
+    assert made.exit_code == 0 and "stable bot-v1, candidate bot-v2" in made.output, made.output
+    shown = runner.invoke(app, ["rollout", "status", ALIAS, "--json", *cli])
+    assert shown.exit_code == 0 and json.loads(shown.output)["aliases"][0]["shadow"] == 0.5
+    refused = runner.invoke(app, ["rollout", "promote", ALIAS, *cli])
+    assert refused.exit_code == 1 and "promotion refused" in refused.output
+    denied = runner.invoke(app, ["rollout", "status", "--url", "http://ts.test", "--api-key", http.keys["app"]])
+    assert denied.exit_code == 1 and "403" in denied.output  # an inference key may not administer
+
+    loop = LoopThread()
+    grpc_server = loop.run(_grpc(lambda: GrpcServer(http.core, Authenticator.from_settings(http.core.settings),
+                                                    "127.0.0.1", 0, health_interval_s=60)))
+    try:
+        with TuneserveClient(f"127.0.0.1:{grpc_server.port}", api_key=http.keys["admin"]) as client:
+            status = client.rollout("status", ALIAS)
+            assert status.aliases[0].candidate == "bot-v2" and status.aliases[0].shadow == 0.5
+            with pytest.raises(Conflict, match="promotion refused"):
+                client.rollout("promote", ALIAS)
+            back = client.rollout("rollback", ALIAS)
+            assert back.aliases[0].stable == "bot-v1" and not back.aliases[0].HasField("candidate")
+            assert back.fleet.applied and client.rollout("list").aliases[0].alias == ALIAS
+    finally:
+        loop.run(grpc_server.stop(0))
+        loop.close()
+
+
+async def _grpc(make):
+    server = make()  # on the loop that serves it
+    await server.start()
+    return server
