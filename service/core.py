@@ -109,11 +109,13 @@ class ServingCore:
     async def classify(self, request: ClassifyRequest, principal: Principal | None) -> ClassifyResponse:
         return await self._aliased(self._classify, request, principal)
 
-    def stream_complete(self, request: CompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
-        return self._aliased_stream(self._stream_complete, self._complete, request, principal)
+    async def stream_complete(self, request: CompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
+        async for chunk in self._aliased_stream(self._stream_complete, self._complete, request, principal):
+            yield chunk
 
-    def stream_chat(self, request: ChatCompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
-        return self._aliased_stream(self._stream_chat, self._chat, request, principal)
+    async def stream_chat(self, request: ChatCompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
+        async for chunk in self._aliased_stream(self._stream_chat, self._chat, request, principal):
+            yield chunk
 
     async def _aliased(self, serve, request, principal: Principal | None):
         """Serve `request` (an alias resolves once to a version, counted for it; a sampled copy goes to the
