@@ -227,6 +227,10 @@ class ServingCore:
     async def list_models(self, principal: Principal | None) -> ModelList:
         rows = [(r, self.registry) for r in self.registry.list_models()]
         rows += [(r, self.embeddings.registry) for r in self.embeddings.model_rows()]
+        by_id = {r["id"]: r for r, _ in rows}
+        for alias, spec in sorted(self.fleet.aliases.items()):  # an alias lists like the version most traffic gets
+            if spec.stable in by_id:
+                rows.append(({**by_id[spec.stable], "id": alias, "kind": "alias"}, self.registry))
         if principal is not None:
             rows = [(r, reg) for r, reg in rows if principal.may_use(r["id"])]
         return ModelList(data=[self._model_card(r, reg) for r, reg in rows])

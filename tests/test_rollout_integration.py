@@ -93,6 +93,8 @@ def test_canary_then_shadow_then_a_refused_promotion_and_a_clean_rollback(server
     assert set(served.values()) == {"bot-v1", "bot-v2"}
     assert all(_ask(http, sticky=f"user-{i}").json()["model"] == served[i] for i in range(6))
     assert _ask(http, model="bot-v1").status_code == 403  # the key may use the versions only through the alias
+    listed = http.get("/v1/models", headers={"Authorization": f"Bearer {http.keys['app']}"}).json()["data"]
+    assert [(m["id"], m["kind"]) for m in listed] == [(ALIAS, "alias")]  # the app's key sees the alias only
 
     # shadow: every request is answered by v1, a copy goes to v2 and is scored, never returned
     assert _admin(http, "PUT", f"/{ALIAS}", json={"stable": "bot-v1", "candidate": "bot-v2", "weight": 0.0,
