@@ -278,6 +278,8 @@ class ServingCore:
     async def rollout(self, request: RolloutRequest, principal: Principal | None = None) -> RolloutReply:
         """Aliases: list, status, set, promote (gated), rollback, delete (service/rollout.py)."""
         self._authorize(principal, "admin")
+        if request.action == "set" and request.alias:
+            check_adapter_name(request.alias, self.settings.security.adapter_name_pattern)
         return await asyncio.to_thread(self.rollouts.admin, request, principal)
 
     async def health(self) -> Health:

@@ -262,7 +262,11 @@ class FleetMember:
         """Write alias `name` (None: remove it) for every replica; see Coordinator.set_alias for `expect`."""
         with self.lock:
             data = None if spec is None else spec.model_dump(exclude={"generation"})
-            generation = self._publish(name, write=lambda: self.coordinator.set_alias(name, data, expect))
+            try:
+                generation = self._publish(name, write=lambda: self.coordinator.set_alias(name, data, expect))
+            except Conflict:  # from the actor it arrives wrapped by Ray: hand on a plain one
+                raise Conflict(f"alias {name!r} was changed by another admin call meanwhile",
+                               "check `tuneserve rollout status` and try again") from None
         return self._await(generation, name)
 
     def view(self) -> FleetView:
