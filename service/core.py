@@ -36,7 +36,7 @@ from service.errors import with_model
 from service.fleet import Coordinator, FleetMember, admin_source, local_replica_id, state_path
 from service.jobs import Job, JobBuilder, context_of, invalid, naming, nonempty
 from service.loader import AdapterLoader
-from service.rollout import QualitySource, Rollouts, Route, answers_of, server_fault
+from service.rollout import QualitySource, Rollouts, Route, answers_of
 from service.rollout_schemas import RolloutReply, RolloutRequest
 from service.render import ChoiceResult, chat_choice, chat_chunk, completion_choice, completion_chunk, usage, usage_chunk
 from service.security.limits import check_adapter_name, relative_paths
@@ -142,8 +142,7 @@ class ServingCore:
                     texts[choice.get("index", 0)] = texts.get(choice.get("index", 0), "") + (piece or "")
                 yield chunk
         except Exception as exc:  # a client that went away (cancelled, GeneratorExit) counts for no version
-            self.rollouts.record(route.alias, route.version, "primary", not server_fault(exc),
-                                 time.perf_counter() - started)
+            self.rollouts.failed(route.alias, route.version, "primary", exc, time.perf_counter() - started)
             raise
         self.rollouts.record(route.alias, route.version, "primary", True, time.perf_counter() - started)
         self._shadow(route, serve, request.model_copy(update={"stream": False, "stream_options": None}),

@@ -199,9 +199,6 @@ class Rollouts:
         self.shadows.stop()
 
     # ---- requests ---------------------------------------------------------------------------
-    def is_alias(self, model: str) -> bool:
-        return model in self.fleet.aliases
-
     def route(self, model: str, principal: Principal | None, user: str | None = None) -> Route | None:
         spec = self.fleet.aliases.get(model)
         if spec is None:
@@ -222,10 +219,16 @@ class Rollouts:
         try:
             reply = await call()
         except Exception as exc:
-            self.record(route.alias, route.version, "primary", not server_fault(exc), time.perf_counter() - started)
+            self.failed(route.alias, route.version, "primary", exc, time.perf_counter() - started)
             raise
         self.record(route.alias, route.version, "primary", True, time.perf_counter() - started)
         return reply
+
+    def failed(self, alias: str, version: str, role: str, exc: BaseException, seconds: float) -> None:
+        """A failed request counts against its version when the server failed (5xx); a caller's error
+        (4xx: bad request, rate limit, ...) says nothing about the version and is not counted."""
+        if server_fault(exc):
+            self.record(alias, version, role, False, seconds)
 
     def record(self, alias: str, version: str, role: str, ok: bool, seconds: float) -> None:
         with self.lock:
@@ -244,7 +247,7 @@ class Rollouts:
             try:
                 reply = await call()
             except Exception as exc:  # noqa: BLE001 - a shadow failure is only counted
-                self.record(alias, version, "shadow", not server_fault(exc), time.perf_counter() - started)
+                self.failed(alias, version, "shadow", exc, time.perf_counter() - started)
                 log.info("shadow request to %s failed: %s", version, exc)
                 return
             self.record(alias, version, "shadow", True, time.perf_counter() - started)
