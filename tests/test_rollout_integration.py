@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 
@@ -127,7 +128,7 @@ def test_canary_then_shadow_then_a_refused_promotion_and_a_clean_rollback(server
     assert forced.json()["aliases"][0]["stable"] == "bot-v2"
     flush_audit_logs()
     assert json.loads(http.audit.read_text().splitlines()[-1])["detail"]["forced"] is True
-    failures, seen, stop = [], set(), threading.Event()
+    failures, served_by, stop = [], [], threading.Event()
 
     def client(n: int) -> None:
         while not stop.is_set():
@@ -135,20 +136,28 @@ def test_canary_then_shadow_then_a_refused_promotion_and_a_clean_rollback(server
             if reply.status_code != 200:
                 failures.append(reply.text)
             else:
-                seen.add(reply.json()["model"])
+                served_by.append(reply.json()["model"])
+
+    def wait_for(count: int) -> None:
+        deadline = time.monotonic() + 30
+        while len(served_by) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(3)]
     for thread in threads:
         thread.start()
     try:
+        wait_for(3)  # clients are calling (on v2) when the rollback comes
         rolled = _admin(http, "POST", f"/{ALIAS}/rollback")
         assert rolled.status_code == 200 and rolled.json()["aliases"][0]["stable"] == "bot-v1"
-        after = [_ask(http, sticky=f"after-{i}").json()["model"] for i in range(4)]
+        wait_for(len(served_by) + 6)  # and go on calling after it
     finally:
         stop.set()
         for thread in threads:
             thread.join(30)
-    assert failures == [] and after == ["bot-v1"] * 4
+    assert failures == [] and served_by[0] == "bot-v2" and served_by[-1] == "bot-v1"
+    after = [_ask(http, sticky=f"after-{i}").json()["model"] for i in range(4)]
+    assert after == ["bot-v1"] * 4
     assert "bot-v2" in http.core.registry.adapters  # rolled away from, still loaded (a later rollback is instant)
 
 
