@@ -189,6 +189,20 @@ def test_two_replicas_route_alike_after_an_alias_change(tiny_base_dir, versions,
         cores[1] = again
         again.start()  # a restarted replica reads the alias back from the state file
         assert again.rollouts.view(ALIAS).stable == "bot-v2" and model(again, "u1") == "bot-v2"
+
+        # a streamed request through the alias: every chunk names the version; its shadow copy is scored
+        asyncio.run(again.rollout(RolloutRequest(action="set", alias=ALIAS, stable="bot-v2", candidate="bot-v1",
+                                                 shadow=1.0)))
+
+        async def stream():
+            request = CompletionRequest(model=ALIAS, prompt="hi", max_tokens=3, temperature=0, stream=True)
+            return [chunk async for chunk in again.stream_complete(request, None)]
+
+        chunks = asyncio.run(stream())
+        assert chunks and {c["model"] for c in chunks} == {"bot-v2"}
+        assert again.rollouts.shadows.drain(30.0)
+        shadowed = again.rollouts.numbers("bot-v1")
+        assert (shadowed.shadow_requests, shadowed.agreement_n, shadowed.requests) == (1, 1, 1)
     finally:
         for core in cores:
             core.stop()
