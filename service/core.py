@@ -22,7 +22,7 @@ import secrets
 import time
 from typing import Any, AsyncIterator
 
-from training.artifact.errors import TuneserveError
+from training.artifact.errors import Conflict, TuneserveError
 
 from service import metrics
 from service.auth import Authenticator, Principal
@@ -32,7 +32,7 @@ from service.embeddings import ENDPOINTS, EmbeddingService
 from service.engine.engine import Engine
 from service.engine.registry import Lease
 from service.engine.types import RequestStream
-from service.errors import with_model
+from service.errors import with_model, with_param
 from service.fleet import Coordinator, FleetMember, admin_source, local_replica_id, state_path
 from service.jobs import Job, JobBuilder, context_of, invalid, naming, nonempty
 from service.loader import AdapterLoader
@@ -247,6 +247,9 @@ class ServingCore:
     async def load_adapter(self, request: LoadAdapterRequest, principal: Principal | None = None) -> AdapterInfo:
         self._authorize(principal, "admin", request.name)  # admin keys act only on adapters their globs match
         check_adapter_name(request.name, self.settings.security.adapter_name_pattern)
+        if request.name in self.fleet.aliases:  # requests naming it would reach the alias, never this adapter
+            raise with_param(Conflict(f"{request.name!r} is a rollout alias", "load the adapter under a version "
+                                      "name and point the alias at it (tuneserve rollout set)"), "name")
         roots = [self.settings.artifacts_dir, *self.settings.security.adapter_roots]
         # adapters load only from the artifacts dir, the configured roots or S3 prefixes: no traversal
         source = admin_source(request.path, roots, self.settings.fleet.s3_roots)

@@ -19,10 +19,11 @@ from service.core import ServingCore
 from service.fleet import Coordinator
 from service.rollout import OnlineQuality
 from service.rollout_schemas import RolloutRequest
-from service.schemas import CompletionRequest
+from service.schemas import CompletionRequest, LoadAdapterRequest
 from service.security.audit import flush_audit_logs
 from service.settings import load_settings
 from tests.service_fixtures import in_process_server, make_adapter, service_args
+from training.artifact.errors import Conflict
 
 ALIAS = "support-bot"
 
@@ -175,6 +176,8 @@ def test_two_replicas_route_alike_after_an_alias_change(tiny_base_dir, versions,
         reply = asyncio.run(cores[0].rollout(RolloutRequest(action="set", alias=ALIAS, stable="bot-v1",
                                                             candidate="bot-v2", weight=0.5)))
         assert reply.fleet.applied == ["r1", "r2"]
+        with pytest.raises(Conflict, match="is a rollout alias"):  # an adapter may not hide behind an alias
+            asyncio.run(cores[1].load_adapter(LoadAdapterRequest(name=ALIAS, path=str(versions / "bot-v1"))))
 
         def model(core, user):
             request = CompletionRequest(model=ALIAS, prompt="hi", max_tokens=2, temperature=0, user=user)
@@ -217,7 +220,6 @@ def test_cli_and_grpc_drive_the_same_rollout(server, monkeypatch):
     from service.client import TuneserveClient
     from service.grpc.server import GrpcServer
     from tests.grpc_support import LoopThread
-    from training.artifact.errors import Conflict
     from tuneserve.cli import app
 
     http = server
