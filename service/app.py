@@ -35,6 +35,7 @@ from service.backend import STREAM_CALLS, UNARY_CALLS
 from service.embedding_schemas import EmbeddingRequest, EmbeddingResponse
 from service.errors import from_wire, to_wire
 from service.feedback_schemas import FeedbackRequest, FeedbackResponse
+from service.rollout_schemas import RolloutReply, RolloutRequest
 from service.schemas import (
     AdapterInfo, AdapterList, ChatCompletionRequest, ChatCompletionResponse, ClassifyRequest, ClassifyResponse,
     CompletionRequest, CompletionResponse, Health, LoadAdapterRequest, ModelList,
@@ -132,7 +133,7 @@ def engine_queue() -> Iterator[None]:
 
 
 DEAD_REPLICA_RETRIES = 2
-ADMIN_WRITES = frozenset({"load_adapter", "unload_adapter", "pin_adapter"})
+ADMIN_WRITES = frozenset({"load_adapter", "unload_adapter", "pin_adapter", "rollout"})
 
 
 class RemoteCore:
@@ -217,6 +218,8 @@ class RemoteCore:
 
     async def feedback(self, request: FeedbackRequest, principal: Principal | None) -> FeedbackResponse:
         return await self._call("feedback", request, principal)  # any replica: served records are in the shared store
+    async def rollout(self, request: RolloutRequest, principal: Principal | None = None) -> RolloutReply:
+        return await self._call("rollout", request, principal)
 
     async def health(self) -> Health:
         return await self._call("health")

@@ -19,6 +19,7 @@ from service.auth import Authenticator, Principal
 from service.embedding_schemas import EmbeddingRequest, EmbeddingResponse
 from service.errors import with_param
 from service.feedback_schemas import FeedbackRequest, FeedbackResponse
+from service.rollout_schemas import RolloutReply, RolloutRequest
 from service.schemas import (
     AdapterInfo, AdapterList, ChatCompletionRequest, ChatCompletionResponse, ClassifyRequest, ClassifyResponse,
     CompletionRequest, CompletionResponse, Health, LoadAdapterRequest, ModelCard, ModelList,
@@ -51,6 +52,7 @@ class ServingBackend(Protocol):
     async def list_adapters(self, principal: Principal | None = None) -> AdapterList: ...
 
     async def feedback(self, request: FeedbackRequest, principal: Principal | None) -> FeedbackResponse: ...
+    async def rollout(self, request: RolloutRequest, principal: Principal | None = None) -> RolloutReply: ...
 
     async def health(self) -> Health: ...
 

@@ -8,6 +8,7 @@
         for chunk in client.generate_stream(messages=[{"role": "user", "content": "hi"}], model="my-adapter"):
             print(chunk.choices[0].text, end="")
         client.load_adapter("support-v2", path="/artifacts/support-v2", pin=True)
+        client.rollout("set", "support-bot", stable="support-v2", candidate="support-v3", weight=0.1)
 
 Every failed call raises the `TuneserveError` subclass the server raised (`NotFound`,
 `InvalidRequest`, `Unauthenticated`, `RateLimited`, ...), rebuilt from the status code and the
@@ -109,6 +110,11 @@ class TuneserveClient:
 
     def list_adapters(self) -> list[admin_pb2.AdapterInfo]:
         return list(self._call(self.admin.ListAdapters, admin_pb2.ListAdaptersRequest()).adapters)
+
+    def rollout(self, action: str, alias: str = "", **fields: Any) -> admin_pb2.RolloutReply:
+        """Aliases: rollout("set", "bot", stable="v3", candidate="v4", weight=0.1, shadow=0.2), ("status", "bot"),
+        ("promote", "bot", force=False), ("rollback", "bot"), ("delete", "bot"), ("list")."""
+        return self._call(self.admin.Rollout, admin_pb2.RolloutRequest(action=action, alias=alias, **fields))
 
     def health(self, service: str = "") -> str:
         """The standard grpc.health.v1 status name ("SERVING", "NOT_SERVING", ...); needs no key."""

@@ -11,7 +11,8 @@ generation, usage, response cache and adapter administration live here; transpor
 
 `principal=None` skips authorization (in-process callers that already checked it). A request's
 `model` is resolved once, by the lease (`"base"` → the base model's id): every response, metric,
-drift sample and (through the response's `model`) audit line of the request names that id.
+drift sample and (through the response's `model`) audit line of the request names that id. An alias
+(service/rollout.py) resolves first to one of its versions, which the request is then served as.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import secrets
 import time
 from typing import Any, AsyncIterator
 
-from training.artifact.errors import TuneserveError
+from training.artifact.errors import Conflict, TuneserveError
 
 from service import metrics
 from service.auth import Authenticator, Principal
@@ -31,12 +32,14 @@ from service.embeddings import ENDPOINTS, EmbeddingService
 from service.engine.engine import Engine
 from service.engine.registry import Lease
 from service.engine.types import RequestStream
-from service.errors import with_model
+from service.errors import with_model, with_param
 from service.feedback import FeedbackStore
 from service.feedback_schemas import FeedbackRequest, FeedbackResponse
 from service.fleet import Coordinator, FleetMember, admin_source, local_replica_id, state_path
 from service.jobs import Job, JobBuilder, context_of, invalid, naming, nonempty
 from service.loader import AdapterLoader
+from service.rollout import QualitySource, Rollouts, Route, answers_of
+from service.rollout_schemas import RolloutReply, RolloutRequest
 from service.render import ChoiceResult, chat_choice, chat_chunk, completion_choice, completion_chunk, usage, usage_chunk
 from service.security.limits import check_adapter_name, relative_paths
 from service.schemas import (
@@ -50,9 +53,10 @@ from service.tools import tool_replies
 
 class ServingCore:
     def __init__(self, settings: ServiceSettings, engine: Engine | None = None, coordinator: Any = None,
-                 replica_id: str | None = None) -> None:
+                 replica_id: str | None = None, quality: QualitySource | None = None) -> None:
         """`coordinator`: the fleet's (service/fleet.py; the Ray app passes the cluster's actor), else an
-        in-process one over the state file; `replica_id` names this replica to it."""
+        in-process one over the state file; `replica_id` names this replica to it; `quality`: online quality
+        per version for the promotion gate (service/rollout.py; default: the production feedback store)."""
         self.settings = settings
         self.engine = engine or Engine(settings)
         self.registry = self.engine.registry
@@ -60,11 +64,12 @@ class ServingCore:
         self.fleet = FleetMember(self.registry, coordinator or Coordinator(
             state_path(settings.fleet, settings.artifacts_dir), settings.fleet.replica_ttl_s),
             replica_id or local_replica_id(), settings.fleet, settings.adapters)
+        self.feedback_store = FeedbackStore(settings.feedback, settings.artifacts_dir)
+        self.rollouts = Rollouts(settings.rollout, self.fleet, self._knows, quality or self.feedback_store)
         self.drift = DriftMonitor(settings.drift, self._artifact_dir)
         self.jobs = JobBuilder(settings, self.lease, self.drift)
         self.embeddings = EmbeddingService(settings, getattr(self.engine, "encoder", None), self.registry, self.drift,
                                            self.loader.buckets)
-        self.feedback_store = FeedbackStore(settings.feedback, settings.artifacts_dir)
         self._stop_gauges = None
 
     def start(self) -> None:
@@ -75,6 +80,7 @@ class ServingCore:
         self._stop_gauges = metrics.poll(self._sample_gauges)
 
     def stop(self) -> None:
+        self.rollouts.stop()
         self.fleet.stop()
         self.engine.stop()
         self.loader.stop()
@@ -83,6 +89,9 @@ class ServingCore:
         self.feedback_store.stop()
         if self._stop_gauges is not None:
             self._stop_gauges.set()
+
+    def _knows(self, name: str) -> bool:
+        return name in self.registry.catalog.adapters or name in self.registry.model_ids()
 
     def _artifact_dir(self, name: str):
         """Where `name`'s artifact is (the drift monitor reads its reference profile), or None."""
@@ -98,6 +107,58 @@ class ServingCore:
 
     # ---- inference -------------------------------------------------------------------
     async def complete(self, request: CompletionRequest, principal: Principal | None) -> CompletionResponse:
+        return await self._aliased(self._complete, request, principal)
+
+    async def chat(self, request: ChatCompletionRequest, principal: Principal | None) -> ChatCompletionResponse:
+        return await self._aliased(self._chat, request, principal)
+
+    async def classify(self, request: ClassifyRequest, principal: Principal | None) -> ClassifyResponse:
+        return await self._aliased(self._classify, request, principal)
+
+    async def stream_complete(self, request: CompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
+        async for chunk in self._aliased_stream(self._stream_complete, self._complete, request, principal):
+            yield chunk
+
+    async def stream_chat(self, request: ChatCompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
+        async for chunk in self._aliased_stream(self._stream_chat, self._chat, request, principal):
+            yield chunk
+
+    async def _aliased(self, serve, request, principal: Principal | None):
+        """Serve `request` (an alias resolves once to a version, counted for it; a sampled copy goes to the
+        shadow version after the client's answer is complete)."""
+        route = self.rollouts.route(request.model, principal, getattr(request, "user", None))
+        if route is None:
+            return await serve(request, principal)
+        reply = await self.rollouts.serve(route, lambda: serve(_as(request, route.version), route.principal))
+        self._shadow(route, serve, request, answers_of(reply))
+        return reply
+
+    async def _aliased_stream(self, stream, serve, request, principal: Principal | None) -> AsyncIterator[dict]:
+        route = self.rollouts.route(request.model, principal, getattr(request, "user", None))
+        if route is None:
+            async for chunk in stream(request, principal):
+                yield chunk
+            return
+        texts: dict[int, str] = {}
+        started = time.perf_counter()
+        try:
+            async for chunk in stream(_as(request, route.version), route.principal):
+                for choice in chunk.get("choices") or ():
+                    piece = choice.get("text") if "text" in choice else (choice.get("delta") or {}).get("content")
+                    texts[choice.get("index", 0)] = texts.get(choice.get("index", 0), "") + (piece or "")
+                yield chunk
+        except Exception as exc:  # a client that went away (cancelled, GeneratorExit) counts for no version
+            self.rollouts.failed(route.alias, route.version, "primary", exc, time.perf_counter() - started)
+            raise
+        self.rollouts.record(route.alias, route.version, "primary", True, time.perf_counter() - started)
+        self._shadow(route, serve, request.model_copy(update={"stream": False, "stream_options": None}),
+                         [texts[i] for i in sorted(texts)])
+
+    def _shadow(self, route: Route, serve, request, primary: list[str]) -> None:
+        if route.shadow is not None:
+            self.rollouts.shadow_copy(route, lambda: serve(_as(request, route.shadow), None), primary, answers_of)
+
+    async def _complete(self, request: CompletionRequest, principal: Principal | None) -> CompletionResponse:
         job = await self.jobs.completion(request, principal)
         with naming(job.model):
             results, prompt_tokens = await self._generate(job)
@@ -108,7 +169,7 @@ class ServingCore:
         self._remember(reply.id, job.model, principal, _inputs(request, job.n), [r.text for r in results])
         return reply
 
-    async def chat(self, request: ChatCompletionRequest, principal: Principal | None) -> ChatCompletionResponse:
+    async def _chat(self, request: ChatCompletionRequest, principal: Principal | None) -> ChatCompletionResponse:
         job = await self.jobs.chat(request, principal)
         replies = tool_replies(request, job.tool_format)
         with naming(job.model):
@@ -119,7 +180,7 @@ class ServingCore:
         self._remember(reply.id, job.model, principal, _inputs(request, job.n), [r.text for r in results])
         return reply
 
-    async def stream_complete(self, request: CompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
+    async def _stream_complete(self, request: CompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
         job = await self.jobs.completion(request, principal)
         head = {"id": _id("cmpl"), "created": int(time.time()), "model": job.model}
         want = request.logprobs is not None
@@ -136,7 +197,7 @@ class ServingCore:
             async for item in self._stream(job, head, "text_completion", request, chunk, principal):
                 yield item
 
-    async def stream_chat(self, request: ChatCompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
+    async def _stream_chat(self, request: ChatCompletionRequest, principal: Principal | None) -> AsyncIterator[dict]:
         job = await self.jobs.chat(request, principal)
         head = {"id": _id("chatcmpl"), "created": int(time.time()), "model": job.model}
         replies = tool_replies(request, job.tool_format)
@@ -145,7 +206,7 @@ class ServingCore:
                                            lambda i, ev: chat_chunk(head, i, ev, request.logprobs, replies(i)), principal):
                 yield item
 
-    async def classify(self, request: ClassifyRequest, principal: Principal | None) -> ClassifyResponse:
+    async def _classify(self, request: ClassifyRequest, principal: Principal | None) -> ClassifyResponse:
         texts = self.jobs.counted(request.inputs(), "input", "texts")
         lease = await self.lease(request.model, principal)
         try:
@@ -183,6 +244,10 @@ class ServingCore:
     async def list_models(self, principal: Principal | None) -> ModelList:
         rows = [(r, self.registry) for r in self.registry.list_models()]
         rows += [(r, self.embeddings.registry) for r in self.embeddings.model_rows()]
+        by_id = {r["id"]: r for r, _ in rows}
+        for alias, spec in sorted(self.fleet.aliases.items()):  # an alias lists like the version most traffic gets
+            if spec.stable in by_id:
+                rows.append(({**by_id[spec.stable], "id": alias, "kind": "alias"}, self.registry))
         if principal is not None:
             rows = [(r, reg) for r, reg in rows if principal.may_use(r["id"])]
         return ModelList(data=[self._model_card(r, reg) for r, reg in rows])
@@ -200,6 +265,9 @@ class ServingCore:
     async def load_adapter(self, request: LoadAdapterRequest, principal: Principal | None = None) -> AdapterInfo:
         self._authorize(principal, "admin", request.name)  # admin keys act only on adapters their globs match
         check_adapter_name(request.name, self.settings.security.adapter_name_pattern)
+        if request.name in self.fleet.aliases:  # requests naming it would reach the alias, never this adapter
+            raise with_param(Conflict(f"{request.name!r} is a rollout alias", "load the adapter under a version "
+                                      "name and point the alias at it (tuneserve rollout set)"), "name")
         roots = [self.settings.artifacts_dir, *self.settings.security.adapter_roots]
         # adapters load only from the artifacts dir, the configured roots or S3 prefixes: no traversal
         source = admin_source(request.path, roots, self.settings.fleet.s3_roots)
@@ -226,6 +294,13 @@ class ServingCore:
         self._authorize(principal, "admin")
         rows = [a for a in self.registry.list_adapters() if principal is None or principal.may_use(a["name"])]
         return AdapterList(data=[AdapterInfo(**a) for a in rows], fleet=await asyncio.to_thread(self.fleet.view))
+
+    async def rollout(self, request: RolloutRequest, principal: Principal | None = None) -> RolloutReply:
+        """Aliases: list, status, set, promote (gated), rollback, delete (service/rollout.py)."""
+        self._authorize(principal, "admin")
+        if request.action == "set" and request.alias:
+            check_adapter_name(request.alias, self.settings.security.adapter_name_pattern)
+        return await asyncio.to_thread(self.rollouts.admin, request, principal)
 
     async def health(self) -> Health:
         if not self.engine.started:
@@ -358,6 +433,11 @@ class ServingCore:
                 task.cancel()
             for stream in streams:
                 stream.cancel()
+
+
+def _as(request, model: str):
+    """The request as one for `model` (an alias's resolved version)."""
+    return request.model_copy(update={"model": model})
 
 
 def _id(prefix: str) -> str:

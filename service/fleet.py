@@ -37,7 +37,7 @@ from training.artifact.errors import Conflict, ConfigError, PermissionDenied
 from training.artifact.paths import cache_dir
 from training.artifact.remote import fetch_artifact, is_remote, split_uri
 
-from service.engine.desired import AdapterSpec, DesiredState, reconcile, start_plan
+from service.engine.desired import AdapterSpec, AliasSpec, DesiredState, reconcile, start_plan
 from service.errors import with_param
 from service.schemas import FleetStatus, FleetView
 
@@ -119,6 +119,24 @@ class Coordinator:
             self._cond.notify_all()
             return self._state.generation
 
+    def set_alias(self, name: str, spec: dict[str, Any] | None, expect: int | None = None) -> int:
+        """Write alias `name` (None: remove it); refused when `expect` is not its current generation (another
+        admin changed it since the caller read it; -1: it must not exist yet). The new generation."""
+        def edit(state: DesiredState) -> None:
+            current = state.aliases.get(name)
+            if expect is not None and (current.generation if current else -1) != expect:
+                raise Conflict(f"alias {name!r} was changed by another admin call meanwhile",
+                               "check `tuneserve rollout status` and try again")
+            if spec is None:
+                state.aliases.pop(name, None)
+            else:
+                state.aliases[name] = AliasSpec.model_validate({**spec, "generation": state.generation + 1})
+
+        with self._cond:
+            self._state = self.store.update(edit)
+            self._cond.notify_all()
+            return self._state.generation
+
     def sync(self, replica: str, applied: int, errors: dict[str, str], wait_s: float = 0.0) -> DesiredState | None:
         """Heartbeat with what `replica` applied; the state once newer than that (waits up to `wait_s`)."""
         deadline = time.monotonic() + wait_s
@@ -174,6 +192,7 @@ class FleetMember:
         self.cache_root = settings.s3_cache_dir or cache_dir() / "s3"
         self.lock = threading.RLock()  # one apply or admin change at a time in this replica
         self.applied, self.errors = 0, {}
+        self.aliases: dict[str, AliasSpec] = {}  # replaced whole on each generation (readers take no lock)
         self._start_state = DesiredState()
         self._stop, self._dirty = threading.Event(), threading.Event()
         self._threads: list[threading.Thread] = []
@@ -191,6 +210,7 @@ class FleetMember:
                 except Exception as exc:  # noqa: BLE001 - one unreachable source must not stop the replica
                     catalog.skipped[source] = str(exc)
         self._start_state = self.coordinator.state()
+        self.aliases = dict(self._start_state.aliases)
         return start_plan(self._start_state, catalog, self.resolve)
 
     def start(self) -> None:
@@ -238,13 +258,27 @@ class FleetMember:
             generation = self._publish(name, {"pinned": pinned, "removed": False}, new_source=info["path"])
         return info, self._await(generation, name)
 
+    def set_alias(self, name: str, spec: AliasSpec | None, expect: int | None) -> FleetStatus:
+        """Write alias `name` (None: remove it) for every replica; see Coordinator.set_alias for `expect`."""
+        with self.lock:
+            data = None if spec is None else spec.model_dump(exclude={"generation"})
+            try:
+                generation = self._publish(name, write=lambda: self.coordinator.set_alias(name, data, expect))
+            except Conflict:  # from the actor it arrives wrapped by Ray: hand on a plain one
+                raise Conflict(f"alias {name!r} was changed by another admin call meanwhile",
+                               "check `tuneserve rollout status` and try again") from None
+        return self._await(generation, name)
+
     def view(self) -> FleetView:
         return FleetView(**self.coordinator.view())
 
-    def _publish(self, name: str, fields: dict[str, Any], new_source: str | None = None) -> int:
+    def _publish(self, name: str, fields: dict[str, Any] | None = None, new_source: str | None = None,
+                 write=None) -> int:
         """Write a change this replica has just applied itself; catch up first if others wrote in between."""
         before = self.applied
-        generation = self.coordinator.change(name, fields, new_source)
+        generation = write() if write is not None else self.coordinator.change(name, fields, new_source)
+        if write is not None and generation == before + 1:
+            self.aliases = dict(self.coordinator.state().aliases)
         if generation == before + 1:
             self.applied = generation
             self.errors = {n: e for n, e in self.errors.items() if n != name}  # replaced: _follow may be reading it
@@ -264,6 +298,7 @@ class FleetMember:
                 return
             self._last_try = time.monotonic()
             self.errors = reconcile(self.registry, state, self.applied, self.resolve, frozenset(self.errors))
+            self.aliases = dict(state.aliases)
             self.applied = state.generation
         self._report()
 

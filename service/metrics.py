@@ -119,6 +119,15 @@ ONLINE_QUALITY = Gauge("tuneserve_online_quality", "Rolling online quality from 
                        multiprocess_mode="livemostrecent")
 ONLINE_QUALITY_SAMPLES = Gauge("tuneserve_online_quality_samples", "Feedbacks in the online quality window.",
                                ["adapter", "kind"], multiprocess_mode="livemostrecent")
+# Rollouts (service/rollout.py): per alias and resolved version; role is primary (answered the client) or shadow.
+ROLLOUT_REQUESTS = Counter("tuneserve_rollout_requests", "Requests through an alias, per version and role.",
+                           ["alias", "adapter", "role", "outcome"])
+ROLLOUT_LATENCY = Histogram("tuneserve_rollout_latency_seconds", "Latency through an alias, per version and role.",
+                            ["alias", "adapter", "role"], buckets=LATENCY_BUCKETS)
+SHADOW_AGREEMENT = Histogram("tuneserve_shadow_agreement_ratio", "Agreement of a shadow answer with the client's.",
+                             ["alias", "adapter"], buckets=(0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0))
+SHADOW_DROPPED = Counter("tuneserve_shadow_dropped", "Shadow copies dropped because the shadow queue was full.",
+                         ["alias"])
 
 _adapters: set[str] = set()
 _quality_series: dict[str, str] = {}  # model -> kind of the online quality series this process exports
@@ -183,6 +192,20 @@ def request_finished(route: str, model: str | None, transport: str, code: int | 
     REQUESTS.labels(adapter, transport, route, label).inc()
     REQUEST_DURATION.labels(adapter, transport, route).observe(seconds)
     _sample_memory()
+
+
+def rollout_request(alias: str, version: str, role: str, ok: bool, seconds: float) -> None:
+    labels = (adapter_label(alias), adapter_label(version), role)
+    ROLLOUT_REQUESTS.labels(*labels, "ok" if ok else "error").inc()
+    ROLLOUT_LATENCY.labels(*labels).observe(seconds)
+
+
+def shadow_agreement(alias: str, version: str, score: float) -> None:
+    SHADOW_AGREEMENT.labels(adapter_label(alias), adapter_label(version)).observe(score)
+
+
+def shadow_dropped(alias: str) -> None:
+    SHADOW_DROPPED.labels(adapter_label(alias)).inc()
 
 
 def generation_finished(model: str, prompt_tokens: int, completion_tokens: int, seconds: float) -> None:

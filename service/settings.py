@@ -19,6 +19,7 @@ from service.drift.monitor import DriftSettings
 from service.engine.settings import EngineSettings
 from service.feedback import FeedbackSettings
 from service.fleet import FleetSettings
+from service.rollout import RolloutSettings
 from service.security.config import SecuritySettings
 
 ENV_PREFIX = "TUNESERVE_SERVE__"
@@ -81,6 +82,8 @@ class ServiceSettings(EngineSettings):
                                  "replicas converge to (service/fleet.py)")
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings, description="served-response records, "
                                        "POST /v1/feedback and online quality (service/feedback.py, docs/feedback.md)")
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings, description="aliases, canaries, shadow "
+                                     "traffic and the promotion gate (service/rollout.py, docs/fleet.md)")
 
 
 def load_settings(args: dict[str, Any] | None = None, overrides: Iterable[str] = (),

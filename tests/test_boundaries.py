@@ -70,7 +70,7 @@ def test_both_serving_classes_satisfy_the_backend_protocol():
             assert list(inspect.signature(getattr(cls, name)).parameters) == expected, (cls.__name__, name)
         assert inspect.isasyncgenfunction(ServingCore.stream_chat) and inspect.iscoroutinefunction(cls.chat)
     assert UNARY_CALLS == {"complete", "chat", "classify", "embed", "list_models", "load_adapter", "unload_adapter",
-                           "pin_adapter", "list_adapters", "feedback", "health"}
+                           "pin_adapter", "list_adapters", "feedback", "health", "rollout"}
     assert isinstance(RemoteCore(handle=None), ServingBackend)
 
 

@@ -14,7 +14,6 @@ from deploy_support import DEPLOY, run_tool
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.grpc.gen.tuneserve.v1 import inference_pb2, inference_pb2_grpc
-from tests.service_fixtures import served_app, service_artifacts, serve_keys  # noqa: F401
 
 pytestmark = pytest.mark.integration
 TEXTS = [f"please help with request number {i}" for i in range(10)]

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.grpc.gen.tuneserve.v1 import inference_pb2
 from service.settings import load_settings
 from tests.service_fixtures import (  # noqa: F401
-    grpc_inference_stub, in_process_server, service_args, service_artifacts, serve_keys,
+    grpc_inference_stub, in_process_server, service_args,
 )
 
 

@@ -9,13 +9,17 @@ replica that applied generation g applies only the entries stamped after g. A `r
 tombstone: the adapter is unloaded and left out of the catalog, so neither a directory scan on start
 nor an on-demand load brings it back until an admin loads it again. `source` is what the admin
 loaded (a local artifact dir or an `s3://` URI); `resolve` turns it into a local directory.
+
+`aliases` are the rollouts (service/rollout.py): a stable name apps call, pointing at adapter versions
+with a canary weight and a shadow fraction. They need nothing loaded or unloaded: a replica just takes
+the new table. State files written before aliases existed load with none.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Literal
 
 from pydantic import BaseModel, Field
 
@@ -34,9 +38,27 @@ class AdapterSpec(BaseModel):
     generation: int = Field(0, ge=0, description="the state generation that last changed this entry")
 
 
+class AliasSpec(BaseModel):
+    """What an alias serves: `stable` gets the traffic the canary does not; `candidate` gets `weight` of it
+    (sticky per `sticky` id) and a copy of `shadow` of the stable's requests (answers scored, never returned)."""
+
+    stable: str
+    candidate: str | None = None
+    weight: float = Field(0.0, ge=0.0, le=1.0, description="share of requests (sticky ids) routed to the candidate")
+    shadow: float = Field(0.0, ge=0.0, le=1.0, description="share of the stable's requests copied to the candidate")
+    sticky: Literal["key", "user", "none"] = Field("key", description="what keeps a caller on one version: its API "
+                                                   "key id, the request's `user` (or X-Tuneserve-Sticky), or nothing")
+    previous: str | None = Field(None, description="the version a rollback after a promote restores")
+    generation: int = Field(0, ge=0, description="the state generation that last changed this alias")
+
+    def versions(self) -> list[str]:
+        return [v for v in (self.stable, self.candidate) if v]
+
+
 class DesiredState(BaseModel):
     generation: int = Field(0, ge=0)
     adapters: dict[str, AdapterSpec] = Field(default_factory=dict)
+    aliases: dict[str, AliasSpec] = Field(default_factory=dict)
 
     def changed_since(self, generation: int) -> dict[str, AdapterSpec]:
         return {name: spec for name, spec in self.adapters.items() if spec.generation > generation}

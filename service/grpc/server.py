@@ -50,6 +50,7 @@ from service.errors import CLIENT_CLOSED, describe, resolved_model
 from service.grpc import translate
 from service.grpc.gen.tuneserve.v1 import admin_pb2, admin_pb2_grpc, inference_pb2, inference_pb2_grpc
 from service.grpc.status import abort
+from service.rollout_schemas import RolloutReply, refusal
 from service.security.grpc import CallRecord, admit_call, bind, enable_reflection, record_call
 from service.security.guard import StreamUsage, count_forbidden, prompt_texts
 from training.artifact.errors import Unavailable
@@ -93,7 +94,7 @@ async def recorded(gateway: Gateway, context: grpc.aio.ServicerContext, route: s
         if call.injection:
             metrics.prompt_injection_suspected(resolved)
         await record_call(gateway.guard, context, route, resolved or model, code, started, call.principal, call.usage,
-                          error, call.reserved)
+                          error, call.reserved, call.detail)
 
 
 def unary(service: str, scope: str) -> Callable:
@@ -211,6 +212,16 @@ class AdminService(GatewayService, admin_pb2_grpc.AdminServicer):
     @unary(NAME, "admin")
     async def ListAdapters(self, request, principal, call):
         return translate.list_adapters_response(await self.gateway.backend.list_adapters(principal))
+
+    @unary(NAME, "admin")
+    async def Rollout(self, request, principal, call):
+        reply = await self.gateway.backend.rollout(translate.rollout_request(request), principal)
+        reply = reply if isinstance(reply, RolloutReply) else RolloutReply.model_validate(reply)
+        if reply.decision is not None:
+            call.detail = reply.decision.model_dump()  # the audit line keeps the gate's numbers
+            if not reply.decision.allowed:
+                raise refusal(reply.decision)
+        return translate.rollout_reply(reply)
 
 
 class BoundedHealth(health.aio.HealthServicer):

@@ -21,6 +21,7 @@ from service.embedding_schemas import EmbeddingRequest
 from service.errors import with_param
 from service.grpc.gen.tuneserve.v1 import admin_pb2, inference_pb2 as pb
 from service.feedback_schemas import FeedbackRequest
+from service.rollout_schemas import RolloutRequest
 from service.schemas import ChatCompletionRequest, ClassifyRequest, CompletionRequest, LoadAdapterRequest
 from training.artifact.errors import InvalidRequest
 
@@ -286,6 +287,29 @@ def adapter_info(info: Any) -> admin_pb2.AdapterInfo:
 
 def list_adapters_response(resp: Any) -> admin_pb2.ListAdaptersResponse:
     return admin_pb2.ListAdaptersResponse(adapters=[adapter_info(a) for a in as_dict(resp)["data"]])
+
+
+def rollout_request(msg: admin_pb2.RolloutRequest) -> RolloutRequest:
+    data: dict[str, Any] = {"action": msg.action, "alias": msg.alias or None, "weight": msg.weight,
+                            "shadow": msg.shadow, "sticky": msg.sticky or "key", "force": msg.force}
+    for name in ("stable", "candidate"):
+        if msg.HasField(name):
+            data[name] = getattr(msg, name)
+    return validated(RolloutRequest, data)
+
+
+def rollout_reply(resp: Any) -> admin_pb2.RolloutReply:
+    from google.protobuf.json_format import ParseDict
+
+    return ParseDict(_without_nones(as_dict(resp)), admin_pb2.RolloutReply(), ignore_unknown_fields=True)
+
+
+def _without_nones(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nones(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nones(v) for v in value]
+    return value
 
 
 def unload_adapter_response(resp: Any) -> admin_pb2.UnloadAdapterResponse:

@@ -11,7 +11,9 @@ the audit line names the model the request named, while metrics label only resol
 Routes: GET /health (liveness), GET /ready (readiness), GET /v1/models, GET /v1/models/{id}, POST /v1/completions,
 POST /v1/chat/completions, POST /v1/classify, POST /v1/embeddings, POST /v1/feedback (on a served reply's `id`), and admin GET/POST /v1/admin/adapters,
 DELETE /v1/admin/adapters/{name}, POST /v1/admin/adapters/{name}/pin (200 once every Engine replica
-applied the change, 202 listing those that had not; see service/fleet.py). Keys go in
+applied the change, 202 listing those that had not; see service/fleet.py), and the rollout routes
+GET /v1/admin/rollouts[/{alias}], PUT|DELETE /v1/admin/rollouts/{alias}, POST .../{alias}/promote|rollback
+(service/rollout.py; a request's `X-Tuneserve-Sticky` header is its `user` when the body has none). Keys go in
 `Authorization: Bearer <key>` (or `x-api-key`). Errors use OpenAI's error body.
 """
 
@@ -36,6 +38,7 @@ from service.http.errors import error_response, install_error_handlers
 from service.security import SecurityGuard
 from service.security.guard import prompt_texts
 from service.security.http import auth_dependency, optional_auth_dependency, secure_request, tally_stream
+from service.rollout_schemas import AliasFields, RolloutReply, RolloutRequest, refusal
 from service.schemas import (
     AdapterInfo, AdapterList, ChatCompletionRequest, ChatCompletionResponse, ClassifyRequest, ClassifyResponse,
     CompletionRequest, CompletionResponse, FleetStatus, LoadAdapterRequest, ModelCard, ModelList, PinRequest,
@@ -99,6 +102,9 @@ def create_app(backend: ServingBackend, auth: Authenticator, settings, guard: Se
         return await get_model(backend, principal, model_id)
 
     async def generation(body, request: Request, principal: Principal, unary, streamed):
+        sticky = request.headers.get(STICKY_HEADER)
+        if sticky and not body.user:  # keeps the caller on one version of an alias (service/rollout.py)
+            body = body.model_copy(update={"user": sticky[:256]})
         request.state.model = body.model
         request.state.injection = guard.inspect_prompts(prompt_texts(body))
         request.state.reserved = await guard.reserve(principal, body)  # settled to the tokens used at the end
@@ -162,7 +168,49 @@ def create_app(backend: ServingBackend, auth: Authenticator, settings, guard: Se
     async def pin_adapter(name: str, body: PinRequest, response: Response, principal: Principal = Depends(require("admin"))):
         return fleet_answer(response, await backend.pin_adapter(name, body.pinned, principal))
 
+    @app.get("/v1/admin/rollouts", response_model=RolloutReply, tags=["admin"], summary="Every alias and its numbers")
+    async def list_rollouts(principal: Principal = Depends(require("admin"))):
+        return await backend.rollout(RolloutRequest(action="list"), principal)
+
+    @app.get("/v1/admin/rollouts/{alias}", response_model=RolloutReply, tags=["admin"],
+             summary="An alias: its versions, weights, and per-version error rate, latency, agreement, quality")
+    async def rollout_status(alias: str, principal: Principal = Depends(require("admin"))):
+        return await backend.rollout(RolloutRequest(action="status", alias=alias), principal)
+
+    @app.put("/v1/admin/rollouts/{alias}", response_model=RolloutReply, tags=["admin"], responses={202: FLEET_PARTIAL},
+             summary="Create or change an alias (stable, candidate, canary weight, shadow fraction, stickiness)")
+    async def set_rollout(alias: str, body: AliasFields, response: Response,
+                          principal: Principal = Depends(require("admin"))):
+        request = RolloutRequest(action="set", alias=alias, **body.model_dump())
+        return fleet_answer(response, await backend.rollout(request, principal))
+
+    @app.delete("/v1/admin/rollouts/{alias}", response_model=RolloutReply, tags=["admin"],
+                responses={202: FLEET_PARTIAL})
+    async def delete_rollout(alias: str, response: Response, principal: Principal = Depends(require("admin"))):
+        return fleet_answer(response, await backend.rollout(RolloutRequest(action="delete", alias=alias), principal))
+
+    @app.post("/v1/admin/rollouts/{alias}/promote", response_model=RolloutReply, tags=["admin"],
+              responses={202: FLEET_PARTIAL, 409: {"description": "the gate refused: the reasons with their numbers"}},
+              summary="Make the candidate the stable version, if it passes the gate (or with force, audited)")
+    async def promote_rollout(alias: str, request: Request, response: Response, force: bool = False,
+                              principal: Principal = Depends(require("admin"))):
+        reply = await backend.rollout(RolloutRequest(action="promote", alias=alias, force=force), principal)
+        reply = reply if isinstance(reply, RolloutReply) else RolloutReply.model_validate(reply)
+        if reply.decision is not None:
+            request.state.audit_detail = reply.decision.model_dump()  # the audit line keeps the numbers
+            if not reply.decision.allowed:
+                raise refusal(reply.decision)
+        return fleet_answer(response, reply)
+
+    @app.post("/v1/admin/rollouts/{alias}/rollback", response_model=RolloutReply, tags=["admin"],
+              responses={202: FLEET_PARTIAL}, summary="Drop the candidate, or return to the version the last promote replaced")
+    async def rollback_rollout(alias: str, response: Response, principal: Principal = Depends(require("admin"))):
+        return fleet_answer(response, await backend.rollout(RolloutRequest(action="rollback", alias=alias), principal))
+
     return app
+
+
+STICKY_HEADER = "x-tuneserve-sticky"
 
 
 def resolved_as(request: Request, model: str, usage=None) -> None:

@@ -7,7 +7,8 @@ background thread so the event loop never waits for the disk.
     audit.flush()     # wait until queued lines are written (tests, shutdown); audit.close() also stops
 
 A line: `{"time", "transport", "route", "method", "key_id", "adapter", "status", "prompt_tokens",
-"completion_tokens", "latency_ms", "client", "admin", "reason", "replica"}`. Never the key: only its id
+"completion_tokens", "latency_ms", "client", "admin", "reason", "replica"}`, plus `detail` when the call
+has one (a rollout promotion's gate decision with its numbers). Never the key: only its id
 (the part of `tsk_<id>_<secret>` before the secret, or null when authentication failed).
 Admin routes are marked `"admin": true` and always logged. Without a path the lines go to the
 `tuneserve.audit` logger (the replica log).
@@ -131,6 +132,8 @@ class AuditLog:
             line["latency_ms"] = round(latency_s * 1000, 3)
         line["admin"] = bool(fields.get("admin"))
         line["replica"] = self.replica
+        if fields.get("detail") is not None:
+            line["detail"] = fields["detail"]
         return line
 
     def record(self, *, latency_s: float | None = None, **fields: Any) -> dict[str, Any]:

@@ -42,9 +42,9 @@ async def admit_call(guard, context, scope: str | None) -> Any:
 
 async def record_call(guard, context, route: str, model: str, code: int, started: float,
                       principal: Any = None, usage: Any = None, error: BaseException | None = None,
-                      reserved: int = 0) -> None:
+                      reserved: int = 0, detail: Any = None) -> None:
     await guard.finish_call("grpc", route, "RPC", principal, usage, model, code, started,
-                            call_client(guard, context), "/tuneserve.v1.Admin/" in route, error, reserved)
+                            call_client(guard, context), "/tuneserve.v1.Admin/" in route, error, reserved, detail)
 
 
 def enable_reflection(server, service_names, guard) -> None:
@@ -86,3 +86,4 @@ class CallRecord:
         self.model: str | None = None
         self.reserved = 0  # tokens reserved at admission (SecurityGuard.reserve), settled at the end
         self.injection: list[str] = []  # prompt-injection markers found in the request
+        self.detail: Any = None  # extra audit detail (a rollout promotion's gate decision)

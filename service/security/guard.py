@@ -193,7 +193,7 @@ class SecurityGuard:
 
     async def finish_call(self, transport: str, route: str, method: str, principal: Any, usage: Any,
                           adapter: str | None, status: int, started: float, client: str | None, admin: bool,
-                          error: BaseException | None = None, reserved: int = 0) -> None:
+                          error: BaseException | None = None, reserved: int = 0, detail: Any = None) -> None:
         """The end of every call, either transport: settle the tokens reserved at admission to the
         tokens used, write its one audit line. A call that ended without a full count (client gone,
         stream broken) keeps at least its reservation; one that failed before any usage is refunded."""
@@ -213,7 +213,8 @@ class SecurityGuard:
                               key_id=getattr(principal, "key_id", None),
                               adapter=adapter or None, status=status, prompt_tokens=prompt,
                               completion_tokens=completion, latency_s=time.perf_counter() - started, client=client,
-                              admin=admin, reason=getattr(error, "audit_reason", None))
+                              admin=admin, reason=getattr(error, "audit_reason", None),
+                              detail=detail if detail is not None else getattr(error, "audit_detail", None))
 
     async def charge(self, principal: Any, tokens: int) -> None:
         """Charge tokens to the key's tokens/min bucket (negative: a refund, up to a full bucket)."""

@@ -105,7 +105,8 @@ async def finish(guard, request: Request, status: int) -> None:
     await guard.finish_call("http", path, request.method, getattr(request.state, "principal", None),
                             getattr(request.state, "usage", None), getattr(request.state, "model", None), status,
                             request.state.started, client_of(guard, request), path.startswith(ADMIN_PREFIX),
-                            getattr(request.state, "error", None), getattr(request.state, "reserved", 0))
+                            getattr(request.state, "error", None), getattr(request.state, "reserved", 0),
+                            getattr(request.state, "audit_detail", None))
 
 
 async def tally_stream(guard, request: Request, chunks: AsyncIterator[dict],

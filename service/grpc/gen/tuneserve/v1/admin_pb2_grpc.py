@@ -52,6 +52,11 @@ class AdminStub:
                 request_serializer=tuneserve_dot_v1_dot_admin__pb2.ListAdaptersRequest.SerializeToString,
                 response_deserializer=tuneserve_dot_v1_dot_admin__pb2.ListAdaptersResponse.FromString,
                 _registered_method=True)
+        self.Rollout = channel.unary_unary(
+                '/tuneserve.v1.Admin/Rollout',
+                request_serializer=tuneserve_dot_v1_dot_admin__pb2.RolloutRequest.SerializeToString,
+                response_deserializer=tuneserve_dot_v1_dot_admin__pb2.RolloutReply.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -82,6 +87,15 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rollout(self, request, context):
+        """Aliases over adapter versions (weighted sticky canary, shadow traffic):
+        list, status, set, promote, rollback, delete. A promotion the gate
+        refuses fails with FAILED_PRECONDITION naming the reasons and numbers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -99,6 +113,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListAdapters,
                     request_deserializer=tuneserve_dot_v1_dot_admin__pb2.ListAdaptersRequest.FromString,
                     response_serializer=tuneserve_dot_v1_dot_admin__pb2.ListAdaptersResponse.SerializeToString,
+            ),
+            'Rollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollout,
+                    request_deserializer=tuneserve_dot_v1_dot_admin__pb2.RolloutRequest.FromString,
+                    response_serializer=tuneserve_dot_v1_dot_admin__pb2.RolloutReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -185,6 +204,33 @@ class Admin:
             '/tuneserve.v1.Admin/ListAdapters',
             tuneserve_dot_v1_dot_admin__pb2.ListAdaptersRequest.SerializeToString,
             tuneserve_dot_v1_dot_admin__pb2.ListAdaptersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneserve.v1.Admin/Rollout',
+            tuneserve_dot_v1_dot_admin__pb2.RolloutRequest.SerializeToString,
+            tuneserve_dot_v1_dot_admin__pb2.RolloutReply.FromString,
             options,
             channel_credentials,
             insecure,
