@@ -60,6 +60,10 @@ def test_label_feedback_drops_online_accuracy_and_moves_the_gauge(http):
     assert gauge["tuneserve_online_quality:accuracy"] == pytest.approx(0.5)  # 8 right of 16
     quality = http.core.feedback_store.online_quality("clf")
     assert (quality.kind, quality.n) == ("accuracy", 16) and quality.value == pytest.approx(0.5)
+    # the rollout gate reads the same store: what a promotion compares (no feedback yet: none, not 0)
+    numbers = http.core.rollouts.numbers("clf")
+    assert (numbers.quality_kind, numbers.quality_n, numbers.quality) == ("accuracy", 16, pytest.approx(0.5))
+    assert http.core.rollouts.numbers("a2").quality_n == 0 and http.core.rollouts.numbers("a2").quality is None
 
 
 def test_feedback_is_scoped_to_the_key_and_its_tenant(http):
