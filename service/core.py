@@ -1,5 +1,6 @@
 """`ServingCore`: the one serving class. Validation, model/adapter resolution, authorization,
-generation, usage, response cache and adapter administration live here; transports (REST in
+generation, usage and response cache live here (adapter and rollout administration in
+`service/administration.py`, which it inherits); transports (REST in
 `service.http`, gRPC in `service.grpc`) only translate into these async methods.
 
     core = ServingCore(load_settings({"artifacts_dir": "artifacts"}))
@@ -22,9 +23,8 @@ import secrets
 import time
 from typing import Any, AsyncIterator
 
-from training.artifact.errors import Conflict, TuneserveError
-
 from service import metrics
+from service.administration import Administration
 from service.auth import Authenticator, Principal
 from service.drift import DriftMonitor
 from service.embedding_schemas import EmbeddingRequest, EmbeddingResponse
@@ -32,26 +32,23 @@ from service.embeddings import ENDPOINTS, EmbeddingService
 from service.engine.engine import Engine
 from service.engine.registry import Lease
 from service.engine.types import RequestStream
-from service.errors import with_model, with_param
+from service.errors import with_model
 from service.feedback import FeedbackStore
 from service.feedback_schemas import FeedbackRequest, FeedbackResponse
-from service.fleet import Coordinator, FleetMember, admin_source, local_replica_id, state_path
+from service.fleet import Coordinator, FleetMember, local_replica_id, state_path
 from service.jobs import Job, JobBuilder, context_of, invalid, naming, nonempty
 from service.loader import AdapterLoader
 from service.rollout import QualitySource, Rollouts, Route, answers_of
-from service.rollout_schemas import RolloutReply, RolloutRequest
 from service.render import ChoiceResult, chat_choice, chat_chunk, completion_choice, completion_chunk, usage, usage_chunk
-from service.security.limits import check_adapter_name, relative_paths
 from service.schemas import (
-    AdapterInfo, AdapterList, ChatCompletionRequest, ChatCompletionResponse, Classification,
-    ClassifyRequest, ClassifyResponse, CompletionRequest, CompletionResponse, Health, LabelScore,
-    LoadAdapterRequest, ModelCard, ModelList, SamplingFields,
+    ChatCompletionRequest, ChatCompletionResponse, Classification, ClassifyRequest, ClassifyResponse,
+    CompletionRequest, CompletionResponse, Health, LabelScore, ModelCard, ModelList, SamplingFields,
 )
 from service.settings import ENGINE_QUEUE_CAPACITY, ServiceSettings
 from service.tools import tool_replies
 
 
-class ServingCore:
+class ServingCore(Administration):
     def __init__(self, settings: ServiceSettings, engine: Engine | None = None, coordinator: Any = None,
                  replica_id: str | None = None, quality: QualitySource | None = None) -> None:
         """`coordinator`: the fleet's (service/fleet.py; the Ray app passes the cluster's actor), else an
@@ -260,47 +257,6 @@ class ServingCore:
         base = row["base"] or None
         return ModelCard(**row, parent=base, root=base or row["id"],
                          max_model_len=context_of(target or registry.base))
-
-    # ---- administration --------------------------------------------------------------
-    async def load_adapter(self, request: LoadAdapterRequest, principal: Principal | None = None) -> AdapterInfo:
-        self._authorize(principal, "admin", request.name)  # admin keys act only on adapters their globs match
-        check_adapter_name(request.name, self.settings.security.adapter_name_pattern)
-        if request.name in self.fleet.aliases:  # requests naming it would reach the alias, never this adapter
-            raise with_param(Conflict(f"{request.name!r} is a rollout alias", "load the adapter under a version "
-                                      "name and point the alias at it (tuneserve rollout set)"), "name")
-        roots = [self.settings.artifacts_dir, *self.settings.security.adapter_roots]
-        # adapters load only from the artifacts dir, the configured roots or S3 prefixes: no traversal
-        source = admin_source(request.path, roots, self.settings.fleet.s3_roots)
-        try:
-            info, fleet = await asyncio.to_thread(self.fleet.load, request.name, source, request.pin)
-        except TuneserveError as exc:  # name the artifact, not the server's directories
-            raise relative_paths(exc, roots) from None
-        self.drift.forget(request.name)  # a new version brings its own reference profile
-        return AdapterInfo(**info, fleet=fleet)
-
-    async def unload_adapter(self, name: str, force: bool = False, principal: Principal | None = None) -> dict:
-        self._authorize(principal, "admin", name)
-        fleet = await asyncio.to_thread(self.fleet.unload, name, force)
-        metrics.adapter_event(name, "unloaded")
-        self.drift.forget(name)
-        return {"name": name, "unloaded": True, "fleet": fleet.model_dump()}
-
-    async def pin_adapter(self, name: str, pinned: bool, principal: Principal | None = None) -> AdapterInfo:
-        self._authorize(principal, "admin", name)
-        info, fleet = await asyncio.to_thread(self.fleet.pin, name, pinned)
-        return AdapterInfo(**info, fleet=fleet)
-
-    async def list_adapters(self, principal: Principal | None = None) -> AdapterList:
-        self._authorize(principal, "admin")
-        rows = [a for a in self.registry.list_adapters() if principal is None or principal.may_use(a["name"])]
-        return AdapterList(data=[AdapterInfo(**a) for a in rows], fleet=await asyncio.to_thread(self.fleet.view))
-
-    async def rollout(self, request: RolloutRequest, principal: Principal | None = None) -> RolloutReply:
-        """Aliases: list, status, set, promote (gated), rollback, delete (service/rollout.py)."""
-        self._authorize(principal, "admin")
-        if request.action == "set" and request.alias:
-            check_adapter_name(request.alias, self.settings.security.adapter_name_pattern)
-        return await asyncio.to_thread(self.rollouts.admin, request, principal)
 
     async def health(self) -> Health:
         if not self.engine.started:
