@@ -47,6 +47,8 @@ def evaluate_command(
     split: Optional[str] = typer.Option(None, "--split", help="Split of a prepared dataset (default test)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate a seeded random sample of N rows."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Report directory (default <artifact>.eval/)."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Preference data: adapter to compute the win "
+                                           "rate against (e.g. the SFT-only adapter)."),
     compare_refs: Optional[Tuple[str, str]] = typer.Option(None, "--compare", help="Compare two models or report dirs: A B."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default file:./mlruns)."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TUNESERVE_API_KEY", help="Key for an endpoint."),
@@ -63,7 +65,7 @@ def evaluate_command(
         return
     from training.evaluation.runner import ENV_PREFIX, EvalConfig, compare, evaluate
 
-    extra = _overrides(model=model, data=data, task=task, split=split, limit=limit, out=out,
+    extra = _overrides(model=model, data=data, task=task, split=split, limit=limit, out=out, baseline=baseline,
                        **{"tracking.uri": tracking_uri})
     cfg = load_cli_config(EvalConfig, [*(args or []), *extra], ENV_PREFIX)
     if api_key:
