@@ -119,7 +119,8 @@ def validate_rows(rows: list[dict[str, Any]], objective: str, where: str) -> lis
         keys = sorted(row) if isinstance(row, dict) else type(row).__name__
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
             raise DataError(f"{where} row {i} has no prompt (has {keys})",
-                            "preference rows are {prompt, chosen, rejected} (KTO: {prompt, completion, label})")
+                            "preference rows are {prompt, chosen, rejected} (KTO: {prompt, completion, label}); "
+                            "prepare them with `tuneserve data prepare` task=preference (or task=kto)")
         if "chosen" in row or "rejected" in row:
             chosen, rejected = row.get("chosen"), row.get("rejected")
             if not (isinstance(chosen, str) and isinstance(rejected, str) and chosen.strip() and rejected.strip()):

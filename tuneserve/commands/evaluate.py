@@ -152,11 +152,24 @@ def human_import(
     ratings: List[Path] = typer.Option(..., "--ratings", help="Filled ratings (CSV or JSONL); one file per rater or combined."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report directory (default next to the key)."),
     confidence: float = typer.Option(0.95, "--confidence"),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help="Also write the ratings as preference pairs "
+                                         "{prompt, chosen, rejected} (JSONL) for data prepare task=preference."),
+    sheet: Optional[Path] = typer.Option(None, "--sheet", help="--pairs: the exported sheet directory (sheet.jsonl)."),
 ) -> None:
     """Un-blind ratings; report win rates with CIs, mean scores and inter-rater agreement."""
-    from training.evaluation.human_import import import_ratings
+    from training.artifact.errors import ConfigError
+    from training.evaluation.human_import import import_ratings, read_key, unblind
 
+    if pairs is not None and sheet is None:
+        raise ConfigError("--pairs needs --sheet (the responses live in the exported sheet)",
+                          "pass --sheet DIR, the directory human-eval export wrote")
     report, where = import_ratings(key, ratings, out, confidence=confidence)
+    if pairs is not None:
+        from training.evaluation.human_pairs import ratings_to_pairs, read_sheet, write_pairs
+
+        loaded = read_key(key)
+        made = ratings_to_pairs(loaded, read_sheet(sheet), [r for p in ratings for r in unblind(loaded, Path(p))])
+        console.print(f"preference pairs: [bold]{write_pairs(made, pairs)}[/] ({len(made)} pairs)")
     rows = [(f"{p['a']} vs {p['b']}: {p['a']} win rate", p["win_rate"]) for p in report["pairwise"]]
     rows += [(f"{m} {c}", s["mean"]) for m, crit in report["scores"].items() for c, s in crit.items()]
     rows += [(f"agreement {k}", v) for k, v in report["agreement"].items() if isinstance(v, float)]
