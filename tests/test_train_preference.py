@@ -108,7 +108,8 @@ def test_a_few_steps_raise_held_out_reward_accuracy(objective, method, tiny_base
 
 
 def test_sft_then_dpo_two_stage_flow_and_preference_eval(tiny_base_dir, pair_file, tmp_path):
-    from training.evaluation.preference import run_preference
+    from training.evaluation.runner import EvalConfig, evaluate
+    from training.tracking import TrackingConfig
     from training.train.run import train
 
     sft_data = write_jsonl(tmp_path / "sft.jsonl", instruction_rows(8))
@@ -121,8 +122,11 @@ def test_sft_then_dpo_two_stage_flow_and_preference_eval(tiny_base_dir, pair_fil
     assert hp["objective"] == "dpo" and hp["preference"]["reference"] == "precomputed"
     assert dpo.manifest.lineage["sources"][0]["name"] == "sft" and dpo.manifest.kind == "adapter"
     assert dpo.result.metrics["val_reward_accuracy"] >= 0.5
-    held_out = planted_pairs(8, 99)
-    result = run_preference(str(dpo.artifact), held_out, 0.5, str(sft.artifact))
+    held_out = write_jsonl(tmp_path / "held_out.jsonl", planted_pairs(8, 99))
+    cfg = EvalConfig(model=str(dpo.artifact), data=str(held_out), task="preference", baseline=str(sft.artifact),
+                     beta=0.5, out=str(tmp_path / "eval"), tracking=TrackingConfig(enabled=False))
+    result, out = evaluate(cfg, progress=False)  # what `tuneserve evaluate --baseline` runs on preference data
+    assert result.task == "preference" and (out / "eval_report.json").is_file()
     metrics = result.metrics
     assert metrics["pairs"] == 8 and 0.0 <= metrics["reward_accuracy"] <= 1.0
     assert metrics["win_rate"] > 0.5  # DPO prefers chosen over rejected by more than the SFT-only adapter
