@@ -102,8 +102,9 @@ def test_a_few_steps_raise_held_out_reward_accuracy(objective, method, tiny_base
     result = loop.run()
     after = result.metrics
     assert after["val_reward_margin"] > before["val_reward_margin"]
-    assert after["val_reward_accuracy"] >= 0.9 > before["val_reward_accuracy"] or before["val_reward_accuracy"] < 1.0
-    assert after["val_reward_accuracy"] > before["val_reward_accuracy"] or objective == "kto"
+    assert after["val_reward_accuracy"] >= before["val_reward_accuracy"]
+    if objective != "kto":  # pairs: every reward starts equal (accuracy 0); KTO rows start at 0.5
+        assert after["val_reward_accuracy"] >= 0.75 > before["val_reward_accuracy"]
     assert result.history[-1]["loss"] < result.history[0]["loss"]
 
 
