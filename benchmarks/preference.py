@@ -35,6 +35,9 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 ALPACA = ROOT.parent / "shared" / "data" / "alpaca_en_demo" / "alpaca_en_demo.json"
 Q5_GOAL = 0.8
+READING = ("Reading: the raw-likelihood column shows how easy the corruption is to spot for every model; the reward "
+           "columns measure what tuning changed relative to the base (beta*(logp - logp_base)), which is what Q5 asks "
+           "DPO to move: SFT on the chosen answers alone need not raise them more than their shuffled copies.")
 
 
 def build_pairs(path: Path, n: int, words: int, max_instruction_chars: int, seed: int) -> list[dict]:
@@ -175,6 +178,7 @@ def write_report(args, prepared, n_train, n_test, dpo_rows, sft_m, dpo_m, dpo_vs
              f"| base | - | - | {f(pref_acc['base'])} |",
              f"| SFT | {f(sft_m['reward_accuracy'])} | {f(sft_m['reward_margin'])} | {f(pref_acc['sft'])} |",
              f"| SFT + DPO | {f(dpo_m['reward_accuracy'])} | {f(dpo_m['reward_margin'])} | {f(pref_acc['dpo'])} |", "",
+             READING, "",
              f"DPO vs its own reference (SFT): reward accuracy {f(dpo_vs_sft['reward_accuracy'])}, margin "
              f"{f(dpo_vs_sft['reward_margin'])}. Win rate SFT+DPO vs SFT (likelihood judge): {f(judge['win_rate'])}.", "",
              f"Timings (s): {report['timings_s']}; load average {load_start} -> {report['machine']['loadavg_end']} "
