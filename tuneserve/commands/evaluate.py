@@ -43,7 +43,7 @@ def evaluate_command(
     args: Optional[List[str]] = ARGS,
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Artifact dir, HF model dir or http(s)://host:port#model."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Prepared dataset dir or a JSONL/JSON/CSV file."),
-    task: Optional[str] = typer.Option(None, "--task", help="classification | instruction | qa | text (raw files)."),
+    task: Optional[str] = typer.Option(None, "--task", help="classification | instruction | qa | text | preference (raw files)."),
     split: Optional[str] = typer.Option(None, "--split", help="Split of a prepared dataset (default test)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate a seeded random sample of N rows."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Report directory (default <artifact>.eval/)."),
