@@ -35,26 +35,30 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 ALPACA = ROOT.parent / "shared" / "data" / "alpaca_en_demo" / "alpaca_en_demo.json"
 Q5_GOAL = 0.8
+REJECTED = {"shuffled": "the same words shuffled", "other": "another row's answer (its first words)"}
 READING = ("Reading: the raw-likelihood column shows how easy the corruption is to spot for every model; the reward "
            "columns measure what tuning changed relative to the base (beta*(logp - logp_base)), which is what Q5 asks "
            "DPO to move: SFT on the chosen answers alone need not raise them more than their shuffled copies.")
 
 
-def build_pairs(path: Path, n: int, words: int, max_instruction_chars: int, seed: int) -> list[dict]:
-    """{prompt, chosen, rejected} from short alpaca rows without input; rejected = chosen's words shuffled."""
+def build_pairs(path: Path, n: int, words: int, max_instruction_chars: int, seed: int,
+                rejected: str = "shuffled") -> list[dict]:
+    """{prompt, chosen, rejected} from short alpaca rows without input; rejected = chosen's words shuffled,
+    or (`rejected="other"`) the next row's answer (fluent, but to another question)."""
     rng = random.Random(seed)
     rows = [r for r in json.loads(path.read_text(encoding="utf-8"))
             if not r.get("input") and len(r["instruction"]) <= max_instruction_chars and len(r["output"].split()) >= 6]
     rng.shuffle(rows)
     pairs = []
-    for row in rows:
+    for i, row in enumerate(rows[:n]):
         tokens = row["output"].split()[:words]
-        shuffled = tokens[:]
-        while shuffled == tokens:
-            rng.shuffle(shuffled)
-        pairs.append({"prompt": row["instruction"], "chosen": " ".join(tokens), "rejected": " ".join(shuffled)})
-        if len(pairs) == n:
-            break
+        if rejected == "other":
+            corrupted = rows[(i + 1) % min(n, len(rows))]["output"].split()[:words]
+        else:
+            corrupted = tokens[:]
+            while corrupted == tokens:
+                rng.shuffle(corrupted)
+        pairs.append({"prompt": row["instruction"], "chosen": " ".join(tokens), "rejected": " ".join(corrupted)})
     return pairs
 
 
@@ -72,6 +76,9 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rejected", choices=("shuffled", "other"), default="shuffled",
+                        help="corruption: the chosen words shuffled, or another row's answer")
+    parser.add_argument("--name", default="preference", help="results file name (benchmarks/results/NAME.json/.md)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -88,7 +95,7 @@ def main() -> None:
     started, load_start = time.perf_counter(), os.getloadavg()
     timings: dict[str, float] = {}
     work = Path(tempfile.mkdtemp(prefix="tuneserve-q5-"))
-    pairs = build_pairs(ALPACA, args.pairs, args.answer_words, 120, args.seed)
+    pairs = build_pairs(ALPACA, args.pairs, args.answer_words, 120, args.seed, args.rejected)
     (work / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
     test_fraction = args.test_pairs / len(pairs)
     data_cfg = load_config(DataConfig, None, [
@@ -162,7 +169,7 @@ def write_report(args, prepared, n_train, n_test, dpo_rows, sft_m, dpo_m, dpo_vs
         "versions": {name: version(name) for name in ("torch", "transformers", "peft")},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "preference.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     f = lambda x: f"{x:.3f}"
     lines = ["# Preference tuning: DPO after SFT (Q5)", "",
              "| goal | value | SFT alone | target | met |", "|---|---|---|---|---|",
@@ -170,7 +177,7 @@ def write_report(args, prepared, n_train, n_test, dpo_rows, sft_m, dpo_m, dpo_vs
                for g in goals], "",
              f"SmolLM2-135M-Instruct (CPU, fp32), LoRA; {n_test} held-out pairs (test split of `tuneserve data prepare` "
              f"task=preference over alpaca_en_demo: chosen = the reference answer's first {args.answer_words} words, "
-             "rejected = the same words shuffled). SFT: "
+             f"rejected = {REJECTED[args.rejected]}). SFT: "
              f"{sft.result.steps} steps x {args.batch}; DPO from the SFT adapter: {dpo.result.steps} steps x {args.batch} "
              f"pairs, beta {args.beta}, reference = SFT (precomputed).", "",
              "| model | reward accuracy vs base | mean margin vs base | logp(chosen) > logp(rejected) |",
@@ -183,7 +190,7 @@ def write_report(args, prepared, n_train, n_test, dpo_rows, sft_m, dpo_m, dpo_vs
              f"{f(dpo_vs_sft['reward_margin'])}. Win rate SFT+DPO vs SFT (likelihood judge): {f(judge['win_rate'])}.", "",
              f"Timings (s): {report['timings_s']}; load average {load_start} -> {report['machine']['loadavg_end']} "
              "(shared host).", "", f"Command: `{report['command']}`"]
-    (RESULTS / "preference.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
