@@ -211,4 +211,8 @@ def run_cleaning(rows: list[Row], cleaning: Any, spec: TaskSpec,
         rows, results[name] = CLEANING_RULES[name](rows, opts, spec)
         if on_rule:
             on_rule(name, len(rows))
+    if spec.check is not None:  # cleaning may make a pair's answers equal (e.g. they differed in spaces only)
+        kept = [r for r in rows if spec.validate_clean(r.data) is None]
+        results["row_check"] = RuleResult(rows_in=len(rows), dropped=len(rows) - len(kept))
+        rows = kept
     return rows, results

@@ -18,7 +18,7 @@ from pydantic import Field, field_validator, model_validator
 
 from training.artifact.config import StrictModel
 
-TaskName = Literal["instruction", "classification", "qa", "text"]
+TaskName = Literal["instruction", "classification", "qa", "text", "preference", "kto"]
 SourceFormat = Literal["json", "jsonl", "csv", "tsv", "parquet", "text", "hf_disk"]
 SPLIT_NAMES = ("train", "validation", "test")
 ENV_PREFIX = "TUNESERVE_DATA__"

@@ -112,7 +112,7 @@ def split_rows(rows: list[Row], cfg: SplitConfig, spec: TaskSpec, stratify: bool
         missing = sum(k is None for k in keys)
         keys = [k if k is not None else f"__row{i}" for i, k in enumerate(keys)]
         if threshold is not None:
-            keys = _merge_with_duplicates(keys, [spec.dedup_text(r.data) for r in rows], threshold)
+            keys = _merge_with_duplicates(keys, [spec.leak_text(r.data) for r in rows], threshold)
         splits = _split_grouped(rows, targets, keys, rng)
         info.update(mode="grouped", group_by=cfg.group_by, groups=len(set(keys)), rows_without_group=missing)
     else:
@@ -149,7 +149,7 @@ def _flatten(splits: dict[str, list[Row]]) -> list[tuple[str, int]]:
 def find_leakage(splits: dict[str, list[Row]], spec: TaskSpec, threshold: float | None) -> dict[str, Any]:
     """Rows with an exact or near duplicate in another split (augmented rows are ignored)."""
     where = _flatten(splits)
-    texts = [spec.dedup_text(splits[k][i].data) for k, i in where]
+    texts = [spec.leak_text(splits[k][i].data) for k, i in where]
     clusters = duplicate_clusters(texts, threshold)
     members: dict[int, list[int]] = defaultdict(list)
     for pos, c in enumerate(clusters):

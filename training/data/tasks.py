@@ -69,9 +69,31 @@ def _as_label(value: Any, name: str, label_names: list[str] | None) -> str:
     return value.strip()
 
 
+TRUE_WORDS = {"true", "yes", "1", "good", "up", "thumbs_up", "desirable", "positive"}
+FALSE_WORDS = {"false", "no", "0", "bad", "down", "thumbs_down", "undesirable", "negative"}
+
+
+def _as_flag(value: Any, name: str, label_names: list[str] | None) -> bool:
+    """A KTO label: true/false, 1/0, or words like good/bad, up/down."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in TRUE_WORDS | FALSE_WORDS:
+        return value.strip().lower() in TRUE_WORDS
+    if value is None:
+        raise FieldProblem(f"missing field {name!r}")
+    raise FieldProblem(f"field {name!r} must be true/false (or 1/0, good/bad, up/down), got {value!r}")
+
+
 COERCERS: dict[str, Callable[[Any, str, list[str] | None], Any]] = {
-    "text": _as_text, "texts": _as_texts, "label": _as_label,
+    "text": _as_text, "texts": _as_texts, "label": _as_label, "flag": _as_flag,
 }
+
+
+def _distinct_answers(data: dict[str, Any]) -> None:
+    if data["chosen"].strip() == data["rejected"].strip():
+        raise FieldProblem("chosen and rejected are the same text (a pair must prefer one answer over another)")
 
 
 @dataclass(frozen=True)
@@ -90,6 +112,8 @@ class TaskSpec:
     dedup_fields: tuple[str, ...]
     augment_fields: tuple[str, ...]
     label_field: str | None = None
+    leak_fields: tuple[str, ...] | None = None  # what split grouping and leakage compare (default: dedup_fields)
+    check: Callable[[dict[str, Any]], None] | None = None  # a whole-row rule; raises FieldProblem
 
     @property
     def field_names(self) -> list[str]:
@@ -110,6 +134,8 @@ class TaskSpec:
             if spec.required and spec.kind == "text" and not value.strip():
                 raise FieldProblem(f"field {spec.name!r} is empty")
             out[spec.name] = value
+        if self.check is not None:
+            self.check(out)
         return out
 
     def _join(self, data: dict[str, Any], names: tuple[str, ...]) -> str:
@@ -128,9 +154,21 @@ class TaskSpec:
     def dedup_text(self, data: dict[str, Any]) -> str:
         return self._join(data, self.dedup_fields)
 
+    def leak_text(self, data: dict[str, Any]) -> str:
+        return self._join(data, self.leak_fields or self.dedup_fields)
+
     def string_fields(self) -> list[str]:
         """Fields holding text that cleaning transforms (everything but the label)."""
         return [f.name for f in self.fields if f.kind in ("text", "texts")]
+
+    def validate_clean(self, data: dict[str, Any]) -> str | None:
+        """Why a cleaned row breaks the task's whole-row rule (None when it holds)."""
+        try:
+            if self.check is not None:
+                self.check(data)
+        except FieldProblem as exc:
+            return str(exc)
+        return None
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -151,6 +189,16 @@ TASKS: dict[str, TaskSpec] = {
         augment_fields=("question",)),
     "text": TaskSpec("text", (FieldSpec("text"),), text_fields=("text",), dedup_fields=("text",),
                      augment_fields=("text",)),
+    # Preference pairs (DPO/ORPO; also KTO): one prompt may have several pairs, so exact/near dedup
+    # compares whole pairs, while splitting and leakage compare prompts (a prompt stays in one split).
+    "preference": TaskSpec(
+        "preference", (FieldSpec("prompt"), FieldSpec("chosen"), FieldSpec("rejected")),
+        text_fields=("prompt", "chosen", "rejected"), dedup_fields=("prompt", "chosen", "rejected"),
+        augment_fields=("prompt",), leak_fields=("prompt",), check=_distinct_answers),
+    "kto": TaskSpec(
+        "kto", (FieldSpec("prompt"), FieldSpec("completion"), FieldSpec("label", "flag")),
+        text_fields=("prompt", "completion"), dedup_fields=("prompt", "completion"),
+        augment_fields=("prompt",), leak_fields=("prompt",)),
 }
 
 

@@ -16,7 +16,7 @@ import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -35,7 +35,7 @@ ENV_PREFIX = "TUNESERVE_EVAL__"
 class EvalConfig(StrictModel):
     model: str | None = None
     data: str | None = None
-    task: Literal["classification", "instruction", "qa", "text"] | None = None
+    task: Literal["classification", "instruction", "qa", "text", "preference"] | None = None
     split: str = "test"
     columns: dict[str, str] = Field(default_factory=dict)
     limit: int | None = Field(None, ge=1)
@@ -54,6 +54,9 @@ class EvalConfig(StrictModel):
     bootstrap_resamples: int = Field(1000, ge=100)
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    baseline: str | None = Field(None, description="preference data: the adapter to compute a win rate against "
+                                 "(e.g. the SFT-only adapter; training.evaluation.preference)")
+    beta: float = Field(0.1, gt=0, description="preference data: scale of the implicit reward")
 
     def settings(self, progress: bool) -> RunSettings:
         return RunSettings(batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, ece_bins=self.ece_bins,
@@ -88,6 +91,8 @@ def evaluate(cfg: EvalConfig, predictor: Predictor | None = None, progress: bool
     if cfg.data is None:
         raise ConfigError("no evaluation data given", "pass --data PREPARED_DIR or a JSONL/JSON/CSV file with --task")
     data = load_eval_data(cfg.data, cfg.task, cfg.split, cfg.columns, cfg.limit, cfg.seed)
+    if data.task == "preference":
+        return _evaluate_preference(cfg, data, out)
     own = predictor is None
     if own:
         _limit_threads(cfg.threads)
@@ -115,6 +120,27 @@ def evaluate(cfg: EvalConfig, predictor: Predictor | None = None, progress: bool
         run.log_metrics(result.metrics | {"wall_time_s": wall, "rows": len(data.rows)}, step=0)
         for key in ("json", "md", "html", *result.plots):
             run.log_artifact(paths[key])
+    return result, out
+
+
+def _evaluate_preference(cfg: EvalConfig, data: Any, out: Path | None) -> tuple[EvalResult, Path]:
+    """Reward accuracy/margin and the win rate against cfg.baseline on preference pairs (local artifacts)."""
+    from training.evaluation.preference import run_preference
+
+    _limit_threads(cfg.threads)
+    started = time.perf_counter()
+    task_result = run_preference(cfg.model or "", data.rows, cfg.beta, cfg.baseline, batch_size=cfg.batch_size)
+    wall = time.perf_counter() - started
+    out = Path(out or cfg.out or default_out(cfg.model or "model"))
+    result = EvalResult(task="preference", model={"name": cfg.model, "baseline": cfg.baseline}, data=data.describe(),
+                        settings=cfg.public(), metrics=task_result.metrics, per_sample=task_result.per_sample,
+                        details=task_result.details, notes=task_result.notes, wall_time_s=wall,
+                        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), samples=task_result.samples)
+    with _start_run(cfg, f"evaluate:{cfg.model}", {**cfg.public(), "data_fingerprint": data.fingerprint},
+                    {"task": "preference", "model": str(cfg.model)}) as run:
+        result.tracking = {"run_id": run.run_id, "backends": run.active, "uri": cfg.tracking.uri}
+        write_eval_report(result, out)
+        run.log_metrics(result.metrics | {"wall_time_s": wall, "rows": len(data.rows)}, step=0)
     return result, out
 
 

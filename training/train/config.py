@@ -92,13 +92,28 @@ class OptimConfig(StrictModel):
         return value
 
 
+class PreferenceOptions(StrictModel):
+    """Options of the preference objectives (`objective: dpo | orpo | kto`, see `training.train.preference`)."""
+
+    beta: float = Field(0.1, gt=0, description="DPO/KTO: strength of the pull towards the reference; also the "
+                        "scale of the implicit reward beta*(logp_policy - logp_reference)")
+    orpo_lambda: float = Field(0.1, gt=0, description="ORPO: weight of the odds-ratio term next to the chosen NLL")
+    kto_desirable_weight: float = Field(1.0, gt=0, description="KTO: loss weight of desirable completions")
+    kto_undesirable_weight: float = Field(1.0, gt=0, description="KTO: loss weight of undesirable completions")
+    reference: Literal["auto", "adapter-disabled", "precomputed"] = Field(
+        "auto", description="the reference policy: adapter-disabled (PEFT methods: the base under the adapter, no "
+        "second copy), precomputed (the starting weights' logprobs, computed once before training); auto: "
+        "adapter-disabled for a fresh PEFT adapter, precomputed for full fine-tuning and init_adapter runs")
+
+
 class EarlyStopping(StrictModel):
     """Model selection by validation: `metric` picks the best evaluation (every `eval_every` steps and
     at the end); `restore_best` writes that one's weights, not the last; `enabled` stops after
     `patience` evaluations without an improvement of more than `min_delta`."""
 
     enabled: bool = False
-    metric: str = Field("val_loss", description="val_loss, or val_accuracy for classification")
+    metric: str = Field("val_loss", description="val_loss, or val_accuracy for classification, or "
+                        "val_reward_accuracy / val_reward_margin for preference objectives")
     patience: int = Field(3, gt=0, description="evaluations without improvement before stopping")
     min_delta: float = Field(0.0, ge=0.0)
     restore_best: bool = Field(True, description="keep the best-scoring evaluation's weights (needs eval_every)")
@@ -154,6 +169,12 @@ class TrainConfig(StrictModel):
     base: str = "tiny-llama"
     task: Literal["causal-lm", "classification"] = "causal-lm"
     method: str = "lora"
+    objective: Literal["sft", "dpo", "orpo", "kto"] = Field(
+        "sft", description="sft: next-token loss on instruction rows; dpo/orpo: {prompt, chosen, rejected} pairs; "
+        "kto: {prompt, completion, label} rows (or pairs, split into a desirable and an undesirable row)")
+    preference: PreferenceOptions = Field(default_factory=PreferenceOptions)
+    init_adapter: str | None = Field(None, description="start from this adapter artifact (e.g. an SFT adapter: "
+                                     "the two-stage SFT -> DPO flow); it is trained further and becomes the reference")
     output: str = "artifacts/adapter"
     name: str | None = Field(None, description="artifact name (default: output directory name)")
     overwrite: bool = False
@@ -203,6 +224,16 @@ class TrainConfig(StrictModel):
         if self.data.output_format != "text" and self.task != "causal-lm":
             raise ValueError(f"data.output_format={self.data.output_format} applies to instruction data "
                              f"(task=causal-lm), not task={self.task}; leave it at text")
+        if self.data.output_format != "text" and self.objective != "sft":
+            raise ValueError(f"data.output_format={self.data.output_format} checks SFT outputs; train the format "
+                             f"with objective=sft first, then objective={self.objective} with init_adapter")
+        if self.objective != "sft" and self.task != "causal-lm":
+            raise ValueError(f"objective={self.objective} trains a causal LM; use task=causal-lm")
+        if self.init_adapter and self.method == "full":
+            raise ValueError("init_adapter continues a PEFT adapter; for full fine-tuning point base= at the model")
+        if self.preference.reference == "adapter-disabled" and self.method == "full":
+            raise ValueError("preference.reference=adapter-disabled needs a PEFT method (full fine-tuning has no "
+                             "adapter to disable); use reference=precomputed")
         workers = self.distributed.workers
         if self.batch_size % workers:
             raise ValueError(f"batch_size {self.batch_size} is the global batch and must be a multiple of "

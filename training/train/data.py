@@ -2,7 +2,8 @@
 
 A prepared dir (output of `tuneserve data prepare`) holds `train/validation/test.jsonl` and
 `dataset.json` with labels and class weights. A raw file of `{instruction, input, output}`
-rows (or `{text, label}` rows for classification) is split here: the last
+rows (or `{text, label}` rows for classification, `{prompt, chosen, rejected}` for a preference
+objective) is split here: the last
 `validation_fraction` of a seeded shuffle becomes validation. A directory of raw files
 (`train.csv`, `test.csv`, ...) works too.
 
@@ -145,9 +146,16 @@ def balanced_class_weights(labels: list[str], rows: list[dict[str, Any]]) -> dic
     return {label: (n / (k * counts[label]) if counts[label] else 1.0) for label in labels}
 
 
-def load_splits(cfg: DataConfig, task: str, seed: int = 42) -> Splits:
+def load_splits(cfg: DataConfig, task: str, seed: int = 42, objective: str = "sft") -> Splits:
+    """The run's rows by split; a preference `objective` reads {prompt, chosen, rejected} rows
+    (KTO also {prompt, completion, label}; see `training.train.preference.validate_rows`)."""
     raw, meta, source = _read_source(cfg, seed)
-    if task == "classification":
+    if objective != "sft":
+        from training.train.preference import validate_rows
+
+        rows = {split: validate_rows(r, objective, f"{split} split") for split, r in raw.items()}
+        labels, class_weights = None, None
+    elif task == "classification":
         rows = {split: _classification_rows(r, cfg, f"{split} split") for split, r in raw.items()}
         labels = [str(x) for x in meta.get("labels") or sorted({r["label"] for r in rows["train"]})]
         unknown = sorted({r["label"] for split in rows.values() for r in split} - set(labels))

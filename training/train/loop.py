@@ -4,7 +4,8 @@
 function of (seed, epoch), so a checkpoint only needs the step number to know the data
 position; together with the saved optimizer and RNG state, `--resume` continues exactly
 where a killed run stopped. Evaluation reports `val_loss` (and `val_accuracy` for
-classification). The best evaluation by `early_stopping.metric` is remembered (its trainable
+classification; `val_reward_accuracy` and `val_reward_margin` for a preference objective, whose
+loss `objective=` (`training.train.preference.PreferenceObjective`) replaces the next-token loss). The best evaluation by `early_stopping.metric` is remembered (its trainable
 weights kept in memory and in checkpoints); at the end, when the last weights score worse than
 it, the best weights are restored (`early_stopping.restore_best`, on by default), so the artifact
 is the best validated model, not the last. `metrics` then carry `best_step` and `best_<metric>`.
@@ -80,12 +81,14 @@ class TrainLoop:
     def __init__(self, cfg: TrainConfig, model: Any, train: list[dict], validation: list[dict],
                  collate: Callable[[list[dict]], dict], device: Any,
                  class_weights: list[float] | None = None, identity: dict[str, Any] | None = None,
-                 collective: Solo | None = None, checkpoint: SaveCheckpoint | None = None) -> None:
+                 collective: Solo | None = None, checkpoint: SaveCheckpoint | None = None,
+                 objective: Any = None) -> None:
         import torch
 
         self.cfg, self.model, self.train, self.validation = cfg, model, train, validation
         self.collate, self.device = collate, device
         self.identity = identity or {}
+        self.objective = objective
         self.collective = collective or Solo()
         self.forward = self.collective.forward_model(model)
         self.save = checkpoint or self._save_local
@@ -147,6 +150,8 @@ class TrainLoop:
 
     def _loss_weight(self, rows: list[dict]) -> float:
         """What the loss of `rows` averages over: predicted tokens (causal LM) or class weights."""
+        if self.objective is not None:
+            return float(len(rows))
         if self.cfg.task == "classification":
             weights = self.class_weights.tolist() if self.class_weights is not None else None
             return float(sum(weights[r["label"]] if weights else 1.0 for r in rows))
@@ -165,6 +170,9 @@ class TrainLoop:
         model = model if model is not None else self.forward
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            if self.objective is not None:
+                loss, stats = self.objective.loss(model, batch)
+                return loss.float(), stats, None
             if self.cfg.task == "classification":
                 labels = batch.pop("labels")
                 logits = model(**batch).logits.float()
@@ -183,20 +191,27 @@ class TrainLoop:
         team = self.collective
         # Replicas split the chunks and add up; sharded weights need every rank in every forward.
         mine, model = (chunks, self.forward) if team.sharded else (chunks[team.rank::team.world], self.model)
-        total, weight, correct, seen = 0.0, 0, 0, 0
+        total, weight, correct, seen, margin = 0.0, 0, 0, 0, 0.0
         with torch.no_grad():
             for chunk in mine:
                 loss, logits, labels = self._forward_loss(self.collate(chunk), model)
                 total += float(loss) * len(chunk)
                 weight += len(chunk)
-                if logits is not None:
+                if self.objective is not None:
+                    from training.train.preference import reward_sums
+
+                    hits, gap, rows = reward_sums(logits)
+                    correct, margin, seen = correct + hits, margin + gap, seen + rows
+                elif logits is not None:
                     correct += int((logits.argmax(-1) == labels).sum())
                     seen += len(chunk)
         if not team.sharded:
-            total, weight, correct, seen = team.total([total, weight, correct, seen])
+            total, weight, correct, seen, margin = team.total([total, weight, correct, seen, margin])
         self.model.train()
         metrics = {"val_loss": total / max(1, weight)}
-        if seen:
+        if seen and self.objective is not None:
+            metrics.update(val_reward_accuracy=correct / seen, val_reward_margin=margin / seen)
+        elif seen:
             metrics["val_accuracy"] = correct / seen
         return metrics
 

@@ -23,12 +23,19 @@ from training.artifact.profile import write_reference_profile
 from training.train.variants import save_adapter
 
 RUN_KEYS = ("epochs", "max_steps", "batch_size", "grad_accum", "dropout", "seed", "precision", "class_weighting",
-            "refit")
+            "refit", "objective", "init_adapter")
 
 
 def hyperparameters(cfg: Any, method: Any, steps: int) -> dict[str, Any]:
     return {"method_options": method.hyperparameters(cfg), "optim": cfg.optim.model_dump(),
-            "max_length": cfg.data.max_length, "steps": steps, **{k: getattr(cfg, k) for k in RUN_KEYS}}
+            "max_length": cfg.data.max_length, "steps": steps, **{k: getattr(cfg, k) for k in RUN_KEYS},
+            **({"preference": preference_options(cfg)} if cfg.objective != "sft" else {})}
+
+
+def preference_options(cfg: Any) -> dict[str, Any]:
+    from training.train.preference import pick_reference
+
+    return {**cfg.preference.model_dump(), "reference": pick_reference(cfg)}
 
 
 def tokenizer_info(tokenizer: Any, template: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,8 @@ them together in one process; `training.train.ray_backend` does the same on ever
 with rank 0 writing.
 
     prep = prepare(cfg, pick_device(cfg)); cfg = prep.cfg      # `auto` values resolved from the data
-    loop = TrainLoop(cfg, prep.model, prep.train_ex, prep.val_ex, prep.collate, device, prep.weights, prep.identity)
+    loop = TrainLoop(cfg, prep.model, prep.train_ex, prep.val_ex, prep.collate, device, prep.weights, prep.identity,
+                     objective=prep.objective)
     manifest, artifact, merged = write_outputs(cfg, prep, loop.run(), wall, device)
 """
 
@@ -101,8 +102,13 @@ def load_training_model(cfg: TrainConfig, method: Method, model_dir: Path, label
 
 
 def encoder(cfg: TrainConfig, splits: Splits, tokenizer: Any) -> tuple[Any, Any, PromptTemplate | None]:
-    """(rows -> examples, examples -> padded batch, template) for the task."""
+    """(rows -> examples, examples -> padded batch, template) for the task (and preference objective)."""
     pad_id = tokenizer.pad_token_id
+    if cfg.objective != "sft":
+        from training.train.preference import PreferenceObjective
+
+        objective = PreferenceObjective(cfg, tokenizer, PromptTemplate.for_tokenizer(tokenizer))
+        return objective.encode, objective.collate, objective.template
     if cfg.task == "classification":
         label_ids = {label: i for i, label in enumerate(splits.labels)}
         enc = lambda rows: encode_classification(rows, tokenizer, label_ids, cfg.data.max_length)
@@ -125,6 +131,8 @@ def prompt_texts(rows: list[dict], tokenizer: Any, template: PromptTemplate | No
     """What the model reads of each row: the text (classifier) or the rendered prompt without the answer."""
     if template is None:
         return [r["text"] for r in rows]
+    if rows and "prompt" in rows[0]:  # preference rows
+        return [template.render_prompt(tokenizer, r["prompt"]) for r in rows]
     return [template.render_prompt(tokenizer, r["instruction"], r["input"]) for r in rows]
 
 
@@ -186,6 +194,24 @@ class Prepared:
     identity: dict[str, Any]
     weights: list[float] | None
     trainable: int
+    objective: Any = None  # a PreferenceObjective (objective dpo/orpo/kto), else None
+
+
+def start_from_adapter(cfg: TrainConfig, model: Any, base_sha: str):
+    """The base with `cfg.init_adapter` attached and trainable (the second stage of SFT -> DPO)."""
+    from training.artifact import load_artifact
+    from training.artifact.loading import attach_adapter
+
+    artifact = load_artifact(cfg.init_adapter, expect_base_sha256=base_sha, expect_kind="adapter")
+    if artifact.manifest.method and artifact.manifest.method != cfg.method:
+        raise ConfigError(f"init_adapter {cfg.init_adapter} was trained with method {artifact.manifest.method}, "
+                          f"this run uses method {cfg.method}", f"pass method={artifact.manifest.method}")
+    peft_model = attach_adapter(model, artifact, "default")
+    peft_model.peft_config["default"].inference_mode = False
+    for name, param in peft_model.named_parameters():
+        param.requires_grad_(".default" in name or "default." in name)
+    peft_model.train()
+    return peft_model
 
 
 def resume_point(cfg: TrainConfig) -> Path | None:
@@ -211,7 +237,7 @@ def prepare(cfg: TrainConfig, device: Any) -> Prepared:
     method = get_method(cfg.method)
     model_dir = resolve_base_dir(cfg.base)
     base_sha = fingerprint_model_dir(model_dir)
-    splits = load_splits(cfg.data, cfg.task, cfg.seed)
+    splits = load_splits(cfg.data, cfg.task, cfg.seed, cfg.objective)
     check_outputs(cfg.data, cfg.task, splits)
     tokenizer = load_tokenizer(model_dir, padding_side="right")
     recipe = pick_recipe(cfg, data_shape(cfg, splits, tokenizer))
@@ -222,16 +248,35 @@ def prepare(cfg: TrainConfig, device: Any) -> Prepared:
     model = load_training_model(cfg, method, model_dir, splits.labels, device)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    model = method.wrap(cfg, model)
+    model = start_from_adapter(cfg, model, base_sha) if cfg.init_adapter else method.wrap(cfg, model)
     enc, collate, template = encoder(cfg, splits, tokenizer)
+    objective = getattr(enc, "__self__", None)
+    train_ex, val_ex = enc(splits.train), enc(splits.validation)
+    if objective is not None:  # reference logprobs of the starting weights (precomputed mode only)
+        tests = [enc(splits.test)] if cfg.evaluate_test else []
+        train_ex, val_ex = objective.precompute(model, [train_ex, val_ex, *tests], device, cfg.batch_size * 2,
+                                                [splits.train, splits.validation])
     identity = {"base_sha256": base_sha, "method": cfg.method, "data": splits.fingerprint, "batch_size": cfg.batch_size,
                 "grad_accum": cfg.grad_accum, "seed": cfg.seed}
     balanced = splits.class_weights and cfg.class_weighting == "balanced"
     weights = [splits.class_weights[label] for label in splits.labels] if balanced else None
     return Prepared(cfg=cfg, method=method, base_sha=base_sha, splits=splits, tokenizer=tokenizer, model=model, enc=enc,
-                    collate=collate, template=template, train_ex=enc(splits.train), val_ex=enc(splits.validation),
-                    identity=identity, weights=weights,
+                    collate=collate, template=template, train_ex=train_ex, val_ex=val_ex,
+                    identity=identity, weights=weights, objective=objective,
                     trainable=sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+
+def init_lineage(cfg: TrainConfig) -> dict[str, Any] | None:
+    """`manifest.lineage` of a run that continued an adapter (`init_adapter`): the artifact it started from."""
+    if not cfg.init_adapter:
+        return None
+    from training.artifact import read_manifest, sha256_file
+    from training.artifact.manifest import MANIFEST_NAME
+
+    source = read_manifest(cfg.init_adapter)
+    return {"operation": f"train:{cfg.objective}", "sources": [
+        {"name": source.name, "version": source.version, "path": str(cfg.init_adapter),
+         "sha256": sha256_file(Path(cfg.init_adapter) / MANIFEST_NAME)}]}
 
 
 def describe(cfg: TrainConfig, prep: Prepared, result: LoopResult, wall: float) -> Manifest:
@@ -247,6 +292,7 @@ def describe(cfg: TrainConfig, prep: Prepared, result: LoopResult, wall: float) 
                  "stopped_early": result.stopped_early},
         labels=splits.labels, trainable_parameters=prep.trainable, wall_time_seconds=round(wall, 3),
         **manifest_defaults(cfg.data, tokenizer, prep.template, [row.get("output", "") for row in splits.train]),
+        lineage=init_lineage(cfg),
     )
 
 

@@ -284,7 +284,8 @@ def worker_main(config: dict[str, Any]) -> None:
                                          move=not prep.method.quantized_base)
     identity = {**prep.identity, "shards": collective.world if collective.sharded else 1}
     loop = TrainLoop(cfg, prep.model, prep.train_ex, prep.val_ex, prep.collate, device, prep.weights, identity,
-                     collective=collective, checkpoint=_ray_checkpoints(collective, cfg.keep_checkpoints))
+                     collective=collective, checkpoint=_ray_checkpoints(collective, cfg.keep_checkpoints),
+                     objective=prep.objective)
     main = collective.is_main
     if main:
         channel.put.remote({"kind": "begin", "total": loop.total_steps, "world": collective.world})

@@ -67,6 +67,8 @@ def data_shape(cfg: TrainConfig, splits: Any, tokenizer: Any) -> DataShape:
     sample = rows[:: max(1, len(rows) // LENGTH_SAMPLE)][:LENGTH_SAMPLE]
     if cfg.task == "classification":
         texts = [r["text"] for r in sample]
+    elif cfg.objective != "sft":
+        texts = [f"{r['prompt']} {r.get('chosen', r.get('completion'))}" for r in sample]
     else:
         texts = [f"{r['instruction']} {r['input']} {r['output']}" for r in sample]
     lengths = sorted(len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]) if texts else [0]

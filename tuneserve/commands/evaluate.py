@@ -43,10 +43,12 @@ def evaluate_command(
     args: Optional[List[str]] = ARGS,
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Artifact dir, HF model dir or http(s)://host:port#model."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Prepared dataset dir or a JSONL/JSON/CSV file."),
-    task: Optional[str] = typer.Option(None, "--task", help="classification | instruction | qa | text (raw files)."),
+    task: Optional[str] = typer.Option(None, "--task", help="classification | instruction | qa | text | preference (raw files)."),
     split: Optional[str] = typer.Option(None, "--split", help="Split of a prepared dataset (default test)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate a seeded random sample of N rows."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Report directory (default <artifact>.eval/)."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Preference data: adapter to compute the win "
+                                           "rate against (e.g. the SFT-only adapter)."),
     compare_refs: Optional[Tuple[str, str]] = typer.Option(None, "--compare", help="Compare two models or report dirs: A B."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default file:./mlruns)."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TUNESERVE_API_KEY", help="Key for an endpoint."),
@@ -63,7 +65,7 @@ def evaluate_command(
         return
     from training.evaluation.runner import ENV_PREFIX, EvalConfig, compare, evaluate
 
-    extra = _overrides(model=model, data=data, task=task, split=split, limit=limit, out=out,
+    extra = _overrides(model=model, data=data, task=task, split=split, limit=limit, out=out, baseline=baseline,
                        **{"tracking.uri": tracking_uri})
     cfg = load_cli_config(EvalConfig, [*(args or []), *extra], ENV_PREFIX)
     if api_key:
@@ -150,11 +152,24 @@ def human_import(
     ratings: List[Path] = typer.Option(..., "--ratings", help="Filled ratings (CSV or JSONL); one file per rater or combined."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report directory (default next to the key)."),
     confidence: float = typer.Option(0.95, "--confidence"),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help="Also write the ratings as preference pairs "
+                                         "{prompt, chosen, rejected} (JSONL) for data prepare task=preference."),
+    sheet: Optional[Path] = typer.Option(None, "--sheet", help="--pairs: the exported sheet directory (sheet.jsonl)."),
 ) -> None:
     """Un-blind ratings; report win rates with CIs, mean scores and inter-rater agreement."""
-    from training.evaluation.human_import import import_ratings
+    from training.artifact.errors import ConfigError
+    from training.evaluation.human_import import import_ratings, read_key, unblind
 
+    if pairs is not None and sheet is None:
+        raise ConfigError("--pairs needs --sheet (the responses live in the exported sheet)",
+                          "pass --sheet DIR, the directory human-eval export wrote")
     report, where = import_ratings(key, ratings, out, confidence=confidence)
+    if pairs is not None:
+        from training.evaluation.human_pairs import ratings_to_pairs, read_sheet, write_pairs
+
+        loaded = read_key(key)
+        made = ratings_to_pairs(loaded, read_sheet(sheet), [r for p in ratings for r in unblind(loaded, Path(p))])
+        console.print(f"preference pairs: [bold]{write_pairs(made, pairs)}[/] ({len(made)} pairs)")
     rows = [(f"{p['a']} vs {p['b']}: {p['a']} win rate", p["win_rate"]) for p in report["pairwise"]]
     rows += [(f"{m} {c}", s["mean"]) for m, crit in report["scores"].items() for c, s in crit.items()]
     rows += [(f"agreement {k}", v) for k, v in report["agreement"].items() if isinstance(v, float)]
