@@ -31,6 +31,7 @@ COMMAND_MODULES = [
     "tuneserve.commands.data",
     "tuneserve.commands.keys",
     "tuneserve.commands.search",
+    "tuneserve.commands.baseline",
 ]
 
 app = typer.Typer(
