@@ -93,3 +93,12 @@ def test_augmentation_arm_is_paired_with_an_interval(monkeypatch, data, tmp_path
     effect = report["augmentation"][0]
     assert effect["n_seeds"] == 3 and effect["mean"] == pytest.approx(0.01) and effect["low"] == pytest.approx(0.01)
     assert "Augmentation" in Path(report["paths"]["md"]).read_text()
+
+
+def test_train_file_becomes_the_train_section():
+    from tuneserve.commands.baseline import _train_file_override
+    from tuneserve.commands.common import load_cli_config
+
+    args = _train_file_override(["train=training/configs/classify-minilm.yaml", "train.epochs=1", "seeds=2"])
+    cfg = load_cli_config(lc.CurveConfig, args, lc.ENV_PREFIX)
+    assert cfg.train.base == "all-minilm-l6-v2" and cfg.train.lora.r == 16 and cfg.train.epochs == 1 and cfg.seeds == 2
