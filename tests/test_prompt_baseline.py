@@ -80,6 +80,8 @@ def test_score_modes_share_forward_passes(tiny, monkeypatch):
     assert mean.name.endswith("@mean") and scorer.info["score"] == "sum"
     np.testing.assert_allclose(mean.label_logprobs(["top up did not work"]), first / scorer._lengths)
     assert calls == []  # memoised: a second score mode re-runs nothing
+    mean.classify(["top up did not work"])
+    assert mean.info["seconds_per_example"] > 0  # the shared compute time, not the memo lookup's
 
 
 def _toy_embed(texts: list[str]) -> np.ndarray:

@@ -16,7 +16,6 @@ is evaluated with `runner.evaluate` (same rows, metrics, report format, so `tune
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -132,13 +131,13 @@ def run_baselines(cfg: BaselineConfig, progress: bool = True) -> dict[str, Any]:
                                            "threads": cfg.threads, "model": None})
     results = []
     for mode, predictor in _predictors(cfg, kind, rows, labels):
-        started = time.perf_counter()
         result, where = evaluate(eval_cfg, predictor=predictor, progress=progress, out=out / mode)
         correct = result.per_sample.get("accuracy", [])
         acc, low, high = mean_ci(correct)
         results.append({"mode": mode, "name": result.name, "report": str(where), "rows": len(correct),
                         "accuracy": acc, "ci95": [low, high], "macro_f1": result.metrics.get("macro_f1"),
-                        "latency_per_example_s": (time.perf_counter() - started) / max(len(correct), 1),
+                        "latency_per_example_s": result.model.get("seconds_per_example",
+                                                                  result.wall_time_s / max(len(correct), 1)),
                         "train_rows": len(rows), "settings": result.model})
     summary = {"base": cfg.base, "kind": kind, "data": cfg.data, "limit": cfg.limit, "seed": cfg.seed,
                "labels": len(labels), "results": results, "config": cfg.model_dump(exclude={"eval"})}

@@ -43,7 +43,8 @@ def cost_row(ref: str) -> dict[str, Any]:
             "report": ref, "data_fingerprint": result.data.get("fingerprint"), "rows": result.data.get("rows"),
             "metric": metric, "value": value, "ci95": [low, high], "trainable_parameters": trainable,
             "train_seconds": 0.0 if baseline else manifest.get("wall_time_seconds"),
-            "latency_per_example_s": result.wall_time_s / max(result.data.get("rows") or 1, 1)}
+            "latency_per_example_s": result.model.get("seconds_per_example",
+                                                      result.wall_time_s / max(result.data.get("rows") or 1, 1))}
 
 
 def cost_table(refs: list[str]) -> dict[str, Any]:

@@ -92,6 +92,7 @@ class LabelLikelihood:
         self._header_cache: Any = None
         self._cache_kwarg: str | None = None
         self._memo: dict[str, np.ndarray] = {}
+        self._stats = {"rows": 0, "seconds": 0.0}  # shared with with_score() copies, like the memo
         self._prior: np.ndarray | None = None
         self._lengths = np.array([float(len(ids)) for ids in self.label_ids])
         if any(not ids for ids in self.label_ids):
@@ -149,8 +150,13 @@ class LabelLikelihood:
         """Summed label log-probabilities, memoised per text (other score modes on the same rows are free)."""
         missing = [t for t in dict.fromkeys(texts) if t not in self._memo]
         if missing:
+            import time
+
+            started = time.perf_counter()
             for text, row in zip(missing, self._raw_uncached(missing)):
                 self._memo[text] = row
+            self._stats["rows"] += len(missing)
+            self._stats["seconds"] += time.perf_counter() - started
         return np.stack([self._memo[t] for t in texts])
 
     def _raw_uncached(self, texts: list[str], use_picker: bool = True) -> np.ndarray:
@@ -260,7 +266,10 @@ class LabelLikelihood:
         return self._reduce(picked * mask)
 
     def classify(self, texts: list[str]) -> list[ClassPrediction]:
-        return predictions_from_scores(self.label_logprobs(list(texts)), self.labels)
+        out = predictions_from_scores(self.label_logprobs(list(texts)), self.labels)
+        # compute time per row, also for a score mode that re-used memoised forward passes
+        self.info["seconds_per_example"] = self._stats["seconds"] / max(self._stats["rows"], 1)
+        return out
 
     def generate(self, prompts: list[str], max_new_tokens: int) -> list[Generation]:
         raise ConfigError(f"baseline {self.name} only classifies", "use it with classification data")
