@@ -65,6 +65,18 @@ def step_curve(args) -> dict:
                "small_fraction=0.2", f"test_rows={args.limit}", f"output={OUT / 'curve'}")
 
 
+def versions(*packages: str) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in packages:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
 def load(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
@@ -103,12 +115,14 @@ def report(args, runs: dict) -> None:
            "runs": runs, "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                                      "load_average": os.getloadavg(),
                                      "note": "2-core host shared with other jobs (load average above)"},
-           "versions": {"python": platform.python_version()}, "command": "python benchmarks/baseline.py " +
+           "versions": {"python": platform.python_version(), **versions("torch", "transformers", "peft", "scikit-learn")}, "command": "python benchmarks/baseline.py " +
            " ".join(sys.argv[1:])}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "baseline.json").write_text(json.dumps(out, indent=2, default=str), encoding="utf-8")
     lines = ["# Banking77: prompt/embedding baselines vs fine-tuning (Q3) and learning curve (Q4)", "",
-             f"Command: `{out['command']}`  ", f"Machine: {out['machine']}", "",
+             f"Command: `{out['command']}`  ", f"Machine: {out['machine']}  ", f"Versions: {out['versions']}", "",
+             "Baselines: seeded samples of test.csv (`--limit` rows for MiniLM, `--lm-limit` for SmolLM2: 77 label "
+             "options per row on 2 shared cores); their Wilson intervals are wide at small n.", "",
              "| base | mode | rows | accuracy | 95% CI (Wilson) | macro F1 | s / example |",
              "| --- | --- | ---: | ---: | --- | ---: | ---: |"]
     lines += [f"| {b['base']} | {b['mode']} | {b['rows']} | {b['accuracy']:.4f} | [{b['ci95'][0]:.3f}, {b['ci95'][1]:.3f}] | "
