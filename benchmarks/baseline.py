@@ -108,6 +108,7 @@ def report(args, runs: dict) -> None:
         goals.append({"id": "Q4", "measure": "smallest data fraction reaching 95 % of full-data accuracy",
                       "value": hit["fraction"] if hit else None, "goal": "reported (curve PNG)",
                       "met": hit is not None, "curve_png": "baseline/curve/learning_curve.png",
+                      "missing_fractions": curve.get("missing_fractions", []),
                       "points": [{k: p[k] for k in ("fraction", "train_rows", "n_seeds", "mean", "low", "high")}
                                  for p in curve["curves"]["plain"]]})
     out = {"benchmark": "baseline", "goals": goals, "baselines": baselines, "fine_tuned": lora and

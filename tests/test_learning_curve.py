@@ -31,6 +31,14 @@ def test_smallest_fraction_reaching_95_percent_on_a_planted_curve():
     assert lc.smallest_reaching([{"fraction": 1.0, "mean": 0.5}], 0.95)["fraction"] == 1.0
 
 
+def test_no_95_percent_point_without_the_full_data_run():
+    cfg = lc.CurveConfig(fractions=[0.1, 0.5, 1.0])
+    runs = [{"fraction": f, "seed": 0, "arm": "plain", "train_rows": int(f * 100), "metric": "test_accuracy", "value": v}
+            for f, v in ((0.1, 0.3), (0.5, 0.6))]
+    report = lc.summarize(runs, cfg)
+    assert report["smallest_fraction_reaching_target"] is None and report["missing_fractions"] == [1.0]
+
+
 def test_t_interval():
     mean, low, high = lc.t_interval([0.5, 0.6, 0.7])
     assert mean == pytest.approx(0.6) and low < 0.5 and high > 0.7 and high - mean == pytest.approx(mean - low)

@@ -52,7 +52,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     hit = report.get("smallest_fraction_reaching_target")
     lines += ["", (f"Smallest fraction reaching {report['target']:.0%} of the full-data mean "
                    f"({hit['threshold']:.4f}): **{hit['fraction']:g}** (mean {hit['mean']:.4f})." if hit
-                   else f"No fraction reaches {report['target']:.0%} of the full-data mean (or the metric is a loss).")]
+                   else f"Not determined: no fraction reaches {report['target']:.0%} of the full-data mean, the metric is "
+                   "a loss, or the largest fraction was not measured.")]
+    if report.get("missing_fractions"):
+        lines += ["", f"Not measured (run interrupted): fractions {report['missing_fractions']}."]
     if report.get("augmentation"):
         lines += ["", "## Augmentation (augmented minus plain, paired by seed)", "",
                   "| fraction | seeds | mean diff | CI low | CI high | relative |", "| ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -189,9 +189,12 @@ def summarize(runs: list[dict[str, Any]], cfg: CurveConfig) -> dict[str, Any]:
         curves[arm] = points
     metric = runs[0]["metric"] if runs else None
     lower_is_better = bool(metric and metric.endswith("loss"))
-    reaching = None if lower_is_better or not curves.get("plain") else smallest_reaching(curves["plain"], cfg.target)
+    plain = curves.get("plain") or []
+    complete = bool(plain) and plain[-1]["fraction"] == max(cfg.fractions)  # the reference point is the largest fraction
+    reaching = smallest_reaching(plain, cfg.target) if complete and not lower_is_better else None
+    missing = [f for f in cfg.fractions if f not in {p["fraction"] for p in plain}]
     report = {"metric": metric, "target": cfg.target, "confidence": cfg.confidence, "curves": curves,
-              "smallest_fraction_reaching_target": reaching, "runs": runs,
+              "smallest_fraction_reaching_target": reaching, "missing_fractions": missing, "runs": runs,
               "config": cfg.model_dump(mode="json")}
     if cfg.compare == "augmentation":
         report["augmentation"] = augmentation_effect(runs, cfg)
