@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "tuneserve.commands.keys",
     "tuneserve.commands.search",
     "tuneserve.commands.rollout",
+    "tuneserve.commands.baseline",
 ]
 
 app = typer.Typer(

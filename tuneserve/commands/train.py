@@ -8,6 +8,7 @@
     tuneserve train cfg.yaml --backend ray --workers 8 --use-gpu --address auto       # on a Ray cluster
     tuneserve plan model=tiny-llama task=causal-lm rows=1000 gpu_memory_gb=24
     tuneserve compare training/configs/compare-tiny.yaml methods=[lora,full]
+    tuneserve compare --report evals/b77-smollm2/zero-shot-calibrated --report artifacts/minilm-intents.eval
 
 Heavy libraries (torch, transformers, peft) are imported inside the command bodies.
 """
@@ -79,6 +80,16 @@ def _compare(args: list[str] | None) -> None:
     console.print(f"[green]wrote[/] {result['markdown']}, {result['json']}, {result['plot']}")
 
 
+def _cost_table(reports: list[str], out: str) -> None:
+    from pathlib import Path
+
+    from training.evaluation.cost_table import cost_table, write_cost_table
+
+    paths = write_cost_table(cost_table(reports), Path(out))
+    console.print(paths["md"].read_text(encoding="utf-8"))
+    console.print(f"[green]wrote[/] {paths['md']}, {paths['json']}")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
@@ -103,6 +114,12 @@ def register(app: typer.Typer) -> None:
 
     @app.command("compare")
     def compare_cmd(args: list[str] | None = typer.Argument(None, help="optional CONFIG.yaml, then methods=[lora,full] "
-                                                                        "train.data.path=... output=...")) -> None:
-        """Train several methods on the same data; write a markdown/JSON table and a plot."""
+                                                                        "train.data.path=... output=..."),
+                    reports: list[str] = typer.Option([], "--report", help="Instead of training: eval report dirs "
+                                                      "(tuneserve baseline / evaluate) to tabulate with their cost."),
+                    out: str = typer.Option("evals/cost", "--out", "-o", help="--report: where the table goes.")) -> None:
+        """Train several methods on the same data, or (--report) put baselines and fine-tuned models side by side."""
+        if reports:
+            _cost_table(reports, out)
+            return
         _compare(args)
