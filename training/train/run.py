@@ -49,7 +49,8 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, dict[str, float]], None] | N
     device = pick_device(cfg)
     prep = prepare(cfg, device)
     cfg = prep.cfg
-    loop = TrainLoop(cfg, prep.model, prep.train_ex, prep.val_ex, prep.collate, device, prep.weights, prep.identity)
+    loop = TrainLoop(cfg, prep.model, prep.train_ex, prep.val_ex, prep.collate, device, prep.weights, prep.identity,
+                     adversary=prep.adversary)
     started = time.perf_counter()
     with RunReporter(cfg) as reporter:
         reporter.begin(loop.total_steps)
@@ -73,7 +74,7 @@ def refit(cfg: TrainConfig, prep, selected: LoopResult, device) -> tuple:
                                        "early_stopping": cfg.early_stopping.model_copy(update={"enabled": False})})
     fresh = prepare(refit_cfg, device)
     loop = TrainLoop(refit_cfg, fresh.model, fresh.train_ex + fresh.val_ex, [], fresh.collate, device, fresh.weights,
-                     fresh.identity)
+                     fresh.identity, adversary=fresh.adversary)
     result = loop.run()
     result.metrics = {**selected.metrics, "train_loss": result.metrics["train_loss"], "refit_steps": result.steps}
     return fresh, loop, result
