@@ -102,9 +102,10 @@ class Adversary:
         n_groups = len(groups)
         self.device = device
         hidden = options.hidden
-        layers: list[torch.nn.Module] = ([torch.nn.Linear(hidden_size, hidden), torch.nn.ReLU(),
-                                          torch.nn.Linear(hidden, n_groups)] if hidden else
-                                         [torch.nn.Linear(hidden_size, n_groups)])
+        # a parameter-free LayerNorm first: hidden states of different bases differ widely in scale
+        layers: list[torch.nn.Module] = [torch.nn.LayerNorm(hidden_size, elementwise_affine=False)]
+        layers += ([torch.nn.Linear(hidden_size, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, n_groups)] if hidden
+                   else [torch.nn.Linear(hidden_size, n_groups)])
         self.net = torch.nn.Sequential(*layers).to(device)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=options.lr)
         self.features: torch.Tensor | None = None
@@ -176,15 +177,22 @@ def attach_protected(examples: list[dict], ids: list[int]) -> list[dict]:
     return examples
 
 
+def protected_key(cfg: Any, splits: Any) -> str:
+    """The slice key the adversary predicts (checked against the data before any weights load)."""
+    from training.data.slices import resolve_slice_key
+
+    keys = sorted({k for row in splits.train for k in (row.get("slices") or {})})
+    key = resolve_slice_key(cfg.adversary.attribute, keys)
+    group_ids(splits.train, key)  # at least two groups
+    return key
+
+
 def build_adversary(cfg: Any, model: Any, splits: Any, train_ex: list[dict], val_ex: list[dict],
                     device: Any) -> Adversary | None:
     """The run's adversary (None without `debias: adversarial`); tags the examples with their group index."""
     if cfg.debias != "adversarial":
         return None
-    from training.data.slices import resolve_slice_key
-
-    keys = sorted({k for row in splits.train for k in (row.get("slices") or {})})
-    key = resolve_slice_key(cfg.adversary.attribute, keys)
+    key = protected_key(cfg, splits)
     train_ids, groups = group_ids(splits.train, key)
     attach_protected(train_ex, train_ids)
     attach_protected(val_ex, group_ids(splits.validation, key, groups)[0])

@@ -214,6 +214,10 @@ def prepare(cfg: TrainConfig, device: Any) -> Prepared:
     base_sha = fingerprint_model_dir(model_dir)
     splits = load_splits(cfg.data, cfg.task, cfg.seed)
     check_outputs(cfg.data, cfg.task, splits)
+    if cfg.debias != "none":
+        from training.train.debias import protected_key
+
+        protected_key(cfg, splits)  # a wrong adversary.attribute fails before the base loads
     tokenizer = load_tokenizer(model_dir, padding_side="right")
     recipe = pick_recipe(cfg, data_shape(cfg, splits, tokenizer))
     cfg = recipe.config
