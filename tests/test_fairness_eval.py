@@ -133,3 +133,27 @@ def test_evaluate_writes_slice_tables_and_flags(tmp_path):
     legacy.pop("fairness")  # a report written before slices existed still reads
     (out / "eval_report.json").write_text(json.dumps(legacy))
     assert read_eval_report(out).fairness == {}
+
+
+def test_compare_gives_a_paired_interval_of_the_gap(tmp_path):
+    from training.evaluation.compare import compare_results, write_compare_report
+
+    raw = tmp_path / "test.jsonl"
+    raw.write_text("".join(json.dumps({"text": f"row {i}", "label": "x" if i % 4 else "y", "group": "ab"[i % 2]}) + "\n"
+                           for i in range(80)))
+
+    class Oracle(AlwaysX):
+        name = "oracle"
+
+        def classify(self, texts):
+            return [ClassPrediction("y" if int(t.split()[1]) % 4 == 0 else "x", {"x": 0.5, "y": 0.5}) for t in texts]
+
+    cfg = load_config(EvalConfig, None, [f"data={raw}", "task=classification", "fairness.columns=[group]",
+                                         "bootstrap_resamples=200"])
+    a, _ = evaluate(cfg.model_copy(update={"out": str(tmp_path / "a")}), predictor=AlwaysX(), progress=False)
+    b, _ = evaluate(cfg.model_copy(update={"out": str(tmp_path / "b")}), predictor=Oracle(), progress=False)
+    table = compare_results(a, b, n_resamples=200)
+    gap = table["slice_gaps"][0]
+    assert gap["gap_a"] == pytest.approx(0.5) and gap["gap_b"] == 0 and gap["delta"] == pytest.approx(-0.5)
+    assert gap["high"] < 0
+    assert "Worst-slice gap" in write_compare_report(table, tmp_path / "cmp")["md"].read_text()
