@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--weight", type=float, default=1.0, help="adversary.weight (lambda)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--name", default="fairness", help="results file stem (benchmarks/results/NAME.json/.md)")
     args = parser.parse_args()
     import torch
 
@@ -126,7 +127,7 @@ def write_report(rows: list[dict], args: argparse.Namespace, load: tuple) -> Non
                           "note": "shared 2-core host (other jobs running); times are not clean"},
               "versions": {name: version(name) for name in ("torch", "transformers", "peft")}}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "fairness.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = ["# Fairness: adversarial debiasing vs none on a planted spurious attribute", "",
              "| goal | measure | value | target | met |", "|---|---|---|---|---|"]
     lines += [f"| {g['id']} | {g['measure']} | {g['value']} | {g['goal']} | {g['met']} |" for g in goals]
@@ -145,7 +146,7 @@ def write_report(rows: list[dict], args: argparse.Namespace, load: tuple) -> Non
                      f"({adv.get('adversary_majority', float('nan')):.3f}) |")
     lines += ["", f"Command: `{report['command']}`; {args.steps} steps, adversary.weight={args.weight}, schedule dann. "
               f"Machine: {report['machine']['platform']}, shared host, load at start {load}."]
-    (RESULTS / "fairness.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
