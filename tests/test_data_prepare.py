@@ -36,7 +36,9 @@ def test_prepare_demo_tickets_writes_the_contract(tmp_path):
     assert set(meta["fields"]) == {"text", "label"} and meta["class_weights"] is None
     ds = load_prepared(out)
     assert ds.rows == meta["rows"] and ds.fingerprint == result.fingerprint
-    assert all(set(r) <= {"text", "label", "augmented"} for split in ds.splits.values() for r in split)
+    assert all(set(r) <= {"text", "label", "augmented", "slices"} for split in ds.splits.values() for r in split)
+    assert meta["slices"] == ["column:channel", "keywords:payment"]  # the declared slices, on every row
+    assert all(set(r["slices"]) == set(meta["slices"]) for split in ds.splits.values() for r in split)
     assert any(r.get("augmented") for r in ds.splits["train"])
     assert not any(r.get("augmented") for s in ("validation", "test") for r in ds.splits[s])
     report = json.loads((out / "data_report.json").read_text())

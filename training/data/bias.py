@@ -12,13 +12,13 @@ Mitigation is a registry: `oversample` / `undersample` rebalance the train split
 from __future__ import annotations
 
 import random
-import re
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
 
 from training.data.config import BiasConfig
 from training.data.registry import registrar
+from training.data.slices import keyword_patterns
 from training.data.tasks import Row, TaskSpec
 
 
@@ -34,17 +34,12 @@ def imbalance_ratio(counts: dict[str, int]) -> float | None:
     return round(max(values) / min(values), 3) if values else None
 
 
-def _keyword_matchers(keywords: dict[str, list[str]]) -> dict[str, re.Pattern]:
-    return {name: re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
-            for name, words in keywords.items() if words}
-
-
 def slice_stats(splits: dict[str, list[Row]], cfg: BiasConfig, spec: TaskSpec) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for column in cfg.slices:
         per_split = {k: dict(Counter(str(r.extra.get(column)) for r in rows)) for k, rows in splits.items()}
         out[f"column:{column}"] = per_split
-    for name, pattern in _keyword_matchers(cfg.keywords).items():
+    for name, pattern in keyword_patterns(cfg.keywords).items():
         per_split: dict[str, Any] = {}
         for k, rows in splits.items():
             hits = [r for r in rows if pattern.search(spec.text(r.data))]

@@ -29,6 +29,7 @@ from training.data.prepared import (
     write_jsonl,
 )
 from training.data.report import write_report
+from training.data.slices import SLICES_FIELD, SliceMembership
 from training.data.split import find_leakage, fix_leakage, public, split_rows
 from training.data.tasks import Row, get_task
 
@@ -65,6 +66,14 @@ def _leakage(splits: dict[str, list[Row]], cfg: DataConfig, spec: Any, stratify:
         info["fix"] = fix_leakage(splits, before, spec, stratify, cfg.split.seed)
         info["after"] = public(find_leakage(splits, spec, cfg.split.near_dup_threshold))
     return info
+
+
+def with_slices(row: Row, member: SliceMembership, spec: Any) -> dict[str, Any]:
+    """The row as written; with declared slices, its membership in a `slices` field."""
+    out = row.output()
+    if member:
+        out[SLICES_FIELD] = member.of(spec.text(row.data), row.extra)
+    return out
 
 
 def prepare(cfg: DataConfig, progress: Any = None) -> PrepareResult:
@@ -111,7 +120,8 @@ def prepare(cfg: DataConfig, progress: Any = None) -> PrepareResult:
         added, report["augmentation"] = augment_rows(splits["train"], cfg.augmentation, spec)
         splits["train"] = splits["train"] + added
         steps.add("augment", n, len(splits["train"]))
-    out_rows = {k: [r.output() for r in v] for k, v in splits.items()}
+    member = SliceMembership.from_bias(cfg.bias)
+    out_rows = {k: [with_slices(r, member, spec) for r in v] for k, v in splits.items()}
     split_fps = {k: fingerprint_rows(v) for k, v in out_rows.items()}
     config_dump = cfg.model_dump(mode="json", exclude={"output"})
     fingerprint = dataset_fingerprint(split_fps, config_dump)
@@ -121,6 +131,8 @@ def prepare(cfg: DataConfig, progress: Any = None) -> PrepareResult:
             "fields": {f.name: f.kind for f in spec.fields}, "source": [s.path for s in cfg.sources],
             "name": cfg.name, "split_fingerprints": split_fps, "augmented_rows": sum(r.augmented for r in splits["train"]),
             "config_sha256": fingerprint_rows([config_dump])}
+    if member:
+        meta["slices"] = member.keys
     report.update(fingerprint=fingerprint, rows=meta["rows"], steps=steps.items, config=config_dump,
                   seconds=round(time.perf_counter() - start, 2))
 

@@ -2,7 +2,8 @@
 
 Headline metrics are shown with their delta (B - A); every per-example score the two results
 share (accuracy, EM, F1, sentence BLEU, ROUGE, NLL per token) gets a paired bootstrap
-confidence interval of the mean difference. Both results must come from the same rows (same
+confidence interval of the mean difference; each declared slice's worst-slice gap gets a paired
+interval of gap B - gap A (`slice_gaps`). Both results must come from the same rows (same
 data fingerprint), otherwise pairing is meaningless and a DataError is raised.
 
     table = compare_results(result_a, result_b, n_resamples=1000)
@@ -16,7 +17,7 @@ from typing import Any
 
 from training.artifact.errors import DataError
 from training.evaluation import plots
-from training.evaluation.metrics import paired_bootstrap
+from training.evaluation.metrics import paired_bootstrap, slice_gap_bootstrap
 from training.evaluation.render import html_image, html_notes, html_page, html_table, md_table, write_json, write_text
 from training.evaluation.report import EvalResult
 
@@ -43,7 +44,24 @@ def compare_results(a: EvalResult, b: EvalResult, n_resamples: int = 1000, confi
         paired.append({"metric": metric, **boot.to_dict()})
     return {"task": a.task, "a": {"name": a.name, "model": a.model, "metrics": a.metrics},
             "b": {"name": b.name, "model": b.model, "metrics": b.metrics}, "data": a.data,
-            "headline": headline, "paired_bootstrap": paired}
+            "headline": headline, "paired_bootstrap": paired,
+            "slice_gaps": paired_slice_gaps(a, b, n_resamples, confidence, seed)}
+
+
+def paired_slice_gaps(a: EvalResult, b: EvalResult, n_resamples: int, confidence: float, seed: int) -> list[dict]:
+    """Worst-slice gap of A and B on the same rows, with a paired bootstrap interval of gap B - gap A."""
+    metric = (a.fairness or {}).get("metric")
+    if not metric or metric not in b.per_sample or len(a.samples) != len(a.per_sample[metric]):
+        return []
+    out = []
+    for entry in a.fairness["slices"]:
+        if "gap" not in entry:
+            continue
+        groups = [str((s.get("slices") or {}).get(entry["slice"])) for s in a.samples]
+        boot = slice_gap_bootstrap(a.per_sample[metric], groups, n_resamples, confidence, seed,
+                                   scores_b=b.per_sample[metric])
+        out.append({"slice": entry["slice"], "metric": metric, "gap_a": boot["gap"], **boot["paired"]})
+    return out
 
 
 def _paired_rows(table: dict[str, Any]) -> list[list[Any]]:
@@ -66,6 +84,12 @@ def write_compare_report(table: dict[str, Any], out: Path) -> dict[str, Path]:
                 ("Paired bootstrap", html_table(PAIRED_HEADERS, _paired_rows(table)) + html_notes([note]))]
     md = [f"# {title}", "", "## Headline metrics", md_table(["metric", "A", "B", "delta B-A"], headline), "",
           "## Paired bootstrap", md_table(PAIRED_HEADERS, _paired_rows(table)), "", note]
+    if table.get("slice_gaps"):
+        gap_rows = [[r["slice"], r["metric"], r["gap_a"], r["gap_b"], r["delta"], r["low"], r["high"]]
+                    for r in table["slice_gaps"]]
+        headers = ["slice", "metric", "gap A", "gap B", "delta B-A", "CI low", "CI high"]
+        sections.append(("Worst-slice gap (paired bootstrap)", html_table(headers, gap_rows)))
+        md += ["", "## Worst-slice gap (paired bootstrap)", md_table(headers, gap_rows)]
     if table["paired_bootstrap"]:
         paths["png"] = plots.delta_png(table["paired_bootstrap"], out / "compare.png")
         sections.append(("Deltas", html_image(paths["png"])))

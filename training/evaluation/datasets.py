@@ -7,6 +7,9 @@ CSV). `limit` draws a seeded random sample, so a subset covers all classes of a 
 
     data = load_eval_data("../shared/data/squad_v1.1_dev/squad_v1.1_dev_subset2k.jsonl", task="qa", limit=200)
     data.rows[0]    # {"context", "question", "answers": [...]}
+
+Rows may carry a `slices` field (`{"column:group": "a", "keywords:women": "yes"}`): prepared
+datasets with declared slices store it; `slices=SliceMembership(columns, keywords)` adds it here.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from training.artifact.errors import ConfigError, DataError
+from training.data.slices import SLICES_FIELD, SliceMembership
 
 DATASET_META = "dataset.json"
 
@@ -57,7 +61,8 @@ def _read_prepared(path: Path, split: str) -> tuple[str, list[dict[str, Any]], l
     return meta["task"], rows, meta.get("labels")
 
 
-def _read_raw(path: Path, task: str, columns: dict[str, str]) -> tuple[list[dict[str, Any]], int]:
+def _read_raw(path: Path, task: str, columns: dict[str, str],
+              member: SliceMembership | None = None) -> tuple[list[dict[str, Any]], int]:
     from training.data.readers import BadRecord, infer_format, read_source
     from training.data.tasks import FieldProblem, get_task
 
@@ -69,14 +74,31 @@ def _read_raw(path: Path, task: str, columns: dict[str, str]) -> tuple[list[dict
             continue
         mapped = {**record, **{name: record.get(col) for name, col in columns.items()}}
         try:
-            rows.append(spec.coerce(mapped))
+            row = spec.coerce(mapped)
         except FieldProblem:
             skipped += 1
+            continue
+        if member:
+            row[SLICES_FIELD] = member.of(spec.text(row), record)
+        rows.append(row)
     return rows, skipped
 
 
+def _add_keyword_slices(rows: list[dict[str, Any]], task: str, member: SliceMembership) -> None:
+    """Keyword groups of the eval config on rows that came with their own (prepared) slices."""
+    from training.data.tasks import get_task
+
+    spec, keywords = get_task(task), member.keywords_only()
+    for row in rows:
+        text = spec.text({k: v for k, v in row.items() if k != SLICES_FIELD})
+        row[SLICES_FIELD] = {**row.get(SLICES_FIELD, {}), **keywords.of(text, {})}
+
+
 def load_eval_data(source: str | Path, task: str | None = None, split: str = "test",
-                   columns: dict[str, str] | None = None, limit: int | None = None, seed: int = 0) -> EvalData:
+                   columns: dict[str, str] | None = None, limit: int | None = None, seed: int = 0,
+                   slices: SliceMembership | None = None) -> EvalData:
+    """Rows to evaluate; `slices` (eval-time slice columns of a raw file, keyword groups of any
+    data) adds to the `slices` field that prepared rows may already carry."""
     path = Path(source)
     if not path.exists():
         raise DataError(f"evaluation data {path} does not exist", "pass --data PREPARED_DIR or a JSONL/JSON/CSV file")
@@ -87,10 +109,12 @@ def load_eval_data(source: str | Path, task: str | None = None, split: str = "te
         if task and task != found:
             raise ConfigError(f"prepared dataset {path} is for task {found!r}, not {task!r}", "drop task= or fix it")
         task = found
+        if slices and slices.patterns:
+            _add_keyword_slices(rows, task, slices)
     elif task is None:
         raise ConfigError(f"cannot tell the task of {path}", "pass --task classification|instruction|qa|text")
     else:
-        rows, skipped = _read_raw(path, task, columns or {})
+        rows, skipped = _read_raw(path, task, columns or {}, slices)
     if not rows:
         raise DataError(f"no usable {task} rows in {path} ({skipped} skipped)",
                         "check the task and the column mapping (columns.label=category)")

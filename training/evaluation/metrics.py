@@ -6,6 +6,7 @@ expected calibration error, perplexity and the paired bootstrap are small enough
     classification_report(["a", "b"], ["a", "a"], confidences=[0.9, 0.6])
     squad_em_f1("The Eiffel Tower", ["eiffel tower"])      # (1.0, 1.0)
     paired_bootstrap(scores_a, scores_b, n_resamples=1000) # BootstrapResult(delta, low, high, p_value)
+    slice_gap_bootstrap(scores, groups)                    # {"gap", "low", "high", "best", "worst", "groups"}
 """
 
 from __future__ import annotations
@@ -198,3 +199,53 @@ def paired_bootstrap(scores_a: Sequence[float], scores_b: Sequence[float], n_res
     p_value = float(min(1.0, max(2 * opposite, 1.0 / n_resamples)))
     return BootstrapResult(float(a.mean()), float(b.mean()), observed, float(low), float(high), confidence,
                            p_value, int(a.size), n_resamples)
+
+
+def _group_means(scores: np.ndarray, groups: list[np.ndarray], rng: np.random.Generator, n: int) -> np.ndarray:
+    """(n, len(groups)) resampled group means: each group's rows drawn with replacement within it."""
+    return np.stack([scores[idx[rng.integers(0, idx.size, size=(n, idx.size))]].mean(axis=1) for idx in groups], axis=1)
+
+
+def slice_gap_bootstrap(scores: Sequence[float], groups: Sequence[str], n_resamples: int = 1000,
+                        confidence: float = 0.95, seed: int = 0,
+                        scores_b: Sequence[float] | None = None) -> dict:
+    """Worst-slice gap = best group's mean score minus worst group's, with a stratified bootstrap CI.
+
+    Rows are resampled within each group (group sizes stay fixed) and the gap is recomputed on each
+    resample, best and worst re-chosen every time. With `scores_b` (a second model's scores on the same
+    rows) the same draws are applied to both, giving a paired interval of `gap_b - gap_a` as `delta`."""
+    a = np.asarray(scores, dtype=float)
+    labels = np.asarray([str(g) for g in groups])
+    if a.ndim != 1 or a.shape != labels.shape:
+        raise ValueError(f"scores and groups need equal lengths, got {a.shape} and {labels.shape}")
+    names = sorted(set(labels.tolist()))
+    if len(names) < 2:
+        raise ValueError("a slice gap needs at least two groups")
+    index = [np.flatnonzero(labels == name) for name in names]
+    b = None if scores_b is None else np.asarray(scores_b, dtype=float)
+    if b is not None and b.shape != a.shape:
+        raise ValueError(f"paired scores need equal lengths, got {a.shape} and {b.shape}")
+    rng = np.random.default_rng(seed)
+    gaps_a, gaps_b = np.empty(n_resamples), np.empty(n_resamples)
+    for start in range(0, n_resamples, 256):
+        stop = min(start + 256, n_resamples)
+        state = rng.bit_generator.state
+        means = _group_means(a, index, rng, stop - start)
+        gaps_a[start:stop] = means.max(axis=1) - means.min(axis=1)
+        if b is not None:  # replay the same draws on model B's scores
+            rng.bit_generator.state = state
+            means = _group_means(b, index, rng, stop - start)
+            gaps_b[start:stop] = means.max(axis=1) - means.min(axis=1)
+    alpha = (1 - confidence) / 2
+    observed = {name: float(a[idx].mean()) for name, idx in zip(names, index)}
+    best, worst = max(observed, key=observed.get), min(observed, key=observed.get)
+    low, high = np.quantile(gaps_a, [alpha, 1 - alpha])
+    out = {"gap": observed[best] - observed[worst], "low": float(low), "high": float(high), "best": best,
+           "worst": worst, "groups": observed, "confidence": confidence, "n_resamples": n_resamples}
+    if b is not None:
+        observed_b = [float(b[idx].mean()) for idx in index]
+        gap_b = max(observed_b) - min(observed_b)
+        diff = gaps_b - gaps_a
+        d_low, d_high = np.quantile(diff, [alpha, 1 - alpha])
+        out["paired"] = {"gap_b": gap_b, "delta": gap_b - out["gap"], "low": float(d_low), "high": float(d_high)}
+    return out

@@ -1,7 +1,8 @@
 """Evaluation results on disk: `eval_report.json`, `.md`, `.html` (plots embedded), `samples.jsonl` and PNGs.
 
 `eval_report.json` holds everything needed to compare runs later (metrics, details,
-per-example scores, data fingerprint, model facts); `samples.jsonl` one record per example.
+per-example scores, data fingerprint, model facts, and `fairness`: the metric per declared
+slice with the worst-slice gap and its flags); `samples.jsonl` one record per example.
 
     result = EvalResult(...)
     write_eval_report(result, Path("artifacts/my-adapter.eval"))
@@ -17,6 +18,7 @@ from typing import Any
 
 from training.artifact.errors import DataError
 from training.evaluation import plots
+from training.evaluation.fairness import GAP_HEADERS, GROUP_HEADERS, gap_rows, group_rows
 from training.evaluation.render import (
     html_image,
     html_notes,
@@ -47,6 +49,7 @@ class EvalResult:
     created_at: str = ""
     plots: list[str] = field(default_factory=list)
     tracking: dict[str, Any] = field(default_factory=dict)
+    fairness: dict[str, Any] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     @property
@@ -91,6 +94,17 @@ def _example_rows(result: EvalResult, limit: int = 20) -> tuple[list[str], list[
     return keys, rows
 
 
+def _fairness_sections(result: EvalResult) -> list[tuple[str, list[str], list[list[Any]]]]:
+    """(title, headers, rows) of the slice tables; none when the data declared no slices."""
+    report = result.fairness
+    if not report:
+        return []
+    sections = [("Slices", [*GROUP_HEADERS, report["metric"]], group_rows(report))]
+    if gap_rows(report):
+        sections.append((f"Worst-slice gap (threshold {report['threshold']})", GAP_HEADERS, gap_rows(report)))
+    return sections
+
+
 def render_markdown(result: EvalResult) -> str:
     parts = [f"# Evaluation: {result.name} on {result.task}", "",
              f"Data: `{result.data.get('source')}` ({result.data.get('rows')} rows, fingerprint "
@@ -98,6 +112,11 @@ def render_markdown(result: EvalResult) -> str:
              "## Metrics", md_table(["metric", "value"], _metric_rows(result)), ""]
     if result.details.get("per_class"):
         parts += ["## Per class", md_table(["label", "precision", "recall", "f1", "support"], _per_class_rows(result)), ""]
+    for title, headers, rows in _fairness_sections(result):
+        parts += [f"## {title}", md_table(headers, rows), ""]
+    if result.fairness:
+        parts += [f"_{result.fairness['definition']}_", "",
+                  *[f"- **flag**: {flag}" for flag in result.fairness["flags"]], ""]
     parts += [f"![{p}]({p})" for p in result.plots]
     keys, rows = _example_rows(result)
     if rows:
@@ -116,6 +135,10 @@ def render_html(result: EvalResult, out: Path) -> str:
     if result.details.get("per_class"):
         sections.append(("Per class", html_table(["label", "precision", "recall", "f1", "support"],
                                                  _per_class_rows(result))))
+    sections += [(title, html_table(headers, rows)) for title, headers, rows in _fairness_sections(result)]
+    if result.fairness:
+        sections.append(("Slice flags", html_notes([result.fairness["definition"],
+                                                    *[f"flag: {f}" for f in result.fairness["flags"]]])))
     sections += [(p.removesuffix(".png").replace("_", " ").capitalize(), html_image(out / p)) for p in result.plots]
     keys, rows = _example_rows(result)
     if rows:

@@ -1,5 +1,9 @@
 """`evaluate` and `compare`: data + model -> task runner -> reports on disk -> tracked run.
 
+Rows with slice membership (a prepared dataset with declared slices, or `fairness.columns` /
+`fairness.keywords`) add the metric per slice, the worst-slice gap with its bootstrap interval and
+flags over `fairness.threshold` (`training.evaluation.fairness`).
+
 Reports go to `cfg.out`, by default `<artifact>.eval/` next to an artifact (artifacts are
 immutable and checksummed, so results are never written into them) or
 `evals/<endpoint-model>/` for a server. The same numbers are logged to MLflow/TensorBoard.
@@ -23,6 +27,7 @@ from pydantic import Field
 from training.artifact.config import StrictModel
 from training.evaluation.compare import compare_results, write_compare_report
 from training.evaluation.datasets import load_eval_data
+from training.evaluation.fairness import FairnessOptions, slice_report
 from training.evaluation.predictions import Predictor
 from training.evaluation.predictor import BASELINE_PREFIX, is_endpoint, open_predictor, split_endpoint
 from training.evaluation.report import REPORT_NAME, EvalResult, read_eval_report, write_eval_report
@@ -53,6 +58,7 @@ class EvalConfig(StrictModel):
     out: str | None = None
     bootstrap_resamples: int = Field(1000, ge=100)
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    fairness: FairnessOptions = Field(default_factory=FairnessOptions)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     baseline: str | None = Field(None, description="preference data: the adapter to compute a win rate against "
                                  "(e.g. the SFT-only adapter; training.evaluation.preference)")
@@ -90,7 +96,8 @@ def evaluate(cfg: EvalConfig, predictor: Predictor | None = None, progress: bool
 
     if cfg.data is None:
         raise ConfigError("no evaluation data given", "pass --data PREPARED_DIR or a JSONL/JSON/CSV file with --task")
-    data = load_eval_data(cfg.data, cfg.task, cfg.split, cfg.columns, cfg.limit, cfg.seed)
+    data = load_eval_data(cfg.data, cfg.task, cfg.split, cfg.columns, cfg.limit, cfg.seed,
+                          slices=cfg.fairness.membership())
     if data.task == "preference":
         return _evaluate_preference(cfg, data, out)
     own = predictor is None
@@ -111,13 +118,20 @@ def evaluate(cfg: EvalConfig, predictor: Predictor | None = None, progress: bool
                         settings=cfg.public(), metrics=task_result.metrics, per_sample=task_result.per_sample,
                         details=task_result.details, notes=task_result.notes, wall_time_s=wall,
                         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), samples=task_result.samples)
+    for sample, row in zip(result.samples, data.rows):
+        if "slices" in row:
+            sample["slices"] = row["slices"]
+    result.fairness = slice_report(data.rows, task_result.per_sample, data.task, cfg.fairness,
+                                   cfg.bootstrap_resamples, cfg.confidence, cfg.seed)
+    result.notes += [f"slice flag: {flag}" for flag in result.fairness.get("flags", [])]
     run = _start_run(cfg, f"evaluate:{predictor.name}", {**cfg.public(), "data_fingerprint": data.fingerprint},
                      {"task": data.task, "model": predictor.name,
                       **{f"model.{k}": v for k, v in predictor.info.items() if v is not None}})
     with run:
         result.tracking = {"run_id": run.run_id, "backends": run.active, "uri": cfg.tracking.uri}
         paths = write_eval_report(result, out)
-        run.log_metrics(result.metrics | {"wall_time_s": wall, "rows": len(data.rows)}, step=0)
+        gaps = {f"slice_gap.{s['slice']}": s["gap"] for s in result.fairness.get("slices", []) if "gap" in s}
+        run.log_metrics(result.metrics | gaps | {"wall_time_s": wall, "rows": len(data.rows)}, step=0)
         for key in ("json", "md", "html", *result.plots):
             run.log_artifact(paths[key])
     return result, out

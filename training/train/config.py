@@ -72,6 +72,18 @@ class Ia3Options(StrictModel):
     feedforward_modules: list[str] | None = None
 
 
+class AdversaryOptions(StrictModel):
+    """`debias: adversarial`: a gradient-reversal adversary predicting a protected attribute (training.train.debias)."""
+
+    attribute: str | None = Field(None, description="the protected attribute: a slice of the prepared data "
+                                  "(a bias.slices column such as `group`, or `keywords:<name>`)")
+    weight: float = Field(1.0, ge=0.0, description="lambda: scale of the reversed gradient into the encoder")
+    schedule: Literal["constant", "linear", "dann"] = Field(
+        "dann", description="lambda over training progress p: constant, linear (p), dann (2/(1+exp(-10p))-1)")
+    hidden: int = Field(64, ge=0, description="adversary MLP width (0: a linear adversary)")
+    lr: float = Field(1e-3, gt=0, description="the adversary's own AdamW learning rate")
+
+
 class OptimConfig(StrictModel):
     lr: float | Literal["auto"] = Field(2e-4, description="peak learning rate (auto: picked from method and task, "
                                         "see training.train.recipes)")
@@ -211,6 +223,10 @@ class TrainConfig(StrictModel):
     evaluate_test: bool = Field(True, description="report test_* metrics when the data has a test split")
     merge: bool = Field(False, description="also write a merged full model (LoRA-family methods)")
     profile: ProfileOptions = Field(default_factory=ProfileOptions)
+    debias: Literal["none", "adversarial"] = Field(
+        "none", description="adversarial: train against an adversary predicting adversary.attribute from the "
+        "pooled representation (classification; the adversary is not saved)")
+    adversary: AdversaryOptions = Field(default_factory=AdversaryOptions)
     progress: bool = True
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     tracking: TrainTracking = Field(default_factory=TrainTracking)
@@ -234,6 +250,13 @@ class TrainConfig(StrictModel):
         if self.preference.reference == "adapter-disabled" and self.method == "full":
             raise ValueError("preference.reference=adapter-disabled needs a PEFT method (full fine-tuning has no "
                              "adapter to disable); use reference=precomputed")
+        if self.debias == "adversarial":
+            if self.task != "classification":
+                raise ValueError("debias=adversarial needs task=classification (it reads the classifier's pooled input)")
+            if not self.adversary.attribute:
+                raise ValueError("debias=adversarial needs adversary.attribute (a slice of the prepared data, e.g. group)")
+            if self.distributed.backend == "ray":
+                raise ValueError("debias=adversarial runs in one process for now; use distributed.backend=local")
         workers = self.distributed.workers
         if self.batch_size % workers:
             raise ValueError(f"batch_size {self.batch_size} is the global batch and must be a multiple of "

@@ -135,7 +135,10 @@ def _classification_rows(rows: list[dict[str, Any]], cfg: DataConfig, where: str
         if text_key not in row or label_key not in row:
             raise DataError(f"{where} row {i} lacks {text_key!r} or {label_key!r} (has {sorted(row)})",
                             "set data.text_field / data.label_field to the right column names")
-        out.append({"text": str(row[text_key]), "label": str(row[label_key])})
+        kept = {"text": str(row[text_key]), "label": str(row[label_key])}
+        if isinstance(row.get("slices"), dict):  # slice membership, for debias=adversarial
+            kept["slices"] = row["slices"]
+        out.append(kept)
     return out
 
 

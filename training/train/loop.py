@@ -15,6 +15,9 @@ without improvement.
     loop = TrainLoop(cfg, model, train_examples, val_examples, collate, device)   # cfg.task picks the loss
     result = loop.run(resume_from=latest_checkpoint(cfg.checkpoint_path()))
 
+With `debias: adversarial` the loop adds the adversary's loss (its gradient reversed into the
+encoder, `training.train.debias`) to every micro-batch and reports its accuracy at the end.
+
 One code path for one process and for N data-parallel workers: the loop trains through a
 collective (`training.train.collective`: `Solo` or `TorchCollective`), which gives each rank its slice of every global
 batch, syncs gradients once per optimizer step and averages the reported loss and metrics.
@@ -82,7 +85,7 @@ class TrainLoop:
                  collate: Callable[[list[dict]], dict], device: Any,
                  class_weights: list[float] | None = None, identity: dict[str, Any] | None = None,
                  collective: Solo | None = None, checkpoint: SaveCheckpoint | None = None,
-                 objective: Any = None) -> None:
+                 objective: Any = None, adversary: Any = None) -> None:
         import torch
 
         self.cfg, self.model, self.train, self.validation = cfg, model, train, validation
@@ -92,6 +95,7 @@ class TrainLoop:
         self.collective = collective or Solo()
         self.forward = self.collective.forward_model(model)
         self.save = checkpoint or self._save_local
+        self.adversary = adversary  # training.train.debias.Adversary: adds its reversed-gradient loss
         self.class_weights = torch.tensor(class_weights, dtype=torch.float32, device=device) if class_weights else None
         self.batches_per_epoch = math.ceil(len(train) / cfg.batch_size)
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.batches_per_epoch / cfg.grad_accum))
@@ -228,8 +232,12 @@ class TrainLoop:
             with self.collective.no_sync(last=k == accum - 1):
                 whole = self.global_batch(step * accum + k)
                 rows = self.collective.shard(whole)
-                loss, _, _ = self._forward_loss(self.collate(rows))
+                batch = self.collate(rows)
+                loss, _, _ = self._forward_loss(batch)
                 loss = loss * self._share(rows, whole)
+                if self.adversary is not None:
+                    loss = loss + self.adversary.loss(batch.get("attention_mask"), [r["protected"] for r in rows],
+                                                      step / self.total_steps)
                 if self.cfg.optim.l1:
                     loss = loss + self._penalty()
                 (loss / accum).backward()
@@ -238,6 +246,8 @@ class TrainLoop:
             self.collective.clip(self.params, self.cfg.optim.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.adversary is not None:
+            self.adversary.step()
         return self.collective.mean([accumulated])[0]
 
     @property
@@ -322,6 +332,9 @@ class TrainLoop:
             metrics["train_loss_first"] = state["history"][0]["loss"]
         if state["best_step"] is not None:
             metrics.update({"best_step": state["best_step"], f"best_{self.selection_metric}": state["best"]})
+        if self.adversary is not None:
+            metrics.update(self.adversary.metrics(self.model, self.validation, self.collate, self.cfg.batch_size * 2))
+            self.adversary.close()
         return LoopResult(steps=last, metrics=metrics, history=state["history"],
                           stopped_early=stopped, samples=state["samples"], train_seconds=state["train_seconds"],
                           resumed_from=resumed)

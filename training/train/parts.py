@@ -195,6 +195,7 @@ class Prepared:
     weights: list[float] | None
     trainable: int
     objective: Any = None  # a PreferenceObjective (objective dpo/orpo/kto), else None
+    adversary: Any = None  # training.train.debias.Adversary with debias=adversarial (never saved)
 
 
 def start_from_adapter(cfg: TrainConfig, model: Any, base_sha: str):
@@ -239,6 +240,10 @@ def prepare(cfg: TrainConfig, device: Any) -> Prepared:
     base_sha = fingerprint_model_dir(model_dir)
     splits = load_splits(cfg.data, cfg.task, cfg.seed, cfg.objective)
     check_outputs(cfg.data, cfg.task, splits)
+    if cfg.debias != "none":
+        from training.train.debias import protected_key
+
+        protected_key(cfg, splits)  # a wrong adversary.attribute fails before the base loads
     tokenizer = load_tokenizer(model_dir, padding_side="right")
     recipe = pick_recipe(cfg, data_shape(cfg, splits, tokenizer))
     cfg = recipe.config
@@ -260,10 +265,24 @@ def prepare(cfg: TrainConfig, device: Any) -> Prepared:
                 "grad_accum": cfg.grad_accum, "seed": cfg.seed}
     balanced = splits.class_weights and cfg.class_weighting == "balanced"
     weights = [splits.class_weights[label] for label in splits.labels] if balanced else None
+    train_ex, val_ex = enc(splits.train), enc(splits.validation)
+    adversary = None
+    if cfg.debias != "none":
+        from training.train.debias import build_adversary
+
+        adversary = build_adversary(cfg, model, splits, train_ex, val_ex, device)
     return Prepared(cfg=cfg, method=method, base_sha=base_sha, splits=splits, tokenizer=tokenizer, model=model, enc=enc,
                     collate=collate, template=template, train_ex=train_ex, val_ex=val_ex,
                     identity=identity, weights=weights, objective=objective,
-                    trainable=sum(p.numel() for p in model.parameters() if p.requires_grad))
+                    trainable=sum(p.numel() for p in model.parameters() if p.requires_grad), adversary=adversary)
+
+
+def debias_info(cfg: TrainConfig, prep: Prepared) -> dict[str, Any]:
+    """What the manifest says about debiasing (the adversary itself is not in the artifact)."""
+    if prep.adversary is None:
+        return {"debias": "none"}
+    return {"debias": cfg.debias, "adversary": {**cfg.adversary.model_dump(), "slice": prep.adversary.key,
+                                                "groups": prep.adversary.groups}}
 
 
 def init_lineage(cfg: TrainConfig) -> dict[str, Any] | None:
@@ -284,7 +303,7 @@ def describe(cfg: TrainConfig, prep: Prepared, result: LoopResult, wall: float) 
     return Manifest(
         name=cfg.artifact_name(), kind="full-model" if prep.method.build is None else "adapter", task=cfg.task,
         base=BaseRef(id=cfg.base, sha256=prep.base_sha), method=cfg.method,
-        hyperparameters=hyperparameters(cfg, prep.method, result.steps),
+        hyperparameters={**hyperparameters(cfg, prep.method, result.steps), **debias_info(cfg, prep)},
         tokenizer=tokenizer_info(tokenizer, prep.template.describe() if prep.template else {"template": None}),
         data=DataRef(fingerprint=splits.fingerprint, rows=len(splits.train), source=splits.source,
                      splits=splits.info["rows"]),

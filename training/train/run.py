@@ -50,7 +50,7 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, dict[str, float]], None] | N
     prep = prepare(cfg, device)
     cfg = prep.cfg
     loop = TrainLoop(cfg, prep.model, prep.train_ex, prep.val_ex, prep.collate, device, prep.weights, prep.identity,
-                     objective=prep.objective)
+                     objective=prep.objective, adversary=prep.adversary)
     started = time.perf_counter()
     with RunReporter(cfg) as reporter:
         reporter.begin(loop.total_steps)
@@ -74,7 +74,7 @@ def refit(cfg: TrainConfig, prep, selected: LoopResult, device) -> tuple:
                                        "early_stopping": cfg.early_stopping.model_copy(update={"enabled": False})})
     fresh = prepare(refit_cfg, device)
     loop = TrainLoop(refit_cfg, fresh.model, fresh.train_ex + fresh.val_ex, [], fresh.collate, device, fresh.weights,
-                     fresh.identity, objective=fresh.objective)
+                     fresh.identity, objective=fresh.objective, adversary=fresh.adversary)
     result = loop.run()
     result.metrics = {**selected.metrics, "train_loss": result.metrics["train_loss"], "refit_steps": result.steps}
     return fresh, loop, result

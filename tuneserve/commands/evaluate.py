@@ -81,6 +81,11 @@ def evaluate_command(
         return
     result, where = evaluate(cfg, progress=progress)
     _print_metrics(f"{result.name} on {result.task} ({result.data['rows']} rows)", list(result.metrics.items()))
+    for entry in result.fairness.get("slices", []):
+        if "gap" in entry:
+            console.print(f"  slice {entry['slice']}: {result.fairness['metric']} gap {entry['gap']:.4f} "
+                          f"[{entry['low']:.4f}, {entry['high']:.4f}] worst {entry['worst']!r}"
+                          + (" [red]FLAGGED[/]" if entry["flagged"] else ""))
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
     console.print(f"report: [bold]{where}/eval_report.html[/]  (MLflow run {result.tracking.get('run_id')})")
