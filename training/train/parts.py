@@ -29,6 +29,7 @@ from training.train.config import TrainConfig
 from training.train.data import Splits, load_splits
 from training.train.loop import LoopResult, TrainLoop
 from training.train.methods import Method, get_method
+from training.train.packing import check_packable, collate_packed, pack_examples, packing_report
 from training.train.recipes import data_shape, pick_recipe
 from training.train.output import (
     hyperparameters,
@@ -108,6 +109,8 @@ def encoder(cfg: TrainConfig, splits: Splits, tokenizer: Any) -> tuple[Any, Any,
         return enc, lambda b: pad_classification(b, pad_id), None
     template = PromptTemplate.for_tokenizer(tokenizer)
     enc = lambda rows: [template.encode(r, tokenizer, cfg.data.max_length) for r in rows]
+    if cfg.packing:
+        return enc, lambda b: collate_packed(b, pad_id), template
     return enc, lambda b: pad_causal(b, pad_id), template
 
 
@@ -124,7 +127,8 @@ def prompt_texts(rows: list[dict], tokenizer: Any, template: PromptTemplate | No
     """What the model reads of each row: the text (classifier) or the rendered prompt without the answer."""
     if template is None:
         return [r["text"] for r in rows]
-    return [template.render_prompt(tokenizer, r["instruction"], r["input"]) for r in rows]
+    return [template.render_chat_prompt(tokenizer, r["messages"]) if "messages" in r
+            else template.render_prompt(tokenizer, r["instruction"], r["input"]) for r in rows]
 
 
 def profile_inputs(cfg: TrainConfig, splits: Splits, tokenizer: Any, template: PromptTemplate | None) -> list[str]:
@@ -185,6 +189,7 @@ class Prepared:
     identity: dict[str, Any]
     weights: list[float] | None
     trainable: int
+    packing: dict[str, Any] | None = None
 
 
 def resume_point(cfg: TrainConfig) -> Path | None:
@@ -224,12 +229,21 @@ def prepare(cfg: TrainConfig, device: Any) -> Prepared:
     enc, collate, template = encoder(cfg, splits, tokenizer)
     identity = {"base_sha256": base_sha, "method": cfg.method, "data": splits.fingerprint, "batch_size": cfg.batch_size,
                 "grad_accum": cfg.grad_accum, "seed": cfg.seed}
+    train_ex, packing = enc(splits.train), None
+    if cfg.packing:
+        check_packable(cfg.method, cfg.task, getattr(model.config, "_attn_implementation", None))
+        packed = pack_examples(train_ex, cfg.packing_max_length or cfg.data.max_length)
+        packing = packing_report(train_ex, packed, cfg.batch_size)
+        train_ex, identity["packing"] = packed, cfg.packing_max_length or cfg.data.max_length
+        if cfg.progress:
+            print(f"packing: {packing['examples']} examples -> {packing['packed_rows']} rows; padding "
+                  f"{packing['padding_fraction_unpacked']:.1%} -> {packing['padding_fraction_packed']:.1%}", file=sys.stderr)
     balanced = splits.class_weights and cfg.class_weighting == "balanced"
     weights = [splits.class_weights[label] for label in splits.labels] if balanced else None
     return Prepared(cfg=cfg, method=method, base_sha=base_sha, splits=splits, tokenizer=tokenizer, model=model, enc=enc,
-                    collate=collate, template=template, train_ex=enc(splits.train), val_ex=enc(splits.validation),
+                    collate=collate, template=template, train_ex=train_ex, val_ex=enc(splits.validation),
                     identity=identity, weights=weights,
-                    trainable=sum(p.numel() for p in model.parameters() if p.requires_grad))
+                    trainable=sum(p.numel() for p in model.parameters() if p.requires_grad), packing=packing)
 
 
 def describe(cfg: TrainConfig, prep: Prepared, result: LoopResult, wall: float) -> Manifest:
@@ -242,6 +256,8 @@ def describe(cfg: TrainConfig, prep: Prepared, result: LoopResult, wall: float) 
         data=DataRef(fingerprint=splits.fingerprint, rows=len(splits.train), source=splits.source,
                      splits=splits.info["rows"]),
         metrics={**result.metrics, "steps": result.steps, "samples_per_second": result.samples / max(result.train_seconds, 1e-9),
+                 "train_tokens_per_second": result.tokens / max(result.train_seconds, 1e-9),
+                 **({"packing": prep.packing} if prep.packing else {}),
                  "stopped_early": result.stopped_early},
         labels=splits.labels, trainable_parameters=prep.trainable, wall_time_seconds=round(wall, 3),
     )
