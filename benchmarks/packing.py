@@ -11,7 +11,7 @@ same number of real tokens per optimizer step (same learning rate and schedule).
 - the held-out loss (padded, per real target token, same rows for both) at each quarter of the
   run, against the real tokens trained on so far; "within noise" compares the packed-minus-padded
   gap of the final held-out loss with the spread of that loss over the reps' seeds;
-- the padding share of the batches before and after packing.
+- the padding share of each mode's batches (in its shuffled epoch order).
 
     flock /tmp/tuneserve-bench.lock python benchmarks/packing.py [--reps 3] [--epochs 0.5]
 Writes benchmarks/results/packing.{json,md}.
@@ -68,11 +68,16 @@ def run(args, packed: bool, seed: int, batch_size: int) -> dict:
             curve.append({"tokens": seen["tokens"], "step": record["step"],
                           "val_loss": held_out_loss(prep.model, held_out, prep.tokenizer.pad_token_id)})
 
+    from training.train.packing import padding_fraction
+
+    # Padding share of this run's batches in its epoch-0 order (packed rows or padded examples).
+    padding = padding_fraction([prep.train_ex[i] for i in loop._order(0)], cfg.batch_size)
     result = loop.run(on_record=on_record)
     result.metrics["val_loss"] = curve[-1]["val_loss"]
     return {"packed": packed, "seed": seed, "batch_size": batch_size, "steps": result.steps, "tokens": result.tokens,
             "train_seconds": round(result.train_seconds, 3), "tokens_per_second": result.tokens / result.train_seconds,
-            "final_val_loss": result.metrics["val_loss"], "curve": curve, "packing": prep.packing}
+            "final_val_loss": result.metrics["val_loss"], "curve": curve, "packing": prep.packing,
+            "padding_fraction": round(padding, 4)}
 
 
 def held_out_loss(model, examples: list[dict], pad_id: int, chunk: int = 8) -> float:
@@ -191,8 +196,8 @@ def main() -> None:
               "goal": "|gap| <= 2 x noise", "met": abs(gap) <= 2 * noise}]
     report = {"benchmark": "packing", "goals": goals, "runs": runs,
               "summary": {"examples": info["examples"], "packed_rows": info["packed_rows"],
-                          "padding_unpacked": info["padding_fraction_unpacked"],
-                          "padding_packed": info["padding_fraction_packed"],
+                          "padding_unpacked": statistics.mean(r["padding_fraction"] for r in padded),
+                          "padding_packed": statistics.mean(r["padding_fraction"] for r in packed_runs),
                           "curve_padded": mean_curve(padded), "curve_packed": mean_curve(packed_runs)},
               "settings": {"base": args.base, "method": "lora r8 q/k/v/o", "max_length": args.max_length,
                            "padded_batch": args.batch_size, "packed_batch": packed_bs, **sizes, "epochs": args.epochs,
