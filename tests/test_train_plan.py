@@ -112,12 +112,15 @@ def test_lora_recommendation_advises_each_variant_for_the_request():
 
     low = plan(PlanRequest(model="7b", gpu_memory_gb=24, batch_size=1, seq_len=512, lora_r=8, rows=2000))
     high = plan(PlanRequest(model="7b", gpu_memory_gb=24, batch_size=1, seq_len=512, lora_r=64, rows=50_000))
-    assert set(low["advice"]) == {"rslora", "loraplus", "neftune", "init"}
+    assert set(low["advice"]) == {"rslora", "loraplus", "neftune", "init", "packing"}
+    assert "packing=true" in low["advice"]["packing"] and "512-token" in low["advice"]["packing"]
     assert "little effect at r=8" in low["advice"]["rslora"] and "recommended" in high["advice"]["rslora"]
     assert "2000 rows" in low["advice"]["neftune"] and "yours" not in high["advice"]["neftune"]
     assert "loraplus_lr_ratio=16" in low["advice"]["loraplus"] and "not qlora" in low["advice"]["init"]
     full = plan(PlanRequest(model="125m", cpu_memory_gb=24, rows=200_000, batch_size=8, seq_len=256))
-    assert full["advice"] == {}
+    assert set(full["advice"]) == {"packing"}
+    classifier = plan(PlanRequest(model="125m", cpu_memory_gb=24, task="classification", rows=200_000))
+    assert "packing" not in classifier["advice"]
     out = StringIO()
     render_plan(low, Console(file=out, width=400))
     assert all(line in out.getvalue() for line in low["advice"].values())

@@ -206,6 +206,10 @@ class TrainConfig(StrictModel):
     grad_accum: int = Field(1, gt=0)
     group_by_length: bool = Field(False, description="batch examples of similar length (less padding, faster on "
                                   "short texts); order stays random across batches and a function of seed and epoch")
+    packing: bool = Field(False, description="SFT: pack several examples into each row of up to packing_max_length "
+                          "tokens (first-fit-decreasing), positions restarting and attention kept within each example "
+                          "(block-diagonal mask); batch_size then counts packed rows (training.train.packing)")
+    packing_max_length: int | None = Field(None, gt=8, description="tokens per packed row (default: data.max_length)")
     dropout: float | None = Field(None, ge=0.0, lt=1.0, description="override the model's own dropout probabilities")
     seed: int = 42
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
@@ -257,6 +261,13 @@ class TrainConfig(StrictModel):
                 raise ValueError("debias=adversarial needs adversary.attribute (a slice of the prepared data, e.g. group)")
             if self.distributed.backend == "ray":
                 raise ValueError("debias=adversarial runs in one process for now; use distributed.backend=local")
+        if self.packing and self.task != "causal-lm":
+            raise ValueError("packing=true is for causal-lm (SFT) runs; set packing=false for classification")
+        if self.packing and self.group_by_length:
+            raise ValueError("packing=true already fills rows; drop group_by_length (it only applies to unpacked batches)")
+        if self.packing and self.objective != "sft":
+            raise ValueError(f"packing=true packs SFT examples; objective={self.objective} compares whole "
+                             "sequences: set packing=false")
         workers = self.distributed.workers
         if self.batch_size % workers:
             raise ValueError(f"batch_size {self.batch_size} is the global batch and must be a multiple of "

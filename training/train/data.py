@@ -5,7 +5,9 @@ A prepared dir (output of `tuneserve data prepare`) holds `train/validation/test
 rows (or `{text, label}` rows for classification, `{prompt, chosen, rejected}` for a preference
 objective) is split here: the last
 `validation_fraction` of a seeded shuffle becomes validation. A directory of raw files
-(`train.csv`, `test.csv`, ...) works too.
+(`train.csv`, `test.csv`, ...) works too. Multi-turn chats are rows `{messages: [{role, content},
+...]}` (roles system / user / assistant, at least one assistant turn; ShareGPT's
+`{conversations: [{from, value}]}` is read too) and may be mixed with instruction rows.
 
     splits = load_splits(cfg.data, task="classification", seed=42)
     splits.train[0] -> {"text": "...", "label": "card_arrival"}
@@ -113,13 +115,38 @@ def _read_source(cfg: DataConfig, seed: int) -> tuple[dict[str, list], dict[str,
     return splits, meta, str(path)
 
 
+CHAT_ROLES = {"system": "system", "user": "user", "assistant": "assistant",
+              "human": "user", "gpt": "assistant"}  # the last two: ShareGPT's `from` names
+
+
+def _chat_row(row: dict[str, Any], where: str) -> dict[str, Any]:
+    turns = row.get("messages") if "messages" in row else row.get("conversations")
+    hint = "a chat row is {messages: [{role: system|user|assistant, content: str}, ...]} with an assistant turn"
+    if not isinstance(turns, list) or not turns:
+        raise DataError(f"{where}: messages must be a non-empty list", hint)
+    messages = []
+    for k, turn in enumerate(turns):
+        role = turn.get("role", turn.get("from")) if isinstance(turn, dict) else None
+        content = turn.get("content", turn.get("value")) if isinstance(turn, dict) else None
+        if role not in CHAT_ROLES or not isinstance(content, str):
+            raise DataError(f"{where}: turn {k} is not {{role, content}} with a known role (got {turn!r:.80})", hint)
+        messages.append({"role": CHAT_ROLES[role], "content": content})
+    if not any(m["role"] == "assistant" for m in messages):
+        raise DataError(f"{where}: the chat has no assistant turn, so nothing to learn", hint)
+    return {"messages": messages}
+
+
 def _instruction_rows(rows: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
     out = []
     for i, row in enumerate(rows):
+        if isinstance(row, dict) and ("messages" in row or "conversations" in row):
+            out.append(_chat_row(row, f"{where} row {i}"))
+            continue
         if not isinstance(row, dict) or "instruction" not in row or "output" not in row:
             keys = sorted(row) if isinstance(row, dict) else type(row).__name__
             raise DataError(f"{where} row {i} is not an instruction row (has {keys})",
-                            "instruction data needs fields instruction, input (optional), output")
+                            "instruction data needs fields instruction, input (optional), output "
+                            "(or a multi-turn chat: messages)")
         out.append({"instruction": str(row["instruction"]), "input": str(row.get("input") or ""),
                     "output": str(row["output"])})
     return out

@@ -61,6 +61,7 @@ class LoopResult:
     history: list[dict[str, float]] = field(default_factory=list)
     stopped_early: bool = False
     samples: int = 0
+    tokens: int = 0  # real (non-pad) input tokens trained on
     train_seconds: float = 0.0
     resumed_from: int | None = None
 
@@ -228,10 +229,12 @@ class TrainLoop:
             group["lr"] = self.cfg.optim.lr * factor * group.get("lr_scale", 1.0)
         accumulated = 0.0
         accum = self.cfg.grad_accum
+        self.step_tokens = 0
         for k in range(accum):
             with self.collective.no_sync(last=k == accum - 1):
                 whole = self.global_batch(step * accum + k)
                 rows = self.collective.shard(whole)
+                self.step_tokens += sum(len(r["input_ids"]) for r in whole) if "input_ids" in whole[0] else 0
                 batch = self.collate(rows)
                 loss, _, _ = self._forward_loss(batch)
                 loss = loss * self._share(rows, whole)
@@ -288,7 +291,7 @@ class TrainLoop:
         torch.manual_seed(self.cfg.seed)
         self.model.train()
         state: dict[str, Any] = {"history": [], "best": None, "best_step": None, "bad_evals": 0, "samples": 0,
-                                 "train_seconds": 0.0}
+                                 "tokens": 0, "train_seconds": 0.0}
         start, resumed = 0, None
         self._best_weights = None
         if resume_from is not None:
@@ -304,6 +307,7 @@ class TrainLoop:
             loss = self._step(step)
             state["train_seconds"] += time.perf_counter() - began
             state["samples"] += self.cfg.batch_size * self.cfg.grad_accum
+            state["tokens"] += self.step_tokens
             record = {"step": step + 1, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"]}
             if self.cfg.eval_every and (step + 1) % self.cfg.eval_every == 0 and step + 1 < self.total_steps:
                 record.update(self.evaluate())
@@ -336,5 +340,5 @@ class TrainLoop:
             metrics.update(self.adversary.metrics(self.model, self.validation, self.collate, self.cfg.batch_size * 2))
             self.adversary.close()
         return LoopResult(steps=last, metrics=metrics, history=state["history"],
-                          stopped_early=stopped, samples=state["samples"], train_seconds=state["train_seconds"],
+                          stopped_early=stopped, samples=state["samples"], tokens=state["tokens"], train_seconds=state["train_seconds"],
                           resumed_from=resumed)

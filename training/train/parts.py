@@ -31,6 +31,7 @@ from training.train.data import Splits, load_splits
 from training.train.output_format import check_outputs, manifest_defaults
 from training.train.loop import LoopResult, TrainLoop
 from training.train.methods import Method, get_method
+from training.train.packing import check_packable, collate_packed, pack_examples, packing_report
 from training.train.recipes import data_shape, pick_recipe
 from training.train.output import (
     hyperparameters,
@@ -115,6 +116,8 @@ def encoder(cfg: TrainConfig, splits: Splits, tokenizer: Any) -> tuple[Any, Any,
         return enc, lambda b: pad_classification(b, pad_id), None
     template = PromptTemplate.for_tokenizer(tokenizer)
     enc = lambda rows: [template.encode(r, tokenizer, cfg.data.max_length) for r in rows]
+    if cfg.packing:
+        return enc, lambda b: collate_packed(b, pad_id), template
     return enc, lambda b: pad_causal(b, pad_id), template
 
 
@@ -133,7 +136,8 @@ def prompt_texts(rows: list[dict], tokenizer: Any, template: PromptTemplate | No
         return [r["text"] for r in rows]
     if rows and "prompt" in rows[0]:  # preference rows
         return [template.render_prompt(tokenizer, r["prompt"]) for r in rows]
-    return [template.render_prompt(tokenizer, r["instruction"], r["input"]) for r in rows]
+    return [template.render_chat_prompt(tokenizer, r["messages"]) if "messages" in r
+            else template.render_prompt(tokenizer, r["instruction"], r["input"]) for r in rows]
 
 
 def profile_inputs(cfg: TrainConfig, splits: Splits, tokenizer: Any, template: PromptTemplate | None) -> list[str]:
@@ -196,6 +200,7 @@ class Prepared:
     trainable: int
     objective: Any = None  # a PreferenceObjective (objective dpo/orpo/kto), else None
     adversary: Any = None  # training.train.debias.Adversary with debias=adversarial (never saved)
+    packing: dict[str, Any] | None = None  # the packing report with packing=true
 
 
 def start_from_adapter(cfg: TrainConfig, model: Any, base_sha: str):
@@ -263,9 +268,17 @@ def prepare(cfg: TrainConfig, device: Any) -> Prepared:
                                                 [splits.train, splits.validation])
     identity = {"base_sha256": base_sha, "method": cfg.method, "data": splits.fingerprint, "batch_size": cfg.batch_size,
                 "grad_accum": cfg.grad_accum, "seed": cfg.seed}
+    packing = None
+    if cfg.packing:
+        check_packable(cfg.method, cfg.task, getattr(model.config, "_attn_implementation", None))
+        packed = pack_examples(train_ex, cfg.packing_max_length or cfg.data.max_length)
+        packing = packing_report(train_ex, packed, cfg.batch_size)
+        train_ex, identity["packing"] = packed, cfg.packing_max_length or cfg.data.max_length
+        if cfg.progress:
+            print(f"packing: {packing['examples']} examples -> {packing['packed_rows']} rows; padding "
+                  f"{packing['padding_fraction_unpacked']:.1%} -> {packing['padding_fraction_packed']:.1%}", file=sys.stderr)
     balanced = splits.class_weights and cfg.class_weighting == "balanced"
     weights = [splits.class_weights[label] for label in splits.labels] if balanced else None
-    train_ex, val_ex = enc(splits.train), enc(splits.validation)
     adversary = None
     if cfg.debias != "none":
         from training.train.debias import build_adversary
@@ -273,8 +286,8 @@ def prepare(cfg: TrainConfig, device: Any) -> Prepared:
         adversary = build_adversary(cfg, model, splits, train_ex, val_ex, device)
     return Prepared(cfg=cfg, method=method, base_sha=base_sha, splits=splits, tokenizer=tokenizer, model=model, enc=enc,
                     collate=collate, template=template, train_ex=train_ex, val_ex=val_ex,
-                    identity=identity, weights=weights, objective=objective,
-                    trainable=sum(p.numel() for p in model.parameters() if p.requires_grad), adversary=adversary)
+                    identity=identity, weights=weights, objective=objective, adversary=adversary, packing=packing,
+                    trainable=sum(p.numel() for p in model.parameters() if p.requires_grad))
 
 
 def debias_info(cfg: TrainConfig, prep: Prepared) -> dict[str, Any]:
@@ -308,6 +321,8 @@ def describe(cfg: TrainConfig, prep: Prepared, result: LoopResult, wall: float) 
         data=DataRef(fingerprint=splits.fingerprint, rows=len(splits.train), source=splits.source,
                      splits=splits.info["rows"]),
         metrics={**result.metrics, "steps": result.steps, "samples_per_second": result.samples / max(result.train_seconds, 1e-9),
+                 "train_tokens_per_second": result.tokens / max(result.train_seconds, 1e-9),
+                 **({"packing": prep.packing} if prep.packing else {}),
                  "stopped_early": result.stopped_early},
         labels=splits.labels, trainable_parameters=prep.trainable, wall_time_seconds=round(wall, 3),
         **manifest_defaults(cfg.data, tokenizer, prep.template, [row.get("output", "") for row in splits.train]),

@@ -210,7 +210,7 @@ def train_on_ray(cfg: TrainConfig, on_eval: Callable[[int, dict[str, float]], No
         result = LoopResult(steps=final["steps"], metrics=final["metrics"],
                             history=[driver.records[s] for s in sorted(driver.records)],
                             stopped_early=final["stopped_early"], samples=final["samples"],
-                            train_seconds=final["train_seconds"], resumed_from=final["resumed_from"])
+                            tokens=final.get("tokens", 0), train_seconds=final["train_seconds"], resumed_from=final["resumed_from"])
         manifest = Manifest.model_validate_json(final["manifest"])
         merged = Path(final["merged"]) if final["merged"] else None
         return TrainOutcome(artifact=Path(final["artifact"]), merged=merged, model=None, tokenizer=None,
@@ -304,7 +304,7 @@ def worker_main(config: dict[str, Any]) -> None:
             manifest, artifact, merged = write_outputs(cfg, prep, result, wall, device)
             channel.put.remote({"kind": "final", "manifest": manifest.model_dump_json(), "artifact": str(artifact),
                                 "merged": str(merged) if merged else None, "steps": result.steps,
-                                "metrics": result.metrics, "samples": result.samples,
+                                "metrics": result.metrics, "samples": result.samples, "tokens": result.tokens,
                                 "train_seconds": result.train_seconds, "stopped_early": result.stopped_early,
                                 "resumed_from": result.resumed_from})
     ray.train.report({"done": 1})

@@ -70,7 +70,8 @@ def data_shape(cfg: TrainConfig, splits: Any, tokenizer: Any) -> DataShape:
     elif cfg.objective != "sft":
         texts = [f"{r['prompt']} {r.get('chosen', r.get('completion'))}" for r in sample]
     else:
-        texts = [f"{r['instruction']} {r['input']} {r['output']}" for r in sample]
+        texts = [" ".join(m["content"] for m in r["messages"]) if "messages" in r
+                 else f"{r['instruction']} {r['input']} {r['output']}" for r in sample]
     lengths = sorted(len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]) if texts else [0]
     shape = DataShape(rows=len(rows), mean_tokens=sum(lengths) / len(lengths),
                       p95_tokens=lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))])

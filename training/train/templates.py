@@ -6,6 +6,11 @@ response is the rest of the rendered conversation; otherwise the plain template
 `### Instruction / ### Input / ### Response` is used. Loss is taken on response tokens only
 (prompt labels are -100). Serving and evaluation render prompts with `render_prompt`.
 
+A multi-turn row `{messages: [{role, content}, ...]}` (roles system / user / assistant) is
+rendered turn by turn (`encode_messages`): loss on every assistant turn's content and its end
+marker, -100 on system and user turns and the template's scaffolding (`### Response:`, role
+headers). `render_chat_prompt` gives the conversation before the last assistant turn.
+
     template = PromptTemplate.for_tokenizer(tokenizer)
     example = template.encode(row, tokenizer, max_length=256)   # {"input_ids", "labels"}
     batch = pad_causal([example, ...], pad_id)
@@ -52,7 +57,9 @@ class PromptTemplate:
                 return full[len(prompt):]
         return row["output"]
 
-    def encode(self, row: dict[str, str], tokenizer: Any, max_length: int) -> dict[str, list[int]]:
+    def encode(self, row: dict[str, Any], tokenizer: Any, max_length: int) -> dict[str, list[int]]:
+        if "messages" in row:
+            return self.encode_messages(row["messages"], tokenizer, max_length)
         prompt = self.render_prompt(tokenizer, row["instruction"], row.get("input", ""))
         response = self.render_response(tokenizer, row, prompt)
         prompt_ids = tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]
@@ -67,6 +74,57 @@ class PromptTemplate:
         ids = (prompt_ids + response_ids)[:max_length]
         labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_length]
         return {"input_ids": ids, "labels": labels}
+
+
+    def render_chat_prompt(self, tokenizer: Any, messages: list[dict[str, str]]) -> str:
+        """The conversation before its last assistant turn, ending where the model starts answering."""
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        segments = self._segments(tokenizer, messages[:last + 1])
+        answer = max(i for i, (_, target) in enumerate(segments) if target)
+        return "".join(text for text, _ in segments[:answer])
+
+    def _segments(self, tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
+        """(text, is_target) pieces whose concatenation is the rendered conversation."""
+        if self.kind == "plain":
+            out: list[tuple[str, bool]] = []
+            for m in messages:
+                if m["role"] == "assistant":
+                    out += [("### Response:\n", False), (m["content"] + (tokenizer.eos_token or ""), True), ("\n\n", False)]
+                else:
+                    head = "System" if m["role"] == "system" else "Instruction"
+                    out.append((f"### {head}:\n{m['content']}\n\n", False))
+            return out
+        out, rendered = [], ""
+        for k, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            prompt = tokenizer.apply_chat_template(messages[:k], tokenize=False, add_generation_prompt=True)
+            full = tokenizer.apply_chat_template(messages[:k + 1], tokenize=False)
+            if not (prompt.startswith(rendered) and full.startswith(prompt)):
+                from training.artifact.errors import DataError
+
+                raise DataError("the tokenizer's chat template does not render conversations turn by turn",
+                                "use single-turn instruction rows with this base, or a base whose template is prefix-stable")
+            out += [(prompt[len(rendered):], False), (full[len(prompt):], True)]
+            rendered = full
+        return out
+
+    def encode_messages(self, messages: list[dict[str, str]], tokenizer: Any, max_length: int) -> dict[str, list[int]]:
+        """Token ids and labels of a multi-turn chat: only assistant turns are targets; cut at max_length."""
+        ids: list[int] = []
+        labels: list[int] = []
+        if tokenizer.bos_token_id is not None and self.kind == "plain":
+            ids, labels = [tokenizer.bos_token_id], [IGNORE_INDEX]
+        for text, target in self._segments(tokenizer, messages):
+            if not text:
+                continue
+            piece = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+            ids += piece
+            labels += piece if target else [IGNORE_INDEX] * len(piece)
+        eos = tokenizer.eos_token_id
+        if eos is not None and self.kind == "chat" and ids and ids[-1] != eos:
+            ids, labels = ids + [eos], labels + [eos]
+        return {"input_ids": ids[:max_length], "labels": labels[:max_length]}
 
 
 def encode_classification(rows: list[dict[str, str]], tokenizer: Any, label_ids: dict[str, int],
