@@ -34,14 +34,13 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `python benchmarks/NAME.py`
 from benchmarks.common import (  # noqa: E402
     RAY_TMPDIR, ROOT, arguments, command, goals_table, load_average, machine, provenance, versions, write_results)
 from benchmarks.latency import drive_streaming, engine_timing, percentile, timing_breakdown  # noqa: E402
-from benchmarks.roofline import base_size, decode_bound, measure_box  # noqa: E402
+from benchmarks.roofline import base_size, decode_bound, measure_box, report  # noqa: E402
 
 CLIENTS = 16
 SMALL_BASE_PARAMS = 15_000_000  # under it P1's goal is the 5M base's floor, 0.75; from it 0.85
@@ -245,20 +244,22 @@ def main() -> None:
         raise
     naive_url = f"http://127.0.0.1:{naive_port}"
     phases: dict[str, list[dict]] = {"naive": [], "one_adapter": [], "eight_adapters": []}
-    raw, bounds = [], []
+    raw, bounds, roofs = [], [], []
     try:
         drive(url, key, names, 1, 4)  # warm-up
         for _ in range(args.reps):  # interleaved; each ratio pairs phases that ran seconds apart
             raw.append(raw_batched(str(base_dir), artifacts / names[0], args.max_tokens, reps=1))
             phases["one_adapter"].append(drive(url, key, [names[0]], args.requests, args.max_tokens))
-            bounds.append(decode_bound(params, weight_bytes, measure_box(threads=2), batch=CLIENTS))
+            box = measure_box(threads=2)
+            bounds.append(decode_bound(params, weight_bytes, box, batch=CLIENTS))
+            roofs.append(report(bounds[-1], box))
             phases["eight_adapters"].append(drive(url, key, names, args.requests, args.max_tokens))
             phases["naive"].append(drive(naive_url, key, [names[0]], max(1, args.requests // 2), args.max_tokens))
         results["raw_tokens_per_s"] = statistics.median(raw)
         results["per_rep_tokens_per_s"] = {"raw": [round(r) for r in raw],
                                            **{p: [round(r["tokens_per_s"]) for r in runs] for p, runs in phases.items()},
                                            "roofline_bound": [round(b.tokens_per_s) for b in bounds]}
-        results["roofline"] = [asdict(b) for b in bounds]
+        results["roofline"] = roofs  # per repetition: the box measured then and its bound
         for phase, runs in phases.items():
             results[phase] = median_run(runs)
         before = engine_timing(url, key)
@@ -361,8 +362,8 @@ def write(results: dict, name: str = "serving", directory: Path | None = None) -
     lines += ["", "Per-repetition ratios: " + "; ".join(f"{k} {v}" for k, v in results["per_rep_ratios"].items())]
     roof = results["roofline"]
     lines += ["", "Roofline per repetition (GEMM GFLOP/s, GB/s, bound): " + "; ".join(
-        f"{b['peak_gflops']:.0f}, {b['bandwidth_gbs']:.1f}, {b['limit']}-bound {b['tokens_per_s']:.0f} tok/s"
-        for b in roof)]
+        f"{r['box']['peak_gflops']:.0f}, {r['box']['bandwidth_gbs']:.1f}, {r['bound']['limit']}-bound "
+        f"{r['bound']['tokens_per_s']:.0f} tok/s" for r in roof)]
     lines += ["", f"P11 under 16 streaming clients: TTFT p50 {1000 * t['ttft_p50_s']:.0f} ms, "
               f"p95 {1000 * t['ttft_p95_s']:.0f} ms. Engine time per request over that phase (mean; p95 at most):"]
     lines += [f"- {part}: {b['mean_s'] * 1000:.1f} ms; {b['p95_le_s'] * 1000:.0f} ms ({b['count']} rows)"

@@ -16,8 +16,8 @@ import pytest
 
 from benchmarks.latency import (drive_streaming, engine_timing, has_content, percentile, sse_chunk, summarize,
                                 tail_ratio, timing_breakdown)
-from benchmarks.roofline import Box, decode_bound, model_size
-from benchmarks.serving import goals, p1_target, results_name
+from benchmarks.roofline import Box, decode_bound, model_size, report
+from benchmarks.serving import goals, p1_target, results_name, write
 
 ROLE = {"choices": [{"index": 0, "delta": {"role": "assistant"}}]}
 METRICS = """# HELP tuneserve_prefill_seconds x
@@ -169,7 +169,7 @@ def test_p1_goal_by_size_and_result_names(tmp_path):
     assert results_name(str(tmp_path / "my-base"), tmp_path / "my-base") == "serving-my-base"
 
 
-def test_goal_rows_from_planted_phases():
+def test_goal_rows_from_planted_phases(tmp_path):
     results = {"base_params": 134_000_000, "hot_load_ms_median": 50.0, "p50_with_many_adapters_s": 1.0,
                "p50_with_few_adapters_s": 1.0, "tail": {"e2e_p95_over_p50": 2.5, "ttft_p95_over_p50": 1.5},
                "per_rep_tokens_per_s": {"raw": [100, 100, 100], "one_adapter": [90, 80, 86], "naive": [30, 20, 40],
@@ -181,3 +181,19 @@ def test_goal_rows_from_planted_phases():
     results["base_params"] = 5_000_000
     rows = {row["id"]: row for row in goals(results, many=100)}
     assert rows["P1"]["goal"] == ">= 0.75" and rows["P14"]["met"] is None  # recorded, the goal is the 135M base's
+
+    # the report of such a run is written where asked (never over benchmarks/results in a smoke run)
+    empty = {part: {"count": 0.0, "sum": 0.0, "buckets": {}} for part in ("queue_wait", "prefill", "decode")}
+    phase = {"tokens_per_s": 90.0, "p50_s": 0.5, "p95_s": 0.9}
+    box = Box(peak_gflops=30.0, bandwidth_gbs=7.0, threads=2)
+    results.update(base="x", load_average_before=[1, 1, 1], load_average_after=[2, 2, 2], raw_tokens_per_s=100.0,
+                   naive=phase, one_adapter=phase, eight_adapters=phase,
+                   tail={**results["tail"], **summarize([{"ttft_s": 0.1, "total_s": 1.0, "completion_tokens": 8}], 1.0),
+                         "breakdown": timing_breakdown(empty, empty)},
+                   roofline=[report(decode_bound(5_000_000, 20_000_000, box), box, 90.0)],
+                   streaming={"ttft_p50_ms": 10.0, "ttft_p95_ms": 20.0, "itl_p50_ms": 1.0, "itl_p95_ms": 2.0})
+    results["goals"] = goals(results, many=100)
+    write(results, "serving-x", tmp_path)
+    assert json.loads((tmp_path / "serving-x.json").read_text())["goals"][0]["id"] == "P1"
+    markdown = (tmp_path / "serving-x.md").read_text()
+    assert "| P14 |" in markdown and "compute-bound" in markdown and "(5.0M parameters)" in markdown
