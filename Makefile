@@ -44,9 +44,9 @@ test: setup tools
 test-all: setup tools
 	$(PY) -m pytest -m '' $(PYTEST_ARGS)
 
-# every benchmarks/NAME.py but the shared helpers (common.py) and the baseline server serving.py spawns
+# every benchmarks/NAME.py but the shared helpers (common.py, latency.py) and the baseline server serving.py spawns
 bench: setup
-	for b in benchmarks/*.py; do case $$b in */common.py|*/naive_server.py) continue;; esac; $(PY) $$b || exit 1; done
+	for b in benchmarks/*.py; do case $$b in */common.py|*/latency.py|*/naive_server.py) continue;; esac; $(PY) $$b || exit 1; done
 
 proto: setup
 	$(PY) -m service.grpc.codegen

@@ -111,10 +111,12 @@ def goals_table(goals: list[dict], value=str) -> list[str]:
             *[f"| {g['id']} | {g['measure']} | {value(g['value'])} | {g['goal']} | {met(g)} |" for g in goals]]
 
 
-def write_results(name: str, report: dict, markdown: str) -> Path:
-    """Write benchmarks/results/NAME.json (the report) and NAME.md (the markdown); returns the JSON's path."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_results(name: str, report: dict, markdown: str, directory: Path | None = None) -> Path:
+    """Write benchmarks/results/NAME.json (the report) and NAME.md (the markdown), or into `directory` (a smoke
+    run's scratch place, so committed results stay); returns the JSON's path."""
+    directory = Path(directory) if directory is not None else RESULTS
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
     path.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    (RESULTS / f"{name}.md").write_text(markdown.rstrip("\n") + "\n", encoding="utf-8")
+    (directory / f"{name}.md").write_text(markdown.rstrip("\n") + "\n", encoding="utf-8")
     return path

@@ -2,7 +2,8 @@
 
 FastAPI + uvicorn, one `model.generate` per request, one request at a time (a lock), no
 batching, no streaming, no cache. OpenAI-shaped `/v1/completions` so the same load
-generator drives it and tuneserve.
+generator drives it and tuneserve; `ignore_eos: true` gives exactly `max_tokens` tokens (min_new_tokens),
+as tuneserve's field does, so the two compare tokens/s on equal answers.
 
     python benchmarks/naive_server.py --base tiny-llama --adapter artifacts/a1 --port 8200
 """
@@ -32,10 +33,12 @@ def build_app(base: str, adapter: str | None):
     lock = asyncio.Lock()
     app = FastAPI()
 
-    def generate(prompt: str, max_tokens: int) -> tuple[str, int, int]:
+    def generate(prompt: str, max_tokens: int, ignore_eos: bool) -> tuple[str, int, int]:
         enc = tokenizer(prompt, return_tensors="pt")
-        with torch.inference_mode():
-            out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=max_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        with torch.inference_mode():  # ignore_eos: exactly max_tokens tokens, as tuneserve's field gives
+            out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                 max_new_tokens=max_tokens, min_new_tokens=max_tokens if ignore_eos else 0,
+                                 do_sample=False, pad_token_id=tokenizer.pad_token_id)
         new = out[0, enc["input_ids"].shape[1]:]
         return tokenizer.decode(new, skip_special_tokens=True), enc["input_ids"].shape[1], len(new)
 
@@ -43,7 +46,7 @@ def build_app(base: str, adapter: str | None):
     async def completions(body: dict):
         async with lock:
             text, prompt_tokens, completion_tokens = await asyncio.to_thread(
-                generate, body["prompt"], int(body.get("max_tokens", 16)))
+                generate, body["prompt"], int(body.get("max_tokens", 16)), bool(body.get("ignore_eos")))
         return {"object": "text_completion", "model": body.get("model"),
                 "choices": [{"index": 0, "text": text, "finish_reason": "length"}],
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,

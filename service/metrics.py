@@ -71,6 +71,10 @@ QUEUE_WAIT = Histogram("tuneserve_queue_wait_seconds", "Time queued before joini
                        buckets=TOKEN_BUCKETS)
 QUEUE_DEPTH = Gauge("tuneserve_queue_depth", "Requests waiting for a batch slot.", multiprocess_mode="livesum")
 QUEUE_CAPACITY = Gauge("tuneserve_queue_capacity", "Bound of the request queue.", multiprocess_mode="livesum")
+PREFILL = Histogram("tuneserve_prefill_seconds", "Prefill pass that admitted a request's row (one pass per group of "
+                    "rows joining a batch together).", ["adapter"], buckets=TOKEN_BUCKETS)
+DECODE = Histogram("tuneserve_decode_seconds", "Time from a row's first token (end of its prefill) to its last.",
+                   ["adapter"], buckets=LATENCY_BUCKETS)
 BATCH_SIZE = Histogram("tuneserve_batch_size", "Rows per engine batch when rows join it.", buckets=BATCH_BUCKETS)
 CACHE_REQUESTS = Counter("tuneserve_cache_requests", "Cache lookups.", ["cache", "result"])
 PREFIX_LOOKUPS = Counter("tuneserve_prefix_cache_lookups", "Prompt prefix KV cache lookups.", ["adapter", "result"])
@@ -247,6 +251,14 @@ def batch_admitted(new_rows: int, running_rows: int) -> None:
 
 def queue_waited(model: str, seconds: float) -> None:
     QUEUE_WAIT.labels(adapter_label(model)).observe(seconds)
+
+
+def prefill_done(model: str, seconds: float) -> None:
+    PREFILL.labels(adapter_label(model)).observe(seconds)
+
+
+def decode_finished(model: str, seconds: float) -> None:
+    DECODE.labels(adapter_label(model)).observe(seconds)
 
 
 def queue_state(depth: int, capacity: int) -> None:

@@ -73,6 +73,7 @@ CONTRACT_COUNTERS_GAUGES = {
 CONTRACT_HISTOGRAMS = {
     "tuneserve_request_duration_seconds", "tuneserve_time_to_first_token_seconds",
     "tuneserve_inter_token_latency_seconds", "tuneserve_queue_wait_seconds", "tuneserve_batch_size",
+    "tuneserve_prefill_seconds", "tuneserve_decode_seconds",
 }
 
 

@@ -25,6 +25,8 @@ def _exercise():
     metrics.generation_finished("a1", 5, 7, 0.3)
     metrics.first_token("a1", 0.05, "http")
     metrics.inter_token("a1", 0.01, "http")
+    metrics.prefill_done("a1", 0.02)
+    metrics.decode_finished("a1", 0.3)
     metrics.cache_lookup("a1", True)
     metrics.prefix_cache_lookup("a1", 32)
     metrics.prefix_cache_lookup("a1", 0)

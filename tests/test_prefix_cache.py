@@ -1,6 +1,7 @@
 """The cross-request prefix cache (service/engine/prefix_cache.py): greedy outputs identical with and
 without it (base, adapters, mixed batches with echo rows), adapters never reuse each other's
-entries, the byte bound holds under eviction, and the hit/miss counters move.
+entries, the byte bound holds under eviction, and the hit/miss counters move; plus the engine's
+per-request prefill/decode timing histograms (they use the same in-process engines).
 
     pytest tests/test_prefix_cache.py
 """
@@ -155,3 +156,17 @@ def test_longest_block_aligned_match_within_scope_and_never_the_whole_prompt():
     assert cache.lookup(("t", "a2"), prompt) is None and cache.lookup(("t", None), prompt) is None
     assert cache.lookup(("other", "a1"), prompt) is None
     assert cache.lookup(("t", "a1"), [50] + prompt[1:]) is None
+
+
+def test_each_request_records_its_prefill_and_decode_time(engines):
+    """Not the prefix cache itself: the engine's per-request timing histograms (queue wait, prefill, decode)
+    that show where a request's latency goes, recorded once per finished row."""
+    def sample(name, suffix):
+        return REGISTRY.get_sample_value(f"tuneserve_{name}_seconds_{suffix}", {"adapter": "pa"}) or 0
+
+    before = {(n, s): sample(n, s) for n in ("prefill", "decode", "queue_wait") for s in ("count", "sum")}
+    run(engines[False], [("pa", turn, GREEDY) for turn in TURNS], together=True)
+    for name in ("prefill", "decode", "queue_wait"):
+        assert sample(name, "count") - before[(name, "count")] == len(TURNS)
+    assert sample("prefill", "sum") > before[("prefill", "sum")]
+    assert sample("decode", "sum") > before[("decode", "sum")]  # 7 decode steps after the first token

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -88,6 +89,7 @@ class DecodeBatch:
         """Prefill `rows`, emit their first token and join them to the running batch. A prefill that
         fails is retried in halves, so only rows that fail on their own get the error, never their
         neighbours (the running batch is untouched until the merge)."""
+        started = time.monotonic()
         try:
             new, cache, attn, tokens, failed = self._prefill(rows)
         except Exception as exc:  # noqa: BLE001 - isolate the rows that cause it
@@ -99,6 +101,10 @@ class DecodeBatch:
             self.admit(rows[:half])
             self.admit(rows[half:])
             return
+        ended = time.monotonic()
+        for row in rows:  # where a request's latency goes: queue wait (scheduler), prefill, decode
+            row.decoding_since = ended
+            metrics.prefill_done(row.model, ended - started)
         keep = self._finish_rows(new, tokens, failed)
         if not keep:
             return
@@ -305,6 +311,8 @@ class DecodeBatch:
                 keep.append(i)
             else:  # before the last event: the request's adapter slot is free once its reply is complete
                 row.release()
+                if row.decoding_since:
+                    metrics.decode_finished(row.model, time.monotonic() - row.decoding_since)
             if text or reason or active.buffered:
                 row.stream.put(Event(index=row.index, text=text, logprobs=active.buffered, finish_reason=reason,
                                      completion_tokens=active.produced))

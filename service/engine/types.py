@@ -106,5 +106,6 @@ class GenRow:
     model: str  # the request's resolved model id (metric label)
     release: Callable[[], None] = lambda: None
     queued_at: float = 0.0  # time.monotonic() when the scheduler received it
+    decoding_since: float = 0.0  # time.monotonic() when its prefill ended (per-request timing metrics)
     grammar: Any = None  # the compiled grammar of params.constraint (each row matches its own copy)
     scope: str | None = None  # the API key whose prefix cache entries the row may use (None: in-process callers)
