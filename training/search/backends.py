@@ -1,6 +1,7 @@
 """Where trials run: `local` (in this process, `study.optimize`) or `ray` (Ray Tune workers).
 
 Both take `(cfg, study, parent_run_id, after)` where `after(number)` settles a finished trial
+(locally, a trial still running when `budget` is spent stops at its next evaluation)
 and returns a reason to stop the search (patience) or None. The Ray backend asks the study
 for trials in the driver (so the sampler sees every result), fixes their parameters there,
 and runs each in a Tune function trainable that reopens the study from its storage to
@@ -13,6 +14,7 @@ over Ray Train): the trial only drives it and reserves no CPU, its workers hold 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,6 +32,7 @@ def remaining_trials(cfg: SearchConfig, study) -> int:
 
 def run_local(cfg: SearchConfig, study, parent_run_id: str | None, after: After) -> str | None:
     stop: dict[str, Any] = {"reason": None}
+    deadline = time.monotonic() + cfg.budget if cfg.budget else None
 
     def callback(study_, frozen) -> None:
         reason = after(frozen.number)
@@ -37,7 +40,7 @@ def run_local(cfg: SearchConfig, study, parent_run_id: str | None, after: After)
             stop["reason"] = reason
             study_.stop()
 
-    study.optimize(lambda trial: run_trial(cfg, trial, parent_run_id), n_trials=max(0, remaining_trials(cfg, study)),
+    study.optimize(lambda trial: run_trial(cfg, trial, parent_run_id, deadline), n_trials=max(0, remaining_trials(cfg, study)),
                    timeout=cfg.timeout, callbacks=[callback], catch=(), gc_after_trial=True)
     return stop["reason"]
 
