@@ -1,7 +1,7 @@
 """Where trials run: `local` (in this process, `study.optimize`) or `ray` (Ray Tune workers).
 
 Both take `(cfg, study, parent_run_id, after)` where `after(number)` settles a finished trial
-(locally, a trial still running when `budget` is spent stops at its next evaluation)
+(locally, a trial still running at `deadline`, the end of the budget, stops at its next evaluation)
 and returns a reason to stop the search (patience) or None. The Ray backend asks the study
 for trials in the driver (so the sampler sees every result), fixes their parameters there,
 and runs each in a Tune function trainable that reopens the study from its storage to
@@ -14,7 +14,6 @@ over Ray Train): the trial only drives it and reserves no CPU, its workers hold 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,9 +29,9 @@ def remaining_trials(cfg: SearchConfig, study) -> int:
     return min(left, cfg.grid_size() - len(finished(study))) if cfg.sampler == "grid" else left
 
 
-def run_local(cfg: SearchConfig, study, parent_run_id: str | None, after: After) -> str | None:
+def run_local(cfg: SearchConfig, study, parent_run_id: str | None, after: After,
+              deadline: float | None = None) -> str | None:
     stop: dict[str, Any] = {"reason": None}
-    deadline = time.monotonic() + cfg.budget if cfg.budget else None
 
     def callback(study_, frozen) -> None:
         reason = after(frozen.number)
@@ -76,7 +75,8 @@ def _ray_init(cfg: SearchConfig) -> bool:
     return True
 
 
-def run_ray(cfg: SearchConfig, study, parent_run_id: str | None, after: After) -> str | None:
+def run_ray(cfg: SearchConfig, study, parent_run_id: str | None, after: After,
+            deadline: float | None = None) -> str | None:
     import time
 
     import ray
@@ -84,13 +84,15 @@ def run_ray(cfg: SearchConfig, study, parent_run_id: str | None, after: After) -
     from ray import tune
 
     started_here = _ray_init(cfg)
-    deadline = time.monotonic() + cfg.timeout if cfg.timeout else None
+    timeout_at = time.monotonic() + cfg.timeout if cfg.timeout else None  # (`deadline`: only between batches)
     storage = (Path(cfg.output) / "ray").resolve()
     try:
         batch_no = 0
         while remaining_trials(cfg, study) > 0:
-            if deadline and time.monotonic() > deadline:
+            if timeout_at and time.monotonic() > timeout_at:
                 return "timeout"
+            if deadline and time.monotonic() > deadline:
+                return "budget spent"
             asked = [study.ask() for _ in range(min(cfg.ray.concurrency, remaining_trials(cfg, study)))]
             for trial in asked:
                 suggest(cfg, trial)
