@@ -105,7 +105,7 @@ def score_artifact(artifact: Path, data: Path, out: Path, threads: int) -> dict[
 
     from training.evaluation.runner import EvalConfig, evaluate
 
-    cfg = EvalConfig(model=str(artifact), data=str(data), task="classification", split="test", batch_size=64,
+    cfg = EvalConfig(model=str(artifact), data=str(data / "test.csv"), task="classification", batch_size=64,
                      threads=threads, out=str(out), tracking={"enabled": False})
     result, _ = evaluate(cfg, progress=False)
     gold, predicted = [s["gold"] for s in result.samples], [s["prediction"] for s in result.samples]
@@ -143,7 +143,7 @@ def run_arm(arm: str, data: Path, work: Path, train_rows: list, test_rows: list,
         command = f"tuneserve train {CONFIG.relative_to(ROOT)} {' '.join(overrides)}"
     seconds = round(time.perf_counter() - started, 1)
     return {**score_artifact(output, data, work / "eval" / arm, threads), "train_seconds": seconds, **extra,
-            "command": command + f" && tuneserve evaluate --model {output} --data {data}"}
+            "command": command + f" && tuneserve evaluate --model {output} --data {data / 'test.csv'}"}
 
 
 def machine(threads: int) -> dict:
