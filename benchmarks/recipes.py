@@ -203,14 +203,15 @@ def goals(parts: list[dict]) -> list[dict]:
     q6b = [d for d in (_points(p, "auto_defaults", "plain") for p in parts) if d is not None]
     q7 = [d for d in (_points(p, "auto", "default") for p in parts) if d is not None]
     out = [{"id": "Q6", "measure": "default recipe minus plain loop, test accuracy points, worst dataset",
-            "value": min(q6) if q6 else None, "goal": ">= 0", "met": bool(q6) and min(q6) >= 0, "datasets": len(q6)},
+            "value": min(q6) if q6 else None, "goal": ">= 0", "met": (min(q6) >= 0) if q6 else "not measured",
+            "datasets": len(q6)},
            {"id": "Q6-auto-defaults", "measure": "recipe with data-driven (`auto`) defaults minus plain loop, worst dataset",
             "value": min(q6b) if q6b else None, "goal": ">= 0 (informs whether `auto` should be the default)",
-            "met": bool(q6b) and min(q6b) >= 0, "datasets": len(q6b)}]
+            "met": (min(q6b) >= 0) if q6b else "not measured", "datasets": len(q6b)}]
     mean = round(sum(q7) / len(q7), 2) if q7 else None
     out.append({"id": "Q7", "measure": "auto mode minus default recipe, test accuracy points, mean over the panel",
                 "value": mean, "worst": min(q7) if q7 else None, "goal": ">= +0.5 mean and >= 0 on every dataset",
-                "met": bool(q7) and mean >= 0.5 and min(q7) >= 0, "datasets": len(q7)})
+                "met": (mean >= 0.5 and min(q7) >= 0) if q7 else "not measured", "datasets": len(q7)})
     return out
 
 
