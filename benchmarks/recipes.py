@@ -239,7 +239,11 @@ def report() -> dict:
                          f"{r['train_seconds']} | {notes} |")
     lines += ["", "| goal | measure | value | target | met |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {g['id']} | {g['measure']} | {g['value']} | {g['goal']} | {g['met']} |" for g in result["goals"]]
-    lines += ["", "Commands per dataset: see recipes.json (`datasets[].command`, `arms.*.command`).", ""]
+    lines += ["", "Run (reduced from the issue's all rows / 900 s budget where the options say so; host load "
+              "averages at start and end):", ""]
+    lines += [f"- `{p['command']}` (load {p['machine_at_start']['load_average']} -> "
+              f"{p.get('machine_at_end', {}).get('load_average')})" for p in parts]
+    lines += ["", "Each arm's exact command: recipes.json (`datasets[].arms.*.command`).", ""]
     (RESULTS / "recipes.md").write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
     return result
