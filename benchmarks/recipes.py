@@ -180,6 +180,12 @@ def run_dataset(args: argparse.Namespace) -> dict:
             "machine_at_start": machine(args.threads), "versions": versions(), "arms": {},
             "command": "python benchmarks/recipes.py " + " ".join(sys.argv[1:])}
     PARTS.mkdir(parents=True, exist_ok=True)
+    earlier = PARTS / f"{args.dataset}.json"
+    if earlier.is_file():  # same sizes: add these arms to the ones measured before
+        before = json.loads(earlier.read_text(encoding="utf-8"))
+        if all(before.get(k) == part[k] for k in ("train_rows", "test_rows", "budget_seconds")):
+            part["arms"] = before["arms"]
+            part["command"] = before["command"] + " ; python benchmarks/recipes.py " + " ".join(sys.argv[1:])
     for arm in args.arms.split(","):
         print(f"[{args.dataset}] {arm} ...", flush=True)
         part["arms"][arm] = run_arm(arm, data, work, train_rows, test_rows, budget, args.threads)
