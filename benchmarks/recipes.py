@@ -243,6 +243,7 @@ def report() -> dict:
             lines.append(f"| {p['dataset']} | {p['train_rows']} ({p['train_rows_available']}) | {p['test_rows']} | "
                          f"{p['labels']} | {p['imbalance']} | {arm} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | "
                          f"{r['train_seconds']} | {notes} |")
+    lines += [f"- {p['dataset']}: {p['notes']}" for p in parts if p.get("notes")]
     lines += ["", "| goal | measure | value | target | met |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {g['id']} | {g['measure']} | {g['value']} | {g['goal']} | {g['met']} |" for g in result["goals"]]
     lines += ["", "Run (reduced from the issue's all rows / 900 s budget where the options say so; host load "
