@@ -54,3 +54,36 @@ def test_cli_takes_auto_and_budget_out_of_the_overrides():
     assert split_auto(["a.yaml", "auto=true", "budget=2m", "optim.lr=1e-3"]) == (["a.yaml", "optim.lr=1e-3"], 120)
     assert split_auto(["a.yaml", "auto=true"]) == (["a.yaml"], 900)
     assert split_auto(["a.yaml", "epochs=2"]) == (["a.yaml", "epochs=2"], None)
+
+
+def test_the_budget_stops_a_running_trial_within_ten_percent(monkeypatch, tmp_path):
+    """A first short trial, then trials far longer than what is left: the second one is stopped at an
+    evaluation once the budget is spent, so the search ends within 10 % of it; the completed trial wins."""
+    from types import SimpleNamespace
+
+    from training.search.config import SearchConfig
+    from training.search.run import search
+
+    budget, ends, calls = 4.0, [], []
+
+    def fake_train(cfg, on_eval=None):
+        seconds = 0.5 if len(calls) != 1 else 30.0
+        calls.append(cfg.optim.lr)
+        try:
+            for step in range(1, int(seconds / 0.05) + 1):
+                time.sleep(0.05)
+                on_eval(step, {"val_accuracy": 0.5, "val_loss": 1.0})
+        finally:
+            ends.append(time.monotonic())
+        return SimpleNamespace(result=SimpleNamespace(metrics={"val_accuracy": 0.5}, steps=step))
+
+    monkeypatch.setattr("training.train.run.train", fake_train)
+    cfg = SearchConfig(train=TrainConfig(eval_every=1, output=str(tmp_path / "t")), space={
+        "optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}, pruner="none", budget=budget, n_trials=50, metric="val_accuracy",
+        output=str(tmp_path / "search"), progress=False, tracking={"enabled": False})
+    search(cfg.model_copy(update={"n_trials": 1, "output": str(tmp_path / "warm-up")}))  # one-time imports
+    calls.clear()
+    started = time.monotonic()
+    report = search(cfg)
+    assert len(calls) == 2 and max(ends) - started <= 1.1 * budget  # without the mid-trial stop: ~30 s
+    assert report["best"]["number"] == 0 and [t["state"] for t in report["trials"]] == ["COMPLETE", "PRUNED"]

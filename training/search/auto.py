@@ -15,6 +15,7 @@ tuned by the benchmark panel.
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 from pathlib import Path
@@ -51,6 +52,16 @@ def auto_space(cfg: TrainConfig) -> dict[str, dict[str, Any]]:
     return space
 
 
+def auto_eval_every(cfg: TrainConfig) -> int:
+    """Evaluate at least twice an epoch, so the pruner and the budget can stop a trial on small data
+    (the recipe's eval_every=200 would otherwise evaluate a 1 000-row run only at its end)."""
+    from training.train.data import load_splits
+
+    rows = len(load_splits(cfg.data, cfg.task, cfg.seed).train)
+    per_epoch = math.ceil(rows / (cfg.batch_size * cfg.grad_accum))
+    return max(1, min(int(cfg.eval_every), math.ceil(per_epoch / 2)))
+
+
 def auto_search_config(cfg: TrainConfig, budget: float):
     from training.search.config import SearchConfig
 
@@ -70,6 +81,7 @@ def auto_train(cfg: TrainConfig, budget: float) -> dict[str, Any]:
     if cfg.eval_every is None:
         raise ConfigError("auto mode compares trials on validation and prunes at evaluations",
                           "set eval_every=N (validate every N steps)")
+    cfg = cfg.model_copy(update={"eval_every": auto_eval_every(cfg)})
     scfg = auto_search_config(cfg, budget)
     report = search(scfg)
     best = Path(scfg.output) / "best"

@@ -1,6 +1,7 @@
 """Where trials run: `local` (in this process, `study.optimize`) or `ray` (Ray Tune workers).
 
 Both take `(cfg, study, parent_run_id, after)` where `after(number)` settles a finished trial
+(locally, a trial still running at `deadline`, the end of the budget, stops at its next evaluation)
 and returns a reason to stop the search (patience) or None. The Ray backend asks the study
 for trials in the driver (so the sampler sees every result), fixes their parameters there,
 and runs each in a Tune function trainable that reopens the study from its storage to
@@ -28,7 +29,8 @@ def remaining_trials(cfg: SearchConfig, study) -> int:
     return min(left, cfg.grid_size() - len(finished(study))) if cfg.sampler == "grid" else left
 
 
-def run_local(cfg: SearchConfig, study, parent_run_id: str | None, after: After) -> str | None:
+def run_local(cfg: SearchConfig, study, parent_run_id: str | None, after: After,
+              deadline: float | None = None) -> str | None:
     stop: dict[str, Any] = {"reason": None}
 
     def callback(study_, frozen) -> None:
@@ -37,7 +39,7 @@ def run_local(cfg: SearchConfig, study, parent_run_id: str | None, after: After)
             stop["reason"] = reason
             study_.stop()
 
-    study.optimize(lambda trial: run_trial(cfg, trial, parent_run_id), n_trials=max(0, remaining_trials(cfg, study)),
+    study.optimize(lambda trial: run_trial(cfg, trial, parent_run_id, deadline), n_trials=max(0, remaining_trials(cfg, study)),
                    timeout=cfg.timeout, callbacks=[callback], catch=(), gc_after_trial=True)
     return stop["reason"]
 
@@ -73,7 +75,8 @@ def _ray_init(cfg: SearchConfig) -> bool:
     return True
 
 
-def run_ray(cfg: SearchConfig, study, parent_run_id: str | None, after: After) -> str | None:
+def run_ray(cfg: SearchConfig, study, parent_run_id: str | None, after: After,
+            deadline: float | None = None) -> str | None:
     import time
 
     import ray
@@ -81,13 +84,15 @@ def run_ray(cfg: SearchConfig, study, parent_run_id: str | None, after: After) -
     from ray import tune
 
     started_here = _ray_init(cfg)
-    deadline = time.monotonic() + cfg.timeout if cfg.timeout else None
+    timeout_at = time.monotonic() + cfg.timeout if cfg.timeout else None  # (`deadline`: only between batches)
     storage = (Path(cfg.output) / "ray").resolve()
     try:
         batch_no = 0
         while remaining_trials(cfg, study) > 0:
-            if deadline and time.monotonic() > deadline:
+            if timeout_at and time.monotonic() > timeout_at:
                 return "timeout"
+            if deadline and time.monotonic() > deadline:
+                return "budget spent"
             asked = [study.ask() for _ in range(min(cfg.ray.concurrency, remaining_trials(cfg, study)))]
             for trial in asked:
                 suggest(cfg, trial)

@@ -78,7 +78,8 @@ def search(cfg: SearchConfig) -> dict[str, Any]:
                 return f"budget: {elapsed:.0f} s of {cfg.budget:.0f} s used, another trial would not fit"
             return None
 
-        stopped = BACKENDS[cfg.backend](cfg, study, run.run_id, after) if remaining_trials(cfg, study) > 0 else None
+        deadline = started + cfg.budget if cfg.budget else None
+        stopped = BACKENDS[cfg.backend](cfg, study, run.run_id, after, deadline) if remaining_trials(cfg, study) > 0 else None
         report = write_report(cfg, study, stopped)
         report["resumed_trials"] = resumed
         if report["best"]:

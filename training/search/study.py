@@ -9,6 +9,7 @@ keeps only the best trial's artifact (as `<output>/best`). Both backends share t
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -110,8 +111,17 @@ def suggest(cfg: SearchConfig, trial) -> dict[str, Any]:
     return {key: SUGGEST[spec.type](trial, key, spec) for key, spec in cfg.space.items()}
 
 
-def run_trial(cfg: SearchConfig, trial, parent_run_id: str | None = None) -> float:
-    """Train one trial; return the objective, or raise `optuna.TrialPruned` when the pruner stops it."""
+def _spent(deadline: float | None, trial) -> bool:
+    """The search budget is used up and some trial already completed (so stopping this one still leaves a winner)."""
+    from optuna.trial import TrialState
+
+    return (deadline is not None and time.monotonic() > deadline
+            and bool(trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))))
+
+
+def run_trial(cfg: SearchConfig, trial, parent_run_id: str | None = None, deadline: float | None = None) -> float:
+    """Train one trial; return the objective, or raise `optuna.TrialPruned` when the pruner stops it, or at an
+    evaluation after `deadline` (time.monotonic()) once another trial completed (the budget is honoured mid-trial)."""
     import optuna
 
     from training.train.run import train
@@ -132,6 +142,8 @@ def run_trial(cfg: SearchConfig, trial, parent_run_id: str | None = None) -> flo
         trial.report(record[cfg.metric], evals["count"])
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step} ({cfg.metric}={record[cfg.metric]:.4f})")
+        if _spent(deadline, trial):
+            raise optuna.TrialPruned(f"stopped at step {step}: the search budget is spent")
 
     try:
         outcome = train(train_cfg, on_eval=on_eval)

@@ -258,6 +258,21 @@ def packing_advice(req: PlanRequest) -> str:
             "44% of batch tokens are padding, <1% packed); batch_size then counts packed rows")
 
 
+def recipe_advice(req: PlanRequest) -> str:
+    """What `epochs=auto optim.lr=auto optim.warmup_ratio=auto` would pick for this request (training.train.recipes)."""
+    from training.train.config import TrainConfig
+    from training.train.recipes import IMBALANCE_FOR_WEIGHTS, DataShape, pick_recipe
+
+    cfg = TrainConfig(task=req.task, batch_size=req.batch_size, epochs="auto", optim={"lr": "auto", "warmup_ratio": "auto"})
+    got = pick_recipe(cfg, DataShape(rows=req.rows, mean_tokens=req.seq_len / 2)).config
+    line = (f"epochs=auto optim.lr=auto optim.warmup_ratio=auto pick {got.epochs:g} epochs, lr {got.optim.lr:g} (LoRA), "
+            f"warm-up {got.optim.warmup_ratio:g} for {req.rows} rows")
+    if req.task == "classification":
+        line += (f" (more epochs with many labels); class_weighting=auto turns on balanced weights at a "
+                 f"largest/smallest class ratio >= {IMBALANCE_FOR_WEIGHTS:g}")
+    return line + "; measured against a plain loop in benchmarks/results/recipes.md"
+
+
 def plan(req: PlanRequest) -> dict[str, Any]:
     shape = model_shape(req)
     on_gpu = req.gpu_memory_gb is not None
@@ -268,7 +283,7 @@ def plan(req: PlanRequest) -> dict[str, Any]:
     return {"request": req.model_dump(), "model": asdict(shape), "device": device, "budget_bytes": budget,
             "candidates": [{**asdict(c), "total": c.total} for c in cands.values()],
             "recommendation": choice, "reason": reason,
-            "advice": {**(lora_advice(req) if choice in ("lora", "qlora") else {}),
+            "advice": {**({**lora_advice(req), "recipe": recipe_advice(req)} if choice in ("lora", "qlora") else {}),
                        **({"packing": packing_advice(req)} if req.task == "causal-lm" else {})}}
 
 
