@@ -203,6 +203,11 @@ def loaded(stack, shared_data):
                 client.post("/v1/classify", json={"model": "clf", "input": [text, text[::-1]]}).raise_for_status()
         for text in _banking(shared_data, 40):
             client.post("/v1/classify", json={"model": "clf", "input": text}).raise_for_status()
+        # production feedback (the dashboard's online-quality panels): a label on a classification, a rating
+        served = client.post("/v1/classify", json={"model": "clf", "input": "my card is lost"}).json()
+        assert client.post("/v1/feedback", json={"id": served["id"], "label": served["data"][0]["label"]}).status_code == 200
+        done = client.post("/v1/completions", json={"model": DRIFT_ADAPTER, "prompt": "hi", "max_tokens": 2}).json()
+        assert client.post("/v1/feedback", json={"id": done["id"], "rating": 4}).status_code == 200
         for name in (*SPARES, SPARES[0]):  # the fourth use evicts the least recently used spare
             assert _complete(client, name, "hello") == 200  # (spare's second call: a response-cache hit)
         assert _complete(client, "no-such-model", "hello") == 404

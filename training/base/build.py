@@ -223,10 +223,16 @@ def pretrain(model, blocks, cfg: BaseBuildConfig, progress: bool) -> list[float]
     return losses
 
 
+def build_identity(cfg: BaseBuildConfig) -> dict:
+    """What a build is made from: every setting but `size`, which only fills in shape defaults (so a
+    build recorded before the presets existed stays current)."""
+    return cfg.model_dump(exclude={"size"})
+
+
 def is_current_build(out_dir: Path, cfg: BaseBuildConfig) -> bool:
     """True if out_dir holds a finished build of exactly this config, corpus and recipe."""
     info = read_build_info(out_dir)
-    return (info.get("config") == cfg.model_dump() and info.get("format") == BUILD_FORMAT
+    return (info.get("config") == build_identity(cfg) and info.get("format") == BUILD_FORMAT
             and info.get("corpus_sha256") == sha256_file(CORPUS_PATH)
             and (out_dir / "model.safetensors").is_file() and (out_dir / "tokenizer.json").is_file())
 
@@ -293,7 +299,7 @@ def _write_build(cfg: BaseBuildConfig, tmp: Path, progress: bool) -> None:
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     window = min(10, len(losses))
-    info = {"format": BUILD_FORMAT, "config": cfg.model_dump(), "tuneserve_version": tuneserve_version(),
+    info = {"format": BUILD_FORMAT, "config": build_identity(cfg), "tuneserve_version": tuneserve_version(),
             "torch_threads": torch.get_num_threads(),
             "parameters": sum(p.numel() for p in model.parameters()), "tokenizer_vocab": len(tokenizer),
             "initial_loss": sum(losses[:window]) / window, "final_loss": sum(losses[-window:]) / window,
