@@ -110,16 +110,7 @@ def drive_streaming(url: str, key: str, models: list[str], requests: int, max_to
             reply.read()  # the chunked body's end, so the connection can be reused
         return out
 
-    try:
-        with ThreadPoolExecutor(clients) as pool:
-            parts = [pool.submit(client, i) for i in range(clients)]
-            start.wait()
-            started = time.perf_counter()
-            results = [item for part in parts for item in part.result()]
-            wall = time.perf_counter() - started
-    finally:
-        for connection in connections:
-            connection.close()
+    results, wall = closed_loop(client, clients, start, connections)
     return summarize(results, wall)
 
 
@@ -169,3 +160,18 @@ def timing_breakdown(before: dict[str, dict], after: dict[str, dict]) -> dict[st
         p95 = next((le for le, n in cumulative if count and n >= 0.95 * count), float("inf"))
         out[part] = {"count": int(count), "mean_s": total / count if count else float("nan"), "p95_le_s": p95}
     return out
+
+
+def closed_loop(client, clients: int, start: threading.Barrier, connections: list) -> tuple[list, float]:
+    """Run `client(i)` on `clients` threads released together by `start` (this thread is its last party):
+    (every client's results, seconds from the release until the last one finished); closes `connections`."""
+    try:
+        with ThreadPoolExecutor(clients) as pool:
+            parts = [pool.submit(client, i) for i in range(clients)]
+            start.wait()
+            started = time.perf_counter()
+            results = [item for part in parts for item in part.result()]
+            return results, time.perf_counter() - started
+    finally:
+        for connection in connections:
+            connection.close()

@@ -33,13 +33,12 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `python benchmarks/NAME.py`
 from benchmarks.common import (  # noqa: E402
     RAY_TMPDIR, ROOT, arguments, command, goals_table, load_average, machine, provenance, versions, write_results)
-from benchmarks.latency import drive_streaming, engine_timing, percentile, timing_breakdown  # noqa: E402
+from benchmarks.latency import closed_loop, drive_streaming, engine_timing, percentile, timing_breakdown  # noqa: E402
 from benchmarks.roofline import base_size, decode_bound, measure_box, report  # noqa: E402
 
 CLIENTS = 16
@@ -117,16 +116,7 @@ def drive(url: str, key: str, models: list[str], requests: int, max_tokens: int)
             out.append((reply["usage"]["completion_tokens"], time.perf_counter() - started))
         return out
 
-    try:
-        with ThreadPoolExecutor(CLIENTS) as pool:
-            parts = [pool.submit(client, i) for i in range(CLIENTS)]
-            start.wait()
-            started = time.perf_counter()
-            results = [item for part in parts for item in part.result()]
-            wall = time.perf_counter() - started
-    finally:
-        for connection in connections:
-            connection.close()
+    results, wall = closed_loop(client, CLIENTS, start, connections)
     latencies = sorted(s for _, s in results)
     return {"tokens_per_s": sum(t for t, _ in results) / wall, "requests": len(results),
             "p50_s": percentile(latencies, 50), "p95_s": percentile(latencies, 95)}
