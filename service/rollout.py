@@ -44,6 +44,7 @@ from service import metrics
 from service.auth import Authenticator, Principal
 from service.engine.desired import AliasSpec
 from service.errors import describe, with_param
+from service.feedback import OnlineQuality
 from service.rollout_schemas import AliasView, GateDecision, RolloutReply, RolloutRequest, VersionNumbers
 from service.shadow import ShadowRunner, agreement
 
@@ -64,24 +65,17 @@ class RolloutSettings(StrictModel):
     shadow_concurrency: int = Field(2, ge=1, description="shadow copies running at once")
 
 
-@dataclass(frozen=True)
-class OnlineQuality:
-    """The shape `service.feedback.FeedbackStore.online_quality` answers (kind: accuracy | rating)."""
-
-    kind: str
-    value: float | None
-    n: int
-
-
 class QualitySource(Protocol):
+    """Online quality per version (service.feedback.FeedbackStore is the production one); None: no feedback."""
+
     def online_quality(self, model_id: str) -> OnlineQuality | None: ...
 
 
 class NoQuality:
-    """The default source until production feedback is wired in: no data for any version."""
+    """A source with no data for any version (tests, or a server without feedback)."""
 
-    def online_quality(self, model_id: str) -> OnlineQuality:
-        return OnlineQuality("none", None, 0)
+    def online_quality(self, model_id: str) -> OnlineQuality | None:
+        return None
 
 
 @dataclass
@@ -103,7 +97,7 @@ class VersionStats:
     agreement_sum: float = 0.0
     agreement_n: int = 0
 
-    def numbers(self, version: str, quality: OnlineQuality) -> VersionNumbers:
+    def numbers(self, version: str, quality: OnlineQuality | None) -> VersionNumbers:
         requests = self.live.requests + self.shadow.requests
         errors = self.live.errors + self.shadow.errors
         both = sorted([*self.live.latencies, *self.shadow.latencies])
@@ -112,7 +106,8 @@ class VersionStats:
             p50_latency_s=_quantile(both, 0.5), p95_latency_s=_quantile(both, 0.95),
             shadow_requests=self.shadow.requests, shadow_errors=self.shadow.errors,
             agreement=self.agreement_sum / self.agreement_n if self.agreement_n else None,
-            agreement_n=self.agreement_n, quality=quality.value, quality_kind=quality.kind, quality_n=quality.n)
+            agreement_n=self.agreement_n, quality=quality.value if quality else None,
+            quality_kind=quality.kind if quality else "none", quality_n=quality.n if quality else 0)
 
 
 def _quantile(values: list[float], q: float) -> float | None:
@@ -274,8 +269,7 @@ class Rollouts:
         return stats
 
     def numbers(self, version: str) -> VersionNumbers:
-        # may read a store: outside the lock; a source with no feedback for the version answers None
-        quality = self.quality.online_quality(version) or NoQuality().online_quality(version)
+        quality = self.quality.online_quality(version)  # may read a store: outside the lock
         with self.lock:
             return self._stats(version).numbers(version, quality)
 
