@@ -220,11 +220,15 @@ def dashboards_configmap() -> dict:
 
 
 def gpu_serve_config() -> str:
-    """deploy/serve_config.yaml with one GPU per Engine replica (the Ingress stays on CPU workers)."""
+    """deploy/serve_config.yaml with one GPU per Engine replica, the models on it in bfloat16 (the Ingress
+    stays on CPU workers)."""
     config = yaml.safe_load((DEPLOY_DIR / "serve_config.yaml").read_text())
-    engine = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Engine")
+    application = config["applications"][0]
+    application["args"].update({"device": "cuda", "dtype": "bfloat16"})
+    engine = next(d for d in application["deployments"] if d["name"] == "Engine")
     engine["ray_actor_options"]["num_gpus"] = 1
-    return dump_yaml(config, "deploy/serve_config.yaml with ray_actor_options.num_gpus: 1 on the Engine (k8s/generate.py)")
+    return dump_yaml(config, "deploy/serve_config.yaml with device: cuda, dtype: bfloat16 and "
+                     "ray_actor_options.num_gpus: 1 on the Engine (k8s/generate.py)")
 
 
 def _sync_container(every_s: int = 0) -> dict:

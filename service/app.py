@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
+import ray
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
@@ -269,4 +270,14 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
     """Ray Serve import-path target: validate the args into ServiceSettings and bind the graph."""
     settings = load_settings(args).model_dump(mode="json")
     secret = ingress_secret()
-    return Ingress.bind(EngineDeployment.bind(settings, secret), settings, secret)
+    engine = EngineDeployment
+    if engine_wants_gpu(settings["device"]):  # Ray hides GPUs from an actor that asked for none
+        engine = engine.options(ray_actor_options={**(engine.ray_actor_options or {}), "num_gpus": 1})
+    return Ingress.bind(engine.bind(settings, secret), settings, secret)
+
+
+def engine_wants_gpu(device: str) -> bool:
+    """Whether an Engine replica asks Ray for a GPU: cuda always, auto when the cluster has one."""
+    if device.startswith("cuda"):
+        return True
+    return device == "auto" and ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0

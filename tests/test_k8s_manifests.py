@@ -94,9 +94,11 @@ def test_overlay_builds_and_every_document_validates(overlay, tmp_path):
 def test_rayservice_runs_the_one_serve_config_with_both_autoscalers(overlay):
     config = serve_config(overlay)
     source = load_yaml(DEPLOY / "serve_config.yaml")
-    if overlay == "gpu":  # the same config, with one GPU per Engine replica
+    if overlay == "gpu":  # the same config, with one GPU per Engine replica and the models on it in bfloat16
         engine = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Engine")
         assert engine["ray_actor_options"].pop("num_gpus") == 1
+        args = config["applications"][0]["args"]
+        assert (args.pop("device"), args.pop("dtype")) == ("cuda", "bfloat16")
     assert config == source
     spec = one(overlay, "RayService")["spec"]
     assert spec["rayClusterConfig"]["enableInTreeAutoscaling"] is True

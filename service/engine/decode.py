@@ -246,6 +246,12 @@ class DecodeBatch:
         """Each row's next token (and logprobs); a row whose sampling fails is reported, not raised."""
         waiting = [i for i, a in enumerate(rows) if a.produced < a.row.params.min_tokens and a.matcher is None]
         constrained = [(i, a.matcher) for i, a in enumerate(rows) if a.matcher is not None]
+        if logits.device.type != "cpu":  # a GPU: greedy rows need only the argmax back, anything else the logits
+            per_row = waiting or constrained or any(a.row.params.temperature > 0.0 or a.row.params.logprobs is not None
+                                                    for a in rows)
+            if not per_row:
+                return logits.argmax(dim=-1).cpu(), {}
+            logits = logits.cpu()
         if waiting or constrained:  # a copy: the logits are inference tensors
             logits = logits.clone()
             for i in waiting:  # end-of-sequence and stop ids wait for min_tokens

@@ -182,7 +182,7 @@ class EncoderEngine:
             with self.registry.model_lock, torch.inference_mode():
                 hidden = target.forward([slot for slot, _ in chunk], batched_lora=False,
                                         input_ids=input_ids, attention_mask=mask)[0]
-            out.append(mean_pooled(hidden.float(), mask))
+            out.append(mean_pooled(hidden.float(), mask.to(hidden.device)).cpu())
         return torch.cat(out).numpy()
 
 

@@ -76,7 +76,7 @@ class Engine:
         enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         with self.registry.model_lock, torch.inference_mode():  # PEFT path: it also swaps classifier heads
             model = lease.target.model
-            logits = lease.target.forward([lease.slot] * len(texts), batched_lora=False, **enc).logits.float()
+            logits = lease.target.forward([lease.slot] * len(texts), batched_lora=False, **enc).logits.float().cpu()
         probs = torch.softmax(logits, dim=-1)
         labels = loaded.labels or [model.config.id2label[i] for i in range(probs.shape[-1])]
         out = []

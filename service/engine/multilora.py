@@ -60,9 +60,9 @@ class _LayerStack:
         self.scaled: set[str] = set()  # slots with a DoRA scale
 
     def _grow(self, capacity: int, rank: int, like_a: torch.Tensor, like_b: torch.Tensor) -> None:
-        a = torch.zeros((capacity, rank, like_a.shape[1]), dtype=like_a.dtype)
-        b = torch.zeros((capacity, like_b.shape[0], rank), dtype=like_b.dtype)
-        g = torch.ones((capacity, like_b.shape[0]), dtype=like_b.dtype)
+        a = like_a.new_zeros((capacity, rank, like_a.shape[1]))
+        b = like_b.new_zeros((capacity, like_b.shape[0], rank))
+        g = like_b.new_ones((capacity, like_b.shape[0]))
         old = 1
         if self.a is not None:
             old, old_rank = self.a.shape[0], self.a.shape[1]
@@ -181,7 +181,7 @@ class MultiLora:
         if cached is None:
             positions = [stack.index.get(s, 0) if s else 0 for s in self._rows]
             shared = positions[0] if len(set(positions)) == 1 else None
-            cached = self._cache[key] = (torch.tensor(positions, dtype=torch.long), shared)
+            cached = self._cache[key] = (torch.tensor(positions, dtype=torch.long, device=stack.a.device), shared)
         return cached
 
     def _hook(self, module, args, output):

@@ -39,6 +39,7 @@ from training.artifact.remote import is_remote
 
 from service import metrics
 from service.engine.catalog import Catalog, discover
+from service.engine.device import model_device, on_device, place, resolve_device
 from service.engine.multilora import MultiLora
 from service.engine.parity import check_parity, record_parity, served_forward
 from service.engine.settings import ModelSettings
@@ -82,8 +83,13 @@ class Target:
     def takes_adapters(self) -> bool:
         return hasattr(self.model, "peft_config")
 
+    @property
+    def device(self):
+        return model_device(self.model)
+
     def forward(self, adapters: list[str | None], batched_lora: bool = True, **inputs):
-        """Run the model with row i on adapter slot adapters[i] (None = bare base)."""
+        """Run the model with row i on adapter slot adapters[i] (None = bare base), inputs moved to its device."""
+        inputs = on_device(inputs, self.device)
         if not self.takes_adapters:
             return self.model(**inputs)
         ml = self.multilora
@@ -127,6 +133,7 @@ class Lease:
 class ModelRegistry:
     def __init__(self, config: ModelSettings) -> None:
         self.config = config
+        self.device = resolve_device(config.device)  # a GPU torch cannot see fails here, before any load
         self.model_lock = threading.RLock()  # held around forward passes and PEFT module changes
         self._state = threading.RLock()  # adapters / catalog bookkeeping
         self._load_lock = threading.Lock()  # one adapter load at a time
@@ -143,6 +150,7 @@ class ModelRegistry:
         fleet's admin-set state, service/engine/desired.py) edits the discovered catalog and returns its pins."""
         started = time.perf_counter()
         base = load_base(self.config.base_model, dtype=self.config.dtype, task=self.config.base_task)
+        place(base, self.device)
         self.base_name = Path(self.config.base_model).name if "/" in self.config.base_model else self.config.base_model
         metrics.model_loaded(self.base_name, time.perf_counter() - started)
         self.targets[BASE] = Target(BASE, base, base.model)
@@ -169,6 +177,7 @@ class ModelRegistry:
         """A full-model artifact as a target, once its served form passed the parity gate."""
         artifact = load_artifact(path)
         loaded = load_model_artifact(artifact, dtype=self.config.dtype)
+        place(loaded, self.device)
         target = Target(name, loaded, loaded.model)
         target.parity = check_parity(self.config.parity, f"model {name!r}", artifact,
                                      served_forward(target, None, False, self.model_lock))

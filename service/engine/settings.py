@@ -24,6 +24,8 @@ class ModelSettings(StrictModel):
     base_model: str = "tiny-llama"
     base_task: Literal["causal-lm", "classification", "embedding"] = "causal-lm"
     dtype: str = "float32"
+    device: str = Field("cpu", pattern=r"^(cpu|auto|cuda(:[0-9]+)?)$", description="where the models run: cpu, "
+                        "cuda, cuda:N, or auto (the first CUDA device when torch sees one, else cpu)")
     artifacts_dir: Path | None = None
     models: list[Path] = Field(default_factory=list, description="extra full-model artifact dirs served by name")
     adapters: dict[str, str] = Field(default_factory=dict, description="extra adapters: name -> artifact dir "
