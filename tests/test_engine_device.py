@@ -87,3 +87,49 @@ def test_an_engine_on_cuda_asks_ray_for_a_gpu(device, gpus):
     engine = app._bound_deployment.init_args[0]._bound_deployment
     assert engine.name == "Engine" and engine.ray_actor_options.get("num_gpus") == gpus
     assert engine.ray_actor_options["num_cpus"] == 2
+
+
+@pytest.mark.gpu
+def test_the_engine_on_cuda_answers_as_on_the_cpu(tiny_base_dir, tmp_path):
+    """Mixed-adapter batches, greedy and logprob rows, in fp32: the same tokens on the GPU as on the CPU."""
+    if NO_CUDA:
+        pytest.skip("needs a CUDA device")
+    from service.engine.engine import Engine
+    from tests.service_fixtures import make_adapter
+
+    for name in ("a1", "a2"):
+        make_adapter(tiny_base_dir, tmp_path / name, name, seed=int(name[1]))
+    answers = {}
+    for device in ("cpu", "cuda"):
+        engine = Engine(EngineSettings(base_model=str(tiny_base_dir), device=device, artifacts_dir=tmp_path,
+                                       cache={"enabled": False}))
+        engine.start()
+        try:
+            assert engine.registry.base.device.type == device
+            answers[device] = _batch_answers(engine)
+        finally:
+            engine.stop()
+    assert answers["cuda"] == answers["cpu"]
+
+
+def _batch_answers(engine) -> list[str]:
+    import asyncio
+
+    from service.engine.types import SamplingParams
+
+    tokenizer = engine.registry.base.loaded.tokenizer
+    texts = ["The quick brown fox", "Once upon a time", "In the beginning", "To be or not to be"]
+    work = [(text, model, SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True,
+                                         logprobs=2 if i % 2 else None))
+            for i, (text, model) in enumerate((t, m) for t in texts for m in ("base", "a1", "a2"))]
+
+    async def one(text, model, params) -> str:
+        pieces = []
+        async for event in engine.generate(engine.registry.acquire(model), tokenizer(text)["input_ids"], params):
+            pieces.append(event.text)
+        return "".join(pieces)
+
+    async def all_rows():
+        return await asyncio.gather(*(one(*row) for row in work))
+
+    return asyncio.run(all_rows())

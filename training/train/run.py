@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from training.artifact import fingerprint_model_dir, resolve_base_dir
+from training.artifact.errors import ArtifactInvalid, ConfigError
+from training.artifact.paths import MINILM
 from training.artifact.loading import load_tokenizer
 from training.train.config import TrainConfig
 from training.train.loop import LoopResult, TrainLoop
@@ -46,6 +48,7 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, dict[str, float]], None] | N
 
         return train_on_ray(cfg, on_eval)
     resume_from = resume_point(cfg)
+    require_profile_encoder(cfg)
     device = pick_device(cfg)
     prep = prepare(cfg, device)
     cfg = prep.cfg
@@ -63,6 +66,17 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, dict[str, float]], None] | N
     manifest, artifact, merged = write_outputs(cfg, prep, result, wall, device)
     return TrainOutcome(artifact=artifact, merged=merged, model=prep.model, tokenizer=prep.tokenizer, result=result,
                         manifest=manifest, examples=prep.val_ex or prep.train_ex, collate=prep.collate)
+
+
+def require_profile_encoder(cfg: TrainConfig) -> None:
+    """The drift profile embeds a sample with MiniLM after training: a missing encoder fails before any step."""
+    if not (cfg.profile.enabled and cfg.profile.embed):
+        return
+    try:
+        resolve_base_dir(MINILM)
+    except ArtifactInvalid as exc:
+        raise ConfigError(f"the artifact's drift profile embeds with {MINILM!r}: {exc.message}",
+                          f"{exc.hint}, or train with profile.embed=false (no embedding drift for this artifact)") from None
 
 
 def refit(cfg: TrainConfig, prep, selected: LoopResult, device) -> tuple:
