@@ -120,3 +120,39 @@ def r9_scenario(url: str, keys: dict[str, str], fresh: Path, limit_s: float = 60
     out["replicas"] = fleet_view(admin)["replicas"]
     admin.close()
     return out
+
+
+def rollout_feedback_scenario(url: str, keys: dict[str, str], stable: str, candidate: str,
+                              alias: str = "team-bot", rounds: int = 4) -> dict:
+    """Through an alias with a 50/50 sticky canary on two replicas: each caller's version in every round (both
+    replicas answer each round), feedback on every answer (about half reach the replica that did not serve it:
+    rating 5 for the stable's answers, 1 for the candidate's), then an unforced promotion, refused on quality."""
+    admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {keys['admin']}"}, timeout=120)
+    out: dict = {}
+    reply = admin.put(f"/v1/admin/rollouts/{alias}", json={"stable": stable, "candidate": candidate, "weight": 0.5,
+                                                           "sticky": "user"})
+    out["set"] = {"status": reply.status_code, "applied": len(reply.json().get("fleet", {}).get("applied", []))}
+
+    def ask(i: int) -> tuple[int, str | None, str | None]:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {keys['infer']}",
+                                                 "X-Tuneserve-Sticky": f"user-{i % PROBES}"}, timeout=60) as http:
+            r = http.post("/v1/completions", json={"model": alias, "prompt": f"order {i}", "max_tokens": 1})
+            body = r.json() if r.status_code == 200 else {}
+            return r.status_code, body.get("model"), body.get("id")
+
+    def rate(answer: tuple[int, str | None, str | None]) -> int:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {keys['infer']}"}, timeout=60) as http:
+            return http.post("/v1/feedback", json={"id": answer[2], "rating": 5 if answer[1] == stable else 1}
+                             ).status_code
+
+    answers: list = []
+    with ThreadPoolExecutor(PROBES) as pool:
+        for _ in range(rounds):
+            answers += list(pool.map(ask, range(PROBES)))
+        out["feedback"] = sorted(set(pool.map(rate, answers)))
+    out["answers"] = [a[:2] for a in answers]
+    promoted = admin.post(f"/v1/admin/rollouts/{alias}/promote")
+    out["promote"] = {"status": promoted.status_code, "message": promoted.json().get("error", {}).get("message", "")}
+    out["after"] = admin.get(f"/v1/admin/rollouts/{alias}").json()["aliases"][0]["stable"]
+    admin.close()
+    return out

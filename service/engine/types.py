@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
-    from service.engine.registry import Target
+    from service.engine.target import Target
     from service.structured import Constraint
 
 
