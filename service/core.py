@@ -63,6 +63,7 @@ class ServingCore(Administration):
             replica_id or local_replica_id(), settings.fleet, settings.adapters)
         self.feedback_store = FeedbackStore(settings.feedback, settings.artifacts_dir)
         self.rollouts = Rollouts(settings.rollout, self.fleet, self._knows, quality or self.feedback_store)
+        self.fleet.tallies = self.rollouts.snapshot  # every replica's gate counts the whole fleet's traffic
         self.drift = DriftMonitor(settings.drift, self._artifact_dir)
         self.jobs = JobBuilder(settings, self.lease, self.drift)
         self.embeddings = EmbeddingService(settings, getattr(self.engine, "encoder", None), self.registry, self.drift,

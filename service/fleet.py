@@ -28,7 +28,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import Field, ValidationError
 
@@ -103,6 +103,7 @@ class Coordinator:
         self._state = self.store.read()
         self._cond = threading.Condition()
         self._replicas: dict[str, tuple[int, dict[str, str], float]] = {}  # id -> (applied, errors, last seen)
+        self._tallies: dict[str, dict] = {}  # id -> its rollout numbers per version (service/rollout.py)
 
     def state(self) -> DesiredState:
         with self._cond:
@@ -153,7 +154,19 @@ class Coordinator:
     def leave(self, replica: str) -> None:
         with self._cond:
             self._replicas.pop(replica, None)
+            self._tallies.pop(replica, None)
             self._cond.notify_all()
+
+    def report_tallies(self, replica: str, tallies: dict) -> None:
+        """`replica`'s rollout numbers (Rollouts.snapshot), sent with its heartbeats."""
+        with self._cond:
+            self._tallies[replica] = tallies
+
+    def tallies(self, exclude: str | None = None) -> list[dict]:
+        """The rollout numbers the live replicas other than `exclude` last reported."""
+        with self._cond:
+            live = self._live()
+            return [t for r, t in self._tallies.items() if r in live and r != exclude]
 
     def await_applied(self, generation: int, name: str, timeout_s: float) -> dict[str, Any]:
         """Wait until every live replica applied `generation`; who did, who has not, who failed on `name`."""
@@ -197,6 +210,7 @@ class FleetMember:
         self._stop, self._dirty = threading.Event(), threading.Event()
         self._threads: list[threading.Thread] = []
         self._last_try = 0.0
+        self.tallies: Callable[[], dict] | None = None  # this replica's rollout numbers, reported each heartbeat
 
     def resolve(self, source: str) -> Path:
         return fetch_artifact(source, self.cache_root) if is_remote(source) else Path(source)
@@ -305,9 +319,25 @@ class FleetMember:
     def _report(self) -> None:
         self.coordinator.sync(self.replica, self.applied, self.errors, 0.0)
 
+    def _report_tallies(self) -> None:
+        if self.tallies is not None:
+            try:
+                self.coordinator.report_tallies(self.replica, self.tallies())
+            except Exception as exc:  # noqa: BLE001 - e.g. an older coordinator: the gate then counts this replica only
+                log.debug("replica %s cannot report its rollout numbers: %s", self.replica, exc)
+
+    def peer_tallies(self) -> list[dict]:
+        """The other live replicas' rollout numbers (empty when the coordinator cannot say)."""
+        try:
+            return self.coordinator.tallies(self.replica)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("replica %s cannot read the fleet's rollout numbers: %s", self.replica, exc)
+            return []
+
     def _follow(self) -> None:
         """Heartbeat and long poll: a new generation (or a failed change due for a retry) wakes the applier."""
         while not self._stop.is_set():
+            self._report_tallies()
             try:
                 newer = self.coordinator.sync(self.replica, self.applied, self.errors, self.settings.sync_interval_s)
             except Exception as exc:  # noqa: BLE001 - coordinator restarting: keep serving, try again

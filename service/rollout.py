@@ -65,6 +65,9 @@ class RolloutSettings(StrictModel):
     shadow_concurrency: int = Field(2, ge=1, description="shadow copies running at once")
 
 
+PEER_LATENCIES = 256  # latest latencies per version a replica reports to the fleet (bounds each heartbeat)
+
+
 class QualitySource(Protocol):
     """Online quality per version (service.feedback.FeedbackStore is the production one); None: no feedback."""
 
@@ -96,6 +99,25 @@ class VersionStats:
     shadow: Tally
     agreement_sum: float = 0.0
     agreement_n: int = 0
+
+    def snapshot(self, sample: int) -> dict[str, Any]:
+        """What the fleet sums (service/fleet.py tallies): counts, agreement and the latest `sample` latencies."""
+        return {"live": [self.live.requests, self.live.errors], "shadow": [self.shadow.requests, self.shadow.errors],
+                "agreement": [self.agreement_sum, self.agreement_n],
+                "latencies": [*self.live.latencies, *self.shadow.latencies][-sample:]}
+
+    @classmethod
+    def summed(cls, snapshots: list[dict[str, Any]]) -> "VersionStats":
+        """Every replica's numbers of one version as one (latencies pooled in the live tally)."""
+        total = cls(Tally(latencies=deque()), Tally(latencies=deque()))
+        for snap in snapshots:
+            for tally, (requests, errors) in ((total.live, snap["live"]), (total.shadow, snap["shadow"])):
+                tally.requests += requests
+                tally.errors += errors
+            total.agreement_sum += snap["agreement"][0]
+            total.agreement_n += snap["agreement"][1]
+            total.live.latencies.extend(snap["latencies"])
+        return total
 
     def numbers(self, version: str, quality: OnlineQuality | None) -> VersionNumbers:
         requests = self.live.requests + self.shadow.requests
@@ -268,10 +290,20 @@ class Rollouts:
                                                        Tally(latencies=deque(maxlen=window)))
         return stats
 
-    def numbers(self, version: str) -> VersionNumbers:
-        quality = self.quality.online_quality(version)  # may read a store: outside the lock
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """This replica's numbers per version, reported to the fleet with each heartbeat (FleetMember.tallies)."""
         with self.lock:
-            return self._stats(version).numbers(version, quality)
+            return {version: stats.snapshot(PEER_LATENCIES) for version, stats in self.stats.items()}
+
+    def numbers(self, version: str) -> VersionNumbers:
+        """A version's numbers over the whole fleet: this replica's and what the other live replicas reported."""
+        quality = self.quality.online_quality(version)  # may read a store: outside the lock
+        peers = [tallies[version] for tallies in self.fleet.peer_tallies() if version in tallies]
+        with self.lock:
+            own = self._stats(version)
+            if not peers:
+                return own.numbers(version, quality)
+            return VersionStats.summed([own.snapshot(self.settings.latency_window), *peers]).numbers(version, quality)
 
     # ---- administration (called off the event loop) -------------------------------------------
     def admin(self, request: RolloutRequest, principal: Principal | None = None) -> RolloutReply:

@@ -27,9 +27,19 @@ from training.artifact.errors import Conflict, NotFound, PermissionDenied
 class FakeFleet:
     """The FleetMember surface Rollouts uses, over a real in-memory coordinator."""
 
-    def __init__(self, coordinator: Coordinator | None = None) -> None:
+    def __init__(self, coordinator: Coordinator | None = None, replica: str = "here") -> None:
         self.coordinator = coordinator or Coordinator(None)
+        self.replica = replica
         self.aliases = dict(self.coordinator.state().aliases)
+        self.tallies = None
+
+    def heartbeat(self) -> None:  # what FleetMember._follow does each sync interval
+        self.coordinator.sync(self.replica, 0, {}, 0.0)
+        self.coordinator.report_tallies(self.replica, self.tallies())
+        self.aliases = dict(self.coordinator.state().aliases)
+
+    def peer_tallies(self):
+        return self.coordinator.tallies(self.replica)
 
     def set_alias(self, name, spec, expect):
         data = None if spec is None else spec.model_dump(exclude={"generation"})
@@ -277,3 +287,30 @@ def test_the_member_follows_alias_changes_written_by_another_replica(tmp_path):
     finally:
         for member in members:
             member.stop()
+
+
+def test_each_replica_gates_on_the_whole_fleets_traffic():
+    coordinator = Coordinator(None)
+    replicas = []
+    for name in ("ra", "rb"):
+        fleet = FakeFleet(coordinator, name)
+        replicas.append(Rollouts(RolloutSettings(min_requests=10, require_feedback=False), fleet,
+                                 lambda n: n in {"v1", "v2"}))
+        fleet.tallies = replicas[-1].snapshot
+    a, b = replicas
+    a.admin(RolloutRequest(action="set", alias="bot", stable="v1", candidate="v2", weight=0.5))
+    for replica, slow in ((a, 0.1), (b, 0.3)):  # each replica alone saw 6 requests per version, under min_requests
+        for i in range(6):
+            replica.record("bot", "v1", "primary", True, 0.1)
+            replica.record("bot", "v2", "shadow" if i % 2 else "primary", True, slow)
+    assert a.numbers("v1").requests == 6  # no heartbeat yet: only its own
+    for replica in replicas:
+        replica.fleet.heartbeat()
+    for replica in replicas:  # any replica sees the fleet's numbers: counts summed, latencies pooled
+        v1, v2 = replica.numbers("v1"), replica.numbers("v2")
+        assert (v1.requests, v2.requests, v2.shadow_requests) == (12, 12, 6)
+        assert v2.p50_latency_s == pytest.approx(0.3) and v1.p95_latency_s == pytest.approx(0.1)
+    decision = a.admin(RolloutRequest(action="promote", alias="bot")).decision
+    assert not any("requests" in reason for reason in decision.reasons), decision.reasons  # 12 >= 10 each
+    coordinator.leave("rb")  # a replica that left no longer counts
+    assert a.numbers("v1").requests == 6
