@@ -126,7 +126,8 @@ def rollout_feedback_scenario(url: str, keys: dict[str, str], stable: str, candi
                               alias: str = "team-bot", rounds: int = 4) -> dict:
     """Through an alias with a 50/50 sticky canary on two replicas: each caller's version in every round (both
     replicas answer each round), feedback on every answer (about half reach the replica that did not serve it:
-    rating 5 for the stable's answers, 1 for the candidate's), then an unforced promotion, refused on quality."""
+    rating 5 for the stable's answers, 1 for the candidate's), the fleet-wide request counts in the status, then
+    an unforced promotion, refused on quality."""
     admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {keys['admin']}"}, timeout=120)
     out: dict = {}
     reply = admin.put(f"/v1/admin/rollouts/{alias}", json={"stable": stable, "candidate": candidate, "weight": 0.5,
@@ -151,6 +152,12 @@ def rollout_feedback_scenario(url: str, keys: dict[str, str], stable: str, candi
             answers += list(pool.map(ask, range(PROBES)))
         out["feedback"] = sorted(set(pool.map(rate, answers)))
     out["answers"] = [a[:2] for a in answers]
+
+    def counted() -> bool:  # whichever replica answers the status, it sums both replicas' requests
+        versions = admin.get(f"/v1/admin/rollouts/{alias}").json()["aliases"][0]["versions"]
+        return sum(v["requests"] for v in versions) == len(answers)
+
+    out["counted_s"] = wait_for("both replicas' requests in the alias status", counted, 30)
     promoted = admin.post(f"/v1/admin/rollouts/{alias}/promote")
     out["promote"] = {"status": promoted.status_code, "message": promoted.json().get("error", {}).get("message", "")}
     out["after"] = admin.get(f"/v1/admin/rollouts/{alias}").json()["aliases"][0]["stable"]
