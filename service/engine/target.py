@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,8 @@ class Target:
     def takes_adapters(self) -> bool:
         return hasattr(self.model, "peft_config")
 
-    @property
-    def device(self):
+    @cached_property
+    def device(self):  # once: forward runs every decode step, and a placed model does not move
         return model_device(self.model)
 
     def forward(self, adapters: list[str | None], batched_lora: bool = True, **inputs):
