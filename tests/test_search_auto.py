@@ -23,13 +23,29 @@ def test_no_trial_starts_that_would_overrun_the_budget():
     assert not out_of_budget(900, elapsed=600, longest_trial=250)
     assert out_of_budget(900, elapsed=700, longest_trial=250)
     assert not out_of_budget(None, elapsed=10**6, longest_trial=10**6)
+    assert not out_of_budget(900, elapsed=700, longest_trial=250, fit=0.5)  # auto mode: half of it fits
 
 
-def test_space_follows_method_and_task():
-    cls = auto_space(TrainConfig(task="classification", optim={"lr": "auto"}))
-    assert {"optim.lr", "epochs", "lora.r", "class_weighting"} <= set(cls) and cls["optim.lr"]["high"] == 8e-3
-    full = auto_space(TrainConfig(method="full", max_steps=10))
-    assert set(full) == {"optim.lr"}
+def test_space_is_centred_on_the_recipe_whose_settings_are_tried_first():
+    recipe = TrainConfig(task="classification", optim={"lr": 2e-3}, epochs=6, lora={"r": 12, "dropout": 0.05},
+                         class_weighting="balanced")
+    space, first = auto_space(recipe)
+    assert {"optim.lr", "epochs", "lora.r", "lora.dropout", "class_weighting"} == set(space) == set(first)
+    assert space["optim.lr"]["low"] == 5e-4 and space["optim.lr"]["high"] == 8e-3
+    assert space["epochs"]["choices"] == [3, 6, 12] and 12 in space["lora.r"]["choices"]
+    assert first == {"optim.lr": 2e-3, "epochs": 6, "lora.r": 12, "lora.dropout": 0.05, "class_weighting": "balanced"}
+    full, first = auto_space(TrainConfig(method="full", max_steps=10, optim={"lr": 5e-5}))
+    assert set(full) == set(first) == {"optim.lr"}
+
+
+def test_a_first_trial_outside_the_space_is_refused():
+    from training.search.config import SearchConfig
+
+    space = {"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}
+    SearchConfig(train=TrainConfig(), space=space, first_trials=[{"optim.lr": 1e-3}])
+    for bad in ({"optim.lr": 1.0}, {"epochs": 3}):
+        with pytest.raises(ValueError, match="first_trials"):
+            SearchConfig(train=TrainConfig(), space=space, first_trials=[bad])
 
 
 def test_a_tiny_budget_stops_after_one_trial_and_writes_the_winner(tiny_base_dir, tmp_path):
@@ -44,6 +60,7 @@ def test_a_tiny_budget_stops_after_one_trial_and_writes_the_winner(tiny_base_dir
     report = auto_train(cfg, budget=1)
     assert time.monotonic() - started < 120
     assert len(report["trials"]) == 1 and report["stopped"].startswith("budget")
+    assert report["trials"][0]["params"]["optim.lr"] == pytest.approx(5e-3)  # the config's, tried first
     assert read_manifest(tmp_path / "auto").metrics["steps"] == 2
     assert (tmp_path / "auto.search" / "report.json").is_file()
 
@@ -64,7 +81,7 @@ def test_the_budget_stops_a_running_trial_within_ten_percent(monkeypatch, tmp_pa
     from training.search.config import SearchConfig
     from training.search.run import search
 
-    budget, ends, calls = 4.0, [], []
+    budget, ends, calls = 8.0, [], []
 
     def fake_train(cfg, on_eval=None):
         seconds = 0.5 if len(calls) != 1 else 30.0
@@ -87,3 +104,52 @@ def test_the_budget_stops_a_running_trial_within_ten_percent(monkeypatch, tmp_pa
     report = search(cfg)
     assert len(calls) == 2 and max(ends) - started <= 1.1 * budget  # without the mid-trial stop: ~30 s
     assert report["best"]["number"] == 0 and [t["state"] for t in report["trials"]] == ["COMPLETE", "PRUNED"]
+
+
+def test_with_refit_the_winner_is_retrained_on_train_and_validation_for_its_selected_steps(tiny_base_dir, tmp_path):
+    from training.artifact import read_manifest
+    from training.search.auto import auto_train
+
+    data = write_jsonl(tmp_path / "rows.jsonl", instruction_rows(40))
+    cfg = make_config(*train_args(tiny_base_dir, data, tmp_path / "auto", "max_steps=3", "eval_every=1",
+                                  "data.validation_fraction=0.2", "profile.enabled=false", "refit=true",
+                                  "lora.target_modules=[q_proj, v_proj]"))
+    report = auto_train(cfg, budget=1)
+    trial = read_manifest(tmp_path / "auto.search" / "best").metrics
+    metrics = read_manifest(tmp_path / "auto").metrics
+    assert report["refit"]["steps"] == trial["best_step"] == metrics["refit_steps"] == metrics["steps"]
+    assert metrics["val_loss"] == trial["val_loss"]  # the selection's validation numbers are kept
+    assert report["trials"][0]["params"]["optim.lr"] == pytest.approx(5e-3)
+
+
+def test_a_trial_the_budget_cuts_can_keep_its_best_weights_and_win(monkeypatch, tmp_path):
+    """Auto mode's rule: the long second trial starts (half of the longest fits), the budget ends it at an
+    evaluation like early stopping, and its better validation score wins; the search still ends within 10 %."""
+    from types import SimpleNamespace
+
+    from training.search.config import SearchConfig
+    from training.search.run import search
+
+    budget, ends, calls = 8.0, [], []
+
+    def fake_train(cfg, on_eval=None):
+        seconds, score = (1.5, 0.5) if not calls else (30.0, 0.7)
+        calls.append(cfg.optim.lr)
+        for step in range(1, int(seconds / 0.05) + 1):
+            time.sleep(0.05)
+            if on_eval(step, {"val_accuracy": score, "val_loss": 1.0}):
+                break
+        ends.append(time.monotonic())
+        return SimpleNamespace(result=SimpleNamespace(metrics={"val_accuracy": score}, steps=step))
+
+    monkeypatch.setattr("training.train.run.train", fake_train)
+    cfg = SearchConfig(train=TrainConfig(eval_every=1, output=str(tmp_path / "t")), space={
+        "optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}, pruner="none", budget=budget, n_trials=50,
+        metric="val_accuracy", trial_fit=0.5, cut_trials_compete=True, output=str(tmp_path / "search"),
+        progress=False, tracking={"enabled": False})
+    search(cfg.model_copy(update={"n_trials": 1, "output": str(tmp_path / "warm-up")}))  # one-time imports
+    calls.clear()
+    started = time.monotonic()
+    report = search(cfg)
+    assert len(calls) == 2 and max(ends) - started <= 1.1 * budget
+    assert [t["state"] for t in report["trials"]] == ["COMPLETE", "COMPLETE"] and report["best"]["number"] == 1

@@ -1,31 +1,41 @@
 """Auto mode: a time-budgeted search over the few settings that matter, the winner written as the artifact.
 
 `tuneserve train CONFIG auto=true budget=15m` runs `auto_train(cfg, budget_seconds)`: a TPE
-study with the Hyperband (successive-halving) pruner over the learning rate (a factor of 4
-around the data-driven default of `training.train.recipes`), epochs (unless `max_steps` is
-set), LoRA rank and dropout (LoRA-family methods) and class weighting (classification). It
-stops launching trials when the longest trial so far would not fit in what is left of the
-budget (the first trial always runs, so a budget shorter than one trial still yields a model).
-The best trial's artifact is copied to `cfg.output`; the study, `report.json` and `report.md`
-stay beside it in `<output>.search/`. This is a skeleton: the space and its ranges are not yet
-tuned by the benchmark panel.
+study with the Hyperband (successive-halving) pruner, centred on the data-driven recipe of
+`training.train.recipes` (the config's `auto` values resolved from the data): the learning rate
+within a factor of 4 of the recipe's, epochs at half, once and twice the recipe's (unless
+`max_steps` is set), LoRA rank and dropout (LoRA-family methods) and class weighting
+(classification). The recipe's own settings are the first trial, so the winner (best on
+validation) is never worse on validation than what plain `tuneserve train` would write. The
+whole budget is used: another trial starts while half of the longest trial so far still fits,
+and the budget ends the last one at an evaluation the way early stopping would, its best
+validated weights written and competing (the first trial always completes, so a budget
+shorter than one trial still yields a model). The best trial's artifact is copied to
+`cfg.output`; with `refit=true` the winning settings are instead retrained on train +
+validation for the steps their trial selected (the search then gets 70 % of the budget). The
+study, `report.json` and `report.md` stay in `<output>.search/`. Measured against the default
+recipe and a plain loop by `benchmarks/recipes.py` (benchmarks/results/recipes.md).
 
     report = auto_train(load_config(TrainConfig, "training/configs/classify-minilm.yaml"), budget=900)
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 from training.artifact.errors import ConfigError
 from training.train.config import TrainConfig
-from training.train.recipes import AUTO, FAMILY, LEARNING_RATES
+from training.train.recipes import FAMILY, data_shape, pick_recipe
 
 UNITS = {"s": 1, "m": 60, "h": 3600}
+AUTO_TRIAL_FIT = 0.5  # start another trial while half the longest one fits; the budget cuts it at an evaluation
+REFIT_SHARE = 0.3  # of the budget kept for the winner's refit (refit=true): a trial retrained on ~10 % more rows
 
 
 def parse_budget(text: str) -> float:
@@ -36,44 +46,84 @@ def parse_budget(text: str) -> float:
     return float(found.group(1)) * UNITS[found.group(2) or "s"]
 
 
-def auto_space(cfg: TrainConfig) -> dict[str, dict[str, Any]]:
-    """The searched settings for `cfg`'s method and task (dotted TrainConfig keys -> distributions)."""
-    lr = cfg.optim.lr
-    if lr == AUTO:
-        lr = LEARNING_RATES[FAMILY.get(cfg.method, "adapter")][0 if cfg.task == "classification" else 1]
-    space: dict[str, dict[str, Any]] = {"optim.lr": {"type": "loguniform", "low": lr / 4, "high": lr * 4}}
-    if cfg.max_steps is None:
-        space["epochs"] = {"type": "categorical", "choices": [1, 2, 3, 5]}
-    if FAMILY.get(cfg.method, "adapter") == "adapter":
-        space["lora.r"] = {"type": "categorical", "choices": [8, 16, 32]}
-        space["lora.dropout"] = {"type": "categorical", "choices": [0.0, 0.1]}
-    if cfg.task == "classification":
-        space["class_weighting"] = {"type": "categorical", "choices": ["balanced", "none"]}
-    return space
-
-
-def auto_eval_every(cfg: TrainConfig) -> int:
-    """Evaluate at least twice an epoch, so the pruner and the budget can stop a trial on small data
-    (the recipe's eval_every=200 would otherwise evaluate a 1 000-row run only at its end)."""
+def resolve_recipe(cfg: TrainConfig) -> tuple[TrainConfig, int]:
+    """`cfg` with every `auto` filled by the data-driven rules (what a plain `tuneserve train` would run),
+    and the training rows (for the evaluation cadence)."""
+    from training.artifact.loading import load_tokenizer
+    from training.artifact.paths import resolve_base_dir
     from training.train.data import load_splits
 
-    rows = len(load_splits(cfg.data, cfg.task, cfg.seed).train)
+    splits = load_splits(cfg.data, cfg.task, cfg.seed, cfg.objective)
+    tokenizer = load_tokenizer(resolve_base_dir(cfg.base), padding_side="right")
+    return pick_recipe(cfg, data_shape(cfg, splits, tokenizer)).config, len(splits.train)
+
+
+def _choices(*values: Any) -> list[Any]:
+    return sorted(set(values), key=lambda v: (str(type(v)), v))
+
+
+def auto_space(recipe: TrainConfig) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """The searched settings around the data-driven recipe (dotted TrainConfig keys -> distributions),
+    and the recipe's own point of that space, which is tried first: the search starts from what
+    `tuneserve train` would do, so its winner is never worse than the default on validation."""
+    lr = float(recipe.optim.lr)
+    space: dict[str, dict[str, Any]] = {"optim.lr": {"type": "loguniform", "low": lr / 4, "high": lr * 4}}
+    first: dict[str, Any] = {"optim.lr": lr}
+    if recipe.max_steps is None:
+        epochs = int(math.ceil(float(recipe.epochs)))
+        space["epochs"] = {"type": "categorical", "choices": _choices(max(1, math.ceil(epochs / 2)), epochs, 2 * epochs)}
+        first["epochs"] = epochs
+    if FAMILY.get(recipe.method, "adapter") == "adapter":
+        space["lora.r"] = {"type": "categorical", "choices": _choices(8, 16, 32, recipe.lora.r)}
+        space["lora.dropout"] = {"type": "categorical", "choices": _choices(0.0, 0.1, recipe.lora.dropout)}
+        first.update({"lora.r": recipe.lora.r, "lora.dropout": recipe.lora.dropout})
+    if recipe.task == "classification":
+        space["class_weighting"] = {"type": "categorical", "choices": ["balanced", "none"]}
+        first["class_weighting"] = recipe.class_weighting
+    return space, first
+
+
+def auto_eval_every(cfg: TrainConfig, rows: int) -> int:
+    """Evaluate at least twice an epoch, so the pruner and the budget can stop a trial on small data
+    (the recipe's eval_every=200 would otherwise evaluate a 1 000-row run only at its end)."""
     per_epoch = math.ceil(rows / (cfg.batch_size * cfg.grad_accum))
     return max(1, min(int(cfg.eval_every), math.ceil(per_epoch / 2)))
 
 
-def auto_search_config(cfg: TrainConfig, budget: float):
+def auto_search_config(cfg: TrainConfig, budget: float, rows: int | None = None):
+    """The study of auto mode for `cfg` (its `auto` values resolved from the data unless `rows` says it is done)."""
     from training.search.config import SearchConfig
 
+    if rows is None:
+        cfg, rows = resolve_recipe(cfg)
+    space, first = auto_space(cfg)
     metric = "val_accuracy" if cfg.task == "classification" else "val_loss"
-    return SearchConfig(train=cfg, space=auto_space(cfg), sampler="tpe", pruner="hyperband", n_trials=1000,
+    return SearchConfig(train=cfg.model_copy(update={"eval_every": auto_eval_every(cfg, rows)}), space=space,
+                        first_trials=[first], trial_fit=AUTO_TRIAL_FIT, cut_trials_compete=True,
+                        sampler="tpe", pruner="hyperband", n_trials=1000,
                         budget=budget, timeout=budget, metric=metric, output=f"{cfg.output}.search",
                         progress=cfg.progress, study_name="auto",
                         tracking=cfg.tracking.model_dump(exclude={"experiment"}))
 
 
+def refit_winner(scfg, report: dict[str, Any], best: Path, output: str) -> dict[str, Any]:
+    """Retrain the winning settings on train + validation for the steps its trial selected, at `output`."""
+    from training.artifact import read_manifest
+    from training.search.config import trial_config
+    from training.train.run import train
+
+    selected = read_manifest(best).metrics
+    steps = int(selected.get("best_step") or selected["steps"])
+    winner = trial_config(scfg.train, report["best"]["params"], output)
+    started = time.monotonic()
+    train(winner.model_copy(update={"progress": scfg.progress}), refit_steps=steps, selected=selected)
+    return {"steps": steps, "seconds": round(time.monotonic() - started, 1)}
+
+
 def auto_train(cfg: TrainConfig, budget: float) -> dict[str, Any]:
-    """Search within `budget` seconds and write the best trial's artifact at `cfg.output`; returns the report."""
+    """Search within `budget` seconds and write the best trial's artifact at `cfg.output` (with
+    `refit=true`: the winner retrained on train + validation, REFIT_SHARE of the budget kept for it);
+    returns the report."""
     from training.search.run import search
 
     if Path(cfg.output).exists() and not cfg.overwrite:
@@ -81,13 +131,17 @@ def auto_train(cfg: TrainConfig, budget: float) -> dict[str, Any]:
     if cfg.eval_every is None:
         raise ConfigError("auto mode compares trials on validation and prunes at evaluations",
                           "set eval_every=N (validate every N steps)")
-    cfg = cfg.model_copy(update={"eval_every": auto_eval_every(cfg)})
-    scfg = auto_search_config(cfg, budget)
+    scfg = auto_search_config(cfg.model_copy(update={"refit": False}), budget * (1 - REFIT_SHARE) if cfg.refit else budget)
     report = search(scfg)
     best = Path(scfg.output) / "best"
     if not best.is_dir():
         raise ConfigError(f"no trial of the auto search finished within {budget:.0f} s",
                           f"give a larger budget; the study is in {scfg.output}")
     shutil.rmtree(cfg.output, ignore_errors=True)
-    shutil.copytree(best, cfg.output)
+    if cfg.refit:
+        report["refit"] = refit_winner(scfg, report, best, cfg.output)
+        report_file = Path(scfg.output) / "report.json"
+        report_file.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    else:
+        shutil.copytree(best, cfg.output)
     return report

@@ -76,6 +76,12 @@ class ParamSpec(StrictModel):
     def example(self) -> Any:
         return self.grid()[0]
 
+    def admits(self, value: Any) -> bool:
+        """Whether `value` is a point of this parameter (a first trial must be)."""
+        if self.type == "categorical":
+            return value in self.choices
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
+
 
 class RayOptions(StrictModel):
     address: str | None = Field(None, description="an existing Ray cluster (ray://host:10001 or auto); default: start a local one")
@@ -100,6 +106,12 @@ class SearchConfig(StrictModel):
     direction: Literal["minimize", "maximize"] | None = Field(None, description="default: minimize losses, maximize others")
     patience: int | None = Field(None, gt=0, description="stop the search after N finished trials without a new best")
     startup_trials: int = Field(1, ge=0, description="trials completed before the pruner may prune")
+    trial_fit: float = Field(1.0, gt=0, le=1, description="share of the longest trial so far that must still fit in "
+                             "the budget for another trial to start")
+    cut_trials_compete: bool = Field(False, description="a trial the budget ends at an evaluation keeps its best "
+                                     "validated weights and competes (else it is pruned)")
+    first_trials: list[dict[str, Any]] = Field(default_factory=list, description="settings tried before the "
+                                               "sampler's own (e.g. the recipe's defaults), when the study is new")
     storage: str | None = Field(None, description="SQLite file of the study (default: <output>/study.db)")
     study_name: str = "search"
     output: str = "artifacts/search"
@@ -131,6 +143,11 @@ class SearchConfig(StrictModel):
                 trial_config(self.train, {key: spec.example()}, "check")
             except ConfigError as exc:
                 raise ValueError(f"space key {key!r}: {exc.message}") from None
+        for params in self.first_trials:
+            for key, value in params.items():
+                if key not in self.space or not self.space[key].admits(value):
+                    raise ValueError(f"first_trials: {key}={value!r} is not a point of the space "
+                                     f"({self.space[key].model_dump(exclude_none=True) if key in self.space else 'not searched'})")
         if self.sampler == "grid" and self.grid_size() > 10_000:
             raise ValueError(f"the grid has {self.grid_size()} points; narrow the space or use sampler=tpe")
         return self

@@ -39,9 +39,9 @@ def _best_text(study) -> str:
         return "no completed trial yet"
 
 
-def out_of_budget(budget: float | None, elapsed: float, longest_trial: float) -> bool:
-    """True when another trial as long as the longest one so far would end after `budget` seconds."""
-    return budget is not None and elapsed + longest_trial > budget
+def out_of_budget(budget: float | None, elapsed: float, longest_trial: float, fit: float = 1.0) -> bool:
+    """True when `fit` of another trial as long as the longest one so far would end after `budget` seconds."""
+    return budget is not None and elapsed + fit * longest_trial > budget
 
 
 def _longest_trial(study) -> float:
@@ -74,7 +74,7 @@ def search(cfg: SearchConfig) -> dict[str, Any]:
             if cfg.patience and stale_since_best(cfg, study) >= cfg.patience:
                 return f"no improvement in {cfg.patience} trials"
             elapsed = time.monotonic() - started
-            if out_of_budget(cfg.budget, elapsed, _longest_trial(study)):
+            if out_of_budget(cfg.budget, elapsed, _longest_trial(study), cfg.trial_fit):
                 return f"budget: {elapsed:.0f} s of {cfg.budget:.0f} s used, another trial would not fit"
             return None
 

@@ -90,6 +90,9 @@ def open_study(cfg: SearchConfig):
         raise ConfigError(f"cannot open study {cfg.study_name!r} in {cfg.storage_path()}: {exc}",
                           "use the same metric/direction as the stored study, or another study_name/storage") from None
     resumed = len(study.get_trials(deepcopy=False))
+    if not resumed:
+        for params in cfg.first_trials:
+            study.enqueue_trial(params, skip_if_exists=True)
     if resumed and cfg.sampler != "grid":  # re-seeded as at the start, it would propose the stored trials again
         study.sampler = SAMPLERS[cfg.sampler](cfg, cfg.seed + resumed)  # (grid ids index the seed's grid order)
     for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -120,8 +123,9 @@ def _spent(deadline: float | None, trial) -> bool:
 
 
 def run_trial(cfg: SearchConfig, trial, parent_run_id: str | None = None, deadline: float | None = None) -> float:
-    """Train one trial; return the objective, or raise `optuna.TrialPruned` when the pruner stops it, or at an
-    evaluation after `deadline` (time.monotonic()) once another trial completed (the budget is honoured mid-trial)."""
+    """Train one trial; return the objective, or raise `optuna.TrialPruned` when the pruner stops it. At an
+    evaluation after `deadline` (time.monotonic()), once another trial completed, the trial ends there (the
+    budget is honoured mid-trial): pruned, or with `cut_trials_compete` finished with its best validated weights."""
     import optuna
 
     from training.train.run import train
@@ -133,7 +137,7 @@ def run_trial(cfg: SearchConfig, trial, parent_run_id: str | None = None, deadli
     tags = {"command": "search", "study": cfg.study_name, "trial": trial.number, "sampler": cfg.sampler}
     run = Tracker(cfg.tracking).start_run(f"trial-{trial.number}", params=params, tags=tags, parent_run_id=parent_run_id)
 
-    def on_eval(step: int, record: dict[str, float]) -> None:
+    def on_eval(step: int, record: dict[str, float]) -> bool:
         if cfg.metric not in record:
             raise ConfigError(f"the trials do not report metric {cfg.metric!r}",
                               f"use one of {sorted(k for k in record if k.startswith('val_'))}")
@@ -143,7 +147,11 @@ def run_trial(cfg: SearchConfig, trial, parent_run_id: str | None = None, deadli
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step} ({cfg.metric}={record[cfg.metric]:.4f})")
         if _spent(deadline, trial):
+            if cfg.cut_trials_compete:
+                trial.set_user_attr("cut_by_budget", step)
+                return True  # ends like early stopping: its best validated weights are written and compete
             raise optuna.TrialPruned(f"stopped at step {step}: the search budget is spent")
+        return False
 
     try:
         outcome = train(train_cfg, on_eval=on_eval)

@@ -281,10 +281,11 @@ class TrainLoop:
         save_checkpoint(self.cfg.checkpoint_path(), step, model, optimizer, extra, self.cfg.keep_checkpoints)
 
     def run(self, resume_from: Path | None = None,
-            on_eval: Callable[[int, dict[str, float]], None] | None = None,
+            on_eval: Callable[[int, dict[str, float]], bool | None] | None = None,
             on_record: Callable[[dict[str, float]], None] | None = None) -> LoopResult:
         """Train to the end; `on_eval(step, record)` sees each mid-run evaluation (hyper-parameter
-        search reports it to its pruner, which may stop the run by raising); `on_record(record)`
+        search reports it to its pruner, which may stop the run by raising, or returns True to end it
+        like early stopping: the best validated weights are kept); `on_record(record)`
         sees every step's record (loss, lr and any evaluation) for tracking."""
         import torch
 
@@ -312,8 +313,8 @@ class TrainLoop:
             if self.cfg.eval_every and (step + 1) % self.cfg.eval_every == 0 and step + 1 < self.total_steps:
                 record.update(self.evaluate())
                 stopped = self._judge(state, step + 1, record)
-                if on_eval is not None:
-                    on_eval(step + 1, record)
+                if on_eval is not None and on_eval(step + 1, record):
+                    stopped = True  # the caller (a search's budget) ends the run as early stopping would
             state["history"].append(record)
             if on_record is not None:
                 on_record(record)

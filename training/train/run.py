@@ -38,28 +38,35 @@ from training.train.reporting import RunReporter
 
 __all__ = ["TrainOutcome", "encoder", "load_trained", "load_training_model", "pick_device", "train"]
 
-def train(cfg: TrainConfig, on_eval: Callable[[int, dict[str, float]], None] | None = None) -> TrainOutcome:
+def train(cfg: TrainConfig, on_eval: Callable[[int, dict[str, float]], None] | None = None,
+          refit_steps: int | None = None, selected: dict[str, float] | None = None) -> TrainOutcome:
     """Run `cfg` end to end; `on_eval(step, metrics)` is called after each mid-run evaluation.
 
+    `refit_steps` skips selection: a fresh model trains on train + validation for that many steps
+    (auto mode's winner, whose steps and `selected` validation metrics its search trial measured).
     With `distributed.backend=ray` the run happens on Ray Train workers (`training.train.ray_backend`)
     and the outcome holds no in-memory model (`model`, `tokenizer`, `collate` are None)."""
     if cfg.distributed.backend == "ray":
         from training.train.ray_backend import train_on_ray
 
         return train_on_ray(cfg, on_eval)
-    resume_from = resume_point(cfg)
+    resume_from = None if refit_steps else resume_point(cfg)
     require_profile_encoder(cfg)
     device = pick_device(cfg)
-    prep = prepare(cfg, device)
-    cfg = prep.cfg
-    loop = TrainLoop(cfg, prep.model, prep.train_ex, prep.val_ex, prep.collate, device, prep.weights, prep.identity,
-                     objective=prep.objective, adversary=prep.adversary)
+    prep = None if refit_steps else prepare(cfg, device)
+    cfg = prep.cfg if prep else cfg
     started = time.perf_counter()
     with RunReporter(cfg) as reporter:
-        reporter.begin(loop.total_steps)
-        result = loop.run(resume_from=resume_from, on_eval=on_eval, on_record=reporter.record)
-        if cfg.refit and prep.val_ex:
-            prep, loop, result = refit(cfg, prep, result, device)
+        if prep is None:
+            reporter.begin(refit_steps)
+            prep, loop, result = refit(cfg, LoopResult(refit_steps, {**(selected or {}), "best_step": refit_steps}), device)
+        else:
+            loop = TrainLoop(cfg, prep.model, prep.train_ex, prep.val_ex, prep.collate, device, prep.weights,
+                             prep.identity, objective=prep.objective, adversary=prep.adversary)
+            reporter.begin(loop.total_steps)
+            result = loop.run(resume_from=resume_from, on_eval=on_eval, on_record=reporter.record)
+            if cfg.refit and prep.val_ex:
+                prep, loop, result = refit(cfg, result, device)
         wall = time.perf_counter() - started
         result.metrics.update(test_metrics(cfg, loop, prep.splits, prep.enc))
         reporter.finish(result.metrics, result.steps)
@@ -79,7 +86,7 @@ def require_profile_encoder(cfg: TrainConfig) -> None:
                           f"{exc.hint}, or train with profile.embed=false (no embedding drift for this artifact)") from None
 
 
-def refit(cfg: TrainConfig, prep, selected: LoopResult, device) -> tuple:
+def refit(cfg: TrainConfig, selected: LoopResult, device) -> tuple:
     """Retrain a fresh model on train + validation for the selected number of steps (the best
     evaluation's step, else the steps run); returns (prepared, loop, result) of the refit, whose
     metrics keep the selection run's validation numbers (the refit model has seen the validation rows)."""
