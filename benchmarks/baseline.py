@@ -148,7 +148,8 @@ def main() -> None:
     parser.add_argument("--lm-limit", type=int, default=200, help="test rows for SmolLM2 (77 label options each)")
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--selection", default="nearest")
-    parser.add_argument("--epochs", type=float, default=2)
+    parser.add_argument("--epochs", default="auto", help="train.epochs of every curve point: a number, or auto "
+                        "(the recipe's data-driven rule: more epochs for fewer rows)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--fractions", default="[0.05,0.1,0.25,0.5,1.0]")
     args = parser.parse_args()
