@@ -216,23 +216,26 @@ def goals(parts: list[dict]) -> list[dict]:
     def worst(gaps: list[float]):
         return (min(gaps) >= 0) if gaps else "not measured"
 
-    q6, refit, fixed, q7 = gap("default", "plain"), gap("refit", "default"), gap("default", "fixed"), gap("auto", "default")
-    weights = gap("default", "unweighted")
+    def informs(goal_id: str, a: str, b: str, measure: str, goal: str) -> dict:
+        gaps = gap(a, b)
+        return {"id": goal_id, "measure": measure, "value": min(gaps) if gaps else None, "per_dataset": gaps,
+                "goal": goal, "met": worst(gaps), "datasets": len(gaps)}
+
+    q6, q7 = gap("default", "plain"), gap("auto", "default")
     mean = round(sum(q7) / len(q7), 2) if q7 else None
     return [{"id": "Q6", "measure": "default recipe minus plain loop, test accuracy points, worst dataset",
              "value": min(q6) if q6 else None, "goal": ">= 0", "met": worst(q6), "datasets": len(q6)},
             {"id": "Q7", "measure": "auto mode minus default recipe, test accuracy points, mean over the panel",
              "value": mean, "worst": min(q7) if q7 else None, "goal": ">= +0.5 mean and >= 0 on every dataset",
              "met": (mean >= 0.5 and min(q7) >= 0) if q7 else "not measured", "datasets": len(q7)},
-            {"id": "Q6-refit", "measure": "refit=true minus the default recipe, points per dataset (decides refit's default)",
-             "value": min(refit) if refit else None, "per_dataset": refit, "goal": "informs: refit becomes the default only if it wins on every dataset",
-             "met": worst(refit), "datasets": len(refit)},
-            {"id": "Q6-fixed", "measure": "data-driven default minus banking77's fixed settings, points per dataset",
-             "value": min(fixed) if fixed else None, "per_dataset": fixed, "goal": "informs: >= 0 on every dataset justifies the data-driven default",
-             "met": worst(fixed), "datasets": len(fixed)},
-            {"id": "Q6-weights", "measure": "default recipe minus class_weighting=none, points per dataset",
-             "value": min(weights) if weights else None, "per_dataset": weights,
-             "goal": "informs the class-weighting rule", "met": worst(weights), "datasets": len(weights)}]
+            informs("Q6-refit", "refit", "default",
+                    "refit=true minus the default recipe, points per dataset (decides refit's default)",
+                    "informs: refit becomes the default only if it wins on every dataset"),
+            informs("Q6-fixed", "default", "fixed",
+                    "data-driven default minus banking77's fixed settings, points per dataset",
+                    "informs: >= 0 on every dataset justifies the data-driven default"),
+            informs("Q6-weights", "default", "unweighted",
+                    "default recipe minus class_weighting=none, points per dataset", "informs the class-weighting rule")]
 
 
 def report() -> dict:

@@ -90,12 +90,11 @@ def auto_eval_every(cfg: TrainConfig, rows: int) -> int:
     return max(1, min(int(cfg.eval_every), math.ceil(per_epoch / 2)))
 
 
-def auto_search_config(cfg: TrainConfig, budget: float, rows: int | None = None):
-    """The study of auto mode for `cfg` (its `auto` values resolved from the data unless `rows` says it is done)."""
+def auto_search_config(cfg: TrainConfig, budget: float):
+    """The study of auto mode for `cfg`, its `auto` values resolved from the data first."""
     from training.search.config import SearchConfig
 
-    if rows is None:
-        cfg, rows = resolve_recipe(cfg)
+    cfg, rows = resolve_recipe(cfg)
     space, first = auto_space(cfg)
     metric = "val_accuracy" if cfg.task == "classification" else "val_loss"
     return SearchConfig(train=cfg.model_copy(update={"eval_every": auto_eval_every(cfg, rows)}), space=space,

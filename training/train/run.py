@@ -38,9 +38,10 @@ from training.train.reporting import RunReporter
 
 __all__ = ["TrainOutcome", "encoder", "load_trained", "load_training_model", "pick_device", "train"]
 
-def train(cfg: TrainConfig, on_eval: Callable[[int, dict[str, float]], None] | None = None,
+def train(cfg: TrainConfig, on_eval: Callable[[int, dict[str, float]], bool | None] | None = None,
           refit_steps: int | None = None, selected: dict[str, float] | None = None) -> TrainOutcome:
-    """Run `cfg` end to end; `on_eval(step, metrics)` is called after each mid-run evaluation.
+    """Run `cfg` end to end; `on_eval(step, metrics)` is called after each mid-run evaluation (True ends the
+    run there, as early stopping would).
 
     `refit_steps` skips selection: a fresh model trains on train + validation for that many steps
     (auto mode's winner, whose steps and `selected` validation metrics its search trial measured).
