@@ -8,7 +8,7 @@ once: weight_bytes. Neither can go faster than this box's peak, so
     bound tokens/s = B / step_s
 
 (the KV cache and activations add bytes and FLOPs, so the bound is optimistic: a ratio to it is a floor).
-The peak is the best of several large square fp32 `torch.matmul`s at the engine's thread count; the
+The peak is the best of several large square fp32 products (MKL and oneDNN) at the engine's thread count; the
 bandwidth the best of several large tensor copies (read + write bytes / time), both measured now, in
 the same process, since this shared host's speed drifts.
 
@@ -70,18 +70,25 @@ def decode_bound(params: int, weight_bytes: int, box: Box, batch: int = BATCH) -
 
 
 def gemm_gflops(n: int = 2048, repeats: int = 5, threads: int = 2) -> float:
-    """Best fp32 GFLOP/s of an n x n @ n x n matmul (2 n^3 FLOPs) over `repeats` timed runs after a warm-up."""
+    """Best fp32 GFLOP/s of an n x n @ n x n product (2 n^3 FLOPs) over `repeats` timed runs after a warm-up,
+    through both of torch's CPU GEMMs: MKL (`torch.matmul`) and oneDNN on a packed weight (what the engine
+    serves with, service/engine/prepack.py); the faster one is the peak, so packing cannot flatter the bound."""
     import torch
 
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
     out = torch.empty(n, n)
-    torch.matmul(a, b, out=out)  # warm-up
+    products = [lambda: torch.matmul(a, b, out=out)]
+    if torch.backends.mkldnn.is_available():
+        packed = torch.ops.mkldnn._reorder_linear_weight(b, n)
+        products.append(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""))
     best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        torch.matmul(a, b, out=out)
-        best = min(best, time.perf_counter() - started)
+    for product in products:
+        product()  # warm-up
+        for _ in range(repeats):
+            started = time.perf_counter()
+            product()
+            best = min(best, time.perf_counter() - started)
     return 2.0 * n ** 3 / best / 1e9
 
 

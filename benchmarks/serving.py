@@ -2,7 +2,8 @@
 
 Goals (ids from the serving and scale issues), every ratio against a baseline measured in this run:
   P1  served tokens/s (16 concurrent HTTP clients, one adapter) / raw in-process batched
-      `generate` (batch 16, same adapter, greedy)       >= 0.75 under 15M parameters (the 5M tiny-llama),
+      `generate` (batch 16, same adapter, greedy, the engine's packed Linear weights; the unpacked rate is
+      recorded beside it)                               >= 0.75 under 15M parameters (the 5M tiny-llama),
                                                         >= 0.85 from there (small-llama ~28M, smollm2-135m)
   P2  served tokens/s / naive FastAPI + generate one request at a time (naive_server.py) >= 3
   P3  served tokens/s with 8 adapters mixed / with one adapter                     >= 0.85
@@ -56,15 +57,19 @@ def make_adapters(base_dir: Path, root: Path, count: int, prefix: str) -> list[s
     return names
 
 
-def raw_batched(base: str, adapter_dir: Path, max_tokens: int, reps: int) -> float:
-    """Tokens/s of HF generate on a left-padded batch of 16 prompts in this process (the ceiling)."""
+def raw_batched(base: str, adapter_dir: Path, max_tokens: int, reps: int, packed: bool = True) -> float:
+    """Tokens/s of HF generate on a left-padded batch of 16 prompts in this process (the ceiling); `packed`:
+    with the engine's oneDNN-packed Linear weights (service/engine/prepack.py), so P1 compares equal kernels."""
     import torch
 
+    from service.engine.prepack import prepack_linears
     from training.artifact import load_artifact
     from training.artifact.loading import attach_adapter, load_base
 
     torch.set_num_threads(2)
     loaded = load_base(base)
+    if packed:
+        prepack_linears(loaded.model)
     model = attach_adapter(loaded.model, load_artifact(adapter_dir, expect_base_sha256=loaded.sha256), "bench")
     tok = loaded.tokenizer
     batch = tok([PROMPTS[i % len(PROMPTS)] for i in range(CLIENTS)], return_tensors="pt", padding=True)
@@ -234,11 +239,12 @@ def main() -> None:
         raise
     naive_url = f"http://127.0.0.1:{naive_port}"
     phases: dict[str, list[dict]] = {"naive": [], "one_adapter": [], "eight_adapters": []}
-    raw, bounds, roofs = [], [], []
+    raw, unpacked, bounds, roofs = [], [], [], []
     try:
         drive(url, key, names, 1, 4)  # warm-up
         for _ in range(args.reps):  # interleaved; each ratio pairs phases that ran seconds apart
             raw.append(raw_batched(str(base_dir), artifacts / names[0], args.max_tokens, reps=1))
+            unpacked.append(raw_batched(str(base_dir), artifacts / names[0], args.max_tokens, reps=1, packed=False))
             phases["one_adapter"].append(drive(url, key, [names[0]], args.requests, args.max_tokens))
             box = measure_box(threads=2)
             bounds.append(decode_bound(params, weight_bytes, box, batch=CLIENTS))
@@ -246,7 +252,8 @@ def main() -> None:
             phases["eight_adapters"].append(drive(url, key, names, args.requests, args.max_tokens))
             phases["naive"].append(drive(naive_url, key, [names[0]], max(1, args.requests // 2), args.max_tokens))
         results["raw_tokens_per_s"] = statistics.median(raw)
-        results["per_rep_tokens_per_s"] = {"raw": [round(r) for r in raw],
+        results["raw_unpacked_tokens_per_s"] = statistics.median(unpacked)
+        results["per_rep_tokens_per_s"] = {"raw": [round(r) for r in raw], "raw_unpacked": [round(r) for r in unpacked],
                                            **{p: [round(r["tokens_per_s"]) for r in runs] for p, runs in phases.items()},
                                            "roofline_bound": [round(b.tokens_per_s) for b in bounds]}
         results["roofline"] = roofs  # per repetition: the box measured then and its bound
@@ -341,7 +348,9 @@ def write(results: dict, name: str = "serving", directory: Path | None = None) -
              f"Load average (1/5/15 min) before {results['load_average_before']}, after {results['load_average_after']}",
              "", *goals_table(results["goals"])]
     lines += ["", "| phase | tokens/s | p50 s | p95 s |", "|---|---|---|---|",
-              f"| raw batched generate (in-process) | {results['raw_tokens_per_s']:.0f} | | |"]
+              f"| raw batched generate (in-process, packed weights as served: P1's baseline) | "
+              f"{results['raw_tokens_per_s']:.0f} | | |",
+              f"| raw batched generate, plain `F.linear` (no packing) | {results['raw_unpacked_tokens_per_s']:.0f} | | |"]
     for phase in ("naive", "one_adapter", "eight_adapters"):
         r = results[phase]
         lines.append(f"| {phase} | {r['tokens_per_s']:.0f} | {r['p50_s']:.2f} | {r['p95_s']:.2f} |")

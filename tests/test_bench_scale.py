@@ -186,7 +186,7 @@ def test_goal_rows_from_planted_phases(tmp_path):
     empty = {part: {"count": 0.0, "sum": 0.0, "buckets": {}} for part in ("queue_wait", "prefill", "decode")}
     phase = {"tokens_per_s": 90.0, "p50_s": 0.5, "p95_s": 0.9}
     box = Box(peak_gflops=30.0, bandwidth_gbs=7.0, threads=2)
-    results.update(base="x", load_average_before=[1, 1, 1], load_average_after=[2, 2, 2], raw_tokens_per_s=100.0,
+    results.update(base="x", load_average_before=[1, 1, 1], load_average_after=[2, 2, 2], raw_tokens_per_s=100.0, raw_unpacked_tokens_per_s=60.0,
                    naive=phase, one_adapter=phase, eight_adapters=phase,
                    tail={**results["tail"], **summarize([{"ttft_s": 0.1, "total_s": 1.0, "completion_tokens": 8}], 1.0),
                          "breakdown": timing_breakdown(empty, empty)},

@@ -32,6 +32,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from training.artifact import load_artifact
 from training.artifact.errors import ArtifactInvalid, Conflict, NotFound, Unavailable
 from training.artifact.loading import attach_adapter, load_base, load_model_artifact
@@ -42,6 +44,7 @@ from service.engine.catalog import Catalog, discover
 from service.engine.device import place, resolve_device
 from service.engine.multilora import MultiLora
 from service.engine.parity import check_parity, record_parity, served_forward
+from service.engine.prepack import prepack_linears
 from service.engine.settings import ModelSettings
 from service.engine.target import BASE, BASE_ALIAS, AdapterEntry, Target  # noqa: F401 - BASE_ALIAS re-exported
 
@@ -93,7 +96,7 @@ class ModelRegistry:
         fleet's admin-set state, service/engine/desired.py) edits the discovered catalog and returns its pins."""
         started = time.perf_counter()
         base = load_base(self.config.base_model, dtype=self.config.dtype, task=self.config.base_task)
-        place(base, self.device)
+        self._place(base)
         self.base_name = Path(self.config.base_model).name if "/" in self.config.base_model else self.config.base_model
         metrics.model_loaded(self.base_name, time.perf_counter() - started)
         self.targets[BASE] = Target(BASE, base, base.model)
@@ -120,12 +123,19 @@ class ModelRegistry:
         """A full-model artifact as a target, once its served form passed the parity gate."""
         artifact = load_artifact(path)
         loaded = load_model_artifact(artifact, dtype=self.config.dtype)
-        place(loaded, self.device)
+        self._place(loaded)
         target = Target(name, loaded, loaded.model)
         target.parity = check_parity(self.config.parity, f"model {name!r}", artifact,
                                      served_forward(target, None, False, self.model_lock))
         record_parity(name, target.parity)
         return target
+
+    def _place(self, loaded: Any) -> None:
+        """Move a loaded model to the replica's device; on the CPU, pack its Linear weights (`prepack`)."""
+        place(loaded, self.device)
+        if self.config.prepack and isinstance(loaded.model, torch.nn.Module):
+            packed = prepack_linears(loaded.model)
+            log.info("packed %d Linear weights for oneDNN", packed)
 
     @property
     def base(self) -> Target:
