@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -120,6 +121,8 @@ def test_with_refit_the_winner_is_retrained_on_train_and_validation_for_its_sele
     assert report["refit"]["steps"] == trial["best_step"] == metrics["refit_steps"] == metrics["steps"]
     assert metrics["val_loss"] == trial["val_loss"]  # the selection's validation numbers are kept
     assert report["trials"][0]["params"]["optim.lr"] == pytest.approx(5e-3)
+    written = json.loads((tmp_path / "auto.search" / "report.json").read_text())
+    assert written["refit"] == report["refit"] and "## Refit" in (tmp_path / "auto.search" / "report.md").read_text()
 
 
 def test_a_trial_the_budget_cuts_can_keep_its_best_weights_and_win(monkeypatch, tmp_path):
@@ -153,3 +156,5 @@ def test_a_trial_the_budget_cuts_can_keep_its_best_weights_and_win(monkeypatch, 
     report = search(cfg)
     assert len(calls) == 2 and max(ends) - started <= 1.1 * budget
     assert [t["state"] for t in report["trials"]] == ["COMPLETE", "COMPLETE"] and report["best"]["number"] == 1
+    assert report["trials"][0]["cut_by_budget"] is None and report["trials"][1]["cut_by_budget"] >= 1
+    assert "(cut by the budget at step" in (tmp_path / "search" / "report.md").read_text()

@@ -21,7 +21,6 @@ recipe and a plain loop by `benchmarks/recipes.py` (benchmarks/results/recipes.m
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import shutil
@@ -123,6 +122,7 @@ def auto_train(cfg: TrainConfig, budget: float) -> dict[str, Any]:
     """Search within `budget` seconds and write the best trial's artifact at `cfg.output` (with
     `refit=true`: the winner retrained on train + validation, REFIT_SHARE of the budget kept for it);
     returns the report."""
+    from training.search.report import save_report
     from training.search.run import search
 
     if Path(cfg.output).exists() and not cfg.overwrite:
@@ -139,8 +139,7 @@ def auto_train(cfg: TrainConfig, budget: float) -> dict[str, Any]:
     shutil.rmtree(cfg.output, ignore_errors=True)
     if cfg.refit:
         report["refit"] = refit_winner(scfg, report, best, cfg.output)
-        report_file = Path(scfg.output) / "report.json"
-        report_file.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+        save_report(Path(scfg.output), report)
     else:
         shutil.copytree(best, cfg.output)
     return report

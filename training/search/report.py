@@ -34,6 +34,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
     for t in study.get_trials(deepcopy=False):
         intermediate = dict(sorted(t.intermediate_values.items()))
         rows.append({"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+                     "cut_by_budget": t.user_attrs.get("cut_by_budget"),
                      "intermediate": {str(k): v for k, v in intermediate.items()},
                      "seconds": t.duration.total_seconds() if t.duration else None})
     return rows
@@ -88,7 +89,7 @@ def _markdown(report: dict[str, Any]) -> str:
     lines = [f"# Search `{report['study_name']}`", "",
              f"- sampler **{report['sampler']}**, pruner **{report['pruner']}**, backend {report['backend']}",
              f"- objective: {report['direction']} `{report['metric']}`",
-             f"- trials: " + ", ".join(f"{n} {state.lower()}" for state, n in report["states"].items()), ""]
+             "- trials: " + ", ".join(f"{n} {state.lower()}" for state, n in report["states"].items()), ""]
     if best:
         lines += [f"## Best trial #{best['number']}: {report['metric']} = {best['value']:.5f}", "",
                   f"Artifact: `{best['artifact']}`", "", "| parameter | value |", "|---|---|"]
@@ -104,7 +105,12 @@ def _markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Trials", "", f"| # | state | {report['metric']} | params |", "|---|---|---|---|"]
     for r in report["trials"]:
         value = "" if r["value"] is None else f"{r['value']:.5f}"
-        lines.append(f"| {r['number']} | {r['state']} | {value} | {json.dumps(r['params'])} |")
+        state = r["state"] if r.get("cut_by_budget") is None else f"{r['state']} (cut by the budget at step {r['cut_by_budget']})"
+        lines.append(f"| {r['number']} | {state} | {value} | {json.dumps(r['params'])} |")
+    if report.get("refit"):
+        refit = report["refit"]
+        lines += ["", f"## Refit: the best trial's settings retrained on train + validation for {refit['steps']} steps "
+                  f"(the steps its trial selected), {refit['seconds']:.0f} s; that run is the artifact"]
     plots = [p for p in report["plots"].values() if p]
     lines += ["", *[f"![{Path(p).stem}]({Path(p).name})" for p in plots], ""]
     return "\n".join(lines)
@@ -131,6 +137,11 @@ def write_report(cfg: SearchConfig, study, stopped: str | None = None) -> dict[s
               "pruner": cfg.pruner, "backend": cfg.backend, "metric": cfg.metric,
               "direction": cfg.resolved_direction(), "states": states, "stopped": stopped, "best": best,
               "importance": values, "importance_note": note, "plots": plots, "trials": rows}
+    save_report(out, report)
+    return report
+
+
+def save_report(out: Path, report: dict[str, Any]) -> None:
+    """report.json and report.md in the search's output directory."""
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     (out / "report.md").write_text(_markdown(report), encoding="utf-8")
-    return report
