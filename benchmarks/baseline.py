@@ -8,6 +8,9 @@ subprocesses; run it under `flock /tmp/tuneserve-bench.lock` on a shared host.
 - `--step smollm2`: SmolLM2-135M-Instruct zero-shot and few-shot (`--shots`, `--selection`) label
   likelihood, scores calibrated/mean/sum, on a seeded sample of `--lm-limit` rows of test.csv.
 - `--step curve`: MiniLM LoRA (training/configs/classify-minilm.yaml) learning curve.
+- `--step augmentation`: the same recipe at `--aug-fraction` of the rows, `--aug-seeds` seeds, trained
+  without and with the data pipeline's augmentation (`learning-curve compare=augmentation`): the paired
+  difference with its interval (the seed blog's "15 % average gain" claim, measured).
 - `--step report`: Q3 = fine-tuned accuracy (benchmarks/results/banking77_compare.json: LoRA, same
   recipe, the full test.csv) minus the best baseline, in points (goal >= 20); Q4 = the smallest
   fraction reaching 95 % of full-data accuracy (reported, with the PNG).
@@ -58,11 +61,20 @@ def step_smollm2(args) -> dict:
                f"selection={args.selection}", f"out={OUT / 'smollm2'}")
 
 
-def step_curve(args) -> dict:
+def curve_cli(args, *extra: str) -> dict:
     return cli("learning-curve", "train=training/configs/classify-minilm.yaml", f"train.data.path={DATA}",
                f"train.epochs={args.epochs}", "train.threads=2", "train.profile.embed=false", "train.eval_batches=10",
-               "train.progress=false", f"fractions={args.fractions}", f"seeds={args.seeds}", "full_seeds=1",
-               "small_fraction=0.2", f"test_rows={args.limit}", f"output={OUT / 'curve'}")
+               "train.progress=false", "small_fraction=0.2", f"test_rows={args.limit}", *extra)
+
+
+def step_curve(args) -> dict:
+    return curve_cli(args, f"fractions={args.fractions}", f"seeds={args.seeds}", "full_seeds=1",
+                     f"output={OUT / 'curve'}")
+
+
+def step_augmentation(args) -> dict:
+    return curve_cli(args, "compare=augmentation", f"fractions=[{args.aug_fraction}]", f"seeds={args.aug_seeds}",
+                     f"full_seeds={args.aug_seeds}", f"output={OUT / 'augmentation'}")
 
 
 def versions(*packages: str) -> dict:
@@ -111,7 +123,11 @@ def report(args, runs: dict) -> None:
                       "missing_fractions": curve.get("missing_fractions", []),
                       "points": [{k: p[k] for k in ("fraction", "train_rows", "n_seeds", "mean", "low", "high")}
                                  for p in curve["curves"]["plain"]]})
-    out = {"benchmark": "baseline", "goals": goals, "baselines": baselines, "fine_tuned": lora and
+    augmented = load(OUT / "augmentation" / "learning_curve.json")
+    augmentation = augmented and {"fraction_rows": augmented["curves"]["plain"][0]["train_rows"],
+                                  "arms": {arm: points[0] for arm, points in augmented["curves"].items()},
+                                  "effect": augmented.get("augmentation", [])}
+    out = {"benchmark": "baseline", "goals": goals, "augmentation": augmentation, "baselines": baselines, "fine_tuned": lora and
            {k: lora[k] for k in ("method", "value", "trainable_parameters", "train_seconds")},
            "runs": runs, "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                                      "load_average": os.getloadavg(),
@@ -137,13 +153,22 @@ def report(args, runs: dict) -> None:
     if curve:
         lines += ["", (OUT / "curve" / "learning_curve.md").read_text(encoding="utf-8").replace(
             "](learning_curve.png)", "](baseline/curve/learning_curve.png)")]
+    if augmentation:
+        lines += ["", "# Is augmentation worth it? (same recipe, same rows, without and with augmentation)", "",
+                  "| arm | train rows | seeds | mean accuracy | CI low | CI high |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {arm} | {p['train_rows']} | {p['n_seeds']} | {p['mean']:.4f} | {p['low']:.4f} | {p['high']:.4f} |"
+                  for arm, p in augmentation["arms"].items()]
+        lines += [f"\nAugmented minus plain at fraction {e['fraction']:g}, paired by seed ({e['n_seeds']} seeds): "
+                  f"**{100 * e['mean']:+.2f} points** (95 % CI {100 * e['low']:+.2f} to {100 * e['high']:+.2f}); "
+                  f"relative {e['relative_mean']:+.1%}." for e in augmentation["effect"]]
     (RESULTS / "baseline.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--step", action="append", choices=["minilm", "smollm2", "curve", "report"], required=True)
+    parser.add_argument("--step", action="append", choices=["minilm", "smollm2", "curve", "augmentation", "report"],
+                        required=True)
     parser.add_argument("--limit", type=int, default=200, help="test rows for the embedding baselines and the curve")
     parser.add_argument("--lm-limit", type=int, default=200, help="test rows for SmolLM2 (77 label options each)")
     parser.add_argument("--shots", type=int, default=5)
@@ -152,8 +177,10 @@ def main() -> None:
                         "(the recipe's data-driven rule: more epochs for fewer rows)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--fractions", default="[0.05,0.1,0.25,0.5,1.0]")
+    parser.add_argument("--aug-fraction", type=float, default=0.1)
+    parser.add_argument("--aug-seeds", type=int, default=3)
     args = parser.parse_args()
-    steps = {"minilm": step_minilm, "smollm2": step_smollm2, "curve": step_curve}
+    steps = {"minilm": step_minilm, "smollm2": step_smollm2, "curve": step_curve, "augmentation": step_augmentation}
     for step in args.step:
         report(args, {step: steps[step](args)} if step in steps else {})  # partial results survive a timeout
 
