@@ -53,6 +53,15 @@ def test_a_weight_changed_in_place_or_replaced_is_repacked():
         torch.testing.assert_close(model[0](x), F.linear(x, model[0].weight, model[0].bias), atol=1e-5, rtol=1e-5)
 
 
+def test_weights_made_in_inference_mode_are_packed_too():
+    with torch.inference_mode():
+        model = small_model()
+        reference = copy.deepcopy(model)
+        prepack_linears(model)
+        x = torch.randn(3, 24)
+        torch.testing.assert_close(model(x), reference(x), atol=1e-5, rtol=1e-5)
+
+
 def test_a_deep_copy_packs_its_own_weights():
     model = small_model()
     prepack_linears(model)

@@ -53,6 +53,15 @@ class _Pack:
         return (_Pack, ())
 
 
+def _version(tensor: torch.Tensor) -> int:
+    """The tensor's in-place version counter; 0 for an inference tensor, which has none (and which only
+    inference-mode code, never the engine's, could change in place)."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return 0
+
+
 class PackedLinear(torch.nn.Linear):
     """An nn.Linear whose inference forward runs oneDNN on a packed copy of its weight (made on first use)."""
 
@@ -63,11 +72,11 @@ class PackedLinear(torch.nn.Linear):
         if (x.dtype != weight.dtype or x.device.type != "cpu" or weight.device.type != "cpu"
                 or (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))):
             return F.linear(x, weight, self.bias)
-        pack = self._pack
-        if pack.tensor is None or pack.version != weight._version or pack.pointer != weight.data_ptr():
+        pack, version = self._pack, _version(weight)
+        if pack.tensor is None or pack.version != version or pack.pointer != weight.data_ptr():
             with torch.no_grad():
                 pack.tensor = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), BATCH_HINT)
-            pack.version, pack.pointer = weight._version, weight.data_ptr()
+            pack.version, pack.pointer = version, weight.data_ptr()
         return torch.ops.mkldnn._linear_pointwise(x if x.is_contiguous() else x.contiguous(), pack.tensor,
                                                   self.bias, "none", [], "")
 
