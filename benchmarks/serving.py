@@ -57,16 +57,17 @@ def make_adapters(base_dir: Path, root: Path, count: int, prefix: str) -> list[s
     return names
 
 
-def raw_batched(base: str, adapter_dir: Path, max_tokens: int, reps: int, packed: bool = True) -> float:
+def raw_batched(base: str, adapter_dir: Path, max_tokens: int, reps: int, packed: bool = True, threads: int = 2) -> float:
     """Tokens/s of HF generate on a left-padded batch of 16 prompts in this process (the ceiling); `packed`:
-    with the engine's oneDNN-packed Linear weights (service/engine/prepack.py), so P1 compares equal kernels."""
+    with the engine's oneDNN-packed Linear weights (service/engine/prepack.py), so P1 compares equal kernels;
+    `threads`: torch threads (2, the whole box, for P1; the served engine's own count is recorded beside it)."""
     import torch
 
     from service.engine.prepack import prepack_linears
     from training.artifact import load_artifact
     from training.artifact.loading import attach_adapter, load_base
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     loaded = load_base(base)
     if packed:
         prepack_linears(loaded.model)
@@ -213,6 +214,7 @@ def main() -> None:
     from service.keys import add_key, create_key
     from service.server_process import spawn, terminate
     from tests.service_fixtures import free_port
+    from service.launcher import build_config
     from training.artifact import resolve_base_dir
 
     base_dir = resolve_base_dir(args.base)
@@ -227,6 +229,8 @@ def main() -> None:
                      "max_tokens": args.max_tokens, "requests_per_client": args.requests, "reps": args.reps,
                      "load_average_before": load_average()}
     naive_port, port = free_port(), free_port()
+    engine_threads = build_config(None, [f"base_model={base_dir}"])[1].num_threads  # the shipped serve config's
+    results["engine_threads"] = engine_threads
     naive = _spawn_naive(base_dir, artifacts / names[0], naive_port, work / "naive.log")
     overrides = [f"base_model={base_dir}", f"artifacts_dir={artifacts}", f"keys_file={work / 'keys.json'}",
                  "api_keys_env=null", f"port={port}", "grpc_port=0", "cache.enabled=false",
@@ -239,12 +243,14 @@ def main() -> None:
         raise
     naive_url = f"http://127.0.0.1:{naive_port}"
     phases: dict[str, list[dict]] = {"naive": [], "one_adapter": [], "eight_adapters": []}
-    raw, unpacked, bounds, roofs = [], [], [], []
+    raw, unpacked, same_threads, bounds, roofs = [], [], [], [], []
     try:
         drive(url, key, names, 1, 4)  # warm-up
         for _ in range(args.reps):  # interleaved; each ratio pairs phases that ran seconds apart
             raw.append(raw_batched(str(base_dir), artifacts / names[0], args.max_tokens, reps=1))
             unpacked.append(raw_batched(str(base_dir), artifacts / names[0], args.max_tokens, reps=1, packed=False))
+            same_threads.append(raw[-1] if engine_threads == 2 else
+                                raw_batched(str(base_dir), artifacts / names[0], args.max_tokens, reps=1, threads=engine_threads))
             phases["one_adapter"].append(drive(url, key, [names[0]], args.requests, args.max_tokens))
             box = measure_box(threads=2)
             bounds.append(decode_bound(params, weight_bytes, box, batch=CLIENTS))
@@ -253,7 +259,9 @@ def main() -> None:
             phases["naive"].append(drive(naive_url, key, [names[0]], max(1, args.requests // 2), args.max_tokens))
         results["raw_tokens_per_s"] = statistics.median(raw)
         results["raw_unpacked_tokens_per_s"] = statistics.median(unpacked)
+        results["raw_engine_threads_tokens_per_s"] = statistics.median(same_threads)
         results["per_rep_tokens_per_s"] = {"raw": [round(r) for r in raw], "raw_unpacked": [round(r) for r in unpacked],
+                                           "raw_engine_threads": [round(r) for r in same_threads],
                                            **{p: [round(r["tokens_per_s"]) for r in runs] for p, runs in phases.items()},
                                            "roofline_bound": [round(b.tokens_per_s) for b in bounds]}
         results["roofline"] = roofs  # per repetition: the box measured then and its bound
@@ -289,7 +297,9 @@ def goals(results: dict, many: int) -> list[dict]:
     raw = per_rep["raw"]
     ratios = {"P1": pair_ratios(per_rep["one_adapter"], raw), "P2": pair_ratios(per_rep["one_adapter"], per_rep["naive"]),
               "P3": pair_ratios(per_rep["eight_adapters"], per_rep["one_adapter"]),
-              "P14": pair_ratios(per_rep["one_adapter"], per_rep["roofline_bound"])}
+              "P14": pair_ratios(per_rep["one_adapter"], per_rep["roofline_bound"]),
+              # not a goal: served over raw generate at the engine's own torch thread count (serving overhead alone)
+              "served_over_raw_engine_threads": pair_ratios(per_rep["one_adapter"], per_rep["raw_engine_threads"])}
     results["per_rep_ratios"] = ratios
     params, tail = results["base_params"], results["tail"]
     p1_goal = p1_target(params)
@@ -350,7 +360,9 @@ def write(results: dict, name: str = "serving", directory: Path | None = None) -
     lines += ["", "| phase | tokens/s | p50 s | p95 s |", "|---|---|---|---|",
               f"| raw batched generate (in-process, packed weights as served: P1's baseline) | "
               f"{results['raw_tokens_per_s']:.0f} | | |",
-              f"| raw batched generate, plain `F.linear` (no packing) | {results['raw_unpacked_tokens_per_s']:.0f} | | |"]
+              f"| raw batched generate, plain `F.linear` (no packing) | {results['raw_unpacked_tokens_per_s']:.0f} | | |",
+              f"| raw batched generate, packed, {results['engine_threads']} torch thread(s) as the served engine runs | "
+              f"{results['raw_engine_threads_tokens_per_s']:.0f} | | |"]
     for phase in ("naive", "one_adapter", "eight_adapters"):
         r = results[phase]
         lines.append(f"| {phase} | {r['tokens_per_s']:.0f} | {r['p50_s']:.2f} | {r['p95_s']:.2f} |")

@@ -173,8 +173,11 @@ def test_goal_rows_from_planted_phases(tmp_path):
     results = {"base_params": 134_000_000, "hot_load_ms_median": 50.0, "p50_with_many_adapters_s": 1.0,
                "p50_with_few_adapters_s": 1.0, "tail": {"e2e_p95_over_p50": 2.5, "ttft_p95_over_p50": 1.5},
                "per_rep_tokens_per_s": {"raw": [100, 100, 100], "one_adapter": [90, 80, 86], "naive": [30, 20, 40],
-                                        "eight_adapters": [80, 80, 80], "roofline_bound": [200, 200, 200]}}
+                                        "eight_adapters": [80, 80, 80], "roofline_bound": [200, 200, 200],
+                                        "raw_engine_threads": [90, 100, 80]}}
     rows = {row["id"]: row for row in goals(results, many=100)}
+    assert results["per_rep_ratios"]["served_over_raw_engine_threads"] == [1.0, 0.8, 1.075]  # recorded, not a goal
+    assert "served_over_raw_engine_threads" not in rows
     assert rows["P1"]["value"] == 0.86 and rows["P1"]["goal"] == ">= 0.85" and rows["P1"]["met"]
     assert rows["P2"]["value"] == 3.0 and rows["P14"]["value"] == 0.43 and rows["P14"]["met"]
     assert (rows["P11a"]["met"], rows["P11b"]["met"]) == (False, True)
@@ -187,6 +190,7 @@ def test_goal_rows_from_planted_phases(tmp_path):
     phase = {"tokens_per_s": 90.0, "p50_s": 0.5, "p95_s": 0.9}
     box = Box(peak_gflops=30.0, bandwidth_gbs=7.0, threads=2)
     results.update(base="x", load_average_before=[1, 1, 1], load_average_after=[2, 2, 2], raw_tokens_per_s=100.0, raw_unpacked_tokens_per_s=60.0,
+                   engine_threads=1, raw_engine_threads_tokens_per_s=90.0,
                    naive=phase, one_adapter=phase, eight_adapters=phase,
                    tail={**results["tail"], **summarize([{"ttft_s": 0.1, "total_s": 1.0, "completion_tokens": 8}], 1.0),
                          "breakdown": timing_breakdown(empty, empty)},
@@ -196,4 +200,4 @@ def test_goal_rows_from_planted_phases(tmp_path):
     write(results, "serving-x", tmp_path)
     assert json.loads((tmp_path / "serving-x.json").read_text())["goals"][0]["id"] == "P1"
     markdown = (tmp_path / "serving-x.md").read_text()
-    assert "| P14 |" in markdown and "compute-bound" in markdown and "(5.0M parameters)" in markdown
+    assert "| P14 |" in markdown and "compute-bound" in markdown and "1 torch thread(s) as the served engine runs | 90" in markdown and "(5.0M parameters)" in markdown
