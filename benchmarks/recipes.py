@@ -118,15 +118,18 @@ def score_artifact(artifact: Path, data: Path, out: Path, threads: int) -> dict[
             "evaluate_macro_f1": result.metrics["macro_f1"], "eval_seconds": round(result.wall_time_s, 1)}
 
 
-def run_arm(arm: str, data: Path, work: Path, train_rows: list, test_rows: list, budget: float, threads: int) -> dict:
+def run_arm(arm: str, data: Path, work: Path, train_rows: list, test_rows: list, budget: float, threads: int,
+            seed: int = 0) -> dict:
+    """One arm's scores; `seed` > 0: another seed of it (the plain loop's seed, the recipe's seed 42 + seed)."""
     if arm == "plain":
         from plain_loop import plain_loop, score
 
-        run = plain_loop(train_rows, test_rows, threads=threads)
+        run = plain_loop(train_rows, test_rows, threads=threads, seed=seed)
         return {**score([r["label"] for r in test_rows], run["predictions"]), "train_seconds": run["train_seconds"],
                 "steps": run["steps"], "command": "benchmarks/plain_loop.py (2 epochs, lr 2e-3 one-cycle, r16, batch 32)"}
     output = work / "artifacts" / arm
-    cfg, overrides = train_config(data, output, ARM_OVERRIDES.get(arm, []), threads)
+    cfg, overrides = train_config(data, output, ARM_OVERRIDES.get(arm, []) + ([f"seed={42 + seed}"] if seed else []),
+                                  threads)
     started = time.perf_counter()
     extra: dict = {}
     if arm == "auto":
@@ -190,14 +193,21 @@ def run_dataset(args: argparse.Namespace) -> dict:
         before = json.loads(earlier.read_text(encoding="utf-8"))
         if all(before.get(k) == part[k] for k in ("train_rows", "test_rows", "budget_seconds")):
             part["arms"] = before["arms"]
+            part.update({k: before[k] for k in ("notes", "seeds") if k in before})
             part["command"] = before["command"] + " ; python benchmarks/recipes.py " + " ".join(sys.argv[1:])
-    for arm in args.arms.split(","):
+    for arm in filter(None, args.arms.split(",")):  # --arms "" with --seeds: only the extra seeds
         print(f"[{args.dataset}] {arm} ...", flush=True)
         part["arms"][arm] = run_arm(arm, data, work, train_rows, test_rows, budget, args.threads)
         print(f"[{args.dataset}] {arm}: {json.dumps({k: v for k, v in part['arms'][arm].items() if k != 'command'})}",
               flush=True)
         part["machine_at_end"] = machine(args.threads)
         (PARTS / f"{args.dataset}.json").write_text(json.dumps(part, indent=2, default=str), encoding="utf-8")
+    for seed in range(1, args.seeds):  # more seeds of plain and default: is Q6's gap more than seed noise?
+        for arm in ("plain", "default"):
+            print(f"[{args.dataset}] {arm} seed {seed} ...", flush=True)
+            accuracy = run_arm(arm, data, work, train_rows, test_rows, budget, args.threads, seed)["accuracy"]
+            part.setdefault("seeds", {}).setdefault(arm, {})[str(seed)] = accuracy
+            (PARTS / f"{args.dataset}.json").write_text(json.dumps(part, indent=2, default=str), encoding="utf-8")
     shutil.rmtree(work, ignore_errors=True)
     return part
 
@@ -221,7 +231,16 @@ def goals(parts: list[dict]) -> list[dict]:
         return {"id": goal_id, "measure": measure, "value": min(gaps) if gaps else None, "per_dataset": gaps,
                 "goal": goal, "met": worst(gaps), "datasets": len(gaps)}
 
+    def seeded(p: dict) -> list[float]:
+        """default minus plain, points, per seed where both ran (seed 0: the arms themselves)."""
+        runs = {arm: {"0": p["arms"][arm]["accuracy"], **p.get("seeds", {}).get(arm, {})}
+                for arm in ("plain", "default") if arm in p["arms"]}
+        if len(runs) < 2:
+            return []
+        return [round((runs["default"][k] - runs["plain"][k]) * 100, 2) for k in sorted(runs["default"]) if k in runs["plain"]]
+
     q6, q7 = gap("default", "plain"), gap("auto", "default")
+    q6_seeds = {p["dataset"]: seeded(p) for p in parts if len(seeded(p)) > 1}
     mean = round(sum(q7) / len(q7), 2) if q7 else None
     return [{"id": "Q6", "measure": "default recipe minus plain loop, test accuracy points, worst dataset",
              "value": min(q6) if q6 else None, "goal": ">= 0", "met": worst(q6), "datasets": len(q6)},
@@ -235,7 +254,11 @@ def goals(parts: list[dict]) -> list[dict]:
                     "data-driven default minus banking77's fixed settings, points per dataset",
                     "informs: >= 0 on every dataset justifies the data-driven default"),
             informs("Q6-weights", "default", "unweighted",
-                    "default recipe minus class_weighting=none, points per dataset", "informs the class-weighting rule")]
+                    "default recipe minus class_weighting=none, points per dataset", "informs the class-weighting rule"),
+            {"id": "Q6-seeds", "measure": "default minus plain, points, per seed (seed 0 = Q6's runs), datasets run with --seeds",
+             "value": {d: round(sum(g) / len(g), 2) for d, g in q6_seeds.items()}, "per_seed": q6_seeds,
+             "goal": "informs: whether Q6's single-seed gap is more than seed noise", "met": "informs",
+             "datasets": len(q6_seeds)}]
 
 
 def report() -> dict:
@@ -283,6 +306,8 @@ def main() -> None:
     parser.add_argument("--budget", default="15m", help="auto mode budget (default 15m, the issue's)")
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="also run plain and default with seeds 1..N-1 (recorded beside Q6 as Q6-seeds)")
     parser.add_argument("--report", action="store_true", help="combine the per-dataset results into recipes.json/.md")
     args = parser.parse_args()
     if args.dataset:

@@ -1,0 +1,34 @@
+"""benchmarks/recipes.py's goal rows (issue 23) from planted per-dataset results: Q6, Q7 and the per-seed Q6 rows."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+
+def _recipes():
+    before = dict(os.environ)
+    try:
+        return importlib.import_module("benchmarks.recipes")
+    finally:  # the benchmark sets HF/Ray defaults for its own runs; none leaks into other tests
+        os.environ.clear()
+        os.environ.update(before)
+
+
+def _part(name: str, plain: float, default: float, auto: float | None = None, seeds: dict | None = None) -> dict:
+    arms = {"plain": {"accuracy": plain}, "default": {"accuracy": default}}
+    if auto is not None:
+        arms["auto"] = {"accuracy": auto}
+    return {"dataset": name, "arms": arms, **({"seeds": seeds} if seeds else {})}
+
+
+def test_goal_rows_from_planted_parts():
+    recipes = _recipes()
+    parts = [_part("a", 0.90, 0.92, auto=0.93),
+             _part("b", 0.95, 0.93, auto=0.93, seeds={"plain": {"1": 0.94, "2": 0.95}, "default": {"1": 0.95, "2": 0.94}})]
+    rows = {row["id"]: row for row in recipes.goals(parts)}
+    assert rows["Q6"]["value"] == -2.0 and rows["Q6"]["met"] is False
+    assert rows["Q7"]["value"] == 0.5 and rows["Q7"]["worst"] == 0.0 and rows["Q7"]["met"] is True
+    assert rows["Q6-seeds"]["per_seed"] == {"b": [-2.0, 1.0, -1.0]}  # seed 0 is Q6's own pair; "a" has one seed only
+    assert rows["Q6-seeds"]["value"] == {"b": -0.67}
+    assert rows["Q6-weights"]["met"] == "not measured"
