@@ -22,6 +22,9 @@ speed drifts within minutes. The base's parameter count is recorded and picks P1
 
     python benchmarks/serving.py [--base tiny-llama|small-llama|smollm2-135m|PATH] [--max-tokens 32] [--reps 5]
     python benchmarks/serving.py --base tiny-llama --reps 1 --requests 1 --many 4 --results-dir /tmp/smoke
+    python benchmarks/serving.py --base smollm2-135m --max-tokens 64 --reps 3 --engine-replicas 2
+--engine-replicas N runs N Engine replicas of 1 torch thread each (cores / N CPUs apiece): on this 2-core box two
+single-thread replicas served more than one (its 2 OpenMP threads lose to the Ingress, Ray and the clients).
 --max-tokens defaults to 32 (the committed tiny-llama result); the scale issue's at-scale setting is 64.
 Writes benchmarks/results/serving.{json,md} for tiny-llama and serving-<base name>.{json,md} for other bases
 (or into --results-dir). Takes a few minutes on 2 cores for tiny-llama, much longer for bigger bases.
@@ -207,6 +210,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4, help="sequential requests per client per phase")
     parser.add_argument("--many", type=int, default=100, help="registered adapters for the P6b phase")
     parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions of the throughput phases")
+    parser.add_argument("--engine-replicas", type=int, default=1,
+                        help="Engine replicas, each with num_cpus = cores / N (results: serving-<base>-engines<N>)")
     parser.add_argument("--results-dir", type=Path, default=None,
                         help="write the results here instead of benchmarks/results (smoke runs)")
     args = parser.parse_args()
@@ -229,15 +234,16 @@ def main() -> None:
                      "max_tokens": args.max_tokens, "requests_per_client": args.requests, "reps": args.reps,
                      "load_average_before": load_average()}
     naive_port, port = free_port(), free_port()
-    engine_threads = build_config(None, [f"base_model={base_dir}"])[1].num_threads  # the shipped serve config's
-    results["engine_threads"] = engine_threads
+    config_path = engine_replicas_config(args.engine_replicas, work) if args.engine_replicas > 1 else None
+    engine_threads = build_config(config_path, [f"base_model={base_dir}"])[1].num_threads  # the serve config's
+    results.update(engine_threads=engine_threads, engine_replicas=args.engine_replicas)
     naive = _spawn_naive(base_dir, artifacts / names[0], naive_port, work / "naive.log")
     overrides = [f"base_model={base_dir}", f"artifacts_dir={artifacts}", f"keys_file={work / 'keys.json'}",
                  "api_keys_env=null", f"port={port}", "grpc_port=0", "cache.enabled=false",
                  f"max_adapters={args.many + 16}",
                  f"security.adapter_roots=[{extra}]"]  # admins may load from there besides artifacts_dir
     try:
-        proc, url = spawn(overrides, work / "server.log", env={"RAY_TMPDIR": RAY_TMPDIR})
+        proc, url = spawn(overrides, work / "server.log", config_path, env={"RAY_TMPDIR": RAY_TMPDIR})
     except BaseException:
         terminate(naive)
         raise
@@ -285,7 +291,26 @@ def main() -> None:
     results["goals"] = goals(results, args.many)
     results.update(machine=machine(torch_threads=2, note="2-core box shared with other jobs"),
                    versions=versions("torch", "transformers", "peft", "ray", "fastapi"), command=command())
-    write(results, results_name(args.base, base_dir), args.results_dir)
+    suffix = f"-engines{args.engine_replicas}" if args.engine_replicas > 1 else ""
+    write(results, results_name(args.base, base_dir) + suffix, args.results_dir)
+
+
+def engine_replicas_config(replicas: int, work: Path) -> Path:
+    """The shipped serve config with `replicas` Engine replicas sharing this box's cores (each its num_cpus)."""
+    import os
+
+    import yaml
+
+    from service.launcher import default_config_path
+    from training.artifact.config import read_yaml
+
+    config = read_yaml(default_config_path())
+    engine = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Engine")
+    engine["autoscaling_config"].update(min_replicas=replicas, max_replicas=replicas)
+    engine["ray_actor_options"]["num_cpus"] = max(1, (os.cpu_count() or 1) // replicas)
+    path = work / f"serve-engines{replicas}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
 def goals(results: dict, many: int) -> list[dict]:
@@ -353,7 +378,9 @@ def _spawn_naive(base_dir: Path, adapter: Path, port: int, log_path: Path):
 
 
 def write(results: dict, name: str = "serving", directory: Path | None = None) -> None:
-    lines = [f"# Serving benchmark: {results['base']} ({results['base_params'] / 1e6:.1f}M parameters)", "",
+    replicas = results.get("engine_replicas", 1)
+    lines = [f"# Serving benchmark: {results['base']} ({results['base_params'] / 1e6:.1f}M parameters)"
+             + (f", {replicas} Engine replicas" if replicas > 1 else ""), "",
              *provenance(results),
              f"Load average (1/5/15 min) before {results['load_average_before']}, after {results['load_average_after']}",
              "", *goals_table(results["goals"])]
