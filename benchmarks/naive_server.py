@@ -6,6 +6,7 @@ generator drives it and tuneserve; `ignore_eos: true` gives exactly `max_tokens`
 as tuneserve's field does, so the two compare tokens/s on equal answers.
 
     python benchmarks/naive_server.py --base tiny-llama --adapter artifacts/a1 --port 8200
+    proc = spawn_naive(base_dir, adapter_dir, port, log_path)   # from a benchmark: started and ready
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -57,6 +62,23 @@ def build_app(base: str, adapter: str | None):
         return {"status": "ok"}
 
     return app
+
+
+def spawn_naive(base_dir: Path, adapter: Path, port: int, log_path: Path) -> subprocess.Popen:
+    """This server in its own process group, once /ready answers (the log's tail in the error if it never does)."""
+    import httpx
+
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--base", str(base_dir),
+                                 "--adapter", str(adapter), "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    for _ in range(240):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    raise RuntimeError(log_path.read_text()[-2000:])
 
 
 def main() -> None:

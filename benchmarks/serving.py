@@ -41,7 +41,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `python benchmarks/NAME.py`
 from benchmarks.common import (  # noqa: E402
-    RAY_TMPDIR, ROOT, arguments, command, goals_table, load_average, machine, provenance, versions, write_results)
+    RAY_TMPDIR, arguments, command, goals_table, load_average, machine, provenance, versions, write_results)
+from benchmarks.naive_server import spawn_naive  # noqa: E402
 from benchmarks.latency import closed_loop, drive_streaming, engine_timing, percentile, timing_breakdown  # noqa: E402
 from benchmarks.roofline import base_size, decode_bound, measure_box, report  # noqa: E402
 
@@ -215,6 +216,8 @@ def main() -> None:
     parser.add_argument("--results-dir", type=Path, default=None,
                         help="write the results here instead of benchmarks/results (smoke runs)")
     args = parser.parse_args()
+    if args.engine_replicas < 1:
+        parser.error("--engine-replicas must be at least 1")
 
     from service.keys import add_key, create_key
     from service.server_process import spawn, terminate
@@ -237,7 +240,7 @@ def main() -> None:
     config_path = engine_replicas_config(args.engine_replicas, work) if args.engine_replicas > 1 else None
     engine_threads = build_config(config_path, [f"base_model={base_dir}"])[1].num_threads  # the serve config's
     results.update(engine_threads=engine_threads, engine_replicas=args.engine_replicas)
-    naive = _spawn_naive(base_dir, artifacts / names[0], naive_port, work / "naive.log")
+    naive = spawn_naive(base_dir, artifacts / names[0], naive_port, work / "naive.log")
     overrides = [f"base_model={base_dir}", f"artifacts_dir={artifacts}", f"keys_file={work / 'keys.json'}",
                  "api_keys_env=null", f"port={port}", "grpc_port=0", "cache.enabled=false",
                  f"max_adapters={args.many + 16}",
@@ -357,24 +360,6 @@ def results_name(base: str, base_dir: Path) -> str:
     label = Path(base).name if ("/" in base or Path(base).exists()) else base
     label = base_dir.name if not label else label
     return "serving" if label == "tiny-llama" else f"serving-{label}"
-
-
-def _spawn_naive(base_dir: Path, adapter: Path, port: int, log_path: Path):
-    import subprocess
-
-    import httpx
-
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "naive_server.py"), "--base", str(base_dir),
-                                 "--adapter", str(adapter), "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    for _ in range(240):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    raise RuntimeError(log_path.read_text()[-2000:])
 
 
 def write(results: dict, name: str = "serving", directory: Path | None = None) -> None:

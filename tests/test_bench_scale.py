@@ -17,7 +17,7 @@ import pytest
 from benchmarks.latency import (drive_streaming, engine_timing, has_content, percentile, sse_chunk, summarize,
                                 tail_ratio, timing_breakdown)
 from benchmarks.roofline import Box, decode_bound, model_size, report
-from benchmarks.serving import goals, p1_target, results_name, write
+from benchmarks.serving import engine_replicas_config, goals, p1_target, results_name, write
 
 ROLE = {"choices": [{"index": 0, "delta": {"role": "assistant"}}]}
 METRICS = """# HELP tuneserve_prefill_seconds x
@@ -201,3 +201,15 @@ def test_goal_rows_from_planted_phases(tmp_path):
     assert json.loads((tmp_path / "serving-x.json").read_text())["goals"][0]["id"] == "P1"
     markdown = (tmp_path / "serving-x.md").read_text()
     assert "| P14 |" in markdown and "compute-bound" in markdown and "1 torch thread(s) as the served engine runs | 90" in markdown and "(5.0M parameters)" in markdown
+
+
+def test_engine_replicas_config_is_the_shipped_one_with_more_engines(tmp_path):
+    import os
+
+    from service.launcher import build_config
+
+    config, settings = build_config(engine_replicas_config(2, tmp_path), ["base_model=tiny-llama"])
+    engine = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Engine")
+    assert engine["autoscaling_config"]["min_replicas"] == engine["autoscaling_config"]["max_replicas"] == 2
+    assert engine["ray_actor_options"]["num_cpus"] == max(1, (os.cpu_count() or 1) // 2)
+    assert settings.num_threads == 1  # the shipped engine thread count is kept
