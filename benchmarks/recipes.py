@@ -195,19 +195,23 @@ def run_dataset(args: argparse.Namespace) -> dict:
             part["arms"] = before["arms"]
             part.update({k: before[k] for k in ("notes", "seeds") if k in before})
             part["command"] = before["command"] + " ; python benchmarks/recipes.py " + " ".join(sys.argv[1:])
+
+    def save() -> None:  # after every run: a killed benchmark keeps what it measured
+        part["machine_at_end"] = machine(args.threads)
+        earlier.write_text(json.dumps(part, indent=2, default=str), encoding="utf-8")
+
     for arm in filter(None, args.arms.split(",")):  # --arms "" with --seeds: only the extra seeds
         print(f"[{args.dataset}] {arm} ...", flush=True)
         part["arms"][arm] = run_arm(arm, data, work, train_rows, test_rows, budget, args.threads)
         print(f"[{args.dataset}] {arm}: {json.dumps({k: v for k, v in part['arms'][arm].items() if k != 'command'})}",
               flush=True)
-        part["machine_at_end"] = machine(args.threads)
-        (PARTS / f"{args.dataset}.json").write_text(json.dumps(part, indent=2, default=str), encoding="utf-8")
+        save()
     for seed in range(1, args.seeds):  # more seeds of plain and default: is Q6's gap more than seed noise?
         for arm in ("plain", "default"):
             print(f"[{args.dataset}] {arm} seed {seed} ...", flush=True)
             accuracy = run_arm(arm, data, work, train_rows, test_rows, budget, args.threads, seed)["accuracy"]
             part.setdefault("seeds", {}).setdefault(arm, {})[str(seed)] = accuracy
-            (PARTS / f"{args.dataset}.json").write_text(json.dumps(part, indent=2, default=str), encoding="utf-8")
+            save()
     shutil.rmtree(work, ignore_errors=True)
     return part
 
@@ -240,7 +244,7 @@ def goals(parts: list[dict]) -> list[dict]:
         return [round((runs["default"][k] - runs["plain"][k]) * 100, 2) for k in sorted(runs["default"]) if k in runs["plain"]]
 
     q6, q7 = gap("default", "plain"), gap("auto", "default")
-    q6_seeds = {p["dataset"]: seeded(p) for p in parts if len(seeded(p)) > 1}
+    q6_seeds = {p["dataset"]: gaps for p in parts if len(gaps := seeded(p)) > 1}
     mean = round(sum(q7) / len(q7), 2) if q7 else None
     return [{"id": "Q6", "measure": "default recipe minus plain loop, test accuracy points, worst dataset",
              "value": min(q6) if q6 else None, "goal": ">= 0", "met": worst(q6), "datasets": len(q6)},

@@ -47,6 +47,7 @@ from benchmarks.latency import closed_loop, drive_streaming, engine_timing, perc
 from benchmarks.roofline import base_size, decode_bound, measure_box, report  # noqa: E402
 
 CLIENTS = 16
+RAW_THREADS = 2  # P1's raw baseline runs on the whole 2-core box
 SMALL_BASE_PARAMS = 15_000_000  # under it P1's goal is the 5M base's floor, 0.75; from it 0.85
 PROMPTS = ["To be, or not to be, that is the question", "Now is the winter of our discontent",
            "Friends, Romans, countrymen, lend me your ears", "All the world's a stage"]
@@ -61,7 +62,8 @@ def make_adapters(base_dir: Path, root: Path, count: int, prefix: str) -> list[s
     return names
 
 
-def raw_batched(base: str, adapter_dir: Path, max_tokens: int, reps: int, packed: bool = True, threads: int = 2) -> float:
+def raw_batched(base: str, adapter_dir: Path, max_tokens: int, reps: int, packed: bool = True,
+                threads: int = RAW_THREADS) -> float:
     """Tokens/s of HF generate on a left-padded batch of 16 prompts in this process (the ceiling); `packed`:
     with the engine's oneDNN-packed Linear weights (service/engine/prepack.py), so P1 compares equal kernels;
     `threads`: torch threads (2, the whole box, for P1; the served engine's own count is recorded beside it)."""
@@ -258,7 +260,7 @@ def main() -> None:
         for _ in range(args.reps):  # interleaved; each ratio pairs phases that ran seconds apart
             raw.append(raw_batched(str(base_dir), artifacts / names[0], args.max_tokens, reps=1))
             unpacked.append(raw_batched(str(base_dir), artifacts / names[0], args.max_tokens, reps=1, packed=False))
-            same_threads.append(raw[-1] if engine_threads == 2 else
+            same_threads.append(raw[-1] if engine_threads == RAW_THREADS else
                                 raw_batched(str(base_dir), artifacts / names[0], args.max_tokens, reps=1, threads=engine_threads))
             phases["one_adapter"].append(drive(url, key, [names[0]], args.requests, args.max_tokens))
             box = measure_box(threads=2)

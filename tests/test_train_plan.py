@@ -117,7 +117,8 @@ def test_lora_recommendation_advises_each_variant_for_the_request():
     assert "for 2000 rows" in low["advice"]["recipe"] and "epochs" in low["advice"]["recipe"]
     few, many = (plan(PlanRequest(model="7b", gpu_memory_gb=24, batch_size=1, seq_len=64, task="classification",
                                   rows=rows))["advice"]["recipe"] for rows in (300, 50_000))
-    assert "pick 17 epochs" in few and "pick 4 epochs" in many  # max(5 000, 200 x labels) examples seen and "class_weighting=auto" in few
+    # max(5 000, 200 x labels) examples seen: 300 rows -> 17 epochs
+    assert "pick 17 epochs" in few and "pick 4 epochs" in many and "class_weighting=auto" in few
     assert "little effect at r=8" in low["advice"]["rslora"] and "recommended" in high["advice"]["rslora"]
     assert "2000 rows" in low["advice"]["neftune"] and "yours" not in high["advice"]["neftune"]
     assert "loraplus_lr_ratio=16" in low["advice"]["loraplus"] and "not qlora" in low["advice"]["init"]
