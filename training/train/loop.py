@@ -5,8 +5,9 @@ function of (seed, epoch), so a checkpoint only needs the step number to know th
 position; together with the saved optimizer and RNG state, `--resume` continues exactly
 where a killed run stopped. Evaluation reports `val_loss` (and `val_accuracy` for
 classification; `val_reward_accuracy` and `val_reward_margin` for a preference objective, whose
-loss `objective=` (`training.train.preference.PreferenceObjective`) replaces the next-token loss). The best evaluation by `early_stopping.metric` is remembered (its trainable
-weights kept in memory and in checkpoints); at the end, when the last weights score worse than
+loss `objective=` (`training.train.preference.PreferenceObjective`) replaces the next-token loss). The best evaluation by `early_stopping.metric` is remembered (a tie on
+another metric, e.g. equal accuracy on a small validation set, goes to the lower `val_loss`; its
+trainable weights kept in memory and in checkpoints); at the end, when the last weights score worse than
 it, the best weights are restored (`early_stopping.restore_best`, on by default), so the artifact
 is the best validated model, not the last. `metrics` then carry `best_step` and `best_<metric>`.
 Early stopping (`early_stopping.enabled`, `patience`) ends the run after that many evaluations
@@ -268,8 +269,11 @@ class TrainLoop:
             raise ConfigError(f"early_stopping.metric {es.metric!r} is not reported",
                               f"use one of {sorted(k for k in record if k.startswith('val_'))}")
         sign = 1 if lower_is_better(es.metric) else -1
-        if state["best"] is None or sign * (state["best"] - value) > es.min_delta:
-            state.update(best=value, best_step=step, bad_evals=0)
+        loss = record.get("val_loss", math.inf)
+        tie_won = (es.metric != "val_loss" and state["best"] is not None and abs(value - state["best"]) < 1e-12
+                   and loss < state["best_loss"])  # accuracy ties on small validation sets: the lower loss wins
+        if state["best"] is None or sign * (state["best"] - value) > es.min_delta or tie_won:
+            state.update(best=value, best_step=step, best_loss=loss, bad_evals=0)
             self._best_weights = trainable_state(self.model) if es.restore_best and not final_eval else None
             return final_eval
         if final_eval:
@@ -291,7 +295,7 @@ class TrainLoop:
 
         torch.manual_seed(self.cfg.seed)
         self.model.train()
-        state: dict[str, Any] = {"history": [], "best": None, "best_step": None, "bad_evals": 0, "samples": 0,
+        state: dict[str, Any] = {"history": [], "best": None, "best_step": None, "best_loss": math.inf, "bad_evals": 0, "samples": 0,
                                  "tokens": 0, "train_seconds": 0.0}
         start, resumed = 0, None
         self._best_weights = None
