@@ -206,8 +206,8 @@ def run_dataset(args: argparse.Namespace) -> dict:
         print(f"[{args.dataset}] {arm}: {json.dumps({k: v for k, v in part['arms'][arm].items() if k != 'command'})}",
               flush=True)
         save()
-    for seed in range(1, args.seeds):  # more seeds of plain and default: is Q6's gap more than seed noise?
-        for arm in ("plain", "default"):
+    for seed in range(1, args.seeds):  # more seeds (of plain and default by default): more than seed noise?
+        for arm in filter(None, args.seed_arms.split(",")):
             print(f"[{args.dataset}] {arm} seed {seed} ...", flush=True)
             accuracy = run_arm(arm, data, work, train_rows, test_rows, budget, args.threads, seed)["accuracy"]
             part.setdefault("seeds", {}).setdefault(arm, {})[str(seed)] = accuracy
@@ -235,16 +235,21 @@ def goals(parts: list[dict]) -> list[dict]:
         return {"id": goal_id, "measure": measure, "value": min(gaps) if gaps else None, "per_dataset": gaps,
                 "goal": goal, "met": worst(gaps), "datasets": len(gaps)}
 
-    def seeded(p: dict) -> list[float]:
-        """default minus plain, points, per seed where both ran (seed 0: the arms themselves)."""
+    def seeded(p: dict, a: str, b: str) -> list[float]:
+        """a minus b, points, per seed where both ran (seed 0: the arms themselves)."""
         runs = {arm: {"0": p["arms"][arm]["accuracy"], **p.get("seeds", {}).get(arm, {})}
-                for arm in ("plain", "default") if arm in p["arms"]}
+                for arm in (a, b) if arm in p["arms"]}
         if len(runs) < 2:
             return []
-        return [round((runs["default"][k] - runs["plain"][k]) * 100, 2) for k in sorted(runs["default"]) if k in runs["plain"]]
+        return [round((runs[a][k] - runs[b][k]) * 100, 2) for k in sorted(runs[a]) if k in runs[b]]
+
+    def seeds_row(goal_id: str, a: str, b: str, goal: str) -> dict:
+        per_seed = {p["dataset"]: gaps for p in parts if len(gaps := seeded(p, a, b)) > 1}
+        return {"id": goal_id, "measure": f"{a} minus {b}, points, per seed (seed 0 = the arms' own runs), "
+                "datasets run with --seeds", "value": {d: round(sum(g) / len(g), 2) for d, g in per_seed.items()},
+                "per_seed": per_seed, "goal": goal, "met": "informs", "datasets": len(per_seed)}
 
     q6, q7 = gap("default", "plain"), gap("auto", "default")
-    q6_seeds = {p["dataset"]: gaps for p in parts if len(gaps := seeded(p)) > 1}
     mean = round(sum(q7) / len(q7), 2) if q7 else None
     return [{"id": "Q6", "measure": "default recipe minus plain loop, test accuracy points, worst dataset",
              "value": min(q6) if q6 else None, "goal": ">= 0", "met": worst(q6), "datasets": len(q6)},
@@ -259,10 +264,8 @@ def goals(parts: list[dict]) -> list[dict]:
                     "informs: >= 0 on every dataset justifies the data-driven default"),
             informs("Q6-weights", "default", "unweighted",
                     "default recipe minus class_weighting=none, points per dataset", "informs the class-weighting rule"),
-            {"id": "Q6-seeds", "measure": "default minus plain, points, per seed (seed 0 = Q6's runs), datasets run with --seeds",
-             "value": {d: round(sum(g) / len(g), 2) for d, g in q6_seeds.items()}, "per_seed": q6_seeds,
-             "goal": "informs: whether Q6's single-seed gap is more than seed noise", "met": "informs",
-             "datasets": len(q6_seeds)}]
+            seeds_row("Q6-seeds", "default", "plain", "informs: whether Q6's single-seed gap is more than seed noise"),
+            seeds_row("Q6-refit-seeds", "refit", "default", "informs: whether refit's gain or loss is more than seed noise")]
 
 
 def report() -> dict:
@@ -311,7 +314,8 @@ def main() -> None:
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=1,
-                        help="also run plain and default with seeds 1..N-1 (recorded beside Q6 as Q6-seeds)")
+                        help="also run the --seed-arms with seeds 1..N-1 (recorded as Q6-seeds, Q6-refit-seeds)")
+    parser.add_argument("--seed-arms", default="plain,default", help="arms run again by --seeds")
     parser.add_argument("--report", action="store_true", help="combine the per-dataset results into recipes.json/.md")
     args = parser.parse_args()
     if args.dataset:
