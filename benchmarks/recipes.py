@@ -137,7 +137,8 @@ def run_arm(arm: str, data: Path, work: Path, train_rows: list, test_rows: list,
 
         report = auto_train(cfg, budget)
         extra = {"budget_seconds": budget, "trials": len(report["trials"]), "stopped": report.get("stopped"),
-                 "best_params": report.get("best", {}).get("params") if isinstance(report.get("best"), dict) else None}
+                 "best_params": report.get("best", {}).get("params") if isinstance(report.get("best"), dict) else None,
+                 "trial_values": [[t["number"], t["state"], t["value"]] for t in report["trials"]]}
         command = f"tuneserve train {CONFIG.relative_to(ROOT)} {' '.join(overrides)} auto=true budget={budget:.0f}s"
     else:
         from training.train.run import train
