@@ -43,6 +43,7 @@ READY_LINE = "serving at "  # what `python -m service.launcher` prints once it s
 log = logging.getLogger("tuneserve.launcher")
 # What `start` exports for the server's Ray processes; `stop` puts back the values from before, so
 # neither a later start nor a server spawned from this process inherits this server's port or id.
+PROXY_READY_TIMEOUT_S = 30
 LAUNCHER_ENV = ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT",
                 "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S",
                 "RAY_SERVE_PORT_QUARANTINE_S", INSTANCE_ENV, "PROMETHEUS_MULTIPROC_DIR")
@@ -114,6 +115,9 @@ def prepare_ray_env() -> str:
     # Serve's controller loop runs every 0.1 s by default: 1.1 CPU-s per 20 s of an idle 2-core
     # box here, 0.44 at 0.5 s, with the same start-up time.
     os.environ.setdefault("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "0.5")
+    # Serve kills a proxy not ready within 5 s and serve.start then fails with ActorDiedError: seen on
+    # this 2-core box at load average 4 (tests beside training). A slow start is not a dead proxy.
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", str(PROXY_READY_TIMEOUT_S))
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     if os.environ["RAY_AUTH_MODE"] == "token":
         os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(ray_auth_token_path()))

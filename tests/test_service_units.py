@@ -252,6 +252,20 @@ def test_direct_ingress_only_with_one_ingress_replica(monkeypatch):
     assert config["http_options"]["port"] == 18123 and "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in os.environ
 
 
+def test_ray_env_gives_a_slow_proxy_time_to_start_unless_the_user_chose(monkeypatch):
+    """Serve kills a proxy not ready within 5 s (serve.start then fails with ActorDiedError on a loaded box)."""
+    import os
+
+    from service.launcher import PROXY_READY_TIMEOUT_S, prepare_ray_env
+
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")})
+    prepare_ray_env()
+    assert float(os.environ["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"]) == PROXY_READY_TIMEOUT_S >= 30
+    os.environ["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"] = "7"
+    prepare_ray_env()
+    assert os.environ["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"] == "7"
+
+
 def test_discovery_skips_directories_a_writer_left_behind(tmp_path):
     from service.engine.catalog import discover
     from training.artifact import ArtifactWriter
