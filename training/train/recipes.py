@@ -22,7 +22,8 @@ the same accuracy as at 8 epochs in half the time; the fixed arm's 0.950 was wit
   at 500 000 target tokens (rows x mean tokens per row), clamped to 1..5 epochs.
 - warm-up: about 30 optimizer steps, as a ratio of the run's steps clamped to 0.03..0.10.
 - class weighting (classification): `balanced` (n / (k x count)) when the largest class has at
-  least IMBALANCE_FOR_WEIGHTS times the rows of the smallest, else `none`.
+  least IMBALANCE_FOR_WEIGHTS times the rows of the smallest, else `none`. Measured against `none`:
+  +1.15 points on emotion, -1.71 on SQuAD topics (whose seed-to-seed spread is about 2 points).
 - advice only: when more than 5 % of rows are longer than `data.max_length` tokens it says so.
 
     recipe = pick_recipe(cfg, data_shape(cfg, splits, tokenizer))
