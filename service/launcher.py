@@ -41,9 +41,9 @@ DEFAULT_CONFIG = "serve.yaml"
 APP_READY_TIMEOUT_S = 300
 READY_LINE = "serving at "  # what `python -m service.launcher` prints once it serves (and owns) its port
 log = logging.getLogger("tuneserve.launcher")
+PROXY_READY_TIMEOUT_S = 30  # Serve's own 5 s kills a proxy that is only slow to start (prepare_ray_env)
 # What `start` exports for the server's Ray processes; `stop` puts back the values from before, so
 # neither a later start nor a server spawned from this process inherits this server's port or id.
-PROXY_READY_TIMEOUT_S = 30
 LAUNCHER_ENV = ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT",
                 "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S",
                 "RAY_SERVE_PORT_QUARANTINE_S", INSTANCE_ENV, "PROMETHEUS_MULTIPROC_DIR")

@@ -13,6 +13,7 @@ from training.train.loop import TrainLoop
 torch.set_num_threads(2)
 LR = 0.1
 BEST_STEP = 4
+NO_EVALUATION_YET = {"best": None, "best_step": None, "best_loss": float("inf"), "bad_evals": 0}  # _judge's state
 
 
 class PlantedModel(torch.nn.Module):
@@ -93,19 +94,20 @@ def test_refit_trains_a_fresh_model_on_train_plus_validation(tiny_base_dir, tmp_
 def test_an_accuracy_tie_goes_to_the_lower_validation_loss(tmp_path):
     """150 validation rows saturate: equal accuracies are common; the finer val_loss breaks the tie."""
     loop = planted_loop(tmp_path, early_stopping={"metric": "val_accuracy", "enabled": True, "patience": 2})
-    state = {"best": None, "best_step": None, "best_loss": float("inf"), "bad_evals": 0}
+    state = dict(NO_EVALUATION_YET)
     curve = [(2, 0.90, 0.50), (4, 0.95, 0.40), (6, 0.95, 0.30), (8, 0.95, 0.35), (10, 0.93, 0.20)]
     stops = [loop._judge(state, step, {"val_accuracy": acc, "val_loss": loss}) for step, acc, loss in curve]
-    assert state["best_step"] == 6 and state["best_loss"] == 0.30  # not the first 0.95 (step 4), not the lower loss at 0.93
+    # not the first 0.95 (step 4), not the lower loss at 0.93
+    assert state["best_step"] == 6 and state["best_loss"] == 0.30
     assert stops == [False, False, False, False, True]  # patience counts from the tie that won
     final = {"val_accuracy": 0.95, "val_loss": 0.25}
     assert loop._judge(state, 12, final, final_eval=True) and state["best_step"] == 12
-    assert not loop._judge(state, 12, {"val_accuracy": 0.95, "val_loss": 0.25}, final_eval=True)  # equal loss: keeps the earlier
+    assert not loop._judge(state, 12, dict(final), final_eval=True)  # equal loss: the earlier one stays
 
 
 def test_val_loss_selection_has_no_tie_break_by_itself(tmp_path):
     loop = planted_loop(tmp_path)
-    state = {"best": None, "best_step": None, "best_loss": float("inf"), "bad_evals": 0}
+    state = dict(NO_EVALUATION_YET)
     for step in (2, 4):
         loop._judge(state, step, {"val_loss": 0.5})
     assert state["best_step"] == 2

@@ -219,8 +219,8 @@ class TrainConfig(StrictModel):
     eval_batches: int | None = Field(None, gt=0, description="limit validation to N batches")
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     refit: bool = Field(False, description="after selecting the best step on validation, retrain a fresh model on "
-                        "train + validation for that many steps and write it (benchmarks/results/recipes.md: helps on some data, "
-                        "not on average)")
+                        "train + validation for that many steps and write it (benchmarks/results/recipes.md: "
+                        "helps on some data, not on average)")
     checkpoint_every: int | None = Field(None, gt=0, description="write a resumable checkpoint every N steps")
     checkpoint_dir: str | None = Field(None, description="default: <output>.checkpoints")
     keep_checkpoints: int = Field(2, gt=0)

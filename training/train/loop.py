@@ -5,9 +5,10 @@ function of (seed, epoch), so a checkpoint only needs the step number to know th
 position; together with the saved optimizer and RNG state, `--resume` continues exactly
 where a killed run stopped. Evaluation reports `val_loss` (and `val_accuracy` for
 classification; `val_reward_accuracy` and `val_reward_margin` for a preference objective, whose
-loss `objective=` (`training.train.preference.PreferenceObjective`) replaces the next-token loss). The best evaluation by `early_stopping.metric` is remembered (a tie on
-another metric, e.g. equal accuracy on a small validation set, goes to the lower `val_loss`; its
-trainable weights kept in memory and in checkpoints); at the end, when the last weights score worse than
+loss `objective=` (`training.train.preference.PreferenceObjective`) replaces the next-token
+loss). The best evaluation by `early_stopping.metric` is remembered (a tie on another metric,
+e.g. equal accuracy on a small validation set, goes to the lower `val_loss`; its trainable
+weights kept in memory and in checkpoints); at the end, when the last weights score worse than
 it, the best weights are restored (`early_stopping.restore_best`, on by default), so the artifact
 is the best validated model, not the last. `metrics` then carry `best_step` and `best_<metric>`.
 Early stopping (`early_stopping.enabled`, `patience`) ends the run after that many evaluations
@@ -295,8 +296,8 @@ class TrainLoop:
 
         torch.manual_seed(self.cfg.seed)
         self.model.train()
-        state: dict[str, Any] = {"history": [], "best": None, "best_step": None, "best_loss": math.inf, "bad_evals": 0, "samples": 0,
-                                 "tokens": 0, "train_seconds": 0.0}
+        state: dict[str, Any] = {"history": [], "best": None, "best_step": None, "best_loss": math.inf, "bad_evals": 0,
+                                 "samples": 0, "tokens": 0, "train_seconds": 0.0}
         start, resumed = 0, None
         self._best_weights = None
         if resume_from is not None:
