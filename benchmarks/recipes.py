@@ -138,7 +138,9 @@ def run_arm(arm: str, data: Path, work: Path, train_rows: list, test_rows: list,
         report = auto_train(cfg, budget)
         extra = {"budget_seconds": budget, "trials": len(report["trials"]), "stopped": report.get("stopped"),
                  "best_params": report.get("best", {}).get("params") if isinstance(report.get("best"), dict) else None,
-                 "trial_values": [[t["number"], t["state"], t["value"]] for t in report["trials"]]}
+                 "trial_values": [[t["number"], t["state"], t["value"]] for t in report["trials"]],
+                 "written_trial": report["choice"]["trial"], "choice": report["choice"]["why"],
+                 "refit": report["refit_decision"]}
         command = f"tuneserve train {CONFIG.relative_to(ROOT)} {' '.join(overrides)} auto=true budget={budget:.0f}s"
     else:
         from training.train.run import train
@@ -146,9 +148,10 @@ def run_arm(arm: str, data: Path, work: Path, train_rows: list, test_rows: list,
         outcome = train(cfg)
         hp = outcome.manifest.hyperparameters
         extra = {"steps": outcome.result.steps, "best_step": outcome.result.metrics.get("best_step"),
+                 "val_accuracy": outcome.result.metrics.get("val_accuracy"),
                  "settings": {"epochs": hp.get("epochs"), "lr": hp.get("optim", {}).get("lr"),
                               "warmup_ratio": hp.get("optim", {}).get("warmup_ratio"),
-                              "class_weighting": hp.get("class_weighting")}}
+                              "class_weighting": hp.get("class_weighting"), "refit": hp.get("refit")}}
         command = f"tuneserve train {CONFIG.relative_to(ROOT)} {' '.join(overrides)}"
     seconds = round(time.perf_counter() - started, 1)
     return {**score_artifact(output, data, work / "eval" / arm, threads), "train_seconds": seconds, **extra,
@@ -290,7 +293,8 @@ def report() -> dict:
     for p in parts:
         for arm, r in p["arms"].items():
             notes = r.get("settings") or ({"trials": r.get("trials"), "budget_s": r.get("budget_seconds"),
-                                           "best": r.get("best_params")} if arm == "auto" else "")
+                                           "best": r.get("best_params"), "written": r.get("written_trial"),
+                                           "refit": r.get("refit")} if arm == "auto" else "")
             lines.append(f"| {p['dataset']} | {p['train_rows']} ({p['train_rows_available']}) | {p['test_rows']} | "
                          f"{p['labels']} | {p['imbalance']} | {arm} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | "
                          f"{r['train_seconds']} | {notes} |")

@@ -63,7 +63,30 @@ def test_a_tiny_budget_stops_after_one_trial_and_writes_the_winner(tiny_base_dir
     assert len(report["trials"]) == 1 and report["stopped"].startswith("budget")
     assert report["trials"][0]["params"]["optim.lr"] == pytest.approx(5e-3)  # the config's, tried first
     assert read_manifest(tmp_path / "auto").metrics["steps"] == 2
-    assert (tmp_path / "auto.search" / "report.json").is_file()
+    assert (tmp_path / "auto.search" / "report.json").is_file() and (tmp_path / "auto.search" / "recipe").is_dir()
+    assert report["choice"]["trial"] == 0 and report["refit_decision"].startswith("refit=false")
+
+
+def _report(values: list[float], metric_states: list[str] | None = None) -> dict:
+    states = metric_states or ["COMPLETE"] * len(values)
+    trials = [{"number": n, "state": st, "value": v, "params": {}} for n, (v, st) in enumerate(zip(values, states))]
+    best = max((t for t in trials if t["state"] == "COMPLETE"), key=lambda t: t["value"])
+    return {"best": {"number": best["number"], "value": best["value"]}, "trials": trials}
+
+
+def test_a_winner_within_one_standard_error_of_the_recipe_does_not_replace_it():
+    from training.search.auto import choose_trial, lead_needed
+
+    assert lead_needed(0.967, 150) == pytest.approx(0.0146, abs=1e-4)
+    kept = choose_trial(_report([0.9667, 0.9467, 0.98]), "val_accuracy", 150)  # SQuAD topics: 2 rows of 150
+    assert kept["trial"] == 0 and kept["value"] == 0.9667 and "kept" in kept["why"]
+    assert choose_trial(_report([0.9667, 0.9467, 0.98]), "val_accuracy", 1500)["trial"] == 2  # 20 rows of 1 500
+    assert choose_trial(_report([0.80, 0.86]), "val_accuracy", 300)["trial"] == 1  # 18 rows: 2.6 standard errors
+    assert choose_trial(_report([0.90, 0.85]), "val_accuracy", 300)["trial"] == 0  # the recipe is the best
+    # val_loss has no binomial error: the best one is written
+    loss = {"best": {"number": 1, "value": 0.5}, "trials": [{"number": 0, "state": "COMPLETE", "value": 0.51},
+                                                            {"number": 1, "state": "COMPLETE", "value": 0.5}]}
+    assert choose_trial(loss, "val_loss", 150)["trial"] == 1
 
 
 def test_cli_takes_auto_and_budget_out_of_the_overrides():

@@ -107,10 +107,15 @@ def _markdown(report: dict[str, Any]) -> str:
         value = "" if r["value"] is None else f"{r['value']:.5f}"
         state = r["state"] if r.get("cut_by_budget") is None else f"{r['state']} (cut by the budget at step {r['cut_by_budget']})"
         lines.append(f"| {r['number']} | {state} | {value} | {json.dumps(r['params'])} |")
+    if report.get("choice"):
+        choice = report["choice"]
+        lines += ["", f"## Written: trial #{choice['trial']} ({report['metric']} = {choice['value']:.5f}): {choice['why']}"]
+    if report.get("refit_decision"):
+        lines += ["", f"- {report['refit_decision']}"]
     if report.get("refit"):
         refit = report["refit"]
-        lines += ["", f"## Refit: the best trial's settings retrained on train + validation for {refit['steps']} steps "
-                  f"(the steps its trial selected), {refit['seconds']:.0f} s; that run is the artifact"]
+        lines += ["", f"## Refit: the chosen trial's settings retrained on train + validation for {refit['steps']} "
+                  f"steps (the steps its trial selected), {refit['seconds']:.0f} s; that run is the artifact"]
     plots = [p for p in report["plots"].values() if p]
     lines += ["", *[f"![{Path(p).stem}]({Path(p).name})" for p in plots], ""]
     return "\n".join(lines)

@@ -218,9 +218,10 @@ class TrainConfig(StrictModel):
     eval_every: int | None = Field(None, gt=0, description="validate every N steps (default: at the end only)")
     eval_batches: int | None = Field(None, gt=0, description="limit validation to N batches")
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
-    refit: bool = Field(False, description="after selecting the best step on validation, retrain a fresh model on "
-                        "train + validation for that many steps and write it (benchmarks/results/recipes.md: "
-                        "helps on some data, not on average)")
+    refit: bool | Literal["auto"] = Field(
+        False, description="after selecting the best step on validation, retrain a fresh model on train + validation "
+        "for that many steps and write it; auto: only when the validation split made too few errors to select with "
+        "(classification, training.train.recipes.refit_decision; benchmarks/results/recipes.md)")
     checkpoint_every: int | None = Field(None, gt=0, description="write a resumable checkpoint every N steps")
     checkpoint_dir: str | None = Field(None, description="default: <output>.checkpoints")
     keep_checkpoints: int = Field(2, gt=0)
@@ -240,8 +241,9 @@ class TrainConfig(StrictModel):
     def _early_stopping_needs_eval(self) -> TrainConfig:
         if self.early_stopping.enabled and self.eval_every is None:
             raise ValueError("early_stopping.enabled needs eval_every (validate every N steps)")
-        if self.refit and self.distributed.backend == "ray":
-            raise ValueError("refit=true runs in one process for now; use distributed.backend=local")
+        if self.refit is True and self.distributed.backend == "ray":
+            raise ValueError("refit=true runs in one process for now; use distributed.backend=local (refit=auto "
+                             "does not refit on Ray)")
         if self.data.output_format != "text" and self.task != "causal-lm":
             raise ValueError(f"data.output_format={self.data.output_format} applies to instruction data "
                              f"(task=causal-lm), not task={self.task}; leave it at text")

@@ -79,6 +79,11 @@ def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
     return max(0.0, 1.0 - progress)
 
 
+def validated_rows(cfg: TrainConfig, rows: int) -> int:
+    """Validation rows one evaluation scores: all `rows`, or `eval_batches` chunks of 2 x batch_size."""
+    return min(rows, cfg.eval_batches * 2 * cfg.batch_size) if cfg.eval_batches else rows
+
+
 def lower_is_better(metric: str) -> bool:
     return "loss" in metric
 

@@ -25,6 +25,13 @@ the same accuracy as at 8 epochs in half the time; the fixed arm's 0.950 was wit
   least IMBALANCE_FOR_WEIGHTS times the rows of the smallest, else `none`. Measured against `none`:
   +1.15 points on emotion, -1.71 on SQuAD topics (whose seed-to-seed spread is about 2 points).
 - advice only: when more than 5 % of rows are longer than `data.max_length` tokens it says so.
+- refit (`refit: auto`, decided after the run from its validation): retrain on train + validation
+  for the selected steps when the validation split made fewer than REFIT_MAX_VAL_ERRORS errors at
+  the selected step. So few errors cannot tell evaluations apart (two checkpoints differ by a
+  handful of rows), so the held-out rows are worth more as training data. Measured, refit minus
+  the default over three seeds: +1.55 points on SQuAD topics (about 5 errors in 150 validation
+  rows); -0.28 on emotion (~40 in 300), -1.1 on banking77 (~60 in 300) and -1.0 / 0.0 on emotion
+  cut to 1 500 rows (~30 in 150). Causal LM runs never refit on `auto` (not measured).
 
     recipe = pick_recipe(cfg, data_shape(cfg, splits, tokenizer))
     cfg = recipe.config            # every `auto` replaced; recipe.advice: one line per decision
@@ -45,6 +52,7 @@ LENGTH_SAMPLE = 2000
 CLASSIFY_SEEN, CLASSIFY_SEEN_PER_LABEL, CLASSIFY_EPOCHS = 5_000, 200, (4, 20)
 CAUSAL_TOKENS, CAUSAL_EPOCHS = 500_000, (1, 5)
 WARMUP_STEPS, WARMUP_RATIO = 30, (0.03, 0.10)
+REFIT_MAX_VAL_ERRORS = 15
 LEARNING_RATES = {  # family: (classification, causal-lm)
     "adapter": (2e-3, 2e-4), "ia3": (5e-3, 3e-3), "virtual": (1e-2, 5e-3), "full": (5e-5, 2e-5)}
 FAMILY = {"full": "full", "ia3": "ia3", "prompt": "virtual", "prefix": "virtual", "p-tuning": "virtual"}
@@ -128,3 +136,19 @@ def pick_recipe(cfg: TrainConfig, shape: DataShape) -> Recipe:
     if optim:
         updates["optim"] = cfg.optim.model_copy(update=optim)
     return Recipe(config=cfg.model_copy(update=updates), advice=advice)
+
+
+def refit_decision(cfg: TrainConfig, metrics: dict[str, float], validated: int) -> tuple[bool, str]:
+    """Whether to retrain on train + validation after selection (`cfg.refit`: true, false or auto), and why.
+
+    `metrics` are the selected evaluation's (`val_accuracy`), `validated` the validation rows it scored."""
+    if cfg.refit != AUTO:
+        return bool(cfg.refit), f"refit={str(bool(cfg.refit)).lower()}: as configured"
+    if cfg.task != "classification" or "val_accuracy" not in metrics or not validated:
+        return False, "refit=auto: no refit (measured for classification with a validation split only)"
+    errors = round((1.0 - metrics["val_accuracy"]) * validated)
+    if errors < REFIT_MAX_VAL_ERRORS:
+        return True, (f"refit=auto: {errors} validation errors in {validated} rows (< {REFIT_MAX_VAL_ERRORS}) cannot "
+                      "tell evaluations apart; retraining on train + validation for the selected steps")
+    return False, (f"refit=auto: {errors} validation errors in {validated} rows (>= {REFIT_MAX_VAL_ERRORS}); "
+                   "keeping the selected weights")

@@ -3,8 +3,9 @@
 `train(cfg)` validates everything it can before touching weights (method, options, data,
 target modules, 4-bit dims), trains with `TrainLoop`, and writes the artifact at
 `cfg.output` (an adapter for PEFT methods, a full model for `full`), plus
-`<output>-merged` when `merge=true`. With `refit=true` the selected number of steps is
-trained again on train + validation from a fresh base, and that model is written. Returns a `TrainOutcome` holding the in-memory model
+`<output>-merged` when `merge=true`. With `refit=true` (or `refit=auto` when
+`training.train.recipes.refit_decision` says so) the selected number of steps is trained again on
+train + validation from a fresh base, and that model is written. Returns a `TrainOutcome` holding the in-memory model
 so tests can compare it with the reloaded artifact. The pieces live in `training.train.parts`;
 `distributed.backend=ray` hands the run to `training.train.ray_backend`.
 
@@ -13,6 +14,7 @@ so tests can compare it with the reloaded artifact. The pieces live in `training
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +24,7 @@ from training.artifact.errors import ArtifactInvalid, ConfigError
 from training.artifact.paths import MINILM
 from training.artifact.loading import load_tokenizer
 from training.train.config import TrainConfig
-from training.train.loop import LoopResult, TrainLoop
+from training.train.loop import LoopResult, TrainLoop, validated_rows
 from training.train.methods import get_method
 from training.train.parts import (
     TrainOutcome,
@@ -34,6 +36,7 @@ from training.train.parts import (
     test_metrics,
     write_outputs,
 )
+from training.train.recipes import refit_decision
 from training.train.reporting import RunReporter
 
 __all__ = ["TrainOutcome", "encoder", "load_trained", "load_training_model", "pick_device", "train"]
@@ -66,7 +69,11 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, dict[str, float]], bool | No
                              prep.identity, objective=prep.objective, adversary=prep.adversary)
             reporter.begin(loop.total_steps)
             result = loop.run(resume_from=resume_from, on_eval=on_eval, on_record=reporter.record)
-            if cfg.refit and prep.val_ex:
+            do_refit, why = refit_decision(cfg, result.metrics, validated_rows(cfg, len(prep.val_ex)))
+            if cfg.refit == "auto" and cfg.progress:
+                print(why, file=sys.stderr)
+            cfg = cfg.model_copy(update={"refit": do_refit and bool(prep.val_ex)})
+            if cfg.refit:
                 prep, loop, result = refit(cfg, result, device)
         wall = time.perf_counter() - started
         result.metrics.update(test_metrics(cfg, loop, prep.splits, prep.enc))
@@ -92,7 +99,7 @@ def refit(cfg: TrainConfig, selected: LoopResult, device) -> tuple:
     evaluation's step, else the steps run); returns (prepared, loop, result) of the refit, whose
     metrics keep the selection run's validation numbers (the refit model has seen the validation rows)."""
     steps = int(selected.metrics.get("best_step", selected.steps))
-    refit_cfg = cfg.model_copy(update={"max_steps": steps, "eval_every": None, "checkpoint_every": None,
+    refit_cfg = cfg.model_copy(update={"refit": True, "max_steps": steps, "eval_every": None, "checkpoint_every": None,
                                        "early_stopping": cfg.early_stopping.model_copy(update={"enabled": False})})
     fresh = prepare(refit_cfg, device)
     loop = TrainLoop(refit_cfg, fresh.model, fresh.train_ex + fresh.val_ex, [], fresh.collate, device, fresh.weights,
