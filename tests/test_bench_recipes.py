@@ -35,10 +35,11 @@ def test_goal_rows_from_planted_parts():
     assert rows["Q6-refit-seeds"]["per_seed"] == {} and rows["Q6-refit-seeds"]["datasets"] == 0
 
 
-def test_refit_seed_rows_pair_refit_with_the_default_per_seed():
+def test_refit_rows_pair_refit_with_refit_false_per_seed():
     recipes = _recipes()
-    part = _part("c", 0.90, 0.80, seeds={"default": {"1": 0.82}, "refit": {"1": 0.85, "2": 0.70}})
-    part["arms"]["refit"] = {"accuracy": 0.78}
+    part = _part("c", 0.90, 0.80, seeds={"norefit": {"1": 0.82}, "refit": {"1": 0.85, "2": 0.70}})
+    part["arms"].update(refit={"accuracy": 0.78}, norefit={"accuracy": 0.80})
     rows = {row["id"]: row for row in recipes.goals([part])}
-    assert rows["Q6-refit-seeds"]["per_seed"] == {"c": [-2.0, 3.0]}  # seed 2 has no default run to pair with
+    assert rows["Q6-refit-seeds"]["per_seed"] == {"c": [-2.0, 3.0]}  # seed 2 has no refit=false run to pair with
     assert rows["Q6-refit-seeds"]["value"] == {"c": 0.5}
+    assert rows["Q6-refit"]["per_dataset"] == [-2.0] and rows["Q6-refit-rule"]["per_dataset"] == [0.0]

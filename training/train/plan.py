@@ -261,7 +261,7 @@ def packing_advice(req: PlanRequest) -> str:
 def recipe_advice(req: PlanRequest) -> str:
     """What `epochs=auto optim.lr=auto optim.warmup_ratio=auto` would pick for this request (training.train.recipes)."""
     from training.train.config import TrainConfig
-    from training.train.recipes import IMBALANCE_FOR_WEIGHTS, DataShape, pick_recipe
+    from training.train.recipes import IMBALANCE_FOR_WEIGHTS, REFIT_MAX_VAL_ERRORS, DataShape, pick_recipe
 
     cfg = TrainConfig(task=req.task, batch_size=req.batch_size, epochs="auto", optim={"lr": "auto", "warmup_ratio": "auto"})
     got = pick_recipe(cfg, DataShape(rows=req.rows, mean_tokens=req.seq_len / 2)).config
@@ -269,7 +269,8 @@ def recipe_advice(req: PlanRequest) -> str:
             f"warm-up {got.optim.warmup_ratio:g} for {req.rows} rows")
     if req.task == "classification":
         line += (f" (more epochs with many labels); class_weighting=auto turns on balanced weights at a "
-                 f"largest/smallest class ratio >= {IMBALANCE_FOR_WEIGHTS:g}")
+                 f"largest/smallest class ratio >= {IMBALANCE_FOR_WEIGHTS:g}; refit=auto retrains on train + "
+                 f"validation when validation made fewer than {REFIT_MAX_VAL_ERRORS} errors (too few to select with)")
     return line + "; measured against a plain loop in benchmarks/results/recipes.md"
 
 
