@@ -179,8 +179,8 @@ def auto_train(cfg: TrainConfig, budget: float) -> dict[str, Any]:
         raise ConfigError(f"the recipe's trial of the auto search did not finish within {budget:.0f} s",
                           f"give a larger budget; the study is in {scfg.output}")
     recipe_dir = search_dir / "recipe"
-    shutil.rmtree(recipe_dir, ignore_errors=True)
-    shutil.copytree(search_dir / "best", recipe_dir)
+    if not recipe_dir.is_dir():  # else a resumed study: trial 0 ran before and was kept then
+        shutil.copytree(search_dir / "best", recipe_dir)
     recipe = read_manifest(recipe_dir)
     validated = validated_rows(scfg.train, int((getattr(recipe.data, "splits", None) or {}).get("validation", 0)))
     reserve = REFIT_RESERVE * _trial_seconds(report, 0) if refit_decision(cfg, recipe.metrics, validated)[0] else 0.0
