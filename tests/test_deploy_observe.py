@@ -199,6 +199,31 @@ def test_observe_command_prints_urls_and_stops_children_on_sigterm(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+        subprocess.run(["pkill", "-f", str(tmp_path)], capture_output=True)  # children of a failed run
+
+
+@pytest.mark.integration
+def test_sigterm_while_the_children_start_stops_them_and_exits_cleanly(tmp_path):
+    """A SIGTERM before the URLs are up (the signal handlers used to be installed only after they were
+    printed) must stop what started, not kill the command with Prometheus and Alertmanager left running."""
+    require_tool("prometheus")
+    process = subprocess.Popen(
+        [sys.executable, "-c", COMMAND, "observe", "--target", "127.0.0.1:9", "--prometheus-port", "0",
+         "--alertmanager-port", "0", f"work_dir={tmp_path}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT, env=dict(os.environ))
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "prometheus.yml").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)  # written just before the children start; ready takes far longer
+        assert (tmp_path / "prometheus.yml").exists(), "observe never started its children"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0, process.stdout.read()
+        assert "stopping" in process.stdout.read()
+        assert subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True).returncode == 1  # none left
+    finally:
+        if process.poll() is None:
+            process.kill()
+        subprocess.run(["pkill", "-f", str(tmp_path)], capture_output=True)
 
 
 @pytest.mark.integration

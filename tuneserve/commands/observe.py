@@ -238,10 +238,16 @@ def _stop_on_signal(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def serve_until_interrupted(stack: ObserveStack) -> None:
-    """Block until Ctrl-C or SIGTERM (or a child dies, which raises Unavailable)."""
+def stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt, so the stack's context manager stops both children.
+    Installed before the children start: a SIGTERM that lands while they start, or just after the URLs
+    are printed, must not kill this process with Prometheus and Alertmanager left running."""
     signal.signal(signal.SIGINT, _stop_on_signal)
     signal.signal(signal.SIGTERM, _stop_on_signal)
+
+
+def serve_until_interrupted(stack: ObserveStack) -> None:
+    """Block until Ctrl-C or SIGTERM (`stop_on_signals`), or a child dies (which raises Unavailable)."""
     try:
         while True:
             stack.check_alive()
@@ -267,6 +273,10 @@ def register(app: typer.Typer) -> None:
                    "alertmanager_port": alertmanager_port, "metrics_key_file": metrics_key_file}
         given = {key: value for key, value in options.items() if value not in (None, [])}
         config = ObserveConfig.model_validate({**config.model_dump(), **given})
-        with ObserveStack(config) as stack:
-            _print_urls(stack)
-            serve_until_interrupted(stack)
+        stop_on_signals()
+        try:
+            with ObserveStack(config) as stack:
+                _print_urls(stack)
+                serve_until_interrupted(stack)
+        except KeyboardInterrupt:  # before the URLs were up: start() already stopped what it had started
+            console.print("stopping Prometheus and Alertmanager")
