@@ -3,7 +3,8 @@
 A panel of classification sets (`banking77`, `emotion`: 6 imbalanced classes, `squad-topics`:
 which of the 6 SQuAD dev articles a question is about, 6 imbalanced classes, derived offline
 from `../shared/data/squad_v1.1_dev`; `banking77-six`: six banking77 intents drawn with a fixed seed,
-added to check refit=auto's threshold out of sample). For each, these arms on the same train/test rows:
+and `banking77-cards`: six card intents that are easy to confuse, both added to check refit=auto's
+threshold out of sample). For each, these arms on the same train/test rows:
 
 - `plain`: `benchmarks/plain_loop.py` (LoRA r16, lr 2e-3 one-cycle, batch 32, 2 epochs, all rows, last weights)
 - `default`: `training/configs/classify-minilm.yaml` as shipped (`tuneserve train ... data.path=...`):
@@ -72,12 +73,16 @@ def _squad_topics() -> tuple[list[dict], list[dict]]:
     return rows[:cut], rows[cut:]
 
 
-def _banking77_six() -> tuple[list[dict], list[dict]]:
-    """Six banking77 intents drawn with a fixed seed, all their rows: a small, easy set (few validation
-    errors) added after refit=auto's threshold was set from the other three, to check the rule out of sample."""
+CARD_INTENTS = ("activate_my_card", "card_arrival", "card_delivery_estimate", "get_physical_card",
+                "order_physical_card", "getting_spare_card")  # pairs a user would mix up
+
+
+def _banking77_subset(pick) -> tuple[list[dict], list[dict]]:
+    """All rows of the banking77 intents `pick(sorted labels)` chooses: small sets (few validation errors),
+    added after refit=auto's threshold was set from the other three datasets, to check it out of sample."""
     train = _csv_rows(SHARED / "banking77" / "train.csv", "category")
     test = _csv_rows(SHARED / "banking77" / "test.csv", "category")
-    chosen = set(random.Random(6).sample(sorted({r["label"] for r in train}), 6))
+    chosen = set(pick(sorted({r["label"] for r in train})))
     return [r for r in train if r["label"] in chosen], [r for r in test if r["label"] in chosen]
 
 
@@ -87,7 +92,8 @@ DATASETS = {
     "emotion": lambda: (_csv_rows(SHARED / "emotion" / "train.csv", "label"),
                         _csv_rows(SHARED / "emotion" / "test.csv", "label")),
     "squad-topics": _squad_topics,
-    "banking77-six": _banking77_six,
+    "banking77-six": lambda: _banking77_subset(lambda labels: random.Random(6).sample(labels, 6)),
+    "banking77-cards": lambda: _banking77_subset(lambda labels: CARD_INTENTS),
 }
 
 
