@@ -202,6 +202,27 @@ def test_observe_command_prints_urls_and_stops_children_on_sigterm(tmp_path):
         subprocess.run(["pkill", "-f", str(tmp_path)], capture_output=True)  # children of a failed run
 
 
+def test_a_signal_while_a_child_spawns_is_raised_after_it_is_tracked():
+    """An interrupt inside Popen would leave a child nobody stops; it is held until the spawn returns."""
+    from tuneserve.commands.observe import signals_deferred, stop_on_signals
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop_on_signals()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with signals_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+                spawned = True  # reached: the signal did not interrupt the block
+        assert spawned
+        with signals_deferred(drop=True):  # while stopping: nothing is left to raise
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 @pytest.mark.integration
 def test_sigterm_while_the_children_start_stops_them_and_exits_cleanly(tmp_path):
     """A SIGTERM before the URLs are up (the signal handlers used to be installed only after they were

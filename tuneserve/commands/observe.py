@@ -25,6 +25,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -114,7 +115,7 @@ class ManagedProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        with open(self.log_path, "ab") as log:
+        with signals_deferred(), open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def exited(self) -> int | None:
@@ -206,8 +207,9 @@ class ObserveStack:
                 raise process.failure(f"exited with status {process.exited()}")
 
     def stop(self) -> None:
-        for process in reversed(self.processes):
-            process.stop()
+        with signals_deferred(drop=True):
+            for process in reversed(self.processes):
+                process.stop()
 
     def __enter__(self) -> "ObserveStack":
         return self.start()
@@ -234,8 +236,29 @@ def _print_urls(stack: ObserveStack) -> None:
     console.print("Press Ctrl-C to stop Prometheus and Alertmanager.")
 
 
+_SIGNALS = {"deferring": 0, "pending": False}
+
+
 def _stop_on_signal(signum, frame) -> None:
+    if _SIGNALS["deferring"]:
+        _SIGNALS["pending"] = True
+        return
     raise KeyboardInterrupt
+
+
+@contextmanager
+def signals_deferred(drop: bool = False):
+    """Hold Ctrl-C/SIGTERM while a child is spawned (an interrupt inside Popen leaves a child nobody
+    tracks) or while both are stopped (`drop`: it is already what the signal asks for); raise it after."""
+    _SIGNALS["deferring"] += 1
+    try:
+        yield
+    finally:
+        _SIGNALS["deferring"] -= 1
+        if not _SIGNALS["deferring"] and _SIGNALS["pending"]:
+            _SIGNALS["pending"] = False
+            if not drop:
+                raise KeyboardInterrupt
 
 
 def stop_on_signals() -> None:
