@@ -289,6 +289,8 @@ def goals(parts: list[dict]) -> list[dict]:
             informs("Q6-weights", "default", "unweighted",
                     "default recipe minus class_weighting=none, points per dataset", "informs the class-weighting rule"),
             seeds_row("Q6-seeds", "default", "plain", "informs: whether Q6's single-seed gap is more than seed noise"),
+            seeds_row("Q6-refit-rule-seeds", "default", "norefit",
+                      "informs: whether refit=auto's gain or loss is more than seed noise"),
             seeds_row("Q6-refit-seeds", "refit", "norefit",
                       "informs: whether refit's gain or loss is more than seed noise")]
 
