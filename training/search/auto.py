@@ -142,13 +142,12 @@ def _trial_seconds(report: dict[str, Any], number: int) -> float:
     return float(next(t["seconds"] for t in report["trials"] if t["number"] == number) or 0.0)
 
 
-def refit_winner(scfg, params: dict[str, Any], chosen: Path, output: str) -> dict[str, Any]:
-    """Retrain the chosen settings on train + validation for the steps its trial selected, at `output`."""
-    from training.artifact import read_manifest
+def refit_winner(scfg, params: dict[str, Any], selected: dict[str, float], output: str) -> dict[str, Any]:
+    """Retrain the chosen settings on train + validation for the steps its trial selected (`selected`: its
+    artifact's metrics), at `output`."""
     from training.search.config import trial_config
     from training.train.run import train
 
-    selected = read_manifest(chosen).metrics
     steps = int(selected.get("best_step") or selected["steps"])
     winner = trial_config(scfg.train, params, output)
     started = time.monotonic()
@@ -196,11 +195,12 @@ def auto_train(cfg: TrainConfig, budget: float) -> dict[str, Any]:
     choice = choose_trial(report, scfg.metric, validated)
     chosen = recipe_dir if choice["trial"] == 0 else search_dir / "best"
     params = next(t["params"] for t in report["trials"] if t["number"] == choice["trial"])
-    do_refit, why = refit_decision(cfg, read_manifest(chosen).metrics, validated)
+    selected = (recipe if choice["trial"] == 0 else read_manifest(chosen)).metrics
+    do_refit, why = refit_decision(cfg, selected, validated)
     report.update(choice=choice, refit_decision=why)
     shutil.rmtree(cfg.output, ignore_errors=True)
     if do_refit:
-        report["refit"] = refit_winner(scfg, params, chosen, cfg.output)
+        report["refit"] = refit_winner(scfg, params, selected, cfg.output)
     else:
         shutil.copytree(chosen, cfg.output)
     report.update(budget_seconds=budget, seconds=round(time.monotonic() - started, 1))

@@ -145,9 +145,11 @@ def refit_decision(cfg: TrainConfig, metrics: dict[str, float], validated: int) 
     """Whether to retrain on train + validation after selection (`cfg.refit`: true, false or auto), and why.
 
     `metrics` are the selected evaluation's (`val_accuracy`), `validated` the validation rows it scored."""
+    if not validated:
+        return False, "no refit: there is no validation split to add to training"
     if cfg.refit != AUTO:
         return bool(cfg.refit), f"refit={str(bool(cfg.refit)).lower()}: as configured"
-    if cfg.task != "classification" or "val_accuracy" not in metrics or not validated:
+    if cfg.task != "classification" or "val_accuracy" not in metrics:
         return False, "refit=auto: no refit (measured for classification with a validation split only)"
     errors = round((1.0 - metrics["val_accuracy"]) * validated)
     if errors < REFIT_MAX_VAL_ERRORS:

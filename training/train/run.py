@@ -36,7 +36,7 @@ from training.train.parts import (
     test_metrics,
     write_outputs,
 )
-from training.train.recipes import refit_decision
+from training.train.recipes import AUTO, refit_decision
 from training.train.reporting import RunReporter
 
 __all__ = ["TrainOutcome", "encoder", "load_trained", "load_training_model", "pick_device", "train"]
@@ -70,9 +70,9 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, dict[str, float]], bool | No
             reporter.begin(loop.total_steps)
             result = loop.run(resume_from=resume_from, on_eval=on_eval, on_record=reporter.record)
             do_refit, why = refit_decision(cfg, result.metrics, validated_rows(cfg, len(prep.val_ex)))
-            if cfg.refit == "auto" and cfg.progress:
+            if cfg.refit == AUTO and cfg.progress:
                 print(why, file=sys.stderr)
-            cfg = cfg.model_copy(update={"refit": do_refit and bool(prep.val_ex)})
+            cfg = cfg.model_copy(update={"refit": do_refit})
             if cfg.refit:
                 prep, loop, result = refit(cfg, result, device)
         wall = time.perf_counter() - started
