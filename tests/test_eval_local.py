@@ -151,3 +151,19 @@ def test_banking77_minilm_adapter_full_report(shared_data, tmp_path):
     assert "| card_arrival |" in (out / "eval_report.md").read_text()
     print(f"\nbanking77 MiniLM LoRA (40 steps, 8/class): {json.dumps({k: round(v, 4) for k, v in metrics.items()})}")
 
+
+
+def test_a_classifier_scores_each_text_as_it_would_alone_in_any_batch():
+    """BERT-style encoders have absolute positions: left padding shifted a short text's tokens and its label then
+    depended on the longest text in its batch (MiniLM on emotion: 0.853 validation accuracy instead of 0.893)."""
+    from training.artifact.loading import load_base
+
+    texts = ["card declined", "I was charged twice for the same coffee this morning and I want my money back now"]
+    base = load_base("all-minilm-l6-v2", task="classification", labels=["a", "b", "c"])
+    assert base.tokenizer.padding_side == "right"
+    torch.manual_seed(0)
+    with torch.no_grad():
+        base.model.classifier.weight.normal_(0, 1.0)  # a head that separates inputs
+        together = base.model(**base.tokenizer(texts, padding=True, return_tensors="pt")).logits
+        alone = torch.cat([base.model(**base.tokenizer([t], return_tensors="pt")).logits for t in texts])
+    assert torch.allclose(together, alone, atol=1e-4), (together - alone).abs().max()

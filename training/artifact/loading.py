@@ -72,6 +72,13 @@ def require_safetensors(model_dir: Path) -> None:
                               "tuneserve loads only safetensors; convert the weights (save_pretrained(safe_serialization=True))")
 
 
+def padding_side(task: str) -> str:
+    """Where a batch pads for `task`: generation pads left (new tokens follow every prompt); classifiers and
+    encoders pad right, because BERT-style absolute positions would shift under left padding and a text's
+    label would then depend on the longest text in its batch (MiniLM on emotion: 0.853 against 0.893)."""
+    return "left" if task == "causal-lm" else "right"
+
+
 def load_tokenizer(model_dir: str | Path, padding_side: str = "left", trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -105,7 +112,7 @@ def load_base(ref: str, dtype: str = "float32", task: str = "causal-lm", labels:
     """Load a base model by reference (`tiny-llama`, `all-minilm-l6-v2`, a directory, or a hub id)."""
     model_dir = resolve_base_dir(ref)
     model = _from_pretrained(model_dir, task, dtype, labels, trust_remote_code).eval()
-    tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(model_dir, padding_side(task), trust_remote_code=trust_remote_code)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return LoadedModel(model=model, tokenizer=tokenizer, base_id=ref, sha256=fingerprint_model_dir(model_dir),
@@ -187,7 +194,7 @@ def load_model_artifact(artifact: Artifact, dtype: str = "float32", trust_remote
     scheme = (manifest.quantization or {}).get("scheme")
     if scheme is None:
         model = _from_pretrained(artifact.path, manifest.task, dtype, manifest.labels, trust_remote_code).eval()
-        tokenizer = load_tokenizer(artifact.path, trust_remote_code=trust_remote_code)
+        tokenizer = load_tokenizer(artifact.path, padding_side(manifest.task), trust_remote_code=trust_remote_code)
         return LoadedModel(model=model, tokenizer=tokenizer, base_id=manifest.base.id, sha256=manifest.base.sha256,
                            path=artifact.path, task=manifest.task, labels=manifest.labels)
     for module in LOADER_MODULES:

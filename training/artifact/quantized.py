@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from training.artifact.errors import ArtifactInvalid
-from training.artifact.loading import LoadedModel, load_tokenizer, register_model_loader, torch_dtype
+from training.artifact.loading import LoadedModel, load_tokenizer, padding_side, register_model_loader, torch_dtype
 from training.artifact.onnx_lm import ONNX_FILE
 from training.artifact.store import Artifact
 
@@ -74,7 +74,7 @@ def _model_class(task: str):
 
 def _loaded(artifact: Artifact, model, info: dict[str, Any]) -> LoadedModel:
     manifest = artifact.manifest
-    tokenizer = load_tokenizer(artifact.path)
+    tokenizer = load_tokenizer(artifact.path, padding_side(manifest.task))
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "pad_token_id", None) is None:
         config.pad_token_id = tokenizer.pad_token_id
