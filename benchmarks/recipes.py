@@ -14,7 +14,9 @@ threshold out of sample). For each, these arms on the same train/test rows:
 - `fixed`: the same with banking77's fixed settings (epochs=4, lr 2e-3, warm-up 0.06, balanced):
   the recipe as shipped before its settings became data-driven
 - `unweighted`: the same with `class_weighting=none` (whether the imbalance rule's weights pay)
-- `auto`: auto mode (`tuneserve train CONFIG auto=true budget=...`, `training.search.auto.auto_train`)
+- `auto`: auto mode (`tuneserve train CONFIG auto=true budget=...`, `training.search.auto.auto_train`):
+  the recipe's trial, a search, then more runs of the chosen settings averaged into a weight soup
+  (`training.search.soup`) as the budget allows
 
 The recipe arms are scored with `tuneserve evaluate`'s entry point (`training.evaluation.runner.evaluate`)
 on the test split; every arm's accuracy and macro-F1 come from the same scorer. Goals: Q6 = default
@@ -161,7 +163,9 @@ def run_arm(arm: str, data: Path, work: Path, train_rows: list, test_rows: list,
                  "best_params": report.get("best", {}).get("params") if isinstance(report.get("best"), dict) else None,
                  "trial_values": [[t["number"], t["state"], t["value"]] for t in report["trials"]],
                  "written_trial": report["choice"]["trial"], "choice": report["choice"]["why"],
-                 "refit": report["refit_decision"]}
+                 "refit": report["refit_decision"],
+                 "soup": {k: v for k, v in (report.get("soup") or {}).items() if k != "written"} | {
+                     "written": bool((report.get("soup") or {}).get("written"))}}
         command = f"tuneserve train {CONFIG.relative_to(ROOT)} {' '.join(overrides)} auto=true budget={budget:.0f}s"
     else:
         from training.train.run import train
@@ -298,6 +302,12 @@ def goals(parts: list[dict]) -> list[dict]:
                       "informs: whether refit's gain or loss is more than seed noise")]
 
 
+def _soup_note(soup: dict | None) -> str | None:
+    if not soup or not soup.get("members"):
+        return None
+    return f"{soup['members']} runs, {'written' if soup['written'] else 'not written'}: {soup.get('why')}"
+
+
 def report() -> dict:
     parts = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(PARTS.glob("*.json"))]
     result = {"benchmark": "recipes", "goals": goals(parts), "datasets": parts,
@@ -320,7 +330,8 @@ def report() -> dict:
         for arm, r in p["arms"].items():
             notes = r.get("settings") or ({"trials": r.get("trials"), "budget_s": r.get("budget_seconds"),
                                            "best": r.get("best_params"), "written": r.get("written_trial"),
-                                           "refit": r.get("refit")} if arm == "auto" else "")
+                                           "refit": r.get("refit"), "soup": _soup_note(r.get("soup"))}
+                                          if arm == "auto" else "")
             lines.append(f"| {p['dataset']} | {p['train_rows']} ({p['train_rows_available']}) | {p['test_rows']} | "
                          f"{p['labels']} | {p['imbalance']} | {arm} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | "
                          f"{r['train_seconds']} | {notes} |")

@@ -92,8 +92,9 @@ def test_a_winner_within_one_standard_error_of_the_recipe_does_not_replace_it():
 def test_cli_takes_auto_and_budget_out_of_the_overrides():
     from tuneserve.commands.train import split_auto
 
-    assert split_auto(["a.yaml", "auto=true", "budget=2m", "optim.lr=1e-3"]) == (["a.yaml", "optim.lr=1e-3"], 120)
-    assert split_auto(["a.yaml", "auto=true"]) == (["a.yaml"], 900)
+    assert split_auto(["a.yaml", "auto=true", "budget=2m", "optim.lr=1e-3"]) == (["a.yaml", "optim.lr=1e-3"],
+                                                                                  {"budget": 120, "soup": 4})
+    assert split_auto(["a.yaml", "auto=true", "soup=1"]) == (["a.yaml"], {"budget": 900, "soup": 1})
     assert split_auto(["a.yaml", "epochs=2"]) == (["a.yaml", "epochs=2"], None)
 
 

@@ -19,7 +19,10 @@ or, when `refit` (true, or auto by `training.train.recipes.refit_decision`) says
 are retrained on train + validation for the steps their trial selected; when the recipe's trial
 already calls for a refit, 1.2 x its time is held back from the search for it. The study,
 `report.json` (with the `choice` and the refit decision) and `report.md` stay in
-`<output>.search/`. Measured against the default recipe and a plain loop by
+`<output>.search/`. The chosen settings then run again from the same initialisation with other batch
+orders, as many times as the budget holds for it (up to `soup` runs in all), and their average is
+written when it scores at least the chosen run on validation (`training.search.soup`); that time is
+held back from the search. Measured against the default recipe and a plain loop by
 `benchmarks/recipes.py` (benchmarks/results/recipes.md): in 15 minutes at 1 thread (4, 4 and 20
 trials) no trial led the recipe's by a standard error on banking77, emotion or SQuAD topics, so
 auto wrote the recipe's trial and matched the default exactly (Q7 = 0.0 against a +0.5 goal).
@@ -43,6 +46,7 @@ from training.train.recipes import FAMILY, data_shape, pick_recipe
 UNITS = {"s": 1, "m": 60, "h": 3600}
 AUTO_TRIAL_FIT = 0.5  # start another trial while half the longest one fits; the budget cuts it at an evaluation
 REFIT_RESERVE = 1.2  # x the recipe's trial time, held back for the refit when one is expected
+SOUP_SIZE = 4  # auto mode's weight soup: at most this many runs of the chosen settings (training.search.soup)
 
 
 def parse_budget(text: str) -> float:
@@ -142,28 +146,35 @@ def _trial_seconds(report: dict[str, Any], number: int) -> float:
     return float(next(t["seconds"] for t in report["trials"] if t["number"] == number) or 0.0)
 
 
+def selected_steps(selected: dict[str, float]) -> int:
+    """The steps a trial's run selected (its best validated step, else all it ran): what a refit trains for."""
+    return int(selected.get("best_step") or selected["steps"])
+
+
 def refit_winner(scfg, params: dict[str, Any], selected: dict[str, float], output: str) -> dict[str, Any]:
     """Retrain the chosen settings on train + validation for the steps its trial selected (`selected`: its
     artifact's metrics), at `output`."""
     from training.search.config import trial_config
     from training.train.run import train
 
-    steps = int(selected.get("best_step") or selected["steps"])
+    steps = selected_steps(selected)
     winner = trial_config(scfg.train, params, output)
     started = time.monotonic()
     train(winner.model_copy(update={"progress": scfg.progress}), refit_steps=steps, selected=selected)
     return {"steps": steps, "seconds": round(time.monotonic() - started, 1)}
 
 
-def auto_train(cfg: TrainConfig, budget: float) -> dict[str, Any]:
+def auto_train(cfg: TrainConfig, budget: float, soup: int = SOUP_SIZE) -> dict[str, Any]:
     """Search within `budget` seconds and write the chosen trial's artifact at `cfg.output`, retrained on
     train + validation when `cfg.refit` (true, or auto by `refit_decision`) says so; returns the report.
 
     The recipe's trial runs first, alone; its artifact is kept (`<search>/recipe`), and when a refit is
     expected 1.2 x its time is held back from the rest of the search for the refit."""
     from training.artifact import read_manifest
+    from training.search.config import trial_config
     from training.search.report import save_report
     from training.search.run import out_of_budget, search
+    from training.search.soup import cook_soup, member_seconds, soup_plan, soup_supported
     from training.train.loop import validated_rows
     from training.train.recipes import refit_decision
 
@@ -184,10 +195,13 @@ def auto_train(cfg: TrainConfig, budget: float) -> dict[str, Any]:
         shutil.copytree(search_dir / "best", recipe_dir)
     recipe = read_manifest(recipe_dir)
     validated = validated_rows(scfg.train, int((getattr(recipe.data, "splits", None) or {}).get("validation", 0)))
-    reserve = REFIT_RESERVE * _trial_seconds(report, 0) if refit_decision(cfg, recipe.metrics, validated)[0] else 0.0
+    size = soup if soup_supported(scfg.train) else 1
+    expected = refit_decision(cfg, recipe.metrics, validated)[0]
     elapsed = time.monotonic() - started
+    member = member_seconds(_trial_seconds(report, 0), expected)
+    reserve = soup_plan(size, budget - elapsed, member, expected) * member
     if out_of_budget(budget - reserve, elapsed, _trial_seconds(report, 0), AUTO_TRIAL_FIT):
-        held = f" ({reserve:.0f} s held for the refit)" if reserve else ""
+        held = f" ({reserve:.0f} s held for the soup and refit runs)" if reserve else ""
         report["stopped"] = f"budget: {elapsed:.0f} s of {budget:.0f} s used, another trial would not fit{held}"
     else:
         left = budget - reserve - elapsed
@@ -199,7 +213,14 @@ def auto_train(cfg: TrainConfig, budget: float) -> dict[str, Any]:
     do_refit, why = refit_decision(cfg, selected, validated)
     report.update(choice=choice, refit_decision=why)
     shutil.rmtree(cfg.output, ignore_errors=True)
-    if do_refit:
+    member = member_seconds(_trial_seconds(report, choice["trial"]), do_refit)
+    runs = soup_plan(size, budget - (time.monotonic() - started), member, do_refit)
+    if runs >= (2 if do_refit else 1):
+        report["soup"] = cook_soup(trial_config(scfg.train, params, cfg.output).model_copy(update={"progress": scfg.progress}),
+                                   chosen, runs, search_dir / "soup", started + budget, member,
+                                   refit_steps=selected_steps(selected) if do_refit else None, selected=selected)
+        shutil.copytree(report["soup"]["written"] or chosen, cfg.output)
+    elif do_refit:
         report["refit"] = refit_winner(scfg, params, selected, cfg.output)
     else:
         shutil.copytree(chosen, cfg.output)

@@ -116,6 +116,10 @@ def _markdown(report: dict[str, Any]) -> str:
         refit = report["refit"]
         lines += ["", f"## Refit: the chosen trial's settings retrained on train + validation for {refit['steps']} "
                   f"steps (the steps its trial selected), {refit['seconds']:.0f} s; that run is the artifact"]
+    if report.get("soup"):
+        soup = report["soup"]
+        outcome = "the artifact" if soup["written"] else "not written"
+        lines += ["", f"## Weight soup: {soup['members']} runs of the chosen settings ({outcome}): {soup['why']}"]
     plots = [p for p in report["plots"].values() if p]
     lines += ["", *[f"![{Path(p).stem}]({Path(p).name})" for p in plots], ""]
     return "\n".join(lines)

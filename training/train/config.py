@@ -205,13 +205,16 @@ class TrainConfig(StrictModel):
     batch_size: int = Field(8, gt=0)
     grad_accum: int = Field(1, gt=0)
     group_by_length: bool = Field(False, description="batch examples of similar length (less padding, faster on "
-                                  "short texts); order stays random across batches and a function of seed and epoch")
+                                  "short texts); order stays random across batches and a function of order_seed and epoch")
     packing: bool = Field(False, description="SFT: pack several examples into each row of up to packing_max_length "
                           "tokens (first-fit-decreasing), positions restarting and attention kept within each example "
                           "(block-diagonal mask); batch_size then counts packed rows (training.train.packing)")
     packing_max_length: int | None = Field(None, gt=8, description="tokens per packed row (default: data.max_length)")
     dropout: float | None = Field(None, ge=0.0, lt=1.0, description="override the model's own dropout probabilities")
-    seed: int = 42
+    seed: int = Field(42, description="sets the initialisation, the validation hold-out, and (unless order_seed) "
+                      "the batch order and dropout")
+    order_seed: int | None = Field(None, description="seed of the batch order and dropout only (default: seed); "
+                                   "auto mode's weight soup varies it, keeping the initialisation and the split")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, gt=0, description="torch CPU threads")
@@ -236,6 +239,9 @@ class TrainConfig(StrictModel):
     progress: bool = True
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     tracking: TrainTracking = Field(default_factory=TrainTracking)
+
+    def batch_order_seed(self) -> int:
+        return self.seed if self.order_seed is None else self.order_seed
 
     @model_validator(mode="after")
     def _early_stopping_needs_eval(self) -> TrainConfig:

@@ -127,7 +127,7 @@ class TrainLoop:
         import torch
 
         if epoch not in self._orders:
-            gen = torch.Generator().manual_seed(self.cfg.seed + epoch)
+            gen = torch.Generator().manual_seed(self.cfg.batch_order_seed() + epoch)
             order = torch.randperm(len(self.train), generator=gen).tolist()
             if self.cfg.group_by_length:
                 order = self._grouped(order, gen)
@@ -299,7 +299,7 @@ class TrainLoop:
         sees every step's record (loss, lr and any evaluation) for tracking."""
         import torch
 
-        torch.manual_seed(self.cfg.seed)
+        torch.manual_seed(self.cfg.batch_order_seed())
         self.model.train()
         state: dict[str, Any] = {"history": [], "best": None, "best_step": None, "best_loss": math.inf, "bad_evals": 0,
                                  "samples": 0, "tokens": 0, "train_seconds": 0.0}

@@ -7,6 +7,9 @@ of A and B; exact only for one source or a 0/1 weighting), `cat` (exact weighted
 `magnitude_prune` (task-arithmetic merges that keep `density` of each update). The result is written
 through `ArtifactWriter` with a manifest whose `lineage` names every source (name, version, sha256 of its
 manifest) and a golden set built from the merged model itself on the sources' golden prompts.
+Fully trained modules (`modules_to_save`: a classifier head) are averaged with the weights normalised to
+sum 1, which PEFT's `add_weighted_adapter` refuses to do: so classification adapters merge too, and
+`cat` of seeds of one recipe is a uniform weight soup (Wortsman et al., 2022).
 
     cfg = load_config(MergeConfig, None, ["sources=[a,b]", "combination=ties", "output=artifacts/ab"])
     artifact = merge_adapters(cfg)          # an Artifact of kind adapter
@@ -116,6 +119,7 @@ def combine(cfg: MergeConfig, sources: list[Artifact]):
     for name, artifact in zip(names, sources):
         model = attach_adapter(model, artifact, name)
     torch.manual_seed(cfg.seed)
+    average_heads(model, names, cfg.source_weights())
     density = cfg.density if cfg.combination in DENSITY_COMBINATIONS else None
     try:
         model.add_weighted_adapter(names, cfg.source_weights(), MERGED, combination_type=cfg.combination,
@@ -131,6 +135,31 @@ def combine(cfg: MergeConfig, sources: list[Artifact]):
     return model, base.tokenizer
 
 
+def average_heads(model, names: list[str], weights: list[float]) -> None:
+    """Give every `modules_to_save` wrapper a `MERGED` copy holding the weighted mean of the sources'
+    copies (weights normalised to sum 1) and drop the sources' copies, so PEFT merges only the LoRA layers."""
+    import torch
+    from peft.utils import ModulesToSaveWrapper
+
+    total = sum(weights)
+    if total <= 0:
+        raise ConfigError(f"weights {weights} sum to {total}; a trained head needs a positive total to average",
+                          "give positive weights")
+    for wrapper in [m for m in model.modules() if isinstance(m, ModulesToSaveWrapper)]:
+        present = [(name, w / total) for name, w in zip(names, weights) if name in wrapper.modules_to_save]
+        if not present:
+            continue
+        states = [wrapper.modules_to_save[name].state_dict() for name, _ in present]
+        wrapper.update(MERGED)
+        with torch.no_grad():
+            wrapper.modules_to_save[MERGED].load_state_dict(
+                {key: sum(w * state[key].float() for (_, w), state in zip(present, states)).to(states[0][key].dtype)
+                 for key in states[0]})
+        wrapper.set_adapter(MERGED, inference_mode=True)
+        for name, _ in present:
+            wrapper.delete_adapter(name, new_active_adapters=[MERGED])
+
+
 def golden_texts(sources: list[Artifact]) -> list[str]:
     texts: list[str] = []
     for artifact in sources:
@@ -139,18 +168,27 @@ def golden_texts(sources: list[Artifact]) -> list[str]:
     return texts or list(FALLBACK_PROMPTS)
 
 
-def merge_adapters(cfg: MergeConfig) -> Artifact:
-    """Merge `cfg.sources` into a new adapter artifact at `cfg.output`."""
+def merge_adapters(cfg: MergeConfig, like: Manifest | None = None) -> Artifact:
+    """Merge `cfg.sources` into a new adapter artifact at `cfg.output`. `like`: a source's manifest whose
+    training record (hyperparameters, data, tokenizer) the result keeps, its validation metrics dropped
+    (auto mode's weight soup of runs of one recipe)."""
     from training.train.output import save_model
 
     sources = load_sources(cfg.sources)
     model, tokenizer = combine(cfg, sources)
     first = sources[0].manifest
     golden = build_golden_set(model, tokenizer, golden_texts(sources), first.task, first.labels)
-    manifest = Manifest(name=cfg.artifact_name(), version=cfg.version, kind="adapter", task=first.task,
-                        base=BaseRef(id=first.base.id, sha256=first.base.sha256), method="lora", labels=first.labels,
-                        tokenizer=first.tokenizer, hyperparameters={"merge": cfg.model_dump(exclude={"overwrite"})},
-                        lineage=lineage(cfg, sources))
+    merge = cfg.model_dump(exclude={"overwrite"})
+    if like is None:
+        manifest = Manifest(name=cfg.artifact_name(), version=cfg.version, kind="adapter", task=first.task,
+                            base=BaseRef(id=first.base.id, sha256=first.base.sha256), method="lora",
+                            labels=first.labels, tokenizer=first.tokenizer, hyperparameters={"merge": merge},
+                            lineage=lineage(cfg, sources))
+    else:
+        kept = like.model_dump(exclude={"name", "hyperparameters", "metrics", "lineage", "golden", "files", "created_at"})
+        manifest = Manifest(**kept, name=cfg.artifact_name(), hyperparameters={**like.hyperparameters, "merge": merge},
+                            metrics={k: v for k, v in like.metrics.items() if not k.startswith(("val_", "best_"))},
+                            lineage=lineage(cfg, sources))
     with ArtifactWriter(cfg.output, manifest, overwrite=cfg.overwrite) as writer:
         save_model(model)(writer.path)
         save_golden(writer, golden)

@@ -22,8 +22,8 @@ from training.artifact.loading import attach_adapter, load_base
 from training.artifact.profile import write_reference_profile
 from training.train.variants import save_adapter
 
-RUN_KEYS = ("epochs", "max_steps", "batch_size", "grad_accum", "dropout", "seed", "precision", "class_weighting",
-            "refit", "objective", "init_adapter", "packing")
+RUN_KEYS = ("epochs", "max_steps", "batch_size", "grad_accum", "dropout", "seed", "order_seed", "precision",
+            "class_weighting", "refit", "objective", "init_adapter", "packing")
 
 
 def hyperparameters(cfg: Any, method: Any, steps: int) -> dict[str, Any]:

@@ -267,7 +267,7 @@ def prepare(cfg: TrainConfig, device: Any) -> Prepared:
         train_ex, val_ex = objective.precompute(model, [train_ex, val_ex, *tests], device, cfg.batch_size * 2,
                                                 [splits.train, splits.validation])
     identity = {"base_sha256": base_sha, "method": cfg.method, "data": splits.fingerprint, "batch_size": cfg.batch_size,
-                "grad_accum": cfg.grad_accum, "seed": cfg.seed}
+                "grad_accum": cfg.grad_accum, "seed": cfg.seed, "order_seed": cfg.order_seed}
     packing = None
     if cfg.packing:
         check_packable(cfg.method, cfg.task, getattr(model.config, "_attn_implementation", None))

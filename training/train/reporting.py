@@ -36,7 +36,7 @@ def progress_bar():
 
 def run_params(cfg: TrainConfig) -> dict[str, Any]:
     return {"base": cfg.base, "task": cfg.task, "method": cfg.method, "batch_size": cfg.batch_size,
-            "grad_accum": cfg.grad_accum, "seed": cfg.seed, "optim": cfg.optim.model_dump(),
+            "grad_accum": cfg.grad_accum, "seed": cfg.seed, "order_seed": cfg.order_seed, "optim": cfg.optim.model_dump(),
             "distributed": cfg.distributed.model_dump(exclude={"address"})}
 
 

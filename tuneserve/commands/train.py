@@ -2,7 +2,7 @@
 
     tuneserve train training/configs/lora-tiny.yaml optim.lr=1e-3 max_steps=50
     tuneserve train training/configs/lora-tiny.yaml --resume          # continue a killed run
-    tuneserve train training/configs/classify-minilm.yaml auto=true budget=15m   # time-budgeted search
+    tuneserve train training/configs/classify-minilm.yaml auto=true budget=15m   # time-budgeted search + weight soup
     tuneserve train method=lora output=artifacts/a --merge              # also write <output>-merged
     tuneserve train training/configs/lora-tiny.yaml --backend ray --workers 2          # Ray Train, local Ray
     tuneserve train cfg.yaml --backend ray --workers 8 --use-gpu --address auto       # on a Ray cluster
@@ -30,33 +30,39 @@ def distributed_overrides(backend: str | None, workers: int | None, use_gpu: boo
     return [f"distributed.{key}={value}" for key, value in pairs.items() if value is not None]
 
 
-def split_auto(args: list[str]) -> tuple[list[str], float | None]:
-    """Take `auto=true budget=15m` out of the overrides: (the rest, the budget in seconds or None)."""
-    from training.search.auto import parse_budget
+def split_auto(args: list[str]) -> tuple[list[str], dict | None]:
+    """Take `auto=true budget=15m soup=4` out of the overrides: (the rest, auto_train's keyword arguments or None)."""
+    from training.search.auto import SOUP_SIZE, parse_budget
 
-    picked = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if a.startswith(("auto=", "budget="))}
-    rest = [a for a in args if not a.startswith(("auto=", "budget="))]
+    keys = ("auto=", "budget=", "soup=")
+    picked = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if a.startswith(keys)}
+    rest = [a for a in args if not a.startswith(keys)]
     if picked.get("auto", "false").lower() not in ("true", "1", "yes"):
         return rest, None
-    return rest, parse_budget(picked.get("budget", "15m"))
+    soup = picked.get("soup", str(SOUP_SIZE))
+    if not soup.isdigit() or int(soup) < 1:
+        raise typer.BadParameter(f"soup={soup} is not a count of runs; write soup=1 (off), or the most runs to average")
+    return rest, {"budget": parse_budget(picked.get("budget", "15m")), "soup": int(soup)}
 
 
 def _train(args: list[str] | None, resume: bool, merge: bool, overwrite: bool, scale: list[str]) -> None:
     from training.train.config import ENV_PREFIX, TrainConfig
     from training.train.run import train
 
-    args, budget = split_auto(list(args or []))
+    args, auto = split_auto(list(args or []))
     cfg = load_cli_config(TrainConfig, [*args, *scale], ENV_PREFIX)
     updates = {k: True for k, flag in (("resume", resume), ("merge", merge), ("overwrite", overwrite)) if flag}
     cfg = cfg.model_copy(update=updates) if updates else cfg
     where = (f" on {cfg.distributed.workers} Ray workers ({cfg.distributed.strategy})"
              if cfg.distributed.backend == "ray" else "")
     console.print(f"[bold]training[/] {cfg.method} on {cfg.base} ({cfg.task}){where} → {cfg.output}")
-    if budget is not None:
+    if auto is not None:
         from training.search.auto import auto_train
 
-        report = auto_train(cfg, budget)
-        console.print(f"[green]wrote[/] {cfg.output} (auto: best of {len(report['trials'])} trials, "
+        report = auto_train(cfg, **auto)
+        soup = report.get("soup") or {}
+        souped = f", a soup of {soup['members']} runs" if soup.get("written") and soup["members"] > 1 else ""
+        console.print(f"[green]wrote[/] {cfg.output} (auto: best of {len(report['trials'])} trials{souped}, "
                       f"{report['stopped'] or 'done'}; report in {cfg.output}.search)")
         return
     outcome = train(cfg)

@@ -1,0 +1,131 @@
+"""Auto mode's weight soup (training.search.soup) and merging classification adapters (their heads averaged):
+runs of one recipe share the initialisation and split and differ in batch order; the soup is the exact mean
+of their updates and heads; auto mode writes it only when it scores at least the chosen run on validation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from train_support import classification_rows, make_config, train_args, write_jsonl
+
+from training.artifact import load_artifact, read_manifest
+from training.search.soup import soup_plan
+
+torch.set_num_threads(2)
+
+
+def _classifier_args(tiny_base_dir, data, out, *extra):
+    return train_args(tiny_base_dir, data, out, "task=classification", "data.validation_fraction=0.25",
+                      "profile.enabled=false", "lora.target_modules=[q_proj, v_proj]", "max_steps=3", *extra)
+
+
+@pytest.fixture(scope="module")
+def rows_file(tmp_path_factory):
+    return write_jsonl(tmp_path_factory.mktemp("soup-data") / "rows.jsonl", classification_rows(48))
+
+
+def test_soup_plan_counts_the_runs_that_fit():
+    assert soup_plan(4, left=1000, member_seconds=100, refit=False) == 3  # the chosen run is the first member
+    assert soup_plan(4, left=250, member_seconds=100, refit=False) == 2
+    assert soup_plan(4, left=50, member_seconds=100, refit=False) == 0
+    assert soup_plan(4, left=1000, member_seconds=100, refit=True) == 4  # every member is a refit run
+    assert soup_plan(4, left=50, member_seconds=100, refit=True) == 1  # the refit itself always runs
+    assert soup_plan(1, left=1000, member_seconds=100, refit=False) == 0  # soup=1: off
+    assert soup_plan(1, left=1000, member_seconds=100, refit=True) == 1
+
+
+def test_order_seed_changes_the_batches_but_not_the_initialisation(tiny_base_dir, rows_file, tmp_path):
+    from training.train.loop import TrainLoop
+    from training.train.parts import prepare
+
+    def start(*extra):
+        prep = prepare(make_config(*_classifier_args(tiny_base_dir, rows_file, tmp_path / "x", *extra)), torch.device("cpu"))
+        weights = {k: v.detach().clone() for k, v in prep.model.named_parameters() if v.requires_grad}
+        loop = TrainLoop(prep.cfg, prep.model, prep.train_ex, prep.val_ex, prep.collate, torch.device("cpu"))
+        return weights, loop._order(0)
+
+    base_weights, base_order = start()
+    other_weights, other_order = start("order_seed=1042")
+    reseeded_weights, _ = start("seed=43")
+    assert base_weights.keys() == other_weights.keys() and any("lora_A" in k for k in base_weights)
+    assert all(torch.equal(base_weights[k], other_weights[k]) for k in base_weights)  # same start, head included
+    assert base_order != other_order and sorted(base_order) == sorted(other_order)
+    assert not all(torch.equal(base_weights[k], reseeded_weights[k]) for k in base_weights)
+
+
+def _train(tiny_base_dir, rows_file, out, *extra):
+    from training.train.run import train
+
+    train(make_config(*_classifier_args(tiny_base_dir, rows_file, out, *extra)))
+    return out
+
+
+def _head_and_logits(tiny_base_dir, artifact_dir):
+    from transformers import AutoTokenizer
+
+    from training.artifact.loading import attach_adapter, load_base
+
+    artifact = load_artifact(artifact_dir)
+    base = load_base(str(tiny_base_dir), task="classification", labels=artifact.manifest.labels)
+    model = attach_adapter(base.model, artifact, "probe").eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_base_dir))
+    with torch.no_grad():
+        logits = model(**tokenizer(["I like the piano and the drum"], return_tensors="pt")).logits
+    head = next(v for k, v in model.named_parameters() if "modules_to_save.probe" in k and k.endswith("weight"))
+    return head.detach().clone(), logits
+
+
+def test_classification_adapters_merge_with_their_heads_averaged(tiny_base_dir, rows_file, tmp_path):
+    from training.artifact.config import load_config
+    from training.train.merge import MergeConfig, merge_adapters
+
+    first = _train(tiny_base_dir, rows_file, tmp_path / "a")
+    second = _train(tiny_base_dir, rows_file, tmp_path / "b", "order_seed=7")
+
+    def merge(out, *extra):
+        return merge_adapters(load_config(MergeConfig, None, [f"sources={json.dumps([str(first), str(second)])}",
+                                                              f"output={out}", "combination=cat", *extra])).path
+
+    heads = [_head_and_logits(tiny_base_dir, a) for a in (first, second)]
+    assert not torch.equal(heads[0][0], heads[1][0])
+    only_first = _head_and_logits(tiny_base_dir, merge(tmp_path / "first", "weights=[1,0]"))
+    assert torch.allclose(only_first[1], heads[0][1], atol=1e-5)  # PEFT alone refuses heads in a merge
+    soup = _head_and_logits(tiny_base_dir, merge(tmp_path / "soup"))
+    assert torch.allclose(soup[0], (heads[0][0] + heads[1][0]) / 2, atol=1e-6)
+
+
+def test_auto_mode_writes_a_soup_of_runs_from_one_initialisation(monkeypatch, tiny_base_dir, rows_file, tmp_path):
+    from training.search.auto import auto_train
+
+    monkeypatch.setattr("training.search.run.out_of_budget", lambda *a, **k: True)  # no search: the soup only
+    cfg = make_config(*_classifier_args(tiny_base_dir, rows_file, tmp_path / "auto", "eval_every=1", "refit=false"))
+    report = auto_train(cfg, budget=600, soup=3)
+    soup = report["soup"]
+    assert len(report["trials"]) == 1 and soup["members"] == 3 and not soup["refit"]
+    assert soup["order_seeds"] == [None, 42 + 1000, 42 + 2000]
+    assert "on validation" in soup["why"] and 0.0 <= soup["val_accuracy"] <= 1.0
+    written = read_manifest(tmp_path / "auto")
+    if soup["written"]:  # the soup scored at least the chosen run on validation
+        assert written.lineage["combination"] == "cat" and len(written.lineage["sources"]) == 3
+        assert "val_accuracy" not in written.metrics and written.hyperparameters["merge"]["combination"] == "cat"
+    else:
+        assert written.lineage is None and soup["val_accuracy"] < soup["chosen_val_accuracy"]
+    load_artifact(tmp_path / "auto")  # checksums hold
+    assert json.loads((tmp_path / "auto.search" / "report.json").read_text())["soup"] == soup
+    assert "## Weight soup: 3 runs" in (tmp_path / "auto.search" / "report.md").read_text()
+
+
+def test_with_refit_every_member_is_a_refit_run_and_the_soup_is_written(monkeypatch, tiny_base_dir, rows_file,
+                                                                        tmp_path):
+    from training.search.auto import auto_train
+
+    monkeypatch.setattr("training.search.run.out_of_budget", lambda *a, **k: True)
+    cfg = make_config(*_classifier_args(tiny_base_dir, rows_file, tmp_path / "auto", "eval_every=1", "refit=true"))
+    report = auto_train(cfg, budget=600, soup=2)
+    soup = report["soup"]
+    assert soup["refit"] and soup["members"] == 2 and soup["order_seeds"] == [42, 42 + 1000]
+    written = read_manifest(tmp_path / "auto")
+    assert written.lineage["combination"] == "cat" and written.metrics["refit_steps"] == written.metrics["steps"]
+    assert "refit" not in report  # the refit runs are the soup's members
