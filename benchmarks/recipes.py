@@ -55,6 +55,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 PARTS = RESULTS / "recipes"
 CONFIG = ROOT / "training" / "configs" / "classify-minilm.yaml"
 ARMS = ("plain", "default", "refit", "norefit", "auto", "fixed", "unweighted")
+SCORING = "right-padded"  # recipe arms scored after commit 5c8264c (the loader's padding fix)
+STALE_SCORING = "left-padded (before 5c8264c)"
 ARM_OVERRIDES = {"refit": ["refit=true"], "norefit": ["refit=false"], "unweighted": ["class_weighting=none"],
                  "fixed": ["epochs=4", "optim.lr=2e-3", "optim.warmup_ratio=0.06", "class_weighting=balanced"]}
 SQUAD_TEST_FRACTION = 0.3
@@ -179,7 +181,8 @@ def run_arm(arm: str, data: Path, work: Path, train_rows: list, test_rows: list,
                               "class_weighting": hp.get("class_weighting"), "refit": hp.get("refit")}}
         command = f"tuneserve train {CONFIG.relative_to(ROOT)} {' '.join(overrides)}"
     seconds = round(time.perf_counter() - started, 1)
-    return {**score_artifact(output, data, work / "eval" / arm, threads), "train_seconds": seconds, **extra,
+    return {**score_artifact(output, data, work / "eval" / arm, threads), "scoring": SCORING, "train_seconds": seconds,
+            **extra,
             "command": command + f" && tuneserve evaluate --model {output} --data {data / 'test.csv'}"}
 
 
@@ -230,6 +233,10 @@ def run_dataset(args: argparse.Namespace) -> dict:
         earlier.write_text(json.dumps(part, indent=2, default=str), encoding="utf-8")
 
     for arm in filter(None, args.arms.split(",")):  # --arms "" with --seeds: only the extra seeds
+        stale = part.get("seeds", {}).get(arm) if arm != "plain" and part["arms"].get(arm, {}).get("scoring") != SCORING \
+            else None
+        if stale:  # seeds of the arm's earlier scoring no longer pair with its new run
+            part.setdefault("seeds_left_padded", {})[arm] = part["seeds"].pop(arm)
         print(f"[{args.dataset}] {arm} ...", flush=True)
         part["arms"][arm] = run_arm(arm, data, work, train_rows, test_rows, budget, args.threads)
         print(f"[{args.dataset}] {arm}: {json.dumps({k: v for k, v in part['arms'][arm].items() if k != 'command'})}",
@@ -245,9 +252,15 @@ def run_dataset(args: argparse.Namespace) -> dict:
     return part
 
 
+def _scoring(arm: str, record: dict) -> str:
+    """How an arm's test rows were scored: the plain loop pads right in its own loop; recipe arms scored before
+    commit 5c8264c went through a left-padding loader (MiniLM's absolute positions shifted: understated)."""
+    return SCORING if arm == "plain" else record.get("scoring", STALE_SCORING)
+
+
 def _points(part: dict, a: str, b: str) -> float | None:
     arms = part["arms"]
-    if a not in arms or b not in arms:
+    if a not in arms or b not in arms or _scoring(a, arms[a]) != _scoring(b, arms[b]):
         return None
     return round((arms[a]["accuracy"] - arms[b]["accuracy"]) * 100, 2)
 
@@ -266,8 +279,9 @@ def goals(parts: list[dict]) -> list[dict]:
 
     def seeded(p: dict, a: str, b: str) -> list[float]:
         """a minus b, points, per seed where both ran (seed 0: the arms themselves)."""
-        runs = {arm: {"0": p["arms"][arm]["accuracy"], **p.get("seeds", {}).get(arm, {})}
-                for arm in (a, b) if arm in p["arms"]}
+        if a not in p["arms"] or b not in p["arms"] or _scoring(a, p["arms"][a]) != _scoring(b, p["arms"][b]):
+            return []
+        runs = {arm: {"0": p["arms"][arm]["accuracy"], **p.get("seeds", {}).get(arm, {})} for arm in (a, b)}
         if len(runs) < 2:
             return []
         return [round((runs[a][k] - runs[b][k]) * 100, 2) for k in sorted(runs[a]) if k in runs[b]]
@@ -328,13 +342,14 @@ def report() -> dict:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for p in parts:
         for arm, r in p["arms"].items():
+            stale = f" (scored {STALE_SCORING})" if _scoring(arm, r) != SCORING else ""
             notes = r.get("settings") or ({"trials": r.get("trials"), "budget_s": r.get("budget_seconds"),
                                            "best": r.get("best_params"), "written": r.get("written_trial"),
                                            "refit": r.get("refit"), "soup": _soup_note(r.get("soup"))}
                                           if arm == "auto" else "")
             lines.append(f"| {p['dataset']} | {p['train_rows']} ({p['train_rows_available']}) | {p['test_rows']} | "
                          f"{p['labels']} | {p['imbalance']} | {arm} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | "
-                         f"{r['train_seconds']} | {notes} |")
+                         f"{r['train_seconds']} | {notes}{stale} |")
     lines += [f"- {p['dataset']}: {p['notes']}" for p in parts if p.get("notes")]
     lines += ["", "| goal | measure | value | target | met |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {g['id']} | {g['measure']} | {g['value']} | {g['goal']} | {g['met']} |" for g in result["goals"]]

@@ -16,9 +16,9 @@ def _recipes():
 
 
 def _part(name: str, plain: float, default: float, auto: float | None = None, seeds: dict | None = None) -> dict:
-    arms = {"plain": {"accuracy": plain}, "default": {"accuracy": default}}
+    arms = {"plain": {"accuracy": plain}, "default": {"accuracy": default, "scoring": "right-padded"}}
     if auto is not None:
-        arms["auto"] = {"accuracy": auto}
+        arms["auto"] = {"accuracy": auto, "scoring": "right-padded"}
     return {"dataset": name, "arms": arms, **({"seeds": seeds} if seeds else {})}
 
 
@@ -38,8 +38,24 @@ def test_goal_rows_from_planted_parts():
 def test_refit_rows_pair_refit_with_refit_false_per_seed():
     recipes = _recipes()
     part = _part("c", 0.90, 0.80, seeds={"norefit": {"1": 0.82}, "refit": {"1": 0.85, "2": 0.70}})
-    part["arms"].update(refit={"accuracy": 0.78}, norefit={"accuracy": 0.80})
+    part["arms"].update(refit={"accuracy": 0.78, "scoring": "right-padded"},
+                        norefit={"accuracy": 0.80, "scoring": "right-padded"})
     rows = {row["id"]: row for row in recipes.goals([part])}
     assert rows["Q6-refit-seeds"]["per_seed"] == {"c": [-2.0, 3.0]}  # seed 2 has no refit=false run to pair with
     assert rows["Q6-refit-seeds"]["value"] == {"c": 0.5}
     assert rows["Q6-refit"]["per_dataset"] == [-2.0] and rows["Q6-refit-rule"]["per_dataset"] == [0.0]
+
+
+def test_arms_scored_before_the_padding_fix_pair_only_with_each_other():
+    """Recipe arms scored through the left-padding loader (before 5c8264c) understated MiniLM: they are not
+    compared with the plain loop or with arms scored after the fix."""
+    recipes = _recipes()
+    part = _part("d", 0.90, 0.95, auto=0.96)
+    part["arms"].update(refit={"accuracy": 0.80}, norefit={"accuracy": 0.85})  # both stale
+    part["arms"]["fixed"] = {"accuracy": 0.70}
+    rows = {row["id"]: row for row in recipes.goals([part])}
+    assert rows["Q6"]["value"] == 5.0 and rows["Q7"]["value"] == 1.0
+    assert rows["Q6-refit"]["per_dataset"] == [-5.0]  # stale with stale
+    assert rows["Q6-fixed"]["per_dataset"] == [] and rows["Q6-refit-rule"]["per_dataset"] == []  # fresh with stale
+    part["arms"]["default"].pop("scoring")
+    assert {row["id"]: row for row in recipes.goals([part])}["Q6"]["value"] is None
