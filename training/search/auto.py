@@ -216,8 +216,8 @@ def auto_train(cfg: TrainConfig, budget: float, soup: int = SOUP_SIZE) -> dict[s
     member = member_seconds(_trial_seconds(report, choice["trial"]), do_refit)
     runs = soup_plan(size, budget - (time.monotonic() - started), member, do_refit)
     if runs >= (2 if do_refit else 1):
-        report["soup"] = cook_soup(trial_config(scfg.train, params, cfg.output).model_copy(update={"progress": scfg.progress}),
-                                   chosen, runs, search_dir / "soup", started + budget, member,
+        settings = trial_config(scfg.train, params, cfg.output).model_copy(update={"progress": scfg.progress})
+        report["soup"] = cook_soup(settings, chosen, runs, search_dir / "soup", started + budget, member,
                                    refit_steps=selected_steps(selected) if do_refit else None, selected=selected)
         shutil.copytree(report["soup"]["written"] or chosen, cfg.output)
     elif do_refit:
