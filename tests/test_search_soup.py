@@ -26,14 +26,22 @@ def rows_file(tmp_path_factory):
     return write_jsonl(tmp_path_factory.mktemp("soup-data") / "rows.jsonl", classification_rows(48))
 
 
-def test_soup_plan_counts_the_runs_that_fit():
-    assert soup_plan(4, left=1000, member_seconds=100, refit=False) == 3  # the chosen run is the first member
-    assert soup_plan(4, left=250, member_seconds=100, refit=False) == 2
-    assert soup_plan(4, left=50, member_seconds=100, refit=False) == 0
-    assert soup_plan(4, left=1000, member_seconds=100, refit=True) == 4  # every member is a refit run
-    assert soup_plan(4, left=50, member_seconds=100, refit=True) == 1  # the refit itself always runs
-    assert soup_plan(1, left=1000, member_seconds=100, refit=False) == 0  # soup=1: off
-    assert soup_plan(1, left=1000, member_seconds=100, refit=True) == 1
+def test_soup_plan_counts_the_members_that_fit():
+    assert soup_plan(4, left=1000, member_seconds=100) == 3  # the run itself is the soup's first member
+    assert soup_plan(4, left=250, member_seconds=100) == 2
+    assert soup_plan(4, left=50, member_seconds=100) == 0
+    assert soup_plan(1, left=1000, member_seconds=100) == 0  # soup=1: off
+
+
+def test_a_member_continues_the_run_for_one_epoch_at_a_tenth_of_its_rate(tmp_path):
+    from training.search.soup import member_config
+    from training.train.config import TrainConfig
+
+    settings = TrainConfig(task="classification", epochs=6, optim={"lr": 2e-3, "warmup_ratio": 0.06}, eval_every=50)
+    member = member_config(settings, tmp_path / "run", 2, tmp_path / "m2")
+    assert member.init_adapter == str(tmp_path / "run") and member.epochs == 1 and member.eval_every is None
+    assert member.optim.lr == pytest.approx(2e-4) and member.optim.scheduler == "constant"
+    assert member.optim.warmup_ratio == 0.0 and member.order_seed == 42 + 2000 and member.seed == 42
 
 
 def test_order_seed_changes_the_batches_but_not_the_initialisation(tiny_base_dir, rows_file, tmp_path):
@@ -96,7 +104,7 @@ def test_classification_adapters_merge_with_their_heads_averaged(tiny_base_dir, 
     assert torch.allclose(soup[0], (heads[0][0] + heads[1][0]) / 2, atol=1e-6)
 
 
-def test_auto_mode_writes_a_soup_of_runs_from_one_initialisation(monkeypatch, tiny_base_dir, rows_file, tmp_path):
+def test_auto_mode_writes_a_soup_of_continuations_of_the_chosen_run(monkeypatch, tiny_base_dir, rows_file, tmp_path):
     from training.search.auto import auto_train
 
     monkeypatch.setattr("training.search.run.out_of_budget", lambda *a, **k: True)  # no search: the soup only
@@ -104,28 +112,33 @@ def test_auto_mode_writes_a_soup_of_runs_from_one_initialisation(monkeypatch, ti
     report = auto_train(cfg, budget=600, soup=3)
     soup = report["soup"]
     assert len(report["trials"]) == 1 and soup["members"] == 3 and not soup["refit"]
-    assert soup["order_seeds"] == [None, 42 + 1000, 42 + 2000]
+    assert soup["order_seeds"] == [None, 42 + 1000, 42 + 2000] and soup["member_lr"] == pytest.approx(5e-4)
+    member = read_manifest(tmp_path / "auto.search" / "soup" / "member-1")
+    assert member.hyperparameters["init_adapter"] == str(tmp_path / "auto.search" / "recipe")
     assert "on validation" in soup["why"] and 0.0 <= soup["val_accuracy"] <= 1.0
     written = read_manifest(tmp_path / "auto")
-    if soup["written"]:  # the soup scored at least the chosen run on validation
+    if soup["written"]:  # within one standard error of the run on validation, or ahead
+        assert soup["val_accuracy"] >= soup["run_val_accuracy"] - soup["trail_allowed"]
         assert written.lineage["combination"] == "cat" and len(written.lineage["sources"]) == 3
         assert "val_accuracy" not in written.metrics and written.hyperparameters["merge"]["combination"] == "cat"
     else:
-        assert written.lineage is None and soup["val_accuracy"] < soup["chosen_val_accuracy"]
+        assert written.lineage is None and soup["val_accuracy"] < soup["run_val_accuracy"] - soup["trail_allowed"]
     load_artifact(tmp_path / "auto")  # checksums hold
     assert json.loads((tmp_path / "auto.search" / "report.json").read_text())["soup"] == soup
     assert "## Weight soup: 3 runs" in (tmp_path / "auto.search" / "report.md").read_text()
 
 
-def test_with_refit_every_member_is_a_refit_run_and_the_soup_is_written(monkeypatch, tiny_base_dir, rows_file,
-                                                                        tmp_path):
+def test_with_refit_the_members_continue_the_refit_on_train_and_validation(monkeypatch, tiny_base_dir, rows_file,
+                                                                           tmp_path):
     from training.search.auto import auto_train
 
     monkeypatch.setattr("training.search.run.out_of_budget", lambda *a, **k: True)
     cfg = make_config(*_classifier_args(tiny_base_dir, rows_file, tmp_path / "auto", "eval_every=1", "refit=true"))
     report = auto_train(cfg, budget=600, soup=2)
     soup = report["soup"]
-    assert soup["refit"] and soup["members"] == 2 and soup["order_seeds"] == [42, 42 + 1000]
+    assert soup["refit"] and soup["members"] == 2 and soup["order_seeds"] == [None, 42 + 1000]
+    assert report["refit"]["steps"] >= 1 and "no validation" in soup["why"]
+    member = read_manifest(tmp_path / "auto.search" / "soup" / "member-1").metrics
+    assert member["refit_steps"] == 6  # one epoch of train + validation: 36 + 12 rows / batch 8
     written = read_manifest(tmp_path / "auto")
-    assert written.lineage["combination"] == "cat" and written.metrics["refit_steps"] == written.metrics["steps"]
-    assert "refit" not in report  # the refit runs are the soup's members
+    assert written.lineage["combination"] == "cat" and written.metrics["refit_steps"] == report["refit"]["steps"]

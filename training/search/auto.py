@@ -146,6 +146,20 @@ def _trial_seconds(report: dict[str, Any], number: int) -> float:
     return float(next(t["seconds"] for t in report["trials"] if t["number"] == number) or 0.0)
 
 
+def _epochs(train: TrainConfig, report: dict[str, Any], number: int) -> float:
+    """The epochs trial `number` ran (its searched value, else the recipe's; 1 for a max_steps run)."""
+    params = next(t["params"] for t in report["trials"] if t["number"] == number)
+    epochs = params.get("epochs", train.epochs)
+    return 1.0 if train.max_steps is not None or not isinstance(epochs, (int, float)) else float(epochs)
+
+
+def _epoch_steps(train: TrainConfig, manifest) -> int:
+    """Optimiser steps in one epoch of train + validation (a refit's soup members train that long)."""
+    splits = getattr(manifest.data, "splits", None) or {}
+    rows = int(splits.get("train", 0)) + int(splits.get("validation", 0))
+    return max(1, math.ceil(rows / (train.batch_size * train.grad_accum)))
+
+
 def selected_steps(selected: dict[str, float]) -> int:
     """The steps a trial's run selected (its best validated step, else all it ran): what a refit trains for."""
     return int(selected.get("best_step") or selected["steps"])
@@ -198,8 +212,9 @@ def auto_train(cfg: TrainConfig, budget: float, soup: int = SOUP_SIZE) -> dict[s
     size = soup if soup_supported(scfg.train) else 1
     expected = refit_decision(cfg, recipe.metrics, validated)[0]
     elapsed = time.monotonic() - started
-    member = member_seconds(_trial_seconds(report, 0), expected)
-    reserve = soup_plan(size, budget - elapsed, member, expected) * member
+    refit_s = REFIT_RESERVE * _trial_seconds(report, 0) if expected else 0.0
+    member = member_seconds(_trial_seconds(report, 0), _epochs(scfg.train, report, 0), expected)
+    reserve = refit_s + soup_plan(size, budget - elapsed - refit_s, member) * member
     if out_of_budget(budget - reserve, elapsed, _trial_seconds(report, 0), AUTO_TRIAL_FIT):
         held = f" ({reserve:.0f} s held for the soup and refit runs)" if reserve else ""
         report["stopped"] = f"budget: {elapsed:.0f} s of {budget:.0f} s used, another trial would not fit{held}"
@@ -213,17 +228,21 @@ def auto_train(cfg: TrainConfig, budget: float, soup: int = SOUP_SIZE) -> dict[s
     do_refit, why = refit_decision(cfg, selected, validated)
     report.update(choice=choice, refit_decision=why)
     shutil.rmtree(cfg.output, ignore_errors=True)
-    member = member_seconds(_trial_seconds(report, choice["trial"]), do_refit)
-    runs = soup_plan(size, budget - (time.monotonic() - started), member, do_refit)
-    if runs >= (2 if do_refit else 1):
-        settings = trial_config(scfg.train, params, cfg.output).model_copy(update={"progress": scfg.progress})
-        report["soup"] = cook_soup(settings, chosen, runs, search_dir / "soup", started + budget, member,
-                                   refit_steps=selected_steps(selected) if do_refit else None, selected=selected)
-        shutil.copytree(report["soup"]["written"] or chosen, cfg.output)
-    elif do_refit:
+    if do_refit:
         report["refit"] = refit_winner(scfg, params, selected, cfg.output)
-    else:
-        shutil.copytree(chosen, cfg.output)
+    written = Path(cfg.output) if do_refit else chosen
+    member = member_seconds(_trial_seconds(report, choice["trial"]), _epochs(scfg.train, report, choice["trial"]),
+                            do_refit)
+    runs = soup_plan(size, budget - (time.monotonic() - started), member)
+    if runs:
+        settings = trial_config(scfg.train, params, cfg.output).model_copy(update={"progress": scfg.progress})
+        report["soup"] = cook_soup(settings, written, runs, search_dir / "soup", started + budget, member, validated,
+                                   refit_steps=_epoch_steps(scfg.train, recipe) if do_refit else None, selected=selected)
+        if report["soup"]["written"]:
+            shutil.rmtree(cfg.output, ignore_errors=True)
+            written = Path(report["soup"]["written"])
+    if written != Path(cfg.output):
+        shutil.copytree(written, cfg.output)
     report.update(budget_seconds=budget, seconds=round(time.monotonic() - started, 1))
     save_report(search_dir, report)
     return report
