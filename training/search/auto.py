@@ -19,10 +19,9 @@ or, when `refit` (true, or auto by `training.train.recipes.refit_decision`) says
 are retrained on train + validation for the steps their trial selected; when the recipe's trial
 already calls for a refit, 1.2 x its time is held back from the search for it. The study,
 `report.json` (with the `choice` and the refit decision) and `report.md` stay in
-`<output>.search/`. The chosen settings then run again from the same initialisation with other batch
-orders, as many times as the budget holds for it (up to `soup` runs in all), and their average is
-written when it scores at least the chosen run on validation (`training.search.soup`); that time is
-held back from the search. Measured against the default recipe and a plain loop by
+`<output>.search/`. What the budget holds back for it then goes to a weight soup (`training.search.soup`):
+up to `soup` - 1 one-epoch continuations of the run about to be written, averaged with it, written unless
+the average trails the run by more than one standard error on validation. Measured against the default recipe and a plain loop by
 `benchmarks/recipes.py` (benchmarks/results/recipes.md): in 15 minutes at 1 thread (4, 4 and 20
 trials) no trial led the recipe's by a standard error on banking77, emotion or SQuAD topics, so
 auto wrote the recipe's trial and matched the default exactly (Q7 = 0.0 against a +0.5 goal).
