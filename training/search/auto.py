@@ -22,9 +22,10 @@ already calls for a refit, 1.2 x its time is held back from the search for it. T
 `<output>.search/`. What the budget holds back for it then goes to a weight soup (`training.search.soup`):
 up to `soup` - 1 one-epoch continuations of the run about to be written, averaged with it, written unless
 the average trails the run by more than one standard error on validation. Measured against the default recipe and a plain loop by
-`benchmarks/recipes.py` (benchmarks/results/recipes.md): in 15 minutes at 1 thread (4, 4 and 20
-trials) no trial led the recipe's by a standard error on banking77, emotion or SQuAD topics, so
-auto wrote the recipe's trial and matched the default exactly (Q7 = 0.0 against a +0.5 goal).
+`benchmarks/recipes.py` (benchmarks/results/recipes.md), 15 minutes at 1 thread: no search trial led the
+recipe's by a standard error on banking77, emotion or SQuAD topics (3, 3 and 18 trials), and the soup of
+the recipe's run and three continuations was written on all three: +0.65, +0.30 and +0.47 points of test
+accuracy over the default (Q7 = +0.47 against a +0.5 goal; one seed each).
 
     report = auto_train(load_config(TrainConfig, "training/configs/classify-minilm.yaml"), budget=900)
 """
