@@ -213,7 +213,8 @@ def auto_train(cfg: TrainConfig, budget: float, soup: int = SOUP_SIZE) -> dict[s
     expected = refit_decision(cfg, recipe.metrics, validated)[0]
     elapsed = time.monotonic() - started
     refit_s = REFIT_RESERVE * _trial_seconds(report, 0) if expected else 0.0
-    member = member_seconds(_trial_seconds(report, 0), _epochs(scfg.train, report, 0), expected)
+    member = member_seconds(_trial_seconds(report, 0), _epochs(scfg.train, report, 0),
+                            REFIT_RESERVE if expected else 1.0)
     reserve = refit_s + soup_plan(size, budget - elapsed - refit_s, member) * member
     if out_of_budget(budget - reserve, elapsed, _trial_seconds(report, 0), AUTO_TRIAL_FIT):
         held = f" ({reserve:.0f} s held for the soup and refit runs)" if reserve else ""
@@ -232,11 +233,12 @@ def auto_train(cfg: TrainConfig, budget: float, soup: int = SOUP_SIZE) -> dict[s
         report["refit"] = refit_winner(scfg, params, selected, cfg.output)
     written = Path(cfg.output) if do_refit else chosen
     member = member_seconds(_trial_seconds(report, choice["trial"]), _epochs(scfg.train, report, choice["trial"]),
-                            do_refit)
+                            REFIT_RESERVE if do_refit else 1.0)
     runs = soup_plan(size, budget - (time.monotonic() - started), member)
     if runs:
         settings = trial_config(scfg.train, params, cfg.output).model_copy(update={"progress": scfg.progress})
-        report["soup"] = cook_soup(settings, written, runs, search_dir / "soup", started + budget, member, validated,
+        report["soup"] = cook_soup(settings, written, runs, search_dir / "soup", started + budget, member,
+                                   lambda accuracy: lead_needed(accuracy, validated),
                                    refit_steps=_epoch_steps(scfg.train, recipe) if do_refit else None, selected=selected)
         if report["soup"]["written"]:
             shutil.rmtree(cfg.output, ignore_errors=True)

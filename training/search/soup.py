@@ -14,7 +14,7 @@ validation split by more than one binomial standard error (the same noise bar as
 caught); a refit's soup (members trained on train + validation) has no validation left and is written.
 
     runs = soup_plan(4, left_seconds, seconds_per_member, refit=False)   # members the budget allows
-    result = cook_soup(settings, written_dir, runs, folder, deadline, seconds_per_member, validated=300)
+    result = cook_soup(settings, written_dir, runs, folder, deadline, seconds_per_member, lambda acc: 0.02)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from training.train.config import TrainConfig
 
@@ -100,11 +100,12 @@ def merge_members(members: list[Path], output: Path, like_manifest) -> None:
 
 
 def cook_soup(settings: TrainConfig, written: Path, count: int, folder: Path, deadline: float, seconds_each: float,
-              validated: int, refit_steps: int | None = None, selected: dict[str, float] | None = None) -> dict[str, Any]:
+              trail_allowed: Callable[[float], float], refit_steps: int | None = None,
+              selected: dict[str, float] | None = None) -> dict[str, Any]:
     """Train up to `count` members from `written` (the run auto mode would write) and average them with it into
-    folder/soup. Returns what happened; "written" is the soup's path, or None when `written` stays."""
+    folder/soup; `trail_allowed(run accuracy)`: how far the soup may trail the run on validation (auto mode's
+    one standard error). Returns what happened; "written" is the soup's path, or None when `written` stays."""
     from training.artifact import read_manifest
-    from training.search.auto import lead_needed
 
     started = time.monotonic()
     folder.mkdir(parents=True, exist_ok=True)
@@ -122,7 +123,7 @@ def cook_soup(settings: TrainConfig, written: Path, count: int, folder: Path, de
         out.update(written=str(soup), why="a refit's soup: no validation is left to check it against")
     else:
         soup_acc, run_acc = validation_accuracy(settings, [soup, written], folder)
-        needed = lead_needed(run_acc, validated)
+        needed = trail_allowed(run_acc)
         out.update(val_accuracy=soup_acc, run_val_accuracy=run_acc, trail_allowed=needed)
         if soup_acc >= run_acc - needed:
             out.update(written=str(soup), why=f"soup {soup_acc:.4f} against the run's {run_acc:.4f} on validation: "
@@ -134,8 +135,7 @@ def cook_soup(settings: TrainConfig, written: Path, count: int, folder: Path, de
     return out
 
 
-def member_seconds(trial_seconds: float, trial_epochs: float, refit: bool) -> float:
-    """What one member (one epoch) is expected to take: the trial's time per epoch (x 1.2 on train + validation)."""
-    from training.search.auto import REFIT_RESERVE
-
-    return trial_seconds / max(trial_epochs, 1.0) * (REFIT_RESERVE if refit else 1.0)
+def member_seconds(trial_seconds: float, trial_epochs: float, factor: float = 1.0) -> float:
+    """What one member (one epoch) is expected to take: the trial's time per epoch, x `factor` (a refit's
+    members train on train + validation)."""
+    return trial_seconds / max(trial_epochs, 1.0) * factor
