@@ -10,7 +10,7 @@ import pytest
 import torch
 from train_support import classification_rows, make_config, train_args, write_jsonl
 
-from training.artifact import load_artifact, read_manifest
+from training.artifact import ConfigError, load_artifact, read_manifest
 from training.search.soup import soup_plan
 
 torch.set_num_threads(2)
@@ -102,6 +102,8 @@ def test_classification_adapters_merge_with_their_heads_averaged(tiny_base_dir, 
     assert torch.allclose(only_first[1], heads[0][1], atol=1e-5)  # PEFT alone refuses heads in a merge
     soup = _head_and_logits(tiny_base_dir, merge(tmp_path / "soup"))
     assert torch.allclose(soup[0], (heads[0][0] + heads[1][0]) / 2, atol=1e-6)
+    with pytest.raises(ConfigError, match="positive sum"):  # heads cannot be averaged with weights summing to 0
+        merge(tmp_path / "negated", "weights=[1,-1]")
 
 
 def test_auto_mode_writes_a_soup_of_continuations_of_the_chosen_run(monkeypatch, tiny_base_dir, rows_file, tmp_path):

@@ -9,7 +9,7 @@ through `ArtifactWriter` with a manifest whose `lineage` names every source (nam
 manifest) and a golden set built from the merged model itself on the sources' golden prompts.
 Fully trained modules (`modules_to_save`: a classifier head) are averaged with the weights normalised to
 sum 1, which PEFT's `add_weighted_adapter` refuses to do: so classification adapters merge too, and
-`cat` of seeds of one recipe is a uniform weight soup (Wortsman et al., 2022).
+`cat` of a run and its continuations is a uniform weight soup (auto mode's, `training.search.soup`).
 
     cfg = load_config(MergeConfig, None, ["sources=[a,b]", "combination=ties", "output=artifacts/ab"])
     artifact = merge_adapters(cfg)          # an Artifact of kind adapter
@@ -142,13 +142,14 @@ def average_heads(model, names: list[str], weights: list[float]) -> None:
     from peft.utils import ModulesToSaveWrapper
 
     total = sum(weights)
-    if total <= 0:
-        raise ConfigError(f"weights {weights} sum to {total}; a trained head needs a positive total to average",
-                          "give positive weights")
     for wrapper in [m for m in model.modules() if isinstance(m, ModulesToSaveWrapper)]:
-        present = [(name, w / total) for name, w in zip(names, weights) if name in wrapper.modules_to_save]
+        present = [(name, w / total if total > 0 else 0.0) for name, w in zip(names, weights)
+                   if name in wrapper.modules_to_save]
         if not present:
             continue
+        if total <= 0:
+            raise ConfigError(f"weights {weights} sum to {total}; the adapters' trained heads need a positive total "
+                              "to be averaged", "give weights with a positive sum")
         states = [wrapper.modules_to_save[name].state_dict() for name, _ in present]
         wrapper.update(MERGED)
         with torch.no_grad():
