@@ -96,6 +96,9 @@ def test_cli_takes_auto_and_budget_out_of_the_overrides():
                                                                                   {"budget": 120, "soup": 4})
     assert split_auto(["a.yaml", "auto=true", "soup=1"]) == (["a.yaml"], {"budget": 900, "soup": 1})
     assert split_auto(["a.yaml", "epochs=2"]) == (["a.yaml", "epochs=2"], None)
+    for bad in ("soup=0", "soup=many", "soup=-2"):
+        with pytest.raises(ConfigError, match="soup="):
+            split_auto(["a.yaml", "auto=true", bad])
 
 
 def test_the_budget_stops_a_running_trial_within_ten_percent(monkeypatch, tmp_path):

@@ -41,7 +41,9 @@ def split_auto(args: list[str]) -> tuple[list[str], dict | None]:
         return rest, None
     soup = picked.get("soup", str(SOUP_SIZE))
     if not soup.isdigit() or int(soup) < 1:
-        raise typer.BadParameter(f"soup={soup} is not a count of runs; write soup=1 (off), or the most runs to average")
+        from training.artifact.errors import ConfigError
+
+        raise ConfigError(f"soup={soup} is not a count of runs", "write soup=1 (off), or the most runs to average, e.g. soup=4")
     return rest, {"budget": parse_budget(picked.get("budget", "15m")), "soup": int(soup)}
 
 
