@@ -23,18 +23,20 @@ LORA_TARGETS = ["q_proj", "v_proj"]
 
 
 def make_adapter(base_dir: Path, dest: Path, name: str, seed: int = 0, version: str = "1", r: int = 8,
-                 task: str = "causal-lm", method: str = "lora", **manifest_fields) -> Path:
+                 task: str = "causal-lm", method: str = "lora", lora: dict | None = None, **manifest_fields) -> Path:
     """A LoRA adapter artifact with random (non-zero) weights on the base at `base_dir`; `method`
-    dora makes it DoRA, lora-head adds a trained copy of lm_head (PEFT's modules_to_save);
-    `manifest_fields` go into its manifest (e.g. response_schema, chat_template, tool_call_format)."""
+    dora makes it DoRA, lora-head adds a trained copy of lm_head (PEFT's modules_to_save); `lora`: more
+    LoraConfig fields (target_modules, use_rslora, ...); `manifest_fields` go into its manifest (e.g.
+    response_schema, chat_template, tool_call_format)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     base = AutoModelForCausalLM.from_pretrained(str(base_dir))
-    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=LORA_TARGETS, init_lora_weights=False,
-                        use_dora=method == "dora", modules_to_save=["lm_head"] if method == "lora-head" else None)
+    config = LoraConfig(**{"r": r, "lora_alpha": 2 * r, "target_modules": LORA_TARGETS, "init_lora_weights": False,
+                           "use_dora": method == "dora",
+                           "modules_to_save": ["lm_head"] if method == "lora-head" else None, **(lora or {})})
     model = get_peft_model(base, config)
     with torch.no_grad():  # strong enough to change greedy outputs of the tiny base
         for param_name, param in model.named_parameters():

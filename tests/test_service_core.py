@@ -303,6 +303,56 @@ def test_stacked_adapters_leave_peft_small_and_mix_with_peft_only_adapters(tiny_
         many.stop()
 
 
+def test_plain_lora_stacks_from_its_file_and_other_adapters_take_peft(tiny_base_dir, service_artifacts, serve_keys,
+                                                                       tmp_path, monkeypatch):
+    """A plain LoRA adapter whose layers are already hooked is stacked straight from its file (PEFT's module walk,
+    most of a hot-load on a 135M base, is skipped): rsLoRA's scaling, another rank and a subset of the layers
+    stack exactly. An adapter on layers not hooked yet, or DoRA, goes through PEFT. Each row equals PEFT's own
+    output for that adapter."""
+    import torch
+
+    from service.engine import registry as registry_module
+
+    fresh = ServingCore(load_settings(service_args(tiny_base_dir, service_artifacts, serve_keys[0], max_adapters=12),
+                                      ["cache.enabled=false"]))
+    fresh.start()
+    try:
+        specs = {"p-rs": {"seed": 31, "r": 4, "lora": {"use_rslora": True}},
+                 "p-sub": {"seed": 32, "lora": {"target_modules": ["q_proj"]}},
+                 "p-wide": {"seed": 33, "lora": {"target_modules": ["q_proj", "v_proj", "o_proj"]}},
+                 "p-dora": {"seed": 34, "method": "dora"}}
+        paths = {n: make_adapter(tiny_base_dir, tmp_path / n, n, **kw) for n, kw in specs.items()}
+        reg, real, attached = fresh.registry, registry_module.attach_adapter, []
+        run(fresh.load_adapter(LoadAdapterRequest(name="a1"), None))  # the anchor PEFT keeps
+
+        def spy(model, artifact, slot, **kwargs):
+            attached.append(slot)
+            return real(model, artifact, slot, **kwargs)
+
+        monkeypatch.setattr(registry_module, "attach_adapter", spy)
+        for name, path in paths.items():
+            run(fresh.load_adapter(LoadAdapterRequest(name=name, path=str(path)), None))
+        slots = {n: reg.adapters[n].slot for n in paths}
+        assert attached == [slots["p-wide"], slots["p-dora"]]
+        assert set(slots.values()) <= set(reg.base.multilora.slots)
+        reference = _peft_reference(tiny_base_dir, paths)
+        ids = torch.randint(3, 200, (len(paths), 6))
+        leases = [reg.acquire(n) for n in paths]
+        try:
+            with reg.model_lock, torch.inference_mode():
+                ours = reg.base.forward([lease.slot for lease in leases], input_ids=ids).logits
+        finally:
+            for lease in leases:
+                lease.release()
+        with torch.inference_mode():
+            for i, name in enumerate(paths):
+                with _active(reference, name):
+                    expected = reference(input_ids=ids[i:i + 1]).logits
+                assert torch.allclose(ours[i:i + 1], expected, atol=1e-4), (name, (ours[i:i + 1] - expected).abs().max())
+    finally:
+        fresh.stop()
+
+
 def _active(model, name):
     from contextlib import contextmanager
 
@@ -448,7 +498,8 @@ def test_the_configured_adapter_name_pattern_is_enforced(core, monkeypatch):
     assert info.value.param == "name"
 
 
-def test_a_failure_after_the_peft_attach_changes_nothing(core, tiny_base_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["lora", "dora"])  # stacked from its file / through PEFT's attach
+def test_a_failure_while_stacking_changes_nothing(core, tiny_base_dir, tmp_path, monkeypatch, method):
     from service.engine import multilora
 
     reg = core.registry
@@ -464,7 +515,7 @@ def test_a_failure_after_the_peft_attach_changes_nothing(core, tiny_base_dir, tm
         return real_put(self, *args, **kwargs)
 
     monkeypatch.setattr(multilora._LayerStack, "put", failing_put)
-    extra = make_adapter(tiny_base_dir, tmp_path / "a5", "a5", seed=5)
+    extra = make_adapter(tiny_base_dir, tmp_path / "a5", "a5", seed=5, method=method)
     with pytest.raises(RuntimeError, match="stacking"):
         run(core.load_adapter(LoadAdapterRequest(name="a5", path=str(extra))))
     assert "a5" not in reg.adapters and set(reg.base.model.peft_config) == peft_slots

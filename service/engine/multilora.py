@@ -23,10 +23,32 @@ not grow with the number of adapters loaded.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
+
+# LoraConfig fields that may differ from PEFT's defaults and still leave an adapter plain LoRA (W x + s B A x on
+# the layers its weights name); any other field set (DoRA, heads, patterns, biases, new PEFT options) takes
+# PEFT's own attach path
+_PLAIN_LORA_FREE = frozenset({"r", "lora_alpha", "use_rslora", "target_modules", "exclude_modules", "lora_dropout",
+                              "init_lora_weights", "inference_mode", "base_model_name_or_path", "revision",
+                              "task_type", "layers_to_transform", "layers_pattern", "peft_version", "auto_mapping"})
+
+
+def plain_lora_scaling(config) -> float | None:
+    """s of a plain LoRA adapter's config (alpha / r, or alpha / sqrt(r) with rsLoRA); None for anything else."""
+    from peft import LoraConfig
+
+    if type(config) is not LoraConfig:
+        return None
+    defaults = LoraConfig()
+    if any(getattr(config, f.name) != getattr(defaults, f.name)
+           for f in dataclasses.fields(config) if f.name not in _PLAIN_LORA_FREE):
+        return None
+    return config.lora_alpha / (math.sqrt(config.r) if config.use_rslora else config.r)
 
 
 def _variant(module, slot: str) -> str | None:
@@ -37,13 +59,14 @@ def _variant(module, slot: str) -> str | None:
     return "dora" if "Dora" in type(variant).__name__ else type(variant).__name__
 
 
-def _dora_scale(module, slot: str, scaled_delta: torch.Tensor) -> torch.Tensor | None:
-    """DoRA's per-output factor magnitude / ||W + s B A|| (its norm is a constant at inference)."""
+def _dora_scale(module, slot: str, a: torch.Tensor, scaled_b: torch.Tensor) -> torch.Tensor | None:
+    """DoRA's per-output factor magnitude / ||W + s B A|| (its norm is a constant at inference). Plain LoRA:
+    None, without forming s B A (an out x in product per layer: half of a 135M base's hot-load time)."""
     if _variant(module, slot) != "dora":
         return None
-    weight = module.base_layer.weight.detach().to(scaled_delta.dtype)
-    magnitude = module.lora_magnitude_vector[slot].weight.detach().to(scaled_delta.dtype)
-    return magnitude / torch.linalg.norm(weight + scaled_delta, dim=1)
+    weight = module.base_layer.weight.detach().to(scaled_b.dtype)
+    magnitude = module.lora_magnitude_vector[slot].weight.detach().to(scaled_b.dtype)
+    return magnitude / torch.linalg.norm(weight + scaled_b @ a, dim=1)
 
 
 class _LayerStack:
@@ -108,6 +131,7 @@ class MultiLora:
         self._rows: list[str | None] | None = None
         self._cache: dict[int, torch.Tensor] = {}
         self._tuner_layers: list = []
+        self._stacked_names: dict[str, object] | None = None  # module name -> hooked LoRA layer, built on demand
 
     @staticmethod
     def _lora_layers(model):
@@ -138,13 +162,48 @@ class MultiLora:
                     module.register_forward_hook(self._hook)
                 a = module.lora_A[slot].weight.detach()
                 b = module.lora_B[slot].weight.detach() * module.scaling[slot]
-                self.layers[key][1].put(slot, a, b, _dora_scale(module, slot, b @ a))
+                self.layers[key][1].put(slot, a, b, _dora_scale(module, slot, a, b))
         except BaseException:
             for _, stack in self.layers.values():
                 stack.drop(slot)
             raise
         self.slots.append(slot)
         self.refresh()
+
+    def add_saved(self, slot: str, config, state: dict[str, torch.Tensor]) -> bool:
+        """Stack a plain LoRA adapter straight from its saved weights (PEFT's key names), without PEFT's
+        injection: on a 135M base that walk is most of a hot-load. Only when every weight lands on a layer
+        already hooked here with the right shape; otherwise False, nothing changed (attach through PEFT)."""
+        scaling = plain_lora_scaling(config)
+        if scaling is None or not self.layers:
+            return False
+        if self._stacked_names is None:
+            self._stacked_names = {name: module for name, module in self.model.named_modules()
+                                   if id(module) in self.layers}
+        pairs: dict[str, dict[str, torch.Tensor]] = {}
+        for key, tensor in state.items():
+            name, dot, part = key.rpartition(".lora_")
+            if not dot or part not in ("A.weight", "B.weight") or name not in self._stacked_names:
+                return False
+            pairs.setdefault(name, {})[part[0]] = tensor
+        for name, pair in pairs.items():
+            module = self._stacked_names[name]
+            if pair.keys() != {"A", "B"} or pair["A"].shape != (config.r, module.in_features) \
+                    or pair["B"].shape != (module.out_features, config.r):
+                return False
+        if not pairs:
+            return False
+        try:
+            for name, pair in pairs.items():
+                stack = self.layers[id(self._stacked_names[name])][1]
+                like = {"device": stack.a.device, "dtype": stack.a.dtype}
+                stack.put(slot, pair["A"].to(**like), pair["B"].to(**like) * scaling)
+        except BaseException:
+            for _, stack in self.layers.values():
+                stack.drop(slot)
+            raise
+        self.slots.append(slot)
+        return True
 
     def remove(self, slot: str) -> None:
         if slot in self.slots:
@@ -157,6 +216,7 @@ class MultiLora:
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         self._tuner_layers = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
+        self._stacked_names = None
 
     @contextmanager
     def rows(self, slots: list[str | None], peft: bool = False):

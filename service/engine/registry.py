@@ -36,7 +36,7 @@ import torch
 
 from training.artifact import load_artifact
 from training.artifact.errors import ArtifactInvalid, Conflict, NotFound, Unavailable
-from training.artifact.loading import attach_adapter, load_base, load_model_artifact
+from training.artifact.loading import attach_adapter, load_base, load_model_artifact, read_adapter
 from training.artifact.remote import is_remote
 
 from service import metrics
@@ -268,6 +268,10 @@ class ModelRegistry:
         """Attach `artifact` under `slot` (model lock held); stack it when the batched path can serve it.
         A failure after PEFT's attach detaches it again: a failed load changes nothing."""
         base = self.base
+        generating = base.loaded.task == "causal-lm"
+        if self.config.batched_lora and generating and base.multilora is not None \
+                and base.multilora.add_saved(slot, *read_adapter(artifact)):
+            return  # plain LoRA on layers already hooked: stacked from its file, PEFT's module walk skipped
         base.model = attach_adapter(base.model, artifact, slot, encoder_only=base.loaded.task == "embedding")
         if not self.config.batched_lora:
             return
@@ -278,7 +282,7 @@ class ModelRegistry:
                 return
             base.multilora.add(slot)
             # generation reads the stacks only (classification keeps PEFT's path and heads)
-            if base.loaded.task == "causal-lm" and len(base.model.peft_config) > 1:
+            if generating and len(base.model.peft_config) > 1:
                 base.model.delete_adapter(slot)
         except BaseException:
             self._delete_slot(slot)

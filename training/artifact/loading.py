@@ -126,6 +126,18 @@ def read_adapter_config(artifact: Artifact):
     return PeftConfig.from_pretrained(str(artifact.path))
 
 
+def read_adapter(artifact: Artifact) -> tuple[Any, dict]:
+    """A verified adapter artifact's PEFT config (inference mode) and saved weights (PEFT's key names)."""
+    import safetensors.torch
+
+    if artifact.kind != "adapter":
+        raise ArtifactInvalid(f"artifact {artifact.path} is a {artifact.kind}, not an adapter",
+                              "serve full-model artifacts as models, not as adapters")
+    config = read_adapter_config(artifact)
+    config.inference_mode = True
+    return config, safetensors.torch.load_file(str(artifact.file(ADAPTER_WEIGHTS)))
+
+
 def attach_adapter(model, artifact: Artifact, adapter_name: str, encoder_only: bool = False):
     """Attach a verified adapter artifact to `model` (a transformers model or a PeftModel) under `adapter_name`.
     `encoder_only`: `model` is a bare encoder (task "embedding") and only the adapter's encoder weights
@@ -133,15 +145,9 @@ def attach_adapter(model, artifact: Artifact, adapter_name: str, encoder_only: b
 
     Returns the PeftModel. On failure the model keeps its previous adapters.
     """
-    import safetensors.torch
     from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 
-    if artifact.kind != "adapter":
-        raise ArtifactInvalid(f"artifact {artifact.path} is a {artifact.kind}, not an adapter",
-                              "serve full-model artifacts as models, not as adapters")
-    config = read_adapter_config(artifact)
-    config.inference_mode = True
-    state = safetensors.torch.load_file(str(artifact.file(ADAPTER_WEIGHTS)))
+    config, state = read_adapter(artifact)
     if encoder_only:
         from training.artifact.encoder import encoder_part
 
