@@ -136,6 +136,43 @@ def base_size(base: str) -> tuple[int, int]:
     return model_size(load_base(base).model)
 
 
+def forward_rate(base: str, threads: int = 2, batch: int = BATCH, prompt_tokens: int = 16, steps: int = 32) -> float:
+    """Tokens/s of the base's bare decode forward passes at `batch` rows, at `threads` torch threads: the engine's
+    oneDNN-packed weights, a KV cache of a `prompt_tokens` prompt, the greedy next token fed back; no generate
+    loop, no adapter, no server. The most this box's kernels give a decode step (P14's ceiling in practice):
+    served / this is what serving costs, this / the bound what the kernels reach."""
+    import torch
+
+    from service.engine.prepack import prepack_linears
+    from training.artifact.loading import load_base
+
+    model = load_base(base).model
+    prepack_linears(model)
+    ids = torch.randint(10, model.config.vocab_size, (batch, prompt_tokens), generator=torch.Generator().manual_seed(0))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _decode_steps(model, ids, batch, steps)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _decode_steps(model, ids, batch: int, steps: int) -> float:
+    import torch
+
+    with torch.inference_mode():
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        for _ in range(4):  # warm-up steps
+            out = model(input_ids=token, past_key_values=cache, use_cache=True)
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+        started = time.perf_counter()
+        for _ in range(steps):
+            out = model(input_ids=token, past_key_values=cache, use_cache=True)
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+        return batch * steps / (time.perf_counter() - started)
+
+
 def report(bound: Bound, box: Box, served_tokens_per_s: float | None = None) -> dict:
     """A JSON-ready record of the box, the bound and (given served tokens/s) their ratio, P14's value."""
     out = {"box": asdict(box), "bound": asdict(bound)}

@@ -174,9 +174,10 @@ def test_goal_rows_from_planted_phases(tmp_path):
                "p50_with_few_adapters_s": 1.0, "tail": {"e2e_p95_over_p50": 2.5, "ttft_p95_over_p50": 1.5},
                "per_rep_tokens_per_s": {"raw": [100, 100, 100], "one_adapter": [90, 80, 86], "naive": [30, 20, 40],
                                         "eight_adapters": [80, 80, 80], "roofline_bound": [200, 200, 200],
-                                        "raw_engine_threads": [90, 100, 80]}}
+                                        "raw_engine_threads": [90, 100, 80], "bare_forward": [120, 110, 130]}}
     rows = {row["id"]: row for row in goals(results, many=100)}
     assert results["per_rep_ratios"]["served_over_raw_engine_threads"] == [1.0, 0.8, 1.075]  # recorded, not a goal
+    assert rows["P14-ceiling"]["value"] == 0.6 and rows["P14-ceiling"]["met"] is None  # informs P14
     assert "served_over_raw_engine_threads" not in rows
     assert rows["P1"]["value"] == 0.86 and rows["P1"]["goal"] == ">= 0.85" and rows["P1"]["met"]
     assert rows["P2"]["value"] == 3.0 and rows["P14"]["value"] == 0.43 and rows["P14"]["met"]
@@ -201,6 +202,13 @@ def test_goal_rows_from_planted_phases(tmp_path):
     assert json.loads((tmp_path / "serving-x.json").read_text())["goals"][0]["id"] == "P1"
     markdown = (tmp_path / "serving-x.md").read_text()
     assert "| P14 |" in markdown and "compute-bound" in markdown and "1 torch thread(s) as the served engine runs | 90" in markdown and "(5.0M parameters)" in markdown
+
+
+def test_bare_forward_rate_runs_decode_steps_of_a_base(tiny_base_dir):
+    from benchmarks.roofline import forward_rate
+
+    rate = forward_rate(str(tiny_base_dir), threads=1, batch=4, prompt_tokens=5, steps=3)
+    assert 0 < rate < float("inf")
 
 
 def test_engine_replicas_config_is_the_shipped_one_with_more_engines(tmp_path):
