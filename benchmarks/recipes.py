@@ -288,9 +288,11 @@ def goals(parts: list[dict]) -> list[dict]:
 
     def seeds_row(goal_id: str, a: str, b: str, goal: str) -> dict:
         per_seed = {p["dataset"]: gaps for p in parts if len(gaps := seeded(p, a, b)) > 1}
-        return {"id": goal_id, "measure": f"{a} minus {b}, points, per seed (seed 0 = the arms' own runs), "
-                "datasets run with --seeds", "value": {d: round(sum(g) / len(g), 2) for d, g in per_seed.items()},
-                "per_seed": per_seed, "goal": goal, "met": "informs", "datasets": len(per_seed)}
+        means = {d: round(sum(g) / len(g), 2) for d, g in per_seed.items()}
+        return {"id": goal_id, "measure": f"{a} minus {b}, points, mean over seeds per dataset (seed 0 = the arms' "
+                "own runs), datasets run with --seeds", "value": means, "per_seed": per_seed,
+                "panel_mean": round(sum(means.values()) / len(means), 2) if means else None,
+                "goal": goal, "met": "informs", "datasets": len(per_seed)}
 
     q6, q7 = gap("default", "plain"), gap("auto", "default")
     mean = round(sum(q7) / len(q7), 2) if q7 else None
@@ -310,6 +312,7 @@ def goals(parts: list[dict]) -> list[dict]:
             informs("Q6-weights", "default", "unweighted",
                     "default recipe minus class_weighting=none, points per dataset", "informs the class-weighting rule"),
             seeds_row("Q6-seeds", "default", "plain", "informs: whether Q6's single-seed gap is more than seed noise"),
+            seeds_row("Q7-seeds", "auto", "default", "informs: whether Q7's single-seed gain is more than seed noise"),
             seeds_row("Q6-refit-rule-seeds", "default", "norefit",
                       "informs: whether refit=auto's gain or loss is more than seed noise"),
             seeds_row("Q6-refit-seeds", "refit", "norefit",
@@ -352,7 +355,9 @@ def report() -> dict:
                          f"{r['train_seconds']} | {notes}{stale} |")
     lines += [f"- {p['dataset']}: {p['notes']}" for p in parts if p.get("notes")]
     lines += ["", "| goal | measure | value | target | met |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {g['id']} | {g['measure']} | {g['value']} | {g['goal']} | {g['met']} |" for g in result["goals"]]
+    lines += [f"| {g['id']} | {g['measure']} | {g['value']}"
+              f"{'' if g.get('panel_mean') is None else '; panel mean ' + str(g['panel_mean'])} | {g['goal']} | {g['met']} |"
+              for g in result["goals"]]
     lines += ["", "Run (reduced from the issue's all rows / 900 s budget where the options say so; host load "
               "averages at start and end):", ""]
     lines += [f"- `{p['command']}` (load {p['machine_at_start']['load_average']} -> "
@@ -372,7 +377,7 @@ def main() -> None:
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=1,
-                        help="also run the --seed-arms with seeds 1..N-1 (recorded as Q6-seeds, Q6-refit-seeds)")
+                        help="also run the --seed-arms with seeds 1..N-1 (recorded as Q6-seeds, Q7-seeds, Q6-refit-seeds)")
     parser.add_argument("--seed-arms", default="plain,default", help="arms run again by --seeds")
     parser.add_argument("--report", action="store_true", help="combine the per-dataset results into recipes.json/.md")
     args = parser.parse_args()

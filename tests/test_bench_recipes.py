@@ -25,12 +25,14 @@ def _part(name: str, plain: float, default: float, auto: float | None = None, se
 def test_goal_rows_from_planted_parts():
     recipes = _recipes()
     parts = [_part("a", 0.90, 0.92, auto=0.93),
-             _part("b", 0.95, 0.93, auto=0.93, seeds={"plain": {"1": 0.94, "2": 0.95}, "default": {"1": 0.95, "2": 0.94}})]
+             _part("b", 0.95, 0.93, auto=0.93, seeds={"plain": {"1": 0.94, "2": 0.95}, "default": {"1": 0.95, "2": 0.94},
+                                                      "auto": {"1": 0.96}})]
     rows = {row["id"]: row for row in recipes.goals(parts)}
     assert rows["Q6"]["value"] == -2.0 and rows["Q6"]["met"] is False
     assert rows["Q7"]["value"] == 0.5 and rows["Q7"]["worst"] == 0.0 and rows["Q7"]["met"] is True
     assert rows["Q6-seeds"]["per_seed"] == {"b": [-2.0, 1.0, -1.0]}  # seed 0 is Q6's own pair; "a" has one seed only
-    assert rows["Q6-seeds"]["value"] == {"b": -0.67}
+    assert rows["Q6-seeds"]["value"] == {"b": -0.67} and rows["Q6-seeds"]["panel_mean"] == -0.67
+    assert rows["Q7-seeds"]["per_seed"] == {"b": [0.0, 1.0]} and rows["Q7-seeds"]["panel_mean"] == 0.5
     assert rows["Q6-weights"]["met"] == "not measured"
     assert rows["Q6-refit-seeds"]["per_seed"] == {} and rows["Q6-refit-seeds"]["datasets"] == 0
 
