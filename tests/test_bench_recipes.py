@@ -28,8 +28,12 @@ def test_goal_rows_from_planted_parts():
              _part("b", 0.95, 0.93, auto=0.93, seeds={"plain": {"1": 0.94, "2": 0.95}, "default": {"1": 0.95, "2": 0.94},
                                                       "auto": {"1": 0.96}})]
     rows = {row["id"]: row for row in recipes.goals(parts)}
-    assert rows["Q6"]["value"] == -2.0 and rows["Q6"]["met"] is False
-    assert rows["Q7"]["value"] == 0.5 and rows["Q7"]["worst"] == 0.0 and rows["Q7"]["met"] is True
+    # "b" ran seeds: its default-minus-plain is the mean of seeds 0-2 (-2, +1, -1), auto-minus-default of seeds 0-1
+    assert rows["Q6"]["per_dataset"] == {"a": 2.0, "b": -0.67} and rows["Q6"]["value"] == -0.67
+    assert rows["Q6"]["seed_0_only"] == -2.0 and rows["Q6"]["met"] is False
+    assert rows["Q7"]["per_dataset"] == {"a": 1.0, "b": 0.5} and rows["Q7"]["value"] == 0.75
+    assert rows["Q7"]["seed_0_only"] == 0.5 and rows["Q7"]["worst"] == 0.5 and rows["Q7"]["worst_seed"] == 0.0
+    assert rows["Q7"]["met"] is True
     assert rows["Q6-seeds"]["per_seed"] == {"b": [-2.0, 1.0, -1.0]}  # seed 0 is Q6's own pair; "a" has one seed only
     assert rows["Q6-seeds"]["value"] == {"b": -0.67} and rows["Q6-seeds"]["panel_mean"] == -0.67
     assert rows["Q7-seeds"]["per_seed"] == {"b": [0.0, 1.0]} and rows["Q7-seeds"]["panel_mean"] == 0.5

@@ -25,7 +25,7 @@ the average trails the run by more than one standard error on validation. Measur
 `benchmarks/recipes.py` (benchmarks/results/recipes.md), 15 minutes at 1 thread: no search trial led the
 recipe's by a standard error on banking77, emotion or SQuAD topics (3, 3 and 18 trials), and the soup of
 the recipe's run and three continuations was written on all three: +0.65, +0.30 and +0.47 points of test
-accuracy over the default (Q7 = +0.47 against a +0.5 goal; one seed each).
+accuracy over the default at seed 0, +0.88, +0.40 and +0.31 at seed 1 (Q7 = +0.50 over both, goal +0.5).
 
     report = auto_train(load_config(TrainConfig, "training/configs/classify-minilm.yaml"), budget=900)
 """
