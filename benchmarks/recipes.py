@@ -203,6 +203,17 @@ def versions() -> dict[str, str]:
             "peft": peft.__version__, "optuna": optuna.__version__}
 
 
+def merge_earlier(part: dict, before: dict) -> bool:
+    """Keep the arms, notes and seeds (stale ones too) measured before at the same sizes in `part`, and the
+    earlier commands in its command; False, nothing kept, when the sizes differ."""
+    if any(before.get(k) != part[k] for k in ("train_rows", "test_rows", "budget_seconds")):
+        return False
+    part["arms"] = before["arms"]
+    part.update({k: before[k] for k in ("notes", "seeds", "seeds_left_padded") if k in before})
+    part["command"] = before["command"] + " ; " + part["command"]
+    return True
+
+
 def run_dataset(args: argparse.Namespace) -> dict:
     from training.search.auto import parse_budget
 
@@ -223,11 +234,7 @@ def run_dataset(args: argparse.Namespace) -> dict:
     PARTS.mkdir(parents=True, exist_ok=True)
     earlier = PARTS / f"{args.dataset}.json"
     if earlier.is_file():  # same sizes: add these arms to the ones measured before
-        before = json.loads(earlier.read_text(encoding="utf-8"))
-        if all(before.get(k) == part[k] for k in ("train_rows", "test_rows", "budget_seconds")):
-            part["arms"] = before["arms"]
-            part.update({k: before[k] for k in ("notes", "seeds") if k in before})
-            part["command"] = before["command"] + " ; python benchmarks/recipes.py " + " ".join(sys.argv[1:])
+        merge_earlier(part, json.loads(earlier.read_text(encoding="utf-8")))
 
     def save() -> None:  # after every run: a killed benchmark keeps what it measured
         part["machine_at_end"] = machine(args.threads)

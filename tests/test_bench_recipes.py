@@ -65,3 +65,17 @@ def test_arms_scored_before_the_padding_fix_pair_only_with_each_other():
     assert rows["Q6-fixed"]["per_dataset"] == [] and rows["Q6-refit-rule"]["per_dataset"] == []  # fresh with stale
     part["arms"]["default"].pop("scoring")
     assert {row["id"]: row for row in recipes.goals([part])}["Q6"]["value"] is None
+
+
+def test_a_rerun_keeps_earlier_arms_seeds_and_the_stale_seeds():
+    recipes = _recipes()
+    sizes = {"train_rows": 10, "test_rows": 5, "budget_seconds": 60.0}
+    before = {**_part("e", 0.9, 0.92), **sizes, "command": "python benchmarks/recipes.py --arms plain",
+              "notes": "n", "seeds": {"plain": {"1": 0.9}}, "seeds_left_padded": {"refit": {"1": 0.8}}}
+    part = {"dataset": "e", **sizes, "arms": {}, "command": "python benchmarks/recipes.py --arms refit"}
+    assert recipes.merge_earlier(part, before)
+    assert set(part["arms"]) == {"plain", "default"} and part["seeds_left_padded"] == {"refit": {"1": 0.8}}
+    assert part["seeds"] == {"plain": {"1": 0.9}} and part["notes"] == "n"
+    assert part["command"] == "python benchmarks/recipes.py --arms plain ; python benchmarks/recipes.py --arms refit"
+    other = {"dataset": "e", **sizes, "test_rows": 6, "arms": {}, "command": "c"}
+    assert not recipes.merge_earlier(other, before) and other["arms"] == {}
