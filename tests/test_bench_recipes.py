@@ -45,11 +45,15 @@ def test_refit_rows_pair_refit_with_refit_false_per_seed():
     recipes = _recipes()
     part = _part("c", 0.90, 0.80, seeds={"norefit": {"1": 0.82}, "refit": {"1": 0.85, "2": 0.70}})
     part["arms"].update(refit={"accuracy": 0.78, "scoring": "right-padded"},
-                        norefit={"accuracy": 0.80, "scoring": "right-padded"})
+                        norefit={"accuracy": 0.80, "scoring": "right-padded"},
+                        refitauto={"accuracy": 0.81, "scoring": "right-padded"})
+    part["seeds"]["refitauto"] = {"1": 0.80}
     rows = {row["id"]: row for row in recipes.goals([part])}
     assert rows["Q6-refit-seeds"]["per_seed"] == {"c": [-2.0, 3.0]}  # seed 2 has no refit=false run to pair with
     assert rows["Q6-refit-seeds"]["value"] == {"c": 0.5}
-    assert rows["Q6-refit"]["per_dataset"] == [-2.0] and rows["Q6-refit-rule"]["per_dataset"] == [0.0]
+    # the rule's rows pair refit=auto with refit=false; the default (refit=false as shipped) is not part of them
+    assert rows["Q6-refit"]["per_dataset"] == [-2.0] and rows["Q6-refit-rule"]["per_dataset"] == [1.0]
+    assert rows["Q6-refit-rule-seeds"]["per_seed"] == {"c": [1.0, -2.0]}
 
 
 def test_arms_scored_before_the_padding_fix_pair_only_with_each_other():

@@ -269,8 +269,9 @@ def recipe_advice(req: PlanRequest) -> str:
             f"warm-up {got.optim.warmup_ratio:g} for {req.rows} rows")
     if req.task == "classification":
         line += (f" (more epochs with many labels); class_weighting=auto turns on balanced weights at a "
-                 f"largest/smallest class ratio >= {IMBALANCE_FOR_WEIGHTS:g}; refit=auto retrains on train + "
-                 f"validation when validation made fewer than {REFIT_MAX_VAL_ERRORS} errors (too few to select with)")
+                 f"largest/smallest class ratio >= {IMBALANCE_FOR_WEIGHTS:g}; refit stays off (measured no "
+                 f"better); refit=auto retrains on train + validation when validation made fewer than "
+                 f"{REFIT_MAX_VAL_ERRORS} errors")
     return line + "; measured against a plain loop in benchmarks/results/recipes.md"
 
 
