@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -329,11 +330,21 @@ def test_plain_lora_stacks_from_its_file_and_other_adapters_take_peft(tiny_base_
             attached.append(slot)
             return real(model, artifact, slot, **kwargs)
 
+        import safetensors.torch
+
+        read, load_file = [], safetensors.torch.load_file
+
+        def counted(path, *args, **kwargs):
+            read.append(Path(path).parent.name)
+            return load_file(path, *args, **kwargs)
+
         monkeypatch.setattr(registry_module, "attach_adapter", spy)
+        monkeypatch.setattr(safetensors.torch, "load_file", counted)
         for name, path in paths.items():
             run(fresh.load_adapter(LoadAdapterRequest(name=name, path=str(path)), None))
         slots = {n: reg.adapters[n].slot for n in paths}
         assert attached == [slots["p-wide"], slots["p-dora"]]
+        assert sorted(read) == sorted(paths)  # each adapter's weights read once, whichever path attached it
         assert set(slots.values()) <= set(reg.base.multilora.slots)
         reference = _peft_reference(tiny_base_dir, paths)
         ids = torch.randint(3, 200, (len(paths), 6))

@@ -269,10 +269,13 @@ class ModelRegistry:
         A failure after PEFT's attach detaches it again: a failed load changes nothing."""
         base = self.base
         generating = base.loaded.task == "causal-lm"
-        if self.config.batched_lora and generating and base.multilora is not None \
-                and base.multilora.add_saved(slot, *read_adapter(artifact)):
-            return  # plain LoRA on layers already hooked: stacked from its file, PEFT's module walk skipped
-        base.model = attach_adapter(base.model, artifact, slot, encoder_only=base.loaded.task == "embedding")
+        saved = None
+        if self.config.batched_lora and generating and base.multilora is not None:
+            saved = read_adapter(artifact)
+            if base.multilora.add_saved(slot, *saved):
+                return  # plain LoRA on layers already hooked: stacked from its file, PEFT's module walk skipped
+        base.model = attach_adapter(base.model, artifact, slot, encoder_only=base.loaded.task == "embedding",
+                                    saved=saved)
         if not self.config.batched_lora:
             return
         try:

@@ -138,16 +138,18 @@ def read_adapter(artifact: Artifact) -> tuple[Any, dict]:
     return config, safetensors.torch.load_file(str(artifact.file(ADAPTER_WEIGHTS)))
 
 
-def attach_adapter(model, artifact: Artifact, adapter_name: str, encoder_only: bool = False):
+def attach_adapter(model, artifact: Artifact, adapter_name: str, encoder_only: bool = False,
+                   saved: tuple[Any, dict] | None = None):
     """Attach a verified adapter artifact to `model` (a transformers model or a PeftModel) under `adapter_name`.
     `encoder_only`: `model` is a bare encoder (task "embedding") and only the adapter's encoder weights
-    apply (a classifier's head is dropped; training.artifact.encoder).
+    apply (a classifier's head is dropped; training.artifact.encoder). `saved`: `read_adapter(artifact)`
+    when the caller already read it (the file is not read twice).
 
     Returns the PeftModel. On failure the model keeps its previous adapters.
     """
     from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 
-    config, state = read_adapter(artifact)
+    config, state = saved or read_adapter(artifact)
     if encoder_only:
         from training.artifact.encoder import encoder_part
 
