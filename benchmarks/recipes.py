@@ -211,7 +211,7 @@ def merge_earlier(part: dict, before: dict) -> bool:
     if any(before.get(k) != part[k] for k in ("train_rows", "test_rows", "budget_seconds")):
         return False
     part["arms"] = before["arms"]
-    part.update({k: before[k] for k in ("notes", "seeds", "seeds_left_padded") if k in before})
+    part.update({k: before[k] for k in ("notes", "seeds", "seeds_left_padded", "seeds_superseded") if k in before})
     part["command"] = before["command"] + " ; " + part["command"]
     return True
 
@@ -243,12 +243,8 @@ def run_dataset(args: argparse.Namespace) -> dict:
         earlier.write_text(json.dumps(part, indent=2, default=str), encoding="utf-8")
 
     for arm in filter(None, args.arms.split(",")):  # --arms "" with --seeds: only the extra seeds
-        stale = part.get("seeds", {}).get(arm) if arm != "plain" and part["arms"].get(arm, {}).get("scoring") != SCORING \
-            else None
-        if stale:  # seeds of the arm's earlier scoring no longer pair with its new run
-            part.setdefault("seeds_left_padded", {})[arm] = part["seeds"].pop(arm)
         print(f"[{args.dataset}] {arm} ...", flush=True)
-        part["arms"][arm] = run_arm(arm, data, work, train_rows, test_rows, budget, args.threads)
+        retire_seeds(part, arm, run_arm(arm, data, work, train_rows, test_rows, budget, args.threads))
         print(f"[{args.dataset}] {arm}: {json.dumps({k: v for k, v in part['arms'][arm].items() if k != 'command'})}",
               flush=True)
         save()
@@ -260,6 +256,19 @@ def run_dataset(args: argparse.Namespace) -> dict:
             save()
     shutil.rmtree(work, ignore_errors=True)
     return part
+
+
+def retire_seeds(part: dict, arm: str, run: dict) -> None:
+    """Record `arm`'s new seed-0 `run`; its earlier seeds no longer pair with it when they were scored the old
+    way (moved to seeds_left_padded) or ran other settings (seeds_superseded, e.g. `default` after the shipped
+    config changed)."""
+    before, seeds = part["arms"].get(arm), part.get("seeds", {})
+    if arm in seeds and before is not None and arm != "plain":
+        if before.get("scoring") != SCORING:
+            part.setdefault("seeds_left_padded", {})[arm] = seeds.pop(arm)
+        elif before.get("settings") != run.get("settings"):
+            part.setdefault("seeds_superseded", {})[arm] = {"seeds": seeds.pop(arm), "settings": before.get("settings")}
+    part["arms"][arm] = run
 
 
 def _scoring(arm: str, record: dict) -> str:

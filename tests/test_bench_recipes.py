@@ -83,3 +83,19 @@ def test_a_rerun_keeps_earlier_arms_seeds_and_the_stale_seeds():
     assert part["command"] == "python benchmarks/recipes.py --arms plain ; python benchmarks/recipes.py --arms refit"
     other = {"dataset": "e", **sizes, "test_rows": 6, "arms": {}, "command": "c"}
     assert not recipes.merge_earlier(other, before) and other["arms"] == {}
+
+
+def test_a_rerun_with_other_settings_or_scoring_retires_the_arms_seeds():
+    """Seeds pair with the arm's seed-0 run: when the rerun ran other settings (the shipped config changed) or the
+    earlier run was scored the old way, the earlier seeds move aside instead of pairing with the new run."""
+    recipes = _recipes()
+    same = {"accuracy": 0.9, "scoring": recipes.SCORING, "settings": {"epochs": 4, "refit": False}}
+    part = {"arms": {"default": {**same, "settings": {"epochs": 4, "refit": True}}, "fixed": dict(same),
+                     "refit": {"accuracy": 0.8}},
+            "seeds": {"default": {"1": 0.95}, "fixed": {"1": 0.91}, "refit": {"1": 0.7}}}
+    for arm in ("default", "fixed", "refit"):
+        recipes.retire_seeds(part, arm, dict(same))
+    assert part["seeds"] == {"fixed": {"1": 0.91}}  # same settings, same scoring: kept
+    assert part["seeds_superseded"] == {"default": {"seeds": {"1": 0.95}, "settings": {"epochs": 4, "refit": True}}}
+    assert part["seeds_left_padded"] == {"refit": {"1": 0.7}}
+    assert part["arms"]["default"] == same
