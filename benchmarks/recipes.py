@@ -248,7 +248,7 @@ def run_dataset(args: argparse.Namespace) -> dict:
         print(f"[{args.dataset}] {arm}: {json.dumps({k: v for k, v in part['arms'][arm].items() if k != 'command'})}",
               flush=True)
         save()
-    for seed in range(1, args.seeds):  # more seeds (of plain and default by default): more than seed noise?
+    for seed in range(args.seed_from, args.seeds):  # more seeds (of plain and default by default): seed noise?
         for arm in filter(None, args.seed_arms.split(",")):
             print(f"[{args.dataset}] {arm} seed {seed} ...", flush=True)
             accuracy = run_arm(arm, data, work, train_rows, test_rows, budget, args.threads, seed)["accuracy"]
@@ -412,6 +412,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1,
                         help="also run the --seed-arms with seeds 1..N-1 (recorded as Q6-seeds, Q7-seeds, Q6-refit-seeds)")
     parser.add_argument("--seed-arms", default="plain,default", help="arms run again by --seeds")
+    parser.add_argument("--seed-from", type=int, default=1, help="first extra seed (to add seeds to earlier runs)")
     parser.add_argument("--report", action="store_true", help="combine the per-dataset results into recipes.json/.md")
     args = parser.parse_args()
     if args.dataset:
