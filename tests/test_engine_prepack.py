@@ -25,10 +25,14 @@ def test_oneDNN_is_available_on_this_build():
 
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 def test_packed_outputs_match_plain_linear_for_any_row_count(dtype, tolerance):
+    """float32 always packs with oneDNN; bfloat16 only where the CPU has the instructions for it, and
+    elsewhere stays a plain Linear with the same outputs."""
     model = small_model().to(dtype)
     reference = copy.deepcopy(model)
-    assert prepack_linears(model) == 2
-    assert type(model[0]) is PackedLinear and type(model[3]) is torch.nn.LayerNorm
+    packed = dtype == torch.float32 or prepack.packs(dtype)
+    assert prepack.packs(torch.float32)
+    assert prepack_linears(model) == (2 if packed else 0)
+    assert type(model[0]) is (PackedLinear if packed else torch.nn.Linear) and type(model[3]) is torch.nn.LayerNorm
     with torch.inference_mode():
         for shape in [(1, 24), (16, 24), (3, 7, 24), (64, 1, 24)]:
             x = torch.randn(shape, dtype=dtype)
@@ -96,6 +100,22 @@ def test_nothing_is_packed_without_oneDNN_or_for_other_layer_types(monkeypatch):
 
     half = torch.nn.Sequential(Custom(4, 4), torch.nn.Linear(4, 4).half())
     assert prepack_linears(half) == 0
+
+
+def test_a_dtype_this_cpu_cannot_pack_stays_plain(monkeypatch):
+    """oneDNN refuses bfloat16 on CPUs without AVX-512 BW/VL/DQ or AVX-NE-CONVERT: those layers keep F.linear
+    instead of failing at their first call."""
+    def refuse(weight, batch):
+        raise RuntimeError("mkldnn_reorder_linear_weight: bf16 path needs the cpu support avx_ne_convert")
+
+    monkeypatch.setattr(prepack, "_PACKS", {})
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", refuse)
+    model = small_model()
+    reference = copy.deepcopy(model)
+    assert prepack_linears(model) == 0 and type(model[0]) is torch.nn.Linear
+    x = torch.randn(3, 24)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), reference(x))
 
 
 def test_engine_greedy_tokens_are_the_same_with_packing_on_and_off(tiny_base_dir):

@@ -18,7 +18,8 @@ What it costs and how it stays right:
 - A weight changed in place (`load_state_dict`, `copy_`) or replaced (`.data = ...`) is repacked at its
   next call: the pack remembers the weight's version counter and storage.
 - Anything else runs `F.linear` as before: autograd (training), another device, an input dtype
-  other than the weight's, or a torch build without oneDNN. A deep copy of a packed layer (PEFT's
+  other than the weight's, a torch build without oneDNN, or a dtype this CPU's oneDNN cannot pack
+  (bfloat16 needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT; `packs(dtype)` tries it once). A deep copy of a packed layer (PEFT's
   `modules_to_save`) starts with an empty pack, so it packs its own weights.
 """
 
@@ -34,6 +35,22 @@ BATCH_HINT = 16  # the decode batch the packed layout is tuned for; other row co
 def available() -> bool:
     """Whether this torch build has oneDNN's packed linear ops."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+_PACKS: dict[torch.dtype, bool] = {}
+
+
+def packs(dtype: torch.dtype) -> bool:
+    """Whether oneDNN packs and multiplies `dtype` weights on this CPU (tried once per dtype, on 8 x 8)."""
+    if dtype not in _PACKS:
+        try:
+            with torch.no_grad():
+                weight = torch.ops.mkldnn._reorder_linear_weight(torch.ones(8, 8, dtype=dtype), BATCH_HINT)
+                torch.ops.mkldnn._linear_pointwise(torch.ones(2, 8, dtype=dtype), weight, None, "none", [], "")
+            _PACKS[dtype] = True
+        except RuntimeError:  # e.g. "bf16 path needs the cpu support avx_ne_convert or avx512bw, ..."
+            _PACKS[dtype] = False
+    return _PACKS[dtype]
 
 
 class _Pack:
@@ -83,13 +100,15 @@ class PackedLinear(torch.nn.Linear):
 
 def prepack_linears(model: torch.nn.Module) -> int:
     """Switch every plain nn.Linear of `model` on the CPU with float32/bfloat16 weights to PackedLinear;
-    returns how many were switched (0 on a torch build without oneDNN). Subclasses of nn.Linear
+    returns how many were switched (0 on a torch build without oneDNN, none of a dtype this CPU's oneDNN
+    cannot pack). Subclasses of nn.Linear
     (quantized, PEFT's own layers) are left alone; the Linear layers PEFT wraps are switched."""
     if not available():
         return 0
     count = 0
     for module in model.modules():
-        if type(module) is torch.nn.Linear and module.weight.device.type == "cpu" and module.weight.dtype in PACKED_DTYPES:
+        if type(module) is torch.nn.Linear and module.weight.device.type == "cpu" \
+                and module.weight.dtype in PACKED_DTYPES and packs(module.weight.dtype):
             module.__class__ = PackedLinear
             module._pack = _Pack()
             count += 1
