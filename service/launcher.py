@@ -42,6 +42,7 @@ APP_READY_TIMEOUT_S = 300
 READY_LINE = "serving at "  # what `python -m service.launcher` prints once it serves (and owns) its port
 log = logging.getLogger("tuneserve.launcher")
 PROXY_READY_TIMEOUT_S = 30  # Serve's own 5 s kills a proxy that is only slow to start (prepare_ray_env)
+PROXY_START_WAIT_S = 180  # serve_start's own 60 s wait for the proxies failed at load average 5 on 2 cores
 # What `start` exports for the server's Ray processes; `stop` puts back the values from before, so
 # neither a later start nor a server spawned from this process inherits this server's port or id.
 LAUNCHER_ENV = ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT",
@@ -218,6 +219,7 @@ def _start(config: dict, settings: ServiceSettings, num_cpus: int | None, timeou
     from ray.serve.schema import ServeDeploySchema
 
     schema = ServeDeploySchema.model_validate(config)
+    serve_api.HTTP_PROXY_TIMEOUT = max(getattr(serve_api, "HTTP_PROXY_TIMEOUT", 0), PROXY_START_WAIT_S)
     client = serve_api.serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)
     client.deploy_apps(schema, _blocking=False)
     name = schema.applications[0].name
