@@ -19,8 +19,8 @@ What it costs and how it stays right:
   next call: the pack remembers the weight's version counter and storage.
 - Anything else runs `F.linear` as before: autograd (training), another device, an input dtype
   other than the weight's, a torch build without oneDNN, or a dtype this CPU's oneDNN cannot pack
-  (bfloat16 needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT; `packs(dtype)` tries it once). A deep copy of a packed layer (PEFT's
-  `modules_to_save`) starts with an empty pack, so it packs its own weights.
+  (bfloat16 needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT; `packs(dtype)` tries it once). A deep copy
+  of a packed layer (PEFT's `modules_to_save`) starts with an empty pack, so it packs its own weights.
 """
 
 from __future__ import annotations
