@@ -263,8 +263,8 @@ def retire_seeds(part: dict, arm: str, run: dict) -> None:
     way (moved to seeds_left_padded) or ran other settings (seeds_superseded, e.g. `default` after the shipped
     config changed)."""
     before, seeds = part["arms"].get(arm), part.get("seeds", {})
-    if arm in seeds and before is not None and arm != "plain":
-        if before.get("scoring") != SCORING:
+    if arm in seeds and before is not None:
+        if _scoring(arm, before) != SCORING:
             part.setdefault("seeds_left_padded", {})[arm] = seeds.pop(arm)
         elif before.get("settings") != run.get("settings"):
             part.setdefault("seeds_superseded", {})[arm] = {"seeds": seeds.pop(arm), "settings": before.get("settings")}
