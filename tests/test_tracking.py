@@ -98,3 +98,20 @@ def test_unknown_backend_and_system_info(tmp_path):
         make_tracker(tmp_path, backends=["neptune"])
     info = system_info()
     assert info["python"] and int(info["cpu_count"]) >= 1 and float(info["ram_gib"]) > 0
+
+
+def test_a_relative_store_is_the_current_directorys_after_a_chdir(tmp_path, monkeypatch):
+    """MLflow caches the store of `file:./mlruns`: a run after a chdir must land in the new directory."""
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        tracker = Tracker(TrackingConfig(uri="file:./mlruns", experiment="unit", backends=["mlflow"]))
+        with tracker.start_run(name) as run:
+            run.log_metrics({"em": 0.5}, step=0)
+        assert run.active == ["mlflow"], f"mlflow did not start in {name}"
+        assert (tmp_path / name / "mlruns").is_dir()
+    from training.tracking import local_store_uri
+
+    assert local_store_uri("mlruns") == (tmp_path / "second" / "mlruns").as_uri()
+    for kept in ("http://mlflow:5000", "sqlite:///runs.db", "file:///srv/mlruns", "databricks", "databricks://p"):
+        assert local_store_uri(kept) == kept

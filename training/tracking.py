@@ -126,19 +126,32 @@ def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def local_store_uri(uri: str) -> str:
+    """A relative file store (`file:./mlruns`, `mlruns`) as the absolute `file://` URI it names now.
+
+    MLflow caches one store per URI string: a relative one, made in the first working directory, fails
+    in any later one that has no such directory ("'./mlruns' does not exist")."""
+    if uri.startswith("file://") or (":" in uri and not uri.startswith("file:")) or uri in {"databricks", "uc"}:
+        return uri  # a server, a database, an absolute file URI, or MLflow's own names
+    path = Path(uri.removeprefix("file:")).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path.as_uri()
+
+
 @register_backend
 class MlflowBackend(Backend):
     name = "mlflow"
     module = "mlflow"
 
     def start(self, config, name, params, tags, parent_run_id):
-        if config.uri.startswith("file:") or "://" not in config.uri:
+        uri = local_store_uri(config.uri)
+        if uri.startswith("file:"):
             # MLflow 3 keeps the file store in maintenance mode behind this opt-in; it is our offline default.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(tracking_uri=config.uri)
+        self.client = MlflowClient(tracking_uri=uri)
         experiment_id = self._experiment_id(config.experiment)
         run_tags = {"mlflow.runName": name, **tags}
         if parent_run_id:
