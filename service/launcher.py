@@ -22,6 +22,7 @@ import copy
 import logging
 import os
 import secrets
+import tempfile
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -103,10 +104,18 @@ def absolute_paths(settings: ServiceSettings) -> ServiceSettings:
 def ray_auth_token_path() -> Path:
     path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or cache_dir() / "ray" / "auth_token")
     if not os.environ.get("RAY_AUTH_TOKEN") and not path.is_file():
+        # written whole beside it, then linked in: a process starting at the same moment (a second test
+        # worker, a second `tuneserve serve`) finds either no token or the complete one, never half of it
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_hex(32))
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".auth_token-")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # the other process won; its token is the one
+        finally:
+            os.unlink(tmp)
     return path
 
 

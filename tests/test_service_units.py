@@ -266,6 +266,25 @@ def test_ray_env_gives_a_slow_proxy_time_to_start_unless_the_user_chose(monkeypa
     assert os.environ["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"] == "7"
 
 
+def test_the_ray_token_is_made_once_even_when_two_processes_race_for_it(tmp_path, monkeypatch):
+    """Two test workers (or two `tuneserve serve`) starting together: the one that finds the token missing
+    but loses the race keeps the winner's token, whole, instead of failing or writing its own."""
+    from pathlib import Path
+
+    from service.launcher import ray_auth_token_path
+
+    token = tmp_path / "ray" / "auth_token"
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    assert ray_auth_token_path() == token and len(token.read_text()) == 64
+    first = token.read_text()
+    assert oct(token.stat().st_mode & 0o777) == "0o600"
+    real_is_file = Path.is_file
+    monkeypatch.setattr(Path, "is_file", lambda self: False if self == token else real_is_file(self))
+    assert ray_auth_token_path() == token  # saw no token, then found the other process's at link time
+    assert token.read_text() == first and [p.name for p in token.parent.iterdir()] == ["auth_token"]
+
+
 def test_discovery_skips_directories_a_writer_left_behind(tmp_path):
     from service.engine.catalog import discover
     from training.artifact import ArtifactWriter
