@@ -102,13 +102,28 @@ def serve_keys(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     return path, keys
 
 
+_STATE_ROOT: list[Path] = []
+
+
+def _state_root() -> Path:
+    """One temp dir per test process for the servers' adapter state, removed when the process exits."""
+    if not _STATE_ROOT:
+        import atexit
+        import shutil
+        import tempfile
+
+        _STATE_ROOT.append(Path(tempfile.mkdtemp(prefix="ts-fleet-")))
+        atexit.register(shutil.rmtree, _STATE_ROOT[0], True)
+    return _STATE_ROOT[0]
+
+
 def service_args(base_dir: Path, artifacts: Path, keys_file: Path, **extra) -> dict:
     """Application args for tests: small limits, auth from the keys file only."""
     import tempfile
 
     # tests load adapters built under the temp dir besides artifacts_dir (paths outside the roots are refused);
     # each server gets its own admin-set adapter state, not one beside the session's shared artifacts
-    state = Path(tempfile.mkdtemp(prefix="ts-fleet-")) / "state.json"
+    state = Path(tempfile.mkdtemp(prefix="fleet-", dir=_state_root())) / "state.json"
     return {"base_model": str(base_dir), "artifacts_dir": str(artifacts), "keys_file": str(keys_file),
             "api_keys_env": None, "max_adapters": 3, "security": {"adapter_roots": [tempfile.gettempdir()]},
             "fleet": {"state_file": str(state)}, "feedback": {"path": str(state.with_name("feedback.db"))}, **extra}
