@@ -49,7 +49,41 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+RAY_GROUP = "ray"
+
+
+def on_served_app(item) -> bool:
+    return "served_app" in getattr(item, "fixturenames", ())
+
+
+def starts_ray(item) -> bool:
+    """A test that starts a Ray cluster: marked `ray`, or on the session's served app (`served_app`)."""
+    return item.get_closest_marker("ray") is not None or on_served_app(item)
+
+
+def pytest_configure(config):
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    if config.getoption("dist", "no") == "loadgroup" and Version(version("pytest")) >= Version("9.2") \
+            and Version(version("pytest-xdist")) < Version("3.9"):
+        raise pytest.UsageError("pytest-xdist 3.8 cannot group tests under pytest 9.2 (--dist loadgroup: "
+                                "pytest-dev/pytest-xdist#1386): install the pytest version pyproject.toml pins")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    """The tests on the session's served app (`served_app`: a Ray cluster in a child process) run last,
-    together, so its idle Ray does not tax the rest of the suite; otherwise the order is unchanged."""
-    items.sort(key=lambda item: "served_app" in getattr(item, "fixturenames", ()))
+    """Order and group the suite for `pytest -n 2 --dist loadgroup` (what `make test` runs).
+
+    Every test that starts a Ray cluster runs on one worker, one after another, first: two clusters at
+    once on a 2-core box only slow each other's start-up towards its timeouts, and the longest unit
+    should start first. The tests on the session's served app come last in the collection, together,
+    so its idle Ray (up until the session ends) taxes as little of the rest as it can; the group still
+    starts first, as a unit goes where its first test is. Every other module is one unit (its
+    module-scoped fixtures are built once), handed to whichever worker is free.
+    """
+    items.sort(key=lambda item: 2 if on_served_app(item) else 0 if starts_ray(item) else 1)
+    if config.pluginmanager.hasplugin("xdist") and config.getoption("loadgroup", False):
+        for item in items:
+            item.add_marker(pytest.mark.xdist_group(RAY_GROUP if starts_ray(item) else item.nodeid.split("::")[0]))

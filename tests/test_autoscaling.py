@@ -17,7 +17,7 @@ import yaml
 
 from tests.service_fixtures import service_args
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.ray, pytest.mark.slow]
 
 ENGINE_AUTOSCALING = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2, "metrics_interval_s": 0.5,
                       "look_back_period_s": 2, "upscale_delay_s": 1, "downscale_delay_s": 5}

@@ -11,7 +11,7 @@ import pytest
 from tests.fleet_support import PROBES, r9_scenario, rollout_feedback_scenario, start_two_replicas
 from tests.service_fixtures import make_adapter, service_args
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.ray]
 GOAL_S = 5.0
 
 

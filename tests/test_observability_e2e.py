@@ -36,7 +36,7 @@ import yaml
 from tests.deploy_support import RULES_DIR, load_script, require_tool
 from tests.service_fixtures import free_port, make_adapter, make_classifier, service_args  # noqa: F401
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
 DRIFT_ADAPTER = "drifty"
 SPARES = ("spare", "spare2", "spare3")  # with max_adapters=3 and drifty pinned, using all three evicts one

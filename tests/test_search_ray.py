@@ -1,4 +1,5 @@
-"""`backend=ray`: two tiny trials run as Ray Tune trials on a local 2-CPU Ray instance and land in the SQLite study."""
+"""`backend=ray`: two tiny trials run at once as Ray Tune trials (one CPU each) on a local 2-CPU Ray instance
+and land in the SQLite study."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import pytest
 from search_support import data_file, make_search_config, search_args
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
 
 def test_ray_backend_runs_trials_into_the_study(tiny_base_dir, tmp_path, monkeypatch):
@@ -20,7 +21,8 @@ def test_ray_backend_runs_trials_into_the_study(tiny_base_dir, tmp_path, monkeyp
     os.makedirs("/tmp/rts", exist_ok=True)
     out = tmp_path / "search"
     cfg = make_search_config(*search_args(tiny_base_dir, data_file(tmp_path), out, "backend=ray", "sampler=random",
-                                          "pruner=none", "n_trials=2", "ray.num_cpus=2"))
+                                          "pruner=none", "n_trials=2", "ray.num_cpus=2", "ray.concurrency=2",
+                                          "train.threads=1"))
     report = search(cfg)
     assert report["backend"] == "ray" and report["states"] == {"COMPLETE": 2}
     study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage_url())

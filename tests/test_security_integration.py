@@ -22,7 +22,7 @@ from service.security.tls import self_signed_cert
 from training.artifact import MINILM
 from tests.service_fixtures import free_port, service_args  # noqa: F401
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.ray]
 LIMITED_RPM = 10
 SCHEMATHESIS_EXAMPLES = 25
 SCHEMATHESIS_BUDGET_S = 80.0
@@ -93,6 +93,34 @@ def junk(secure_app, tag: str, count: int) -> None:
         assert client.post("/v1/completions", json={"model": name, "prompt": "x", "max_tokens": 10 ** 6},
                            headers=bearer(key)).status_code == 400
         assert client.post("/v1/classify", json={"model": name, "input": "x"}, headers=bearer(key)).status_code == 404
+
+
+def test_https_on_direct_ingress(tiny_base_dir, service_artifacts, tmp_path):
+    """With one Ingress replica `tuneserve serve` lets that replica serve the public port itself
+    (direct ingress): TLS must hold there too, with the same cert settings. First in this module, before
+    `secure_app` starts: two Ray clusters at once would only slow each other's start."""
+    cert, key = self_signed_cert(tmp_path / "tls")
+    keys_file = tmp_path / "keys.json"
+    plain, record = create_key("infer", ["infer"], ["*"])
+    add_key(keys_file, record)
+    args = service_args(tiny_base_dir, service_artifacts, keys_file, port=free_port(), grpc_port=None,
+                        **{"security.tls_certfile": cert, "security.tls_keyfile": key})
+    overrides = [f"{k}={'null' if v is None else v}" for k, v in args.items()]
+    proc, url = spawn(overrides, tmp_path / "server.log", env={"RAY_TMPDIR": "/tmp/ts-ray-sec"})
+    try:
+        assert url.startswith("https://")
+        deadline = time.monotonic() + 20  # the launcher prints its mode right after /ready answers
+        while "serving at" not in (tmp_path / "server.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "(direct ingress" in (tmp_path / "server.log").read_text()
+        with httpx.Client(base_url=url, verify=str(cert), timeout=60) as client:
+            reply = client.post("/v1/completions", headers=bearer(plain), json={"model": "a1", "prompt": "Hi",
+                                                                                 "max_tokens": 2})
+            assert reply.status_code == 200, reply.text
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(url.replace("https://", "http://") + "/health", timeout=5)
+    finally:
+        terminate(proc)
 
 
 def test_https_only(secure_app):
@@ -192,33 +220,6 @@ def test_schemathesis_fuzzing_finds_no_server_errors(secure_app):
     assert adapter_labels(metric_series(secure_app)) <= served, "fuzzed model names became metric labels"
     assert not [c for c in calls if c[1] >= 500], "server errors"
     assert not failures, "\n".join(failures[:10])
-
-
-def test_https_on_direct_ingress(tiny_base_dir, service_artifacts, tmp_path):
-    """With one Ingress replica `tuneserve serve` lets that replica serve the public port itself
-    (direct ingress): TLS must hold there too, with the same cert settings."""
-    cert, key = self_signed_cert(tmp_path / "tls")
-    keys_file = tmp_path / "keys.json"
-    plain, record = create_key("infer", ["infer"], ["*"])
-    add_key(keys_file, record)
-    args = service_args(tiny_base_dir, service_artifacts, keys_file, port=free_port(), grpc_port=None,
-                        **{"security.tls_certfile": cert, "security.tls_keyfile": key})
-    overrides = [f"{k}={'null' if v is None else v}" for k, v in args.items()]
-    proc, url = spawn(overrides, tmp_path / "server.log", env={"RAY_TMPDIR": "/tmp/ts-ray-sec"})
-    try:
-        assert url.startswith("https://")
-        deadline = time.monotonic() + 20  # the launcher prints its mode right after /ready answers
-        while "serving at" not in (tmp_path / "server.log").read_text() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert "(direct ingress" in (tmp_path / "server.log").read_text()
-        with httpx.Client(base_url=url, verify=str(cert), timeout=60) as client:
-            reply = client.post("/v1/completions", headers=bearer(plain), json={"model": "a1", "prompt": "Hi",
-                                                                                 "max_tokens": 2})
-            assert reply.status_code == 200, reply.text
-        with pytest.raises(httpx.HTTPError):
-            httpx.get(url.replace("https://", "http://") + "/health", timeout=5)
-    finally:
-        terminate(proc)
 
 
 def test_junk_traffic_adds_no_metric_series(secure_app):

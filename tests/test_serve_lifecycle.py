@@ -4,8 +4,11 @@
   before Ray starts: "port N is in use", a free port to pass, exit code 2, never "serving at".
 - The real server (tiny base, Engine limited to 1 running + 1 queued call): concurrent requests
   beyond that get HTTP 503 / gRPC RESOURCE_EXHAUSTED; a second start on its port fails at once;
-  one SIGTERM stops it within its stop_timeout_s plus a margin, frees its ports and leaves none
-  of its processes (found by the instance id they inherit) running.
+  a SIGKILLed Ingress process (direct ingress: its own HTTP server holds the public port, and the
+  gRPC server runs beside it) is replaced on the same ports within RECOVERY_S (issue 17, R2), while
+  clients held connections to it; one SIGTERM then stops it within its stop_timeout_s plus a
+  margin, frees its ports and leaves none of its processes (found by the instance id they inherit)
+  running.
 
     pytest tests/test_serve_lifecycle.py                     # the busy-port checks only
     pytest -m integration tests/test_serve_lifecycle.py      # with the real server
@@ -33,6 +36,7 @@ from service.ports import INSTANCE_ENV, INSTANCE_HEADER, bindable
 from tests.service_fixtures import free_port  # noqa: F401
 
 STOP_TIMEOUT_S = 20
+RECOVERY_S = 30.0  # R2: back at full capacity within 30 s
 SERVE_ENV = {"RAY_TMPDIR": "/tmp/ts-ray-lifecycle", "COLUMNS": "200"}
 
 
@@ -127,6 +131,7 @@ def _grpc_generate(target: str, key: str, i: int) -> tuple[grpc.StatusCode, floa
 
 
 @pytest.mark.integration
+@pytest.mark.ray
 def test_overload_is_refused_quickly_over_http_and_grpc(server):
     key, target = server["keys"]["infer"], f"127.0.0.1:{server['grpc_port']}"
     with ThreadPoolExecutor(12) as pool:
@@ -143,6 +148,7 @@ def test_overload_is_refused_quickly_over_http_and_grpc(server):
 
 
 @pytest.mark.integration
+@pytest.mark.ray
 def test_a_second_start_on_its_ports_fails_at_once(server):
     assert "serving at" in server["log"].read_text()
     _refused_at_once(server["args"], server["work"] / "second.log", server["port"])
@@ -162,7 +168,72 @@ def _processes_of(instance: str) -> list[psutil.Process]:
     return found
 
 
+def _completion_ok(url: str, key: str) -> bool:
+    try:
+        reply = httpx.post(f"{url}/v1/completions", headers={"Authorization": f"Bearer {key}"}, timeout=10,
+                           json={"model": "base", "prompt": "after the kill", "max_tokens": 1})
+    except httpx.HTTPError:
+        return False
+    return reply.status_code == 200
+
+
+def _grpc_serving(target: str) -> bool:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        except grpc.RpcError:
+            return False
+    return answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _seconds_until(check, timeout_s: float) -> float | None:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if check():
+            return time.monotonic() - started
+        time.sleep(0.5)
+    return None
+
+
+def _ingress_pids(instance: str) -> list[int]:
+    return [p.pid for p in _processes_of(instance) if "ServeReplica:tuneserve:Ingress" in " ".join(p.cmdline())]
+
+
 @pytest.mark.integration
+@pytest.mark.ray
+def test_a_sigkilled_ingress_process_comes_back_on_the_same_ports(server):
+    """A `kill -9` of the Ingress replica while clients hold connections must not leave the port dead:
+    Serve starts a replacement, which binds the very same ports again beside the killed connections'
+    TIME_WAIT sockets."""
+    url, key, target = server["url"], server["keys"]["infer"], f"127.0.0.1:{server['grpc_port']}"
+    assert _completion_ok(url, key) and _grpc_serving(target)
+    [victim] = _ingress_pids(server["instance"])
+    listening = {c.laddr.port for c in psutil.Process(victim).net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+    assert {server["port"], server["grpc_port"]} <= listening, "direct ingress: the replica itself holds both ports"
+    # clients holding keep-alive connections, as under load: the kernel closes their server ends when
+    # the process dies, and those sockets (TIME_WAIT) hold the port for a minute
+    held = [httpx.Client(base_url=url, timeout=10) for _ in range(4)]
+    assert all(client.get("/ready").status_code == 200 for client in held)
+    os.kill(victim, signal.SIGKILL)
+    killed = time.monotonic()
+    time.sleep(0.5)
+    for client in held:
+        client.close()
+    assert _seconds_until(lambda: not _completion_ok(url, key), 10) is not None, "the kill did not land"
+    http_back = _seconds_until(lambda: _completion_ok(url, key), RECOVERY_S + 60)
+    http_s = None if http_back is None else time.monotonic() - killed
+    grpc_back = _seconds_until(lambda: _grpc_serving(target), RECOVERY_S + 60)
+    grpc_s = None if grpc_back is None else time.monotonic() - killed
+    assert http_s is not None and http_s <= RECOVERY_S, f"HTTP on port {server['port']} back after {http_s} s"
+    assert grpc_s is not None and grpc_s <= RECOVERY_S, f"gRPC on port {server['grpc_port']} back after {grpc_s} s"
+    new = _ingress_pids(server["instance"])
+    assert new and victim not in new, new
+
+
+@pytest.mark.integration
+@pytest.mark.ray
 def test_one_sigterm_stops_the_server_and_frees_its_ports(server):
     assert _processes_of(server["instance"]), "the server's processes carry its instance id"
     started = time.monotonic()

@@ -20,24 +20,46 @@ from train_support import instruction_rows, make_config, train_args, write_jsonl
 
 from tests.service_fixtures import service_args
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.integration, pytest.mark.ray, pytest.mark.timeout(240)]
 
 RAY = ["distributed.backend=ray", "distributed.workers=2", "distributed.num_cpus=2", "distributed.cpus_per_worker=1"]
 # lora.dropout=0: dropout masks draw from each process's RNG, the only thing N workers cannot share with one process
 SAME = ["lora.dropout=0", "max_steps=4", "batch_size=8", "grad_accum=2", "threads=1"]
 
 
-@pytest.fixture(autouse=True)
-def ray_env(monkeypatch):
+def _ray_tmpdir() -> str:
     tmp = f"/tmp/ts-rt-{os.getpid()}"  # short: Ray's socket paths must stay under 107 bytes
     os.makedirs(tmp, exist_ok=True)
-    monkeypatch.setenv("RAY_TMPDIR", tmp)
+    return tmp
+
+
+@pytest.fixture(autouse=True)
+def ray_env(monkeypatch, request):
+    monkeypatch.setenv("RAY_TMPDIR", _ray_tmpdir())
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     yield
     import ray
 
-    assert not ray.is_initialized(), "the Ray backend stops the Ray instance it started"
-    shutil.rmtree(tmp, ignore_errors=True)
+    if "running_ray" not in request.fixturenames:
+        assert not ray.is_initialized(), "the Ray backend stops the Ray instance it started"
+
+
+@pytest.fixture(scope="module")
+def running_ray():
+    """A Ray instance started by the caller, as a cluster the user joined or a Tune trial's: the backend
+    runs on it and leaves it up. One start and stop for the tests that take it, instead of one each."""
+    import ray
+
+    tmp = _ray_tmpdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_TMPDIR", tmp)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            yield
+            assert ray.is_initialized(), "the backend left the caller's Ray instance running"
+        finally:
+            ray.shutdown()
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_two_gloo_workers_train_like_one_process_and_the_artifact_serves(tiny_base_dir, tmp_path, serve_keys):
@@ -109,7 +131,7 @@ def _kill_one_worker_after_a_checkpoint(storage: Path, killed: dict) -> None:
         time.sleep(0.2)
 
 
-def test_a_killed_worker_resumes_from_the_last_checkpoint(tiny_base_dir, tmp_path, monkeypatch):
+def test_a_killed_worker_resumes_from_the_last_checkpoint(running_ray, tiny_base_dir, tmp_path, monkeypatch):
     from training.train import train
 
     monkeypatch.setenv("TUNESERVE_TRAIN_STEP_DELAY_S", "1.5")
@@ -129,7 +151,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(tiny_base_dir, tmp_pat
     assert (out / "manifest.json").is_file() and outcome.manifest.metrics["steps"] == 8
 
 
-def test_a_search_trial_is_a_two_worker_ray_train_run(tiny_base_dir, tmp_path):
+def test_a_search_trial_is_a_two_worker_ray_train_run(running_ray, tiny_base_dir, tmp_path):
     import optuna
 
     from training.search import search
