@@ -188,15 +188,6 @@ def _grpc_serving(target: str) -> bool:
     return answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def _seconds_until(check, timeout_s: float) -> float | None:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        if check():
-            return time.monotonic() - started
-        time.sleep(0.5)
-    return None
-
-
 def _ingress_pids(instance: str) -> list[int]:
     return [p.pid for p in _processes_of(instance) if "ServeReplica:tuneserve:Ingress" in " ".join(p.cmdline())]
 
@@ -207,6 +198,8 @@ def test_a_sigkilled_ingress_process_comes_back_on_the_same_ports(server):
     """A `kill -9` of the Ingress replica while clients hold connections must not leave the port dead:
     Serve starts a replacement, which binds the very same ports again beside the killed connections'
     TIME_WAIT sockets."""
+    from benchmarks.load_faults import wait_for  # (the R2 benchmark's own wait: seconds until, or None)
+
     url, key, target = server["url"], server["keys"]["infer"], f"127.0.0.1:{server['grpc_port']}"
     assert _completion_ok(url, key) and _grpc_serving(target)
     [victim] = _ingress_pids(server["instance"])
@@ -221,10 +214,10 @@ def test_a_sigkilled_ingress_process_comes_back_on_the_same_ports(server):
     time.sleep(0.5)
     for client in held:
         client.close()
-    assert _seconds_until(lambda: not _completion_ok(url, key), 10) is not None, "the kill did not land"
-    http_back = _seconds_until(lambda: _completion_ok(url, key), RECOVERY_S + 60)
+    assert wait_for(lambda: not _completion_ok(url, key), 10) is not None, "the kill did not land"
+    http_back = wait_for(lambda: _completion_ok(url, key), RECOVERY_S + 60)
     http_s = None if http_back is None else time.monotonic() - killed
-    grpc_back = _seconds_until(lambda: _grpc_serving(target), RECOVERY_S + 60)
+    grpc_back = wait_for(lambda: _grpc_serving(target), RECOVERY_S + 60)
     grpc_s = None if grpc_back is None else time.monotonic() - killed
     assert http_s is not None and http_s <= RECOVERY_S, f"HTTP on port {server['port']} back after {http_s} s"
     assert grpc_s is not None and grpc_s <= RECOVERY_S, f"gRPC on port {server['grpc_port']} back after {grpc_s} s"
