@@ -27,21 +27,20 @@ RAY = ["distributed.backend=ray", "distributed.workers=2", "distributed.num_cpus
 SAME = ["lora.dropout=0", "max_steps=4", "batch_size=8", "grad_accum=2", "threads=1"]
 
 
-def _ray_tmpdir() -> str:
-    tmp = f"/tmp/ts-rt-{os.getpid()}"  # short: Ray's socket paths must stay under 107 bytes
-    os.makedirs(tmp, exist_ok=True)
-    return tmp
+RAY_TMP = f"/tmp/ts-rt-{os.getpid()}"  # short: Ray's socket paths must stay under 107 bytes
 
 
 @pytest.fixture(autouse=True)
 def ray_env(monkeypatch, request):
-    monkeypatch.setenv("RAY_TMPDIR", _ray_tmpdir())
+    os.makedirs(RAY_TMP, exist_ok=True)
+    monkeypatch.setenv("RAY_TMPDIR", RAY_TMP)
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     yield
     import ray
 
-    if "running_ray" not in request.fixturenames:
+    if "running_ray" not in request.fixturenames:  # (that instance's dir goes with it)
         assert not ray.is_initialized(), "the Ray backend stops the Ray instance it started"
+        shutil.rmtree(RAY_TMP, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -50,16 +49,16 @@ def running_ray():
     runs on it and leaves it up. One start and stop for the tests that take it, instead of one each."""
     import ray
 
-    tmp = _ray_tmpdir()
+    os.makedirs(RAY_TMP, exist_ok=True)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAY_TMPDIR", tmp)
+        patch.setenv("RAY_TMPDIR", RAY_TMP)
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
             yield
             assert ray.is_initialized(), "the backend left the caller's Ray instance running"
         finally:
             ray.shutdown()
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(RAY_TMP, ignore_errors=True)
 
 
 def test_two_gloo_workers_train_like_one_process_and_the_artifact_serves(tiny_base_dir, tmp_path, serve_keys):
