@@ -14,6 +14,7 @@ started once per session; integration only).
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
 from service.ports import free_port  # noqa: F401 - re-exported for tests and benchmarks (race-free, see there)
@@ -102,19 +103,16 @@ def serve_keys(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     return path, keys
 
 
-_STATE_ROOT: list[Path] = []
-
-
+@cache
 def _state_root() -> Path:
     """One temp dir per test process for the servers' adapter state, removed when the process exits."""
-    if not _STATE_ROOT:
-        import atexit
-        import shutil
-        import tempfile
+    import atexit
+    import shutil
+    import tempfile
 
-        _STATE_ROOT.append(Path(tempfile.mkdtemp(prefix="ts-fleet-")))
-        atexit.register(shutil.rmtree, _STATE_ROOT[0], True)
-    return _STATE_ROOT[0]
+    root = Path(tempfile.mkdtemp(prefix="ts-fleet-"))
+    atexit.register(shutil.rmtree, root, True)
+    return root
 
 
 def service_args(base_dir: Path, artifacts: Path, keys_file: Path, **extra) -> dict:
