@@ -15,7 +15,7 @@ if [ "${RAY_AUTH_MODE:-}" != "token" ]; then
     exit 2
 fi
 if [ -z "${RAY_AUTH_TOKEN:-}" ]; then
-    RAY_AUTH_TOKEN_PATH="$(python -c 'from service.launcher import ray_auth_token_path; print(ray_auth_token_path())')"
+    RAY_AUTH_TOKEN_PATH="$(python -c 'from training.artifact.local_ray import ray_auth_token_path; print(ray_auth_token_path())')"
     export RAY_AUTH_TOKEN_PATH
 fi
 NUM_CPUS_FLAG=""

@@ -5,10 +5,9 @@ the demo use). Equivalent to `serve run service/configs/serve.yaml`, plus safe l
     print(server.url); ...; stop()
     python -m service.launcher [serve.yaml] [key=value ...]     # start and block until Ctrl-C
 
-Local Ray runs with usage stats off, no dashboard, Serve's control loop every 0.5 s instead of
-0.1 s, a short temp dir (`RAY_TMPDIR`, default /tmp/ts-ray) and token authentication (`RAY_AUTH_MODE=token`): the token is read from
-`RAY_AUTH_TOKEN`/`RAY_AUTH_TOKEN_PATH` when set, otherwise generated once into
-`<tuneserve cache>/ray/auth_token` (mode 0600).
+Local Ray is `training.artifact.local_ray`'s: token authentication, every Ray port on 127.0.0.1,
+usage stats off, a short temp dir (`RAY_TMPDIR`, default /tmp/ts-ray); here also no dashboard and
+Serve's control loop every 0.5 s instead of 0.1 s. The public ports follow `host` in the config.
 
 A start owns its port or fails: a port in use fails before Ray starts ("port N is in use", with a
 free one to pass), and `start` returns only once `/ready` answered with the instance id this start
@@ -21,17 +20,15 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import secrets
-import tempfile
 import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
-from training.artifact import cache_dir
-from training.artifact.errors import ConfigError, Unavailable
 from training.artifact.config import parse_override, read_yaml, set_dotted
+from training.artifact.errors import ConfigError, Unavailable
+from training.artifact.local_ray import prepare_local_ray, start_or_join_ray
 from training.artifact.remote import is_remote
 
 from service.ports import INSTANCE_ENV, ensure_free, free_port, new_instance, wait_owned
@@ -101,39 +98,16 @@ def absolute_paths(settings: ServiceSettings) -> ServiceSettings:
     return settings.model_copy(update=updates)
 
 
-def ray_auth_token_path() -> Path:
-    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or cache_dir() / "ray" / "auth_token")
-    if not os.environ.get("RAY_AUTH_TOKEN") and not path.is_file():
-        # written whole beside it, then linked in: a process starting at the same moment (a second test
-        # worker, a second `tuneserve serve`) finds either no token or the complete one, never half of it
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".auth_token-")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_hex(32))
-            os.link(tmp, path)
-        except FileExistsError:
-            pass  # the other process won; its token is the one
-        finally:
-            os.unlink(tmp)
-    return path
-
-
 def prepare_ray_env() -> str:
-    """Environment for local Ray; must run before Ray is first imported (it reads RAY_AUTH_MODE then)."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    """Environment for local Ray (training.artifact.local_ray, plus Serve's); must run before Ray is
+    first imported (it reads RAY_AUTH_MODE then)."""
     # Serve's controller loop runs every 0.1 s by default: 1.1 CPU-s per 20 s of an idle 2-core
     # box here, 0.44 at 0.5 s, with the same start-up time.
     os.environ.setdefault("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "0.5")
     # Serve kills a proxy not ready within 5 s and serve.start then fails with ActorDiedError: seen on
     # this 2-core box at load average 4 (tests beside training). A slow start is not a dead proxy.
     os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", str(PROXY_READY_TIMEOUT_S))
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    if os.environ["RAY_AUTH_MODE"] == "token":
-        os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(ray_auth_token_path()))
-    tmp = os.environ.setdefault("RAY_TMPDIR", "/tmp/ts-ray")
-    Path(tmp).mkdir(parents=True, exist_ok=True)
-    return tmp
+    return prepare_local_ray()
 
 
 def init_ray(num_cpus: int | None = None) -> None:
@@ -149,9 +123,8 @@ def init_ray(num_cpus: int | None = None) -> None:
     metrics_port = os.environ.get("TUNESERVE_RAY_METRICS_PORT")
     for attempt in range(3):  # Ray waits a fixed 30 s for its raylet; a loaded machine can miss that
         try:
-            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, namespace="tuneserve",
-                     _temp_dir=tmp, configure_logging=False, log_to_driver=False,
-                     **({"_metrics_export_port": int(metrics_port)} if metrics_port else {}))
+            start_or_join_ray(None, num_cpus or os.cpu_count(), namespace="tuneserve", configure_logging=False,
+                           **({"_metrics_export_port": int(metrics_port)} if metrics_port else {}))
             return
         except Exception as exc:  # noqa: BLE001 - only the startup timeout is retried
             if "timed out during startup" not in str(exc) or attempt == 2:

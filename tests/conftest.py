@@ -18,13 +18,11 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 TEST_CACHE = Path(os.environ.get("TUNESERVE_TEST_CACHE", Path.home() / ".cache" / "tuneserve-test"))
 os.environ["TUNESERVE_CACHE"] = str(TEST_CACHE)
-# Ray reads RAY_AUTH_MODE once, when it is first imported; tests that import service.app (and so ray)
-# before any server starts would fix it at 'disabled' while the servers' GCS runs with token auth.
-os.environ.setdefault("RAY_AUTH_MODE", "token")
-if os.environ["RAY_AUTH_MODE"] == "token":
-    from service.launcher import ray_auth_token_path
+# Ray reads its auth mode and network switch once, when it is first imported: a test that imports ray
+# (or service.app) before any server starts would otherwise fix them at Ray's open defaults.
+from training.artifact.local_ray import prepare_local_ray  # noqa: E402
 
-    os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(ray_auth_token_path()))
+prepare_local_ray()
 
 # The service fixtures live here, once for the whole suite: a test module that imported them itself
 # would get its own session-lived copy (another artifacts dir, another Ray app left running to the end).

@@ -6,6 +6,7 @@
   call a `ServingBackend` (service/backend.py), which `ServingCore` and `RemoteCore` both are.
 - The engine (`service/engine`) never imports Ray.
 - Importing the CLI loads no torch, ray, transformers or peft, so `tuneserve --help` is instant.
+- Ray is started in one place, `training.artifact.local_ray` (token auth, loopback only; docs/security.md).
 """
 
 from __future__ import annotations
@@ -84,6 +85,17 @@ def test_artifact_contract_is_self_contained():
     bad = [(f, m) for f, m in imported_modules("training/artifact")
            if m.startswith("training.") and not m.startswith("training.artifact")]
     assert not bad, f"training.artifact must not depend on the rest of training: {bad}"
+
+
+def test_ray_starts_only_through_local_ray():
+    calls = []
+    for package in ("training", "service", "tuneserve", "benchmarks"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "init"
+                        and isinstance(node.func.value, ast.Name) and node.func.value.id == "ray"):
+                    calls.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert calls and all(call.startswith("training/artifact/local_ray.py:") for call in calls), calls
 
 
 def test_one_version_source():

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
@@ -30,6 +31,7 @@ import httpx
 import psutil
 import pytest
 import yaml
+from train_support import without_ray_setup
 
 from service.launcher import default_config_path
 from service.ports import INSTANCE_ENV, INSTANCE_HEADER, bindable
@@ -41,9 +43,9 @@ SERVE_ENV = {"RAY_TMPDIR": "/tmp/ts-ray-lifecycle", "COLUMNS": "200"}
 
 
 def _serve(args: list[str], log: Path) -> subprocess.Popen:
-    with open(log, "w") as out:
+    with open(log, "w") as out:  # (`tuneserve serve` must make the Ray settings conftest made here)
         return subprocess.Popen([sys.executable, "-m", "tuneserve", "serve", *args], stdout=out,
-                                stderr=subprocess.STDOUT, env={**os.environ, **SERVE_ENV}, start_new_session=True)
+                                stderr=subprocess.STDOUT, env=without_ray_setup(**SERVE_ENV), start_new_session=True)
 
 
 def _refused_at_once(args: list[str], log: Path, busy: int) -> None:
@@ -88,7 +90,7 @@ def server(tiny_base_dir, serve_keys, tmp_path_factory):  # noqa: F811 - the fix
     config_path = work / "serve.yaml"
     config_path.write_text(yaml.safe_dump(config))
     port, grpc_port = free_port(), free_port()
-    args = [str(config_path), f"base_model={tiny_base_dir}", f"keys_file={serve_keys[0]}", "artifacts_dir=null",
+    args = [str(config_path), "host=0.0.0.0", f"base_model={tiny_base_dir}", f"keys_file={serve_keys[0]}", "artifacts_dir=null",
             "api_keys_env=null", "cache.enabled=false", f"port={port}", f"grpc_port={grpc_port}",
             f"stop_timeout_s={STOP_TIMEOUT_S}"]
     log = work / "serve.log"
@@ -166,6 +168,38 @@ def _processes_of(instance: str) -> list[psutil.Process]:
         except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
             pass
     return found
+
+
+@pytest.mark.integration
+@pytest.mark.ray
+def test_nothing_beyond_loopback_answers_without_a_key_or_token(server):
+    """Ray's own ports (GCS, raylet, workers, dashboard, its Prometheus exporters) listen on 127.0.0.1 only
+    (training.artifact.local_ray). Beyond it: the API ports, which follow `host` (0.0.0.0 here), Serve's
+    proxy (moved to an internal port by direct ingress: the same app, so the same keys) and each replica's
+    inter-deployment gRPC server (Ray binds it to every interface; it demands Ray's token)."""
+    listening: dict[int, tuple[str, str]] = {}
+    for proc in _processes_of(server["instance"]):
+        try:
+            name, sockets = proc.name(), proc.net_connections("tcp")
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        listening.update({s.laddr.port: (s.laddr.ip, name) for s in sockets if s.status == psutil.CONN_LISTEN})
+    beyond = {port: name for port, (ip, name) in listening.items()
+              if not ipaddress.ip_address(ip.removeprefix("::ffff:")).is_loopback}
+    names = {name for _, name in listening.values()}
+    assert len(listening) >= 8 and {"gcs_server", "raylet"} <= names, listening
+    assert {server["port"], server["grpc_port"]} <= set(beyond), beyond
+    assert all(name.startswith(("ray::ServeReplica", "ray::ProxyActor")) for name in beyond.values()), beyond
+    for port, name in beyond.items():
+        if port in (server["port"], server["grpc_port"]):
+            continue
+        if name == "ray::ProxyActor":
+            assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).status_code == 401, port
+            continue
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.RpcError) as refused:
+                channel.unary_unary("/ray.serve.ASGIService/HandleRequest")(b"", timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, (port, name, refused.value)
 
 
 def _completion_ok(url: str, key: str) -> bool:

@@ -271,7 +271,7 @@ def test_the_ray_token_is_made_once_even_when_two_processes_race_for_it(tmp_path
     but loses the race keeps the winner's token, whole, instead of failing or writing its own."""
     from pathlib import Path
 
-    from service.launcher import ray_auth_token_path
+    from training.artifact.local_ray import ray_auth_token_path
 
     token = tmp_path / "ray" / "auth_token"
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)

@@ -71,3 +71,28 @@ def cli_command(*args: str) -> list[str]:
     import sys
 
     return [sys.executable, "-c", CLI, *args]
+
+
+def without_ray_setup(**extra: str) -> dict[str, str]:
+    """This process's environment without the Ray settings conftest made (token auth, loopback): a child
+    started with it shows that the code under test makes them itself, as for a user's first command."""
+    import os
+
+    from training.artifact.local_ray import LOOPBACK_ENV
+
+    dropped = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", LOOPBACK_ENV)
+    return {**{k: v for k, v in os.environ.items() if k not in dropped}, **extra}
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: float = 600):
+    """`python -m tuneserve ARGS` in a child process; fails the test with its output's tail on a non-zero exit."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    run = subprocess.run([sys.executable, "-m", "tuneserve", *args], env=env, capture_output=True, text=True,
+                         timeout=timeout)
+    if run.returncode != 0:
+        pytest.fail(f"tuneserve {args[0]} exited {run.returncode}:\n{(run.stdout + run.stderr)[-4000:]}")
+    return run

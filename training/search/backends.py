@@ -13,11 +13,11 @@ over Ray Train): the trial only drives it and reserves no CPU, its workers hold 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Callable
 
 from training.artifact.errors import TrainingError
+from training.artifact.local_ray import start_or_join_ray
 from training.search.config import SearchConfig
 from training.search.study import PRUNERS, SAMPLERS, finished, run_trial, suggest
 
@@ -62,28 +62,16 @@ def ray_trial(config: dict[str, Any], cfg_json: str, parent_run_id: str | None, 
     tune.report({"pruned": 0, "objective": value})
 
 
-def _ray_init(cfg: SearchConfig) -> bool:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, log_to_driver=False)
-    else:
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False)
-    return True
-
-
 def run_ray(cfg: SearchConfig, study, parent_run_id: str | None, after: After,
             deadline: float | None = None) -> str | None:
     import time
 
-    import ray
     from optuna.trial import TrialState
+
+    started_here = start_or_join_ray(cfg.ray.address, cfg.ray.num_cpus)  # before `import ray`
+    import ray
     from ray import tune
 
-    started_here = _ray_init(cfg)
     timeout_at = time.monotonic() + cfg.timeout if cfg.timeout else None  # (`deadline`: only between batches)
     storage = (Path(cfg.output) / "ray").resolve()
     try:

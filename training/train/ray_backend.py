@@ -32,6 +32,7 @@ from typing import Any
 
 from training.artifact import Manifest
 from training.artifact.errors import ConfigError, TrainingError
+from training.artifact.local_ray import start_or_join_ray
 from training.train.checkpoint import latest_checkpoint, save_checkpoint
 from training.train.config import TrainConfig
 from training.train.loop import STEP_DELAY_ENV, LoopResult, TrainLoop
@@ -87,20 +88,6 @@ def _prepare_storage(cfg: TrainConfig, name: str) -> str:
     if exists and not cfg.resume:
         fs.delete_dir(run_dir)
     return uri
-
-
-def _init_ray(cfg: TrainConfig) -> bool:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-
-    if ray.is_initialized():  # e.g. inside a Ray Tune trial of a search
-        return False
-    dist = cfg.distributed
-    if dist.address:
-        ray.init(address=dist.address, log_to_driver=False)
-    else:
-        ray.init(address="local", num_cpus=dist.num_cpus, include_dashboard=False, log_to_driver=False)
-    return True
 
 
 def _trainer(cfg: TrainConfig, channel: Any, verdicts: bool, storage: str, name: str):
@@ -185,15 +172,15 @@ class Driver:
 
 def train_on_ray(cfg: TrainConfig, on_eval: Callable[[int, dict[str, float]], None] | None = None):
     """Train `cfg` on Ray Train workers; returns a `TrainOutcome` without the in-memory model."""
-    import ray
-
     from training.train.parts import TrainOutcome
 
     get_method(cfg.method)
     if Path(cfg.output).exists() and not cfg.overwrite and "://" not in cfg.output:
         raise ConfigError(f"output {cfg.output} already exists", "choose another output= or pass overwrite=true")
     name = cfg.artifact_name()
-    started_here = _init_ray(cfg)
+    started_here = start_or_join_ray(cfg.distributed.address, cfg.distributed.num_cpus)  # before `import ray`
+    import ray
+
     try:
         storage = _prepare_storage(cfg, name)
         channel = ray.remote(num_cpus=0)(Channel).remote()
