@@ -1,5 +1,6 @@
-"""k8s/rayjob-train.yaml: valid against the RayJob CRD and Kubernetes schemas, and its training config
-(the ConfigMap plus the entrypoint's flags) is a valid multi-GPU Ray Train config."""
+"""k8s/rayjob-train.yaml: valid against the RayJob CRD and Kubernetes schemas, its training config
+(the ConfigMap plus the entrypoint's flags) is a valid multi-GPU Ray Train config, and its cluster wants
+Ray's token and runs as non-root like the RayService's."""
 
 from __future__ import annotations
 
@@ -62,3 +63,16 @@ def test_the_job_trains_its_configmap_on_one_gpu_per_worker(tmp_path):
     mounts = {m["mountPath"] for m in workers["template"]["spec"]["containers"][0]["volumeMounts"]}
     assert cfg.output.startswith(tuple(mounts)) and cfg.distributed.storage.startswith(tuple(mounts)), \
         "artifact and checkpoints land on the shared volume the workers mount"
+
+
+def test_the_training_cluster_wants_rays_token_and_runs_hardened():
+    cluster = _documents()["RayJob"]["spec"]["rayClusterSpec"]
+    assert cluster["authOptions"] == {"mode": "token"}, "its dashboard (job API) listens on the pod network"
+    templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    for template in templates:
+        pod = template["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False and context["capabilities"] == {"drop": ["ALL"]}
