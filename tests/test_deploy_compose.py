@@ -95,6 +95,12 @@ def test_only_the_api_ports_are_published():
     assert re.search(r"^\s+RAY_AUTH_MODE=token", (DEPLOY / "Dockerfile").read_text(), flags=re.M)
 
 
+def test_grafana_has_no_default_password():
+    password = COMPOSE["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", password), password  # compose refuses to start unset
+    assert COMPOSE["services"]["grafana"]["environment"]["GF_USERS_ALLOW_SIGN_UP"] == "false"
+
+
 def _run_entrypoint(tmp_path, **env) -> tuple[subprocess.CompletedProcess, str]:
     """The entrypoint with stand-in `ray` and `serve` that record their arguments and auth env."""
     bin_dir = tmp_path / "bin"
