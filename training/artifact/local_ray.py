@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray resolves this nod
 
 
 def ray_auth_token_path() -> Path:
+    """The file holding this machine's Ray token (mode 0600), made on first use."""
     path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or cache_dir() / "ray" / "auth_token")
     if not os.environ.get("RAY_AUTH_TOKEN") and not path.is_file():
         # written whole beside it, then linked in: a process starting at the same moment (a second test
@@ -86,6 +88,8 @@ def start_or_join_ray(address: str | None = None, num_cpus: int | None = None, *
     """Join the cluster at `address` as given, else start a local Ray (module docstring). True when
     this call connected, so the caller shuts Ray down again; False when the process already runs Ray
     (inside a Ray Tune trial or a Serve replica), which is left as it is."""
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        return False
     tmp = None if address else prepare_local_ray()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
