@@ -24,8 +24,9 @@ up to `soup` - 1 one-epoch continuations of the run about to be written, average
 the average trails the run by more than one standard error on validation. Measured against the default recipe and a plain loop by
 `benchmarks/recipes.py` (benchmarks/results/recipes.md), 15 minutes at 1 thread: no search trial led the
 recipe's by a standard error on banking77, emotion or SQuAD topics (3, 3 and 18 trials), and the soup of
-the recipe's run and three continuations was written on all three: +0.65, +0.30 and +0.47 points of test
-accuracy over the default at seed 0, +0.88, +0.40 and +0.31 at seed 1 (Q7 = +0.50 over both, goal +0.5).
+the recipe's run and three continuations was written on all three: +0.65, +0.30 and 0.00 points of test
+accuracy over the default at seed 0, +0.88, +0.40 and +0.47 at seed 1 (Q7 = +0.45 over both, goal +0.5;
+the SQuAD-topics runs were redone after the shipped recipe went to refit: false).
 
     report = auto_train(load_config(TrainConfig, "training/configs/classify-minilm.yaml"), budget=900)
 """
