@@ -124,7 +124,7 @@ def init_ray(num_cpus: int | None = None) -> None:
     for attempt in range(3):  # Ray waits a fixed 30 s for its raylet; a loaded machine can miss that
         try:
             start_or_join_ray(None, num_cpus or os.cpu_count(), namespace="tuneserve", configure_logging=False,
-                           **({"_metrics_export_port": int(metrics_port)} if metrics_port else {}))
+                              **({"_metrics_export_port": int(metrics_port)} if metrics_port else {}))
             return
         except Exception as exc:  # noqa: BLE001 - only the startup timeout is retried
             if "timed out during startup" not in str(exc) or attempt == 2:
