@@ -65,6 +65,18 @@ def test_the_job_trains_its_configmap_on_one_gpu_per_worker(tmp_path):
         "artifact and checkpoints land on the shared volume the workers mount"
 
 
+def test_the_job_is_submitted_from_inside_the_head_pod():
+    """The NetworkPolicy admits only tuneserve pods to the head's job API; a submitter Job's pod is not one."""
+    job = _documents()["RayJob"]["spec"]
+    assert job["submissionMode"] == "SidecarMode"
+    assert job["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["restartPolicy"] == "Never"
+    policy = yaml.safe_load((REPO_ROOT / "k8s" / "base" / "networkpolicy.yaml").read_text(encoding="utf-8"))
+    dashboard_from = [rule["from"] for rule in policy["spec"]["ingress"]
+                      if {"port": "dashboard", "protocol": "TCP"} in rule.get("ports", [])]
+    assert dashboard_from and all("namespaceSelector" in peer for peers in dashboard_from for peer in peers), \
+        "the job API is closed to other pods, so a K8sJobMode submitter could not reach it"
+
+
 def test_the_training_cluster_wants_rays_token_and_runs_hardened():
     cluster = _documents()["RayJob"]["spec"]["rayClusterSpec"]
     assert cluster["authOptions"] == {"mode": "token"}, "its dashboard (job API) listens on the pod network"
