@@ -156,3 +156,14 @@ def test_serve_config_validates_against_ray_serve_and_service_settings():
     assert all(d.autoscaling_config and d.ray_actor_options for d in app.deployments)
     settings = ServiceSettings.model_validate(config["applications"][0]["args"])
     assert str(settings.keys_file) == "/etc/tuneserve/keys.json"
+
+
+@pytest.mark.parametrize("path", [DEPLOY / "serve_config.yaml", REPO_ROOT / "service" / "configs" / "serve.yaml"])
+def test_shipped_serve_configs_find_a_dead_replica_within_two_seconds(path):
+    """Serve replaces a replica whose process died only after its next health check fails: at Ray's 10 s
+    period a killed Ingress left the port dead ~11 s, at 2 s ~6 s (service/configs/serve.yaml)."""
+    deployments = load_yaml(path)["applications"][0]["deployments"]
+    assert {d["name"] for d in deployments} == {"Engine", "Ingress"}
+    for deployment in deployments:
+        assert deployment.get("health_check_period_s", 10) <= 2, (path.name, deployment["name"])
+        assert deployment.get("health_check_timeout_s", 30) >= 30, "a slow (not dead) replica keeps its time"
