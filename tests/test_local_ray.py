@@ -8,14 +8,13 @@ imported before that could be set up is refused with a clear error; a cluster ad
 from __future__ import annotations
 
 import json
-import ipaddress
 import os
 import shutil
 import subprocess
 import sys
 
 import pytest
-from train_support import without_ray_setup
+from train_support import is_loopback, without_ray_setup
 
 from training.artifact.local_ray import LOOPBACK_ENV
 
@@ -59,7 +58,7 @@ def test_a_local_ray_listens_on_loopback_only_and_wants_its_token(clean_env, tmp
     listening = report["listening"]
     assert len(listening) >= 6 and {"gcs_server", "raylet"} <= set(listening.values()), listening
     beyond = {where: name for where, name in listening.items()
-              if not ipaddress.ip_address(where.split()[0].removeprefix("::ffff:")).is_loopback}
+              if not is_loopback(where.split()[0])}
     assert not beyond, f"Ray ports reachable from other machines: {beyond}"
 
 

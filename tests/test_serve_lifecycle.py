@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import signal
 import socket
@@ -31,7 +30,7 @@ import httpx
 import psutil
 import pytest
 import yaml
-from train_support import without_ray_setup
+from train_support import is_loopback, without_ray_setup
 
 from service.launcher import default_config_path
 from service.ports import INSTANCE_ENV, INSTANCE_HEADER, bindable
@@ -185,7 +184,7 @@ def test_nothing_beyond_loopback_answers_without_a_key_or_token(server):
             continue
         listening.update({s.laddr.port: (s.laddr.ip, name) for s in sockets if s.status == psutil.CONN_LISTEN})
     beyond = {port: name for port, (ip, name) in listening.items()
-              if not ipaddress.ip_address(ip.removeprefix("::ffff:")).is_loopback}
+              if not is_loopback(ip)}
     names = {name for _, name in listening.values()}
     assert len(listening) >= 8 and {"gcs_server", "raylet"} <= names, listening
     assert {server["port"], server["grpc_port"]} <= set(beyond), beyond

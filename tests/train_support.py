@@ -96,3 +96,10 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 600):
     if run.returncode != 0:
         pytest.fail(f"tuneserve {args[0]} exited {run.returncode}:\n{(run.stdout + run.stderr)[-4000:]}")
     return run
+
+
+def is_loopback(ip: str) -> bool:
+    """Whether a listening socket's address (psutil's laddr.ip, IPv4-mapped IPv6 too) is this machine's only."""
+    import ipaddress
+
+    return ipaddress.ip_address(ip.removeprefix("::ffff:")).is_loopback
