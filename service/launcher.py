@@ -32,7 +32,7 @@ from training.artifact.local_ray import prepare_local_ray, start_or_join_ray
 from training.artifact.remote import is_remote
 
 from service.ports import INSTANCE_ENV, ensure_free, free_port, new_instance, wait_owned
-from service.security.tls import base_url, ready_verify, tls_http_options
+from service.security.tls import base_url, local_url, tls_http_options
 from service.settings import ServiceSettings, load_settings
 
 DEFAULT_CONFIG = "serve.yaml"
@@ -56,6 +56,12 @@ class ServerHandle:
     settings: ServiceSettings
     config: dict[str, Any]
     direct_ingress: bool = False
+
+    @property
+    def route(self) -> str:
+        """Who answers the public port, for the start-up message."""
+        return ("direct ingress: the Ingress replica serves this port" if self.direct_ingress
+                else "through Ray's HTTP proxy")
 
 
 def default_config_path() -> Path:
@@ -207,10 +213,13 @@ def _start(config: dict, settings: ServiceSettings, num_cpus: int | None, timeou
     name = schema.applications[0].name
     started = time.monotonic()
     wait_running(name, timeout_s)
-    url = base_url(settings)
     if settings.port and instance:
-        wait_owned(url, instance, ready_verify(settings), max(30.0, timeout_s - (time.monotonic() - started)))
-    return ServerHandle(url, name, settings, config, direct)
+        # verify=False: this probe reaches the port just bound, from its own machine, and sends nothing secret;
+        # the instance id it checks proves which server answered. A certificate issued for the public name
+        # (or by a CA this machine does not hold) cannot be verified on a loopback address.
+        wait_owned(local_url(settings), instance, verify=False,
+                   timeout_s=max(30.0, timeout_s - (time.monotonic() - started)))
+    return ServerHandle(base_url(settings), name, settings, config, direct)
 
 
 def remember_env() -> None:
@@ -366,6 +375,5 @@ if __name__ == "__main__":  # python -m service.launcher [serve.yaml] [key=value
 
     _config = next((a for a in sys.argv[1:] if "=" not in a), None)
     _server = start(_config, [a for a in sys.argv[1:] if "=" in a])
-    print(READY_LINE + _server.url + (" (direct ingress: the Ingress replica serves this port)"
-                                      if _server.direct_ingress else " (through Ray's HTTP proxy)"), flush=True)
+    print(f"{READY_LINE}{_server.url} ({_server.route})", flush=True)
     serve_forever(_server.settings.stop_timeout_s)

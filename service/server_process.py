@@ -19,7 +19,7 @@ from typing import Iterable
 from training.artifact.errors import Unavailable
 
 from service.launcher import READY_LINE, build_config, user_env
-from service.security.tls import base_url
+from service.security.tls import local_url
 
 
 def spawn(overrides: Iterable[str], log_path: Path, config_path: str | Path | None = None,
@@ -42,7 +42,7 @@ def spawn(overrides: Iterable[str], log_path: Path, config_path: str | Path | No
     while True:
         text = Path(log_path).read_text(errors="replace")
         if READY_LINE in text:
-            return proc, base_url(settings)
+            return proc, local_url(settings)
         if proc.poll() is not None:
             raise Unavailable(f"server exited with code {proc.returncode}:\n{text[-3000:]}")
         if time.monotonic() > deadline:

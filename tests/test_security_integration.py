@@ -1,6 +1,7 @@
 """Security of the real Ray Serve app (one extra app for this area): two Ingress replicas behind
-HTTPS (self-signed cert generated here), per-key rate limits shared across the replicas through
-the Ray actor, the audit log (every request exactly once, no secret), and schemathesis fuzzing
+HTTPS through Ray's proxy (self-signed cert generated here; HTTPS on direct ingress, with one
+Ingress replica, is checked on tests/test_serve_lifecycle.py's server), per-key rate limits
+shared across the replicas through the Ray actor, the audit log (every request exactly once, no secret), and schemathesis fuzzing
 of the REST API (marker `schemathesis`: 0 server errors, responses match the schema, and the
 fuzzed model names never become metric labels), and junk traffic adding no series to /metrics."""
 
@@ -93,34 +94,6 @@ def junk(secure_app, tag: str, count: int) -> None:
         assert client.post("/v1/completions", json={"model": name, "prompt": "x", "max_tokens": 10 ** 6},
                            headers=bearer(key)).status_code == 400
         assert client.post("/v1/classify", json={"model": name, "input": "x"}, headers=bearer(key)).status_code == 404
-
-
-def test_https_on_direct_ingress(tiny_base_dir, service_artifacts, tmp_path):
-    """With one Ingress replica `tuneserve serve` lets that replica serve the public port itself
-    (direct ingress): TLS must hold there too, with the same cert settings. First in this module, before
-    `secure_app` starts: two Ray clusters at once would only slow each other's start."""
-    cert, key = self_signed_cert(tmp_path / "tls")
-    keys_file = tmp_path / "keys.json"
-    plain, record = create_key("infer", ["infer"], ["*"])
-    add_key(keys_file, record)
-    args = service_args(tiny_base_dir, service_artifacts, keys_file, port=free_port(), grpc_port=None,
-                        **{"security.tls_certfile": cert, "security.tls_keyfile": key})
-    overrides = [f"{k}={'null' if v is None else v}" for k, v in args.items()]
-    proc, url = spawn(overrides, tmp_path / "server.log", env={"RAY_TMPDIR": "/tmp/ts-ray-sec"})
-    try:
-        assert url.startswith("https://")
-        deadline = time.monotonic() + 20  # the launcher prints its mode right after /ready answers
-        while "serving at" not in (tmp_path / "server.log").read_text() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert "(direct ingress" in (tmp_path / "server.log").read_text()
-        with httpx.Client(base_url=url, verify=str(cert), timeout=60) as client:
-            reply = client.post("/v1/completions", headers=bearer(plain), json={"model": "a1", "prompt": "Hi",
-                                                                                 "max_tokens": 2})
-            assert reply.status_code == 200, reply.text
-        with pytest.raises(httpx.HTTPError):
-            httpx.get(url.replace("https://", "http://") + "/health", timeout=5)
-    finally:
-        terminate(proc)
 
 
 def test_https_only(secure_app):

@@ -20,7 +20,7 @@ from service.security.audit import AuditLog
 from service.security.detect import ActivityTracker, injection_markers
 from service.security.limits import check_adapter_name, check_json_depth, confined_path, json_depth
 from service.security.ratelimit import Buckets, LocalBuckets
-from service.security.tls import grpc_server_credentials, self_signed_cert, tls_http_options, tls_paths
+from service.security.tls import base_url, grpc_server_credentials, local_url, self_signed_cert, tls_http_options, tls_paths
 from training.artifact.errors import ConfigError, InvalidRequest, PermissionDenied, RateLimited, Unauthenticated
 
 
@@ -178,6 +178,21 @@ def test_self_signed_cert_serves_tls_and_builds_grpc_credentials(tmp_path):
         return reply
 
     assert run(handshake()) == b"ping\n"
+
+
+def test_a_wildcard_bind_is_reached_through_loopback(tmp_path):
+    """The launcher's readiness probe and `spawn` connect to local_url: https://0.0.0.0:... is where a
+    server listens, not a name its certificate holds (tests/test_serve_lifecycle.py serves TLS on 0.0.0.0)."""
+    from service.settings import load_settings
+
+    cert, key = self_signed_cert(tmp_path)
+    tls = {"security": {"tls_certfile": str(cert), "tls_keyfile": str(key)}}
+    expected = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "10.1.2.3": "10.1.2.3", "fe80::1": "[fe80::1]",
+                "api.example.com": "api.example.com"}
+    for host, reached in expected.items():
+        assert local_url(load_settings({"host": host, "port": 8443, **tls})) == f"https://{reached}:8443"
+    plain = load_settings({"host": "0.0.0.0", "port": 8000})
+    assert local_url(plain) == "http://127.0.0.1:8000" and base_url(plain) == "http://0.0.0.0:8000"
 
 
 # ---- the guard --------------------------------------------------------------------------

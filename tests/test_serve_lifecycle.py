@@ -2,8 +2,9 @@
 
 - A port in use (HTTP, or gRPC whose SO_REUSEPORT would silently share it) fails at once,
   before Ray starts: "port N is in use", a free port to pass, exit code 2, never "serving at".
-- The real server (tiny base, Engine limited to 1 running + 1 queued call): concurrent requests
-  beyond that get HTTP 503 / gRPC RESOURCE_EXHAUSTED; a second start on its port fails at once;
+- The real server (tiny base, Engine limited to 1 running + 1 queued call, TLS from a self-signed
+  cert): direct ingress serves HTTPS only, on the same cert settings as Ray's proxy; concurrent
+  requests beyond that get HTTP 503 / gRPC RESOURCE_EXHAUSTED; a second start on its port fails at once;
   a SIGKILLed Ingress process (direct ingress: its own HTTP server holds the public port, and the
   gRPC server runs beside it) is replaced on the same ports within RECOVERY_S (issue 17, R2), while
   clients held connections to it; one SIGTERM then stops it within its stop_timeout_s plus a
@@ -34,6 +35,7 @@ from train_support import is_loopback, without_ray_setup
 
 from service.launcher import default_config_path
 from service.ports import INSTANCE_ENV, INSTANCE_HEADER, bindable
+from service.security.tls import self_signed_cert
 from tests.service_fixtures import free_port  # noqa: F401
 
 STOP_TIMEOUT_S = 20
@@ -88,10 +90,11 @@ def server(tiny_base_dir, serve_keys, tmp_path_factory):  # noqa: F811 - the fix
             deployment.update(max_ongoing_requests=1, max_queued_requests=1)
     config_path = work / "serve.yaml"
     config_path.write_text(yaml.safe_dump(config))
+    cert, key = self_signed_cert(work / "tls")
     port, grpc_port = free_port(), free_port()
     args = [str(config_path), "host=0.0.0.0", f"base_model={tiny_base_dir}", f"keys_file={serve_keys[0]}", "artifacts_dir=null",
             "api_keys_env=null", "cache.enabled=false", f"port={port}", f"grpc_port={grpc_port}",
-            f"stop_timeout_s={STOP_TIMEOUT_S}"]
+            f"stop_timeout_s={STOP_TIMEOUT_S}", f"security.tls_certfile={cert}", f"security.tls_keyfile={key}"]
     log = work / "serve.log"
     proc = _serve(args, log)
     deadline = time.monotonic() + 300
@@ -100,27 +103,28 @@ def server(tiny_base_dir, serve_keys, tmp_path_factory):  # noqa: F811 - the fix
             os.killpg(proc.pid, signal.SIGKILL)
             pytest.fail(f"server did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.5)
-    url = f"http://127.0.0.1:{port}"
-    instance = httpx.get(f"{url}/ready", timeout=10).headers[INSTANCE_HEADER]
+    url = f"https://127.0.0.1:{port}"
+    instance = httpx.get(f"{url}/ready", timeout=10, verify=str(cert)).headers[INSTANCE_HEADER]
     yield {"proc": proc, "url": url, "port": port, "grpc_port": grpc_port, "args": args, "log": log,
-           "instance": instance, "keys": serve_keys[1], "work": work}
+           "instance": instance, "keys": serve_keys[1], "work": work, "verify": str(cert),
+           "grpc_tls": grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())}
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
 
-def _http_completion(url: str, key: str, i: int) -> tuple[int, float, str]:
+def _http_completion(url: str, verify: str, key: str, i: int) -> tuple[int, float, str]:
     started = time.monotonic()
-    reply = httpx.post(f"{url}/v1/completions", headers={"Authorization": f"Bearer {key}"}, timeout=120,
+    reply = httpx.post(f"{url}/v1/completions", headers={"Authorization": f"Bearer {key}"}, timeout=120, verify=verify,
                        json={"model": "base", "prompt": f"request {i}:", "max_tokens": 48, "temperature": 0})
     return reply.status_code, time.monotonic() - started, reply.text
 
 
-def _grpc_generate(target: str, key: str, i: int) -> tuple[grpc.StatusCode, float]:
+def _grpc_generate(target: str, tls: grpc.ChannelCredentials, key: str, i: int) -> tuple[grpc.StatusCode, float]:
     from service.grpc.gen.tuneserve.v1 import inference_pb2, inference_pb2_grpc
 
     started = time.monotonic()
-    with grpc.insecure_channel(target) as channel:
+    with grpc.secure_channel(target, tls) as channel:
         try:
             inference_pb2_grpc.InferenceStub(channel).Generate(
                 inference_pb2.GenerateRequest(model="base", prompt=f"rpc {i}:", max_tokens=48, temperature=0),
@@ -133,11 +137,29 @@ def _grpc_generate(target: str, key: str, i: int) -> tuple[grpc.StatusCode, floa
 
 @pytest.mark.integration
 @pytest.mark.ray
+def test_direct_ingress_serves_https_only(server):
+    """With one Ingress replica `tuneserve serve` lets that replica serve the public port itself
+    (direct ingress): TLS holds there too, with the same cert settings as Ray's proxy."""
+    assert "direct ingress: the Ingress replica serves this port" in server["log"].read_text()
+    reply = httpx.post(f"{server['url']}/v1/completions", verify=server["verify"], timeout=60,
+                       headers={"Authorization": f"Bearer {server['keys']['infer']}"},
+                       json={"model": "base", "prompt": "Hi", "max_tokens": 2})
+    assert reply.status_code == 200, reply.text
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(server["url"].replace("https://", "http://") + "/health", timeout=5)
+    with pytest.raises(httpx.HTTPError):  # the self-signed cert is not trusted by default
+        httpx.get(server["url"] + "/health", timeout=5)
+    assert _grpc_serving(f"127.0.0.1:{server['grpc_port']}", server["grpc_tls"])
+    assert not _grpc_serving(f"127.0.0.1:{server['grpc_port']}", None), "plaintext gRPC must not be answered"
+
+
+@pytest.mark.integration
+@pytest.mark.ray
 def test_overload_is_refused_quickly_over_http_and_grpc(server):
     key, target = server["keys"]["infer"], f"127.0.0.1:{server['grpc_port']}"
     with ThreadPoolExecutor(12) as pool:
-        http = [pool.submit(_http_completion, server["url"], key, i) for i in range(8)]
-        rpcs = [pool.submit(_grpc_generate, target, key, i) for i in range(4)]
+        http = [pool.submit(_http_completion, server["url"], server["verify"], key, i) for i in range(8)]
+        rpcs = [pool.submit(_grpc_generate, target, server["grpc_tls"], key, i) for i in range(4)]
         http, rpcs = [f.result() for f in http], [f.result() for f in rpcs]
     served = [h for h in http if h[0] == 200] + [r for r in rpcs if r[0] == grpc.StatusCode.OK]
     refused_http = [h for h in http if h[0] == 503]
@@ -155,7 +177,8 @@ def test_a_second_start_on_its_ports_fails_at_once(server):
     _refused_at_once(server["args"], server["work"] / "second.log", server["port"])
     grpc_only = [a for a in server["args"] if not a.startswith("port=")] + [f"port={free_port()}"]
     _refused_at_once(grpc_only, server["work"] / "third.log", server["grpc_port"])
-    assert httpx.get(f"{server['url']}/ready", timeout=10).headers[INSTANCE_HEADER] == server["instance"]
+    assert httpx.get(f"{server['url']}/ready", timeout=10, verify=server["verify"]).headers[INSTANCE_HEADER] \
+        == server["instance"]
 
 
 def _processes_of(instance: str) -> list[psutil.Process]:
@@ -193,7 +216,8 @@ def test_nothing_beyond_loopback_answers_without_a_key_or_token(server):
         if port in (server["port"], server["grpc_port"]):
             continue
         if name == "ray::ProxyActor":
-            assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).status_code == 401, port
+            assert httpx.get(f"https://127.0.0.1:{port}/v1/models", timeout=10, verify=server["verify"]).status_code \
+                == 401, port
             continue
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             with pytest.raises(grpc.RpcError) as refused:
@@ -201,19 +225,19 @@ def test_nothing_beyond_loopback_answers_without_a_key_or_token(server):
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, (port, name, refused.value)
 
 
-def _completion_ok(url: str, key: str) -> bool:
+def _completion_ok(url: str, verify: str, key: str) -> bool:
     try:
-        reply = httpx.post(f"{url}/v1/completions", headers={"Authorization": f"Bearer {key}"}, timeout=10,
+        reply = httpx.post(f"{url}/v1/completions", headers={"Authorization": f"Bearer {key}"}, timeout=10, verify=verify,
                            json={"model": "base", "prompt": "after the kill", "max_tokens": 1})
     except httpx.HTTPError:
         return False
     return reply.status_code == 200
 
 
-def _grpc_serving(target: str) -> bool:
+def _grpc_serving(target: str, tls: grpc.ChannelCredentials | None) -> bool:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(target) as channel:
+    with (grpc.secure_channel(target, tls) if tls else grpc.insecure_channel(target)) as channel:
         try:
             answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
         except grpc.RpcError:
@@ -234,23 +258,24 @@ def test_a_sigkilled_ingress_process_comes_back_on_the_same_ports(server):
     from benchmarks.load_faults import wait_for  # (the R2 benchmark's own wait: seconds until, or None)
 
     url, key, target = server["url"], server["keys"]["infer"], f"127.0.0.1:{server['grpc_port']}"
-    assert _completion_ok(url, key) and _grpc_serving(target)
+    verify, tls = server["verify"], server["grpc_tls"]
+    assert _completion_ok(url, verify, key) and _grpc_serving(target, tls)
     [victim] = _ingress_pids(server["instance"])
     listening = {c.laddr.port for c in psutil.Process(victim).net_connections("tcp") if c.status == psutil.CONN_LISTEN}
     assert {server["port"], server["grpc_port"]} <= listening, "direct ingress: the replica itself holds both ports"
     # clients holding keep-alive connections, as under load: the kernel closes their server ends when
     # the process dies, and those sockets (TIME_WAIT) hold the port for a minute
-    held = [httpx.Client(base_url=url, timeout=10) for _ in range(4)]
+    held = [httpx.Client(base_url=url, timeout=10, verify=verify) for _ in range(4)]
     assert all(client.get("/ready").status_code == 200 for client in held)
     os.kill(victim, signal.SIGKILL)
     killed = time.monotonic()
     time.sleep(0.5)
     for client in held:
         client.close()
-    assert wait_for(lambda: not _completion_ok(url, key), 10) is not None, "the kill did not land"
-    http_back = wait_for(lambda: _completion_ok(url, key), RECOVERY_S + 60)
+    assert wait_for(lambda: not _completion_ok(url, verify, key), 10) is not None, "the kill did not land"
+    http_back = wait_for(lambda: _completion_ok(url, verify, key), RECOVERY_S + 60)
     http_s = None if http_back is None else time.monotonic() - killed
-    grpc_back = wait_for(lambda: _grpc_serving(target), RECOVERY_S + 60)
+    grpc_back = wait_for(lambda: _grpc_serving(target, tls), RECOVERY_S + 60)
     grpc_s = None if grpc_back is None else time.monotonic() - killed
     assert http_s is not None and http_s <= RECOVERY_S, f"HTTP on port {server['port']} back after {http_s} s"
     assert grpc_s is not None and grpc_s <= RECOVERY_S, f"gRPC on port {server['grpc_port']} back after {grpc_s} s"

@@ -4,6 +4,7 @@ self-signed certificate generator for tests and local development.
     cert, key = self_signed_cert(Path("tls"), hostnames=["localhost", "127.0.0.1"])
     http_options.update(tls_http_options(settings.security))   # ssl_certfile / ssl_keyfile for Ray's proxy
     creds = grpc_server_credentials(settings.security)          # None when TLS is off
+    local_url(settings)   # https://127.0.0.1:8000 for host=0.0.0.0: where a client on this machine connects
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import ipaddress
 from pathlib import Path
 
 from training.artifact.errors import ConfigError
+
+WILDCARD_TO_LOOPBACK = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
 
 
 def tls_paths(security) -> tuple[Path, Path] | None:
@@ -35,15 +38,18 @@ def tls_http_options(security) -> dict[str, str]:
 
 
 def base_url(settings) -> str:
-    """The app's URL: https when TLS is configured."""
+    """The app's URL as configured: https when TLS is configured."""
     scheme = "https" if tls_paths(settings.security) else "http"
     return f"{scheme}://{settings.host}:{settings.port}"
 
 
-def ready_verify(settings) -> str | bool:
-    """What a local readiness probe verifies the server certificate against (its own cert file)."""
-    paths = tls_paths(settings.security)
-    return str(paths[0]) if paths else True
+def local_url(settings) -> str:
+    """`base_url` as a client on this machine reaches it: a wildcard bind (0.0.0.0, ::) through loopback."""
+    host = WILDCARD_TO_LOOPBACK.get(settings.host, settings.host)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    scheme = "https" if tls_paths(settings.security) else "http"
+    return f"{scheme}://{host}:{settings.port}"
 
 
 def grpc_server_credentials(security):

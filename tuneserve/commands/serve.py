@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         with console.status("starting Ray Serve and loading models…"):
             server = launcher.start(config, overrides)
         console.print(f"[bold green]serving[/] at {server.url}  (OpenAI base_url: {server.url}/v1)")
-        console.print(f"keys file: {keys_path}")
+        console.print(f"{server.route}; keys file: {keys_path}")
         if plain:
             console.print(f"new admin API key (shown once): [bold]{plain}[/]")
         console.print(f"try: curl -H 'Authorization: Bearer <key>' {server.url}/v1/models   — Ctrl-C stops")
