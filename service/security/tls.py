@@ -39,17 +39,17 @@ def tls_http_options(security) -> dict[str, str]:
 
 def base_url(settings) -> str:
     """The app's URL as configured: https when TLS is configured."""
-    scheme = "https" if tls_paths(settings.security) else "http"
-    return f"{scheme}://{settings.host}:{settings.port}"
+    return _url(settings, settings.host)
 
 
 def local_url(settings) -> str:
     """`base_url` as a client on this machine reaches it: a wildcard bind (0.0.0.0, ::) through loopback."""
     host = WILDCARD_TO_LOOPBACK.get(settings.host, settings.host)
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    scheme = "https" if tls_paths(settings.security) else "http"
-    return f"{scheme}://{host}:{settings.port}"
+    return _url(settings, f"[{host}]" if ":" in host and not host.startswith("[") else host)
+
+
+def _url(settings, host: str) -> str:
+    return f"{'https' if tls_paths(settings.security) else 'http'}://{host}:{settings.port}"
 
 
 def grpc_server_credentials(security):
