@@ -3,7 +3,7 @@
     port = free_port()                         # free, and never handed out before (here or by another tuneserve process)
     ensure_free("127.0.0.1", 8000)             # Unavailable("port 8000 is in use ...") when something listens there
     instance = new_instance()                  # before Ray starts: replicas inherit INSTANCE_ENV ...
-    wait_owned(url, instance, verify, 60)      # ... and the Ingress echoes it in INSTANCE_HEADER of /ready
+    wait_owned(local_url(settings), instance)  # ... and the Ingress echoes it in INSTANCE_HEADER of /ready
 
 Why free_port() does not bind port 0 and return what it got: the kernel hands out port-0 binds and
 outgoing connections from its ephemeral range (32768-60999 on Linux), where Ray's own processes

@@ -1,9 +1,10 @@
 """Security of the real Ray Serve app (one extra app for this area): two Ingress replicas behind
 HTTPS through Ray's proxy (self-signed cert generated here; HTTPS on direct ingress, with one
 Ingress replica, is checked on tests/test_serve_lifecycle.py's server), per-key rate limits
-shared across the replicas through the Ray actor, the audit log (every request exactly once, no secret), and schemathesis fuzzing
-of the REST API (marker `schemathesis`: 0 server errors, responses match the schema, and the
-fuzzed model names never become metric labels), and junk traffic adding no series to /metrics."""
+shared across the replicas through the Ray actor, the audit log (every request exactly once, no
+secret), and schemathesis fuzzing of the REST API (marker `schemathesis`: 0 server errors,
+responses match the schema, and the fuzzed model names never become metric labels), and junk
+traffic adding no series to /metrics."""
 
 from __future__ import annotations
 
