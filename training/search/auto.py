@@ -25,8 +25,8 @@ the average trails the run by more than one standard error on validation. Measur
 `benchmarks/recipes.py` (benchmarks/results/recipes.md), 15 minutes at 1 thread: no search trial led the
 recipe's by a standard error on banking77, emotion or SQuAD topics (3, 3 and 18 trials), and the soup of
 the recipe's run and three continuations was written on all three: +0.65, +0.30 and 0.00 points of test
-accuracy over the default at seed 0, +0.88, +0.40 and +0.47 at seed 1 (Q7 = +0.45 over both, goal +0.5;
-the SQuAD-topics runs were redone after the shipped recipe went to refit: false).
+accuracy over the default at seed 0, +0.88, +0.40 and +0.47 at seed 1, +0.45, +0.85 and -0.16 at seed 2 (a
+slowed host: banking77's recipe trial took 734 s, leaving one member); Q7 = +0.43 over the three seeds, goal +0.5.
 
     report = auto_train(load_config(TrainConfig, "training/configs/classify-minilm.yaml"), budget=900)
 """
