@@ -21,6 +21,7 @@ rank-0 worker can write and the user can read (shared storage on a multi-node cl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import threading
@@ -226,13 +227,16 @@ def _ray_checkpoints(collective: Any, keep: int) -> Callable[[int, Any, Any, dic
     return save
 
 
-def _restored(collective: Any, into: Path) -> Path | None:
-    """The latest Ray Train checkpoint of this run, copied to `into`, as this rank's step dir."""
+def _restored(collective: Any, stack: contextlib.ExitStack) -> Path | None:
+    """The latest Ray Train checkpoint of this run (a restarted worker group's), copied to a temp dir that lives as
+    long as `stack`, as this rank's step dir; None on a first start, which makes no temp dir (a SIGKILLed worker
+    cannot remove its own)."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
+    into = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tuneserve-restore-")))
     checkpoint.to_directory(str(into))
     return latest_checkpoint(into / f"rank-{collective.rank}" if collective.sharded else into)
 
@@ -278,9 +282,9 @@ def worker_main(config: dict[str, Any]) -> None:
         channel.put.remote({"kind": "begin", "total": loop.total_steps, "world": collective.world})
     on_record = (lambda record: channel.put.remote({"kind": "record", "record": record})) if main else None
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="tuneserve-restore-") as tmp:
+    with contextlib.ExitStack() as stack:
         try:
-            result = loop.run(resume_from=_restored(collective, Path(tmp)), on_record=on_record,
+            result = loop.run(resume_from=_restored(collective, stack), on_record=on_record,
                               on_eval=_on_eval(channel, collective) if config["verdicts"] else None)
         except Stopped:
             return
