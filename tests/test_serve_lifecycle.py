@@ -113,10 +113,11 @@ def server(tiny_base_dir, serve_keys, tmp_path_factory):  # noqa: F811 - the fix
         proc.wait()
 
 
-def _http_completion(url: str, verify: str, key: str, i: int) -> tuple[int, float, str]:
+def _http_completion(url: str, verify: str, key: str, prompt: str, max_tokens: int = 48,
+                     timeout: float = 120) -> tuple[int, float, str]:
     started = time.monotonic()
-    reply = httpx.post(f"{url}/v1/completions", headers={"Authorization": f"Bearer {key}"}, timeout=120, verify=verify,
-                       json={"model": "base", "prompt": f"request {i}:", "max_tokens": 48, "temperature": 0})
+    reply = httpx.post(f"{url}/v1/completions", headers={"Authorization": f"Bearer {key}"}, timeout=timeout,
+                       verify=verify, json={"model": "base", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0})
     return reply.status_code, time.monotonic() - started, reply.text
 
 
@@ -158,7 +159,7 @@ def test_direct_ingress_serves_https_only(server):
 def test_overload_is_refused_quickly_over_http_and_grpc(server):
     key, target = server["keys"]["infer"], f"127.0.0.1:{server['grpc_port']}"
     with ThreadPoolExecutor(12) as pool:
-        http = [pool.submit(_http_completion, server["url"], server["verify"], key, i) for i in range(8)]
+        http = [pool.submit(_http_completion, server["url"], server["verify"], key, f"request {i}:") for i in range(8)]
         rpcs = [pool.submit(_grpc_generate, target, server["grpc_tls"], key, i) for i in range(4)]
         http, rpcs = [f.result() for f in http], [f.result() for f in rpcs]
     served = [h for h in http if h[0] == 200] + [r for r in rpcs if r[0] == grpc.StatusCode.OK]
@@ -227,11 +228,9 @@ def test_nothing_beyond_loopback_answers_without_a_key_or_token(server):
 
 def _completion_ok(url: str, verify: str, key: str) -> bool:
     try:
-        reply = httpx.post(f"{url}/v1/completions", headers={"Authorization": f"Bearer {key}"}, timeout=10, verify=verify,
-                           json={"model": "base", "prompt": "after the kill", "max_tokens": 1})
+        return _http_completion(url, verify, key, "after the kill", max_tokens=1, timeout=10)[0] == 200
     except httpx.HTTPError:
         return False
-    return reply.status_code == 200
 
 
 def _grpc_serving(target: str, tls: grpc.ChannelCredentials | None) -> bool:
