@@ -8,12 +8,14 @@ weights stay in its basin, so their mean is a flat-region point of it (the idea 
 averaging and of "model soups", Wortsman et al. 2022). Measured on MiniLM with 3 members (test accuracy, run
 alone -> soup): banking77 0.8614 -> 0.8649, emotion 0.8910 -> 0.8955. Members beyond three add little (seed 2,
 the run then 1, 2, 3, 4, 5 members: banking77 0.8510, 0.8555, 0.8584, 0.8614, 0.8627, 0.8594; emotion to 4:
-0.8885, 0.8970, 0.8975, 0.8975, 0.8995), so auto mode's soup is the run and three members. Independent runs of
-the same settings (same initialisation, other batch orders, full schedule each) do not average: banking77
-0.861 and 0.855 alone, 0.814 averaged. Without a refit the soup is written unless it trails the run on the
-validation split by more than one binomial standard error (the same noise bar as `choose_trial`: on 300 rows a
-1-point difference is noise; banking77's independent-run soup, 0.753 against 0.820, is caught); a refit's soup
-(members trained on train + validation) has no validation left and is written.
+0.8885, 0.8970, 0.8975, 0.8975, 0.8995), so auto mode's soup is the run and three members. Members at a third
+of the learning rate instead of a tenth (same seed 2 runs, three members): banking77 0.8643, emotion 0.8980
+(+0.29 and +0.05 points: within noise on one seed, not adopted). Independent runs of the same settings (same
+initialisation, other batch orders, full schedule each) do not average: banking77 0.861 and 0.855 alone, 0.814
+averaged. Without a refit the soup is written unless it trails the run on the validation split by more than
+one binomial standard error (the same noise bar as `choose_trial`: on 300 rows a 1-point difference is noise;
+banking77's independent-run soup, 0.753 against 0.820, is caught); a refit's soup (members trained on train +
+validation) has no validation left and is written.
 
     runs = soup_plan(4, left_seconds, seconds_per_member)   # members the budget allows
     result = cook_soup(settings, written_dir, runs, folder, deadline, seconds_per_member, lambda acc: 0.02)
