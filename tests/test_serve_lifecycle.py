@@ -142,10 +142,9 @@ def test_direct_ingress_serves_https_only(server):
     """With one Ingress replica `tuneserve serve` lets that replica serve the public port itself
     (direct ingress): TLS holds there too, with the same cert settings as Ray's proxy."""
     assert "direct ingress: the Ingress replica serves this port" in server["log"].read_text()
-    reply = httpx.post(f"{server['url']}/v1/completions", verify=server["verify"], timeout=60,
-                       headers={"Authorization": f"Bearer {server['keys']['infer']}"},
-                       json={"model": "base", "prompt": "Hi", "max_tokens": 2})
-    assert reply.status_code == 200, reply.text
+    status, _, text = _http_completion(server["url"], server["verify"], server["keys"]["infer"], "Hi", max_tokens=2,
+                                       timeout=60)
+    assert status == 200, text
     with pytest.raises(httpx.HTTPError):
         httpx.get(server["url"].replace("https://", "http://") + "/health", timeout=5)
     with pytest.raises(httpx.HTTPError):  # the self-signed cert is not trusted by default
