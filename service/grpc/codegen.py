@@ -5,7 +5,8 @@
 
 Runs grpcio-tools' bundled protoc (messages, `.pyi` type stubs and gRPC service stubs),
 then rewrites the generated `from tuneserve.v1 import ...` lines so the package imports as
-`service.grpc.gen.tuneserve.v1`. The output is deterministic: `tests/test_grpc_codegen.py`
+`service.grpc.gen.tuneserve.v1`. The output is deterministic for one grpcio-tools version (it
+writes that version into the stubs, so pyproject's dev extra pins it exactly): `tests/test_grpc_codegen.py`
 regenerates into a temporary directory and requires byte-identical files.
 """
 
