@@ -9,7 +9,9 @@ import subprocess
 import time
 
 import pytest
-from train_support import cli_command, instruction_rows, train_args, write_jsonl
+from train_support import cli_command, instruction_rows, make_config, train_args, write_jsonl
+
+from training.train.run import train
 
 pytestmark = pytest.mark.integration
 STEPS = 12
@@ -33,9 +35,8 @@ def _metrics(out):
 
 def test_killed_run_resumes_to_the_same_result(tiny_base_dir, tmp_path):
     data = write_jsonl(tmp_path / "rows.jsonl", instruction_rows(48))
-    straight = tmp_path / "straight"
-    subprocess.run(cli_command(*_args(tiny_base_dir, data, straight)), check=True, env=_env(), timeout=300,
-                   capture_output=True)
+    straight = tmp_path / "straight"  # in this process: only the killed run needs one of its own
+    train(make_config(*_args(tiny_base_dir, data, straight)[1:]))
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(cli_command(*_args(tiny_base_dir, data, killed)), env=_env(0.4),
@@ -58,10 +59,7 @@ def test_killed_run_resumes_to_the_same_result(tiny_base_dir, tmp_path):
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tiny_base_dir, tmp_path):
-    from train_support import make_config
-
     from training.artifact.errors import TrainingError
-    from training.train.run import train
 
     data = write_jsonl(tmp_path / "rows.jsonl", instruction_rows(8))
     with pytest.raises(TrainingError, match="no checkpoint"):
