@@ -133,7 +133,7 @@ def prepare_banking77(src: Path, dest: Path, per_class: int, test_rows: int, see
 @pytest.mark.integration
 def test_banking77_minilm_adapter_full_report(shared_data, tmp_path):
     data = prepare_banking77(shared_data / "banking77", tmp_path / "banking77", per_class=8, test_rows=200)
-    adapter = train_adapter("all-minilm-l6-v2", data, tmp_path / "b77", "task=classification", "max_steps=40",
+    adapter = train_adapter("all-minilm-l6-v2", data, tmp_path / "b77", "task=classification", "max_steps=20",
                             "batch_size=16", "optim.lr=5e-3", "lora.r=8", "data.max_length=32")
     cfg = EvalConfig(model=str(adapter), data=str(data), batch_size=32, tracking=tracking(tmp_path))
     result, out = evaluate(cfg, progress=False)
@@ -149,7 +149,7 @@ def test_banking77_minilm_adapter_full_report(shared_data, tmp_path):
         assert (out / name).stat().st_size > 0, name
     assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| card_arrival |" in (out / "eval_report.md").read_text()
-    print(f"\nbanking77 MiniLM LoRA (40 steps, 8/class): {json.dumps({k: round(v, 4) for k, v in metrics.items()})}")
+    print(f"\nbanking77 MiniLM LoRA (20 steps, 8/class): {json.dumps({k: round(v, 4) for k, v in metrics.items()})}")
 
 
 
