@@ -1,4 +1,5 @@
-"""benchmarks/recipes.py's goal rows (issue 23) from planted per-dataset results: Q6, Q7 and the per-seed Q6 rows."""
+"""benchmarks/recipes_report.py's goal rows (issue 23) from planted per-dataset results: Q6, Q7 and the per-seed Q6
+rows; benchmarks/recipes.py's merge of a rerun into the earlier results."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import importlib
 import os
 
 
-def _recipes():
+def _recipes(module: str = "recipes_report"):
     before = dict(os.environ)
     try:
-        return importlib.import_module("benchmarks.recipes")
+        return importlib.import_module(f"benchmarks.{module}")
     finally:  # the benchmark sets HF/Ray defaults for its own runs; none leaks into other tests
         os.environ.clear()
         os.environ.update(before)
@@ -72,7 +73,7 @@ def test_arms_scored_before_the_padding_fix_pair_only_with_each_other():
 
 
 def test_a_rerun_keeps_earlier_arms_seeds_and_the_stale_seeds():
-    recipes = _recipes()
+    recipes = _recipes("recipes")
     sizes = {"train_rows": 10, "test_rows": 5, "budget_seconds": 60.0}
     before = {**_part("e", 0.9, 0.92), **sizes, "command": "python benchmarks/recipes.py --arms plain",
               "notes": "n", "seeds": {"plain": {"1": 0.9}}, "seeds_left_padded": {"refit": {"1": 0.8}}}
@@ -88,7 +89,7 @@ def test_a_rerun_keeps_earlier_arms_seeds_and_the_stale_seeds():
 def test_a_rerun_with_other_settings_or_scoring_retires_the_arms_seeds():
     """Seeds pair with the arm's seed-0 run: when the rerun ran other settings (the shipped config changed) or the
     earlier run was scored the old way, the earlier seeds move aside instead of pairing with the new run."""
-    recipes = _recipes()
+    recipes = _recipes("recipes")
     same = {"accuracy": 0.9, "scoring": recipes.SCORING, "settings": {"epochs": 4, "refit": False}}
     part = {"arms": {"default": {**same, "settings": {"epochs": 4, "refit": True}}, "fixed": dict(same),
                      "refit": {"accuracy": 0.8}},
