@@ -184,3 +184,23 @@ def test_the_writer_refuses_symbolic_links(tmp_path):
         with ArtifactWriter(tmp_path / "a", FIELDS) as writer:
             (writer.path / "adapter_config.json").symlink_to(tmp_path / "real.json")
     assert not (tmp_path / "a").exists()
+
+
+def test_wrapping_a_model_with_peft_raises_no_deprecation_warning_of_peft(tiny_base_dir):
+    """peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` on every wrap; train and serve wrap
+    through `peft_model`, which hides that one FutureWarning (a user can do nothing about it) and no other."""
+    import warnings
+
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+
+    from training.artifact.loading import peft_model
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_base_dir)),
+                           LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"]))
+        warnings.warn("a FutureWarning of our own", FutureWarning)
+    assert model.peft_config["default"].r == 2
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
+    assert [w for w in caught if "of our own" in str(w.message)]

@@ -138,6 +138,18 @@ def read_adapter(artifact: Artifact) -> tuple[Any, dict]:
     return config, safetensors.torch.load_file(str(artifact.file(ADAPTER_WEIGHTS)))
 
 
+def peft_model(model, config, **kwargs):
+    """`peft.get_peft_model`, without the FutureWarning peft 0.21 raises on transformers 5 by reading the deprecated
+    `model.is_gradient_checkpointing` on every wrap: peft's call, nothing a user of train or serve can act on. The
+    filter matches that one message and is installed once (filterwarnings replaces an identical filter)."""
+    import warnings
+
+    from peft import get_peft_model
+
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    return get_peft_model(model, config, **kwargs)
+
+
 def attach_adapter(model, artifact: Artifact, adapter_name: str, encoder_only: bool = False,
                    saved: tuple[Any, dict] | None = None):
     """Attach a verified adapter artifact to `model` (a transformers model or a PeftModel) under `adapter_name`.
@@ -147,7 +159,7 @@ def attach_adapter(model, artifact: Artifact, adapter_name: str, encoder_only: b
 
     Returns the PeftModel. On failure the model keeps its previous adapters.
     """
-    from peft import PeftModel, get_peft_model, set_peft_model_state_dict
+    from peft import PeftModel, set_peft_model_state_dict
 
     config, state = saved or read_adapter(artifact)
     if encoder_only:
@@ -156,7 +168,7 @@ def attach_adapter(model, artifact: Artifact, adapter_name: str, encoder_only: b
         config, state = encoder_part(config, state, model)
     created = not isinstance(model, PeftModel)
     if created:
-        model = get_peft_model(model, config, adapter_name=adapter_name)
+        model = peft_model(model, config, adapter_name=adapter_name)
     else:
         if adapter_name in model.peft_config:
             raise ArtifactInvalid(f"adapter name {adapter_name!r} is already attached", "unload it first")

@@ -58,7 +58,9 @@ class Method:
             for param in model.parameters():
                 param.requires_grad_(True)
             return model
-        from peft import get_peft_model, prepare_model_for_kbit_training
+        from peft import prepare_model_for_kbit_training
+
+        from training.artifact.loading import peft_model
 
         if self.targets_linear:
             check_targets(model, cfg.lora.target_modules)
@@ -67,7 +69,7 @@ class Method:
             check_targets(model, cfg.ia3.feedforward_modules)
         if self.quantized_base:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        model = get_peft_model(model, self.build(cfg, model))
+        model = peft_model(model, self.build(cfg, model))
         if "lora" in self.options:
             if cfg.lora.init in MUTATING_INITS:
                 remember_initial_adapter(model)
