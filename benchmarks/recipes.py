@@ -104,7 +104,7 @@ DATASETS = {
 }
 
 
-def _cap(rows: list[dict], limit: int | None, seed: int) -> list[dict]:
+def cap_rows(rows: list[dict], limit: int | None, seed: int) -> list[dict]:
     if not limit or limit >= len(rows):
         return rows
     return random.Random(seed).sample(rows, limit)
@@ -218,7 +218,7 @@ def run_dataset(args: argparse.Namespace) -> dict:
 
     budget = parse_budget(args.budget)
     train_all, test_all = DATASETS[args.dataset]()
-    train_rows, test_rows = _cap(train_all, args.train_rows, 0), _cap(test_all, args.test_rows, 1)
+    train_rows, test_rows = cap_rows(train_all, args.train_rows, 0), cap_rows(test_all, args.test_rows, 1)
     work = Path(tempfile.mkdtemp(prefix=f"recipes-{args.dataset}-"))
     data = work / "data"
     write_split(data, "train", train_rows)

@@ -100,3 +100,14 @@ def test_a_rerun_with_other_settings_or_scoring_retires_the_arms_seeds():
     assert part["seeds_superseded"] == {"default": {"seeds": {"1": 0.95}, "settings": {"epochs": 4, "refit": True}}}
     assert part["seeds_left_padded"] == {"refit": {"1": 0.7}}
     assert part["arms"]["default"] == same
+
+
+def test_soup_probe_pairs_factors_on_the_same_run_at_the_members_both_reached():
+    probe = _recipes("soup_probe")
+    parts = [{"dataset": "b", "run": 0.80, "soups": {"0.1": [0.81, 0.82, 0.83, 0.84], "0.3": [0.80, 0.85]}},
+             {"dataset": "b", "run": 0.70, "soups": {"0.1": [0.70, 0.71, 0.72], "0.3": [0.71, 0.70, 0.73]}},
+             {"dataset": "e", "run": 0.90, "soups": {"0.1": [0.91]}}]  # one factor only: no pair
+    assert probe.paired_gaps(parts, "0.3", "0.1") == {"b": [3.0, 1.0]}  # k=2 on the first run, k=3 on the second
+    assert probe.soup_gains(parts, "0.1", 3) == {"b": [3.0, 2.0]}  # a run short of 3 members is left out
+    row = probe._row("x", "m", probe.soup_gains(parts, "0.1", 1), "g")
+    assert row["value"] == {"b": 0.5, "e": 1.0} and row["panel_mean"] == 0.75

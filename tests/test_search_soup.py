@@ -42,6 +42,8 @@ def test_a_member_continues_the_run_for_one_epoch_at_a_tenth_of_its_rate(tmp_pat
     assert member.init_adapter == str(tmp_path / "run") and member.epochs == 1 and member.eval_every is None
     assert member.optim.lr == pytest.approx(2e-4) and member.optim.scheduler == "constant"
     assert member.optim.warmup_ratio == 0.0 and member.order_seed == 42 + 2000 and member.seed == 42
+    probed = member_config(settings, tmp_path / "run", 1, tmp_path / "m1", lr_factor=0.3)  # benchmarks/soup_probe.py
+    assert probed.optim.lr == pytest.approx(6e-4) and probed.order_seed == 42 + 1000
 
 
 def test_order_seed_changes_the_batches_but_not_the_initialisation(tiny_base_dir, rows_file, tmp_path):

@@ -1,0 +1,154 @@
+"""Benchmark (issue 23, informs auto mode's weight soup): soups of one run and k continuations, per member lr factor.
+
+Auto mode (`training.search.auto`) ends with a soup (`training.search.soup`): the run it would write, averaged
+with one-epoch continuations of it at a fraction of its learning rate. This probe measures that soup alone, with
+no budget in the way: for a dataset of `benchmarks/recipes.py`'s panel and a seed it trains the default recipe
+once (the run), then for each `--factors` value trains `--members` continuations from that run and scores the
+soup of the run and its first i members on the test split after each member (`tuneserve evaluate`'s scorer,
+as recipes.py does). Factors are paired on the same run, so their difference is the factor's alone.
+
+Each call writes benchmarks/results/soup_probe/<dataset>-s<seed>.json; `--report` combines them into
+benchmarks/results/soup_probe.json + .md: soup minus run per factor and member count, and factor minus factor
+at the largest member count both ran (row Q7-soup-lr, which informs auto mode's MEMBER_LR_FACTOR).
+
+    python benchmarks/soup_probe.py --dataset emotion --train-rows 3000 --seed 0 --factors 0.1,0.3 --members 3
+    python benchmarks/soup_probe.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `python benchmarks/NAME.py`
+from benchmarks.recipes import (  # noqa: E402
+    DATASETS, cap_rows, machine, score_artifact, train_config, versions, write_split)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PARTS = RESULTS / "soup_probe"
+
+
+def probe(args: argparse.Namespace) -> dict:
+    from training.artifact import read_manifest
+    from training.search.auto import resolve_recipe
+    from training.search.soup import member_config, merge_members
+    from training.train.run import train
+
+    train_all, test_all = DATASETS[args.dataset]()
+    work = Path(tempfile.mkdtemp(prefix=f"soup-probe-{args.dataset}-"))
+    data = work / "data"
+    write_split(data, "train", cap_rows(train_all, args.train_rows, 0))
+    write_split(data, "test", cap_rows(test_all, args.test_rows, 1))
+    cfg, _ = train_config(data / "train.csv", work / "run", [f"seed={42 + args.seed}"], args.threads)
+    run = Path(cfg.output)
+    train(cfg)
+    settings, rows = resolve_recipe(cfg)
+    part = {"dataset": args.dataset, "seed": args.seed, "train_rows": rows, "threads": args.threads,
+            "start": "the default recipe's run (training/configs/classify-minilm.yaml)",
+            "machine_at_start": machine(args.threads), "versions": versions(),
+            "command": "python benchmarks/soup_probe.py " + " ".join(sys.argv[1:]),
+            "run": score_artifact(run, data, work / "eval-run", args.threads)["accuracy"], "soups": {},
+            "member_seconds": {}}
+    PARTS.mkdir(parents=True, exist_ok=True)
+    for factor in (float(f) for f in args.factors.split(",")):
+        members: list[Path] = []
+        for i in range(1, args.members + 1):
+            started = time.monotonic()
+            member = member_config(settings, run, i, work / f"f{factor}-member-{i}", lr_factor=factor)
+            train(member)
+            members.append(Path(member.output))
+            part["member_seconds"].setdefault(str(factor), []).append(round(time.monotonic() - started, 1))
+            soup = work / f"f{factor}-soup-{i}"
+            merge_members([run, *members], soup, read_manifest(run))
+            accuracy = score_artifact(soup, data, work / f"eval-{factor}-{i}", args.threads)["accuracy"]
+            part["soups"].setdefault(str(factor), []).append(accuracy)
+            print(f"[{args.dataset} s{args.seed}] factor {factor}, run + {i} members: {accuracy:.4f} "
+                  f"(run {part['run']:.4f})", flush=True)
+            part["machine_at_end"] = machine(args.threads)
+            (PARTS / f"{args.dataset}-s{args.seed}.json").write_text(json.dumps(part, indent=2), encoding="utf-8")
+    shutil.rmtree(work, ignore_errors=True)
+    return part
+
+
+def paired_gaps(parts: list[dict], a: str, b: str) -> dict[str, list[float]]:
+    """Factor a minus factor b, test points, per dataset: one value per run (seed), at the largest member count
+    both factors reached on it."""
+    gaps: dict[str, list[float]] = {}
+    for p in parts:
+        soups = p["soups"]
+        if a in soups and b in soups and (k := min(len(soups[a]), len(soups[b]))):
+            gaps.setdefault(p["dataset"], []).append(round((soups[a][k - 1] - soups[b][k - 1]) * 100, 2))
+    return gaps
+
+
+def soup_gains(parts: list[dict], factor: str, members: int) -> dict[str, list[float]]:
+    """The soup of the run and `members` members at `factor` minus the run alone, test points, per dataset."""
+    gains: dict[str, list[float]] = {}
+    for p in parts:
+        if len(soups := p["soups"].get(factor, [])) >= members:
+            gains.setdefault(p["dataset"], []).append(round((soups[members - 1] - p["run"]) * 100, 2))
+    return gains
+
+
+def _row(goal_id: str, measure: str, per_run: dict[str, list[float]], goal: str) -> dict:
+    means = {d: round(sum(g) / len(g), 2) for d, g in per_run.items()}
+    return {"id": goal_id, "measure": measure, "value": means, "per_run": per_run,
+            "panel_mean": round(sum(means.values()) / len(means), 2) if means else None,
+            "goal": goal, "met": "informs", "datasets": len(means)}
+
+
+def report(a: str = "0.3", b: str = "0.1", members: int = 3) -> dict:
+    parts = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(PARTS.glob("*.json"))]
+    goals = [_row("Q7-soup-lr", f"soup with members at {a} x the run's lr minus at {b} x, test accuracy points at the "
+                  "largest member count both ran, mean over runs per dataset", paired_gaps(parts, a, b),
+                  f"informs: > 0 on every dataset would justify moving MEMBER_LR_FACTOR from {b} to {a}"),
+             _row("Q7-soup-gain", f"soup of the run and {members} members at {b} x its lr minus the run, test accuracy "
+                  "points, mean over runs per dataset", soup_gains(parts, b, members),
+                  "informs Q7: what auto mode's soup adds when its members fit the budget")]
+    result = {"benchmark": "soup_probe", "goals": goals, "runs": parts,
+              "command": "python benchmarks/soup_probe.py --report (after one --dataset run per dataset and seed)"}
+    (RESULTS / "soup_probe.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    lines = ["# Weight soup probe: run + k continuations, per member lr factor (issue 23)", "",
+             "Test accuracy of the run alone and of the soup of the run and its first k members; members are one "
+             "epoch from the run at factor x its learning rate, constant (training.search.soup).", "",
+             "| dataset | seed | train rows | factor | run | soup k=1.. | soup - run, points |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for p in parts:
+        for factor, soups in p["soups"].items():
+            accuracies = ", ".join(f"{s:.4f}" for s in soups)
+            gains = ", ".join(f"{(s - p['run']) * 100:+.2f}" for s in soups)
+            lines.append(f"| {p['dataset']} | {p['seed']} | {p['train_rows']} | {factor} | {p['run']:.4f} | "
+                         f"{accuracies} | {gains} |")
+    lines += ["", "| goal | measure | value | per run | panel mean | target |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {g['id']} | {g['measure']} | {g['value']} | {g['per_run']} | {g['panel_mean']} | {g['goal']} |"
+              for g in goals] + [""]
+    lines += [f"- {p['dataset']} s{p['seed']}: start = {p['start']}; `{p['command']}`" for p in parts] + [""]
+    (RESULTS / "soup_probe.md").write_text("\n".join(lines), encoding="utf-8")
+    print("\n".join(lines))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=sorted(DATASETS))
+    parser.add_argument("--train-rows", type=int, default=None, help="cap on training rows (recipes.py's panel: 3000)")
+    parser.add_argument("--test-rows", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0, help="the recipe's seed is 42 + this (recipes.py's seeds)")
+    parser.add_argument("--factors", default="0.1,0.3", help="member learning rate factors, paired on one run")
+    parser.add_argument("--members", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--report", action="store_true")
+    args = parser.parse_args()
+    if args.dataset:
+        probe(args)
+    if args.report or not args.dataset:
+        report()
+
+
+if __name__ == "__main__":
+    main()
