@@ -17,6 +17,12 @@ SCORING = "right-padded"  # recipe arms scored after commit 5c8264c (the loader'
 STALE_SCORING = "left-padded (before 5c8264c)"
 
 
+def dataset_means(per_dataset: dict[str, list[float]]) -> dict:
+    """{"value": each dataset's mean of its points, "panel_mean": the mean of those means}, rounded to 0.01."""
+    means = {d: round(sum(g) / len(g), 2) for d, g in per_dataset.items()}
+    return {"value": means, "panel_mean": round(sum(means.values()) / len(means), 2) if means else None}
+
+
 def scoring_of(arm: str, record: dict) -> str:
     """How an arm's test rows were scored: the plain loop pads right in its own loop; recipe arms scored before
     commit 5c8264c went through a left-padding loader (MiniLM's absolute positions shifted: understated)."""
@@ -53,10 +59,8 @@ def goals(parts: list[dict]) -> list[dict]:
 
     def seeds_row(goal_id: str, a: str, b: str, goal: str) -> dict:
         per_seed = {p["dataset"]: gaps for p in parts if len(gaps := seeded(p, a, b)) > 1}
-        means = {d: round(sum(g) / len(g), 2) for d, g in per_seed.items()}
         return {"id": goal_id, "measure": f"{a} minus {b}, points, mean over seeds per dataset (seed 0 = the arms' "
-                "own runs), datasets run with --seeds", "value": means, "per_seed": per_seed,
-                "panel_mean": round(sum(means.values()) / len(means), 2) if means else None,
+                "own runs), datasets run with --seeds", **dataset_means(per_seed), "per_seed": per_seed,
                 "goal": goal, "met": "informs", "datasets": len(per_seed)}
 
     def seed_mean_gap(a: str, b: str) -> dict[str, float]:

@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `python benchmarks/NAME.py`
 from benchmarks.recipes import (  # noqa: E402
     DATASETS, cap_rows, machine, score_artifact, train_config, versions, write_split)
+from benchmarks.recipes_report import dataset_means  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PARTS = RESULTS / "soup_probe"
@@ -96,10 +97,8 @@ def soup_gains(parts: list[dict], factor: str, members: int) -> dict[str, list[f
 
 
 def _row(goal_id: str, measure: str, per_run: dict[str, list[float]], goal: str) -> dict:
-    means = {d: round(sum(g) / len(g), 2) for d, g in per_run.items()}
-    return {"id": goal_id, "measure": measure, "value": means, "per_run": per_run,
-            "panel_mean": round(sum(means.values()) / len(means), 2) if means else None,
-            "goal": goal, "met": "informs", "datasets": len(means)}
+    return {"id": goal_id, "measure": measure, **dataset_means(per_run), "per_run": per_run,
+            "goal": goal, "met": "informs", "datasets": len(per_run)}
 
 
 def report(a: str = "0.3", b: str = "0.1", members: int = 3) -> dict:
