@@ -84,3 +84,14 @@ def test_auto_config_trains_with_resolved_values(tiny_base_dir, tmp_path):
     optim = outcome.manifest.hyperparameters["optim"]
     assert optim["lr"] == 2e-3 and outcome.result.steps == 2
     assert outcome.manifest.hyperparameters["class_weighting"] == "balanced"  # 30 / 10 rows: imbalanced
+
+
+def test_a_picked_recipe_dumps_without_serializer_warnings():
+    """model_copy skips validation: a picked value of another type than the field's made pydantic warn on every
+    dump (auto mode's trial configs are dumps of the recipe: two warnings at each `tuneserve train auto=true`)."""
+    import warnings
+
+    config = pick_recipe(classify(), DataShape(rows=2700, labels=77, imbalance=7.0)).config
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert TrainConfig.model_validate(config.model_dump()) == config

@@ -131,7 +131,7 @@ def pick_recipe(cfg: TrainConfig, shape: DataShape) -> Recipe:
     epochs = cfg.epochs
     if epochs == AUTO:
         epochs, why = _epochs(cfg, shape)
-        updates["epochs"] = epochs
+        updates["epochs"] = float(epochs)  # the field's type: an int here made every model_dump warn
         advice.append(why)
     if cfg.optim.warmup_ratio == AUTO:
         steps = cfg.max_steps or math.ceil(epochs * math.ceil(shape.rows / cfg.batch_size) / cfg.grad_accum)
