@@ -5,13 +5,17 @@ with one-epoch continuations of it at a fraction of its learning rate. This prob
 no budget in the way: for a dataset of `benchmarks/recipes.py`'s panel and a seed it trains the default recipe
 once (the run), then for each `--factors` value trains `--members` continuations from that run and scores the
 soup of the run and its first i members on the test split after each member (`tuneserve evaluate`'s scorer,
-as recipes.py does). Factors are paired on the same run, so their difference is the factor's alone.
+as recipes.py does). Factors are paired on the same run, so their difference is the factor's alone. A factor
+written `0.1+val` trains its members on train + validation instead (what auto mode's soup does after a refit).
+A later call for the same dataset and seed keeps the earlier call's arms when its run scores the same (training
+is deterministic at a fixed thread count) and trains only the arms not yet probed.
 
 Each call writes benchmarks/results/soup_probe/<dataset>-s<seed>.json; `--report` combines them into
-benchmarks/results/soup_probe.json + .md: soup minus run per factor and member count, and factor minus factor
-at the largest member count both ran (row Q7-soup-lr, which informs auto mode's MEMBER_LR_FACTOR).
+benchmarks/results/soup_probe.json + .md: soup minus run per factor and member count, and arm minus arm at the
+largest member count both ran (rows Q7-soup-lr and Q7-soup-val, which inform auto mode's soup).
 
     python benchmarks/soup_probe.py --dataset emotion --train-rows 3000 --seed 0 --factors 0.1,0.3 --members 3
+    python benchmarks/soup_probe.py --dataset emotion --train-rows 3000 --seed 0 --factors 0.1,0.1+val --members 3
     python benchmarks/soup_probe.py --report
 """
 
@@ -32,11 +36,12 @@ from benchmarks.recipes_report import dataset_means  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PARTS = RESULTS / "soup_probe"
+VAL_SUFFIX = "+val"  # a factor ending in it: members train on train + validation (a refit's soup), not train alone
 
 
 def probe(args: argparse.Namespace) -> dict:
     from training.artifact import read_manifest
-    from training.search.auto import resolve_recipe
+    from training.search.auto import _epoch_steps, resolve_recipe
     from training.search.soup import member_config, merge_members
     from training.train.run import train
 
@@ -55,25 +60,50 @@ def probe(args: argparse.Namespace) -> dict:
             "command": "python benchmarks/soup_probe.py " + " ".join(sys.argv[1:]),
             "run": score_artifact(run, data, work / "eval-run", args.threads)["accuracy"], "soups": {},
             "member_seconds": {}}
+    part.update(earlier_arms(PARTS / f"{args.dataset}-s{args.seed}.json", part["run"]))
     PARTS.mkdir(parents=True, exist_ok=True)
-    for factor in (float(f) for f in args.factors.split(",")):
+    for arm in args.factors.split(","):
+        factor, on_validation = float(arm.removesuffix(VAL_SUFFIX)), arm.endswith(VAL_SUFFIX)
+        key = f"{factor}{VAL_SUFFIX if on_validation else ''}"
+        if len(part["soups"].get(key, [])) >= args.members:
+            print(f"[{args.dataset} s{args.seed}] members {key}: kept from the earlier probe of this run", flush=True)
+            continue
+        part["soups"].pop(key, None)
+        part["member_seconds"].pop(key, None)
         members: list[Path] = []
         for i in range(1, args.members + 1):
             started = time.monotonic()
-            member = member_config(settings, run, i, work / f"f{factor}-member-{i}", lr_factor=factor)
-            train(member)
+            member = member_config(settings, run, i, work / f"f{key}-member-{i}", lr_factor=factor)
+            if on_validation:  # what auto mode's refit soup does: one epoch of train + validation from the run
+                train(member.model_copy(update={"refit": True}), refit_steps=_epoch_steps(settings, read_manifest(run)),
+                      selected=read_manifest(run).metrics)
+            else:
+                train(member)
             members.append(Path(member.output))
-            part["member_seconds"].setdefault(str(factor), []).append(round(time.monotonic() - started, 1))
-            soup = work / f"f{factor}-soup-{i}"
+            part["member_seconds"].setdefault(key, []).append(round(time.monotonic() - started, 1))
+            soup = work / f"f{key}-soup-{i}"
             merge_members([run, *members], soup, read_manifest(run))
-            accuracy = score_artifact(soup, data, work / f"eval-{factor}-{i}", args.threads)["accuracy"]
-            part["soups"].setdefault(str(factor), []).append(accuracy)
-            print(f"[{args.dataset} s{args.seed}] factor {factor}, run + {i} members: {accuracy:.4f} "
+            accuracy = score_artifact(soup, data, work / f"eval-{key}-{i}", args.threads)["accuracy"]
+            part["soups"].setdefault(key, []).append(accuracy)
+            print(f"[{args.dataset} s{args.seed}] members {key}, run + {i} members: {accuracy:.4f} "
                   f"(run {part['run']:.4f})", flush=True)
             part["machine_at_end"] = machine(args.threads)
             (PARTS / f"{args.dataset}-s{args.seed}.json").write_text(json.dumps(part, indent=2), encoding="utf-8")
     shutil.rmtree(work, ignore_errors=True)
     return part
+
+
+def earlier_arms(path: Path, run_accuracy: float) -> dict:
+    """The soups an earlier probe of this dataset and seed measured, when its run scored `run_accuracy` too (the
+    same run: training is deterministic at a fixed thread count), so arms added later pair with them; else none."""
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text(encoding="utf-8"))
+    if earlier.get("run") != run_accuracy:
+        print(f"{path.name}: the earlier run scored {earlier.get('run')}, this one {run_accuracy}: not the same run, "
+              "its soups are dropped", flush=True)
+        return {}
+    return {"soups": earlier["soups"], "member_seconds": earlier.get("member_seconds", {})}
 
 
 def paired_gaps(parts: list[dict], a: str, b: str) -> dict[str, list[float]]:
@@ -106,6 +136,11 @@ def report(a: str = "0.3", b: str = "0.1", members: int = 3) -> dict:
     goals = [_row("Q7-soup-lr", f"soup with members at {a} x the run's lr minus at {b} x, test accuracy points at the "
                   "largest member count both ran, mean over runs per dataset", paired_gaps(parts, a, b),
                   f"informs: > 0 on every dataset would justify moving MEMBER_LR_FACTOR from {b} to {a}"),
+             _row("Q7-soup-val", f"soup with members trained on train + validation minus on train alone (both at {b} x "
+                  "the run's lr), test accuracy points at the largest member count both ran, mean over runs per "
+                  "dataset", paired_gaps(parts, f"{b}{VAL_SUFFIX}", b),
+                  "informs: > 0 on every dataset would justify auto mode training its soup's members on train + "
+                  "validation (the soup then goes unchecked on validation)"),
              _row("Q7-soup-gain", f"soup of the run and {members} members at {b} x its lr minus the run, test accuracy "
                   "points, mean over runs per dataset", soup_gains(parts, b, members),
                   "informs Q7: what auto mode's soup adds when its members fit the budget")]
@@ -138,7 +173,8 @@ def main() -> None:
     parser.add_argument("--train-rows", type=int, default=None, help="cap on training rows (recipes.py's panel: 3000)")
     parser.add_argument("--test-rows", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0, help="the recipe's seed is 42 + this (recipes.py's seeds)")
-    parser.add_argument("--factors", default="0.1,0.3", help="member learning rate factors, paired on one run")
+    parser.add_argument("--factors", default="0.1,0.3", help="member learning rate factors, paired on one run; "
+                        f"'0.1{VAL_SUFFIX}': members at 0.1 x trained on train + validation")
     parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report", action="store_true")

@@ -111,3 +111,14 @@ def test_soup_probe_pairs_factors_on_the_same_run_at_the_members_both_reached():
     assert probe.soup_gains(parts, "0.1", 3) == {"b": [3.0, 2.0]}  # a run short of 3 members is left out
     row = probe._row("x", "m", probe.soup_gains(parts, "0.1", 1), "g")
     assert row["value"] == {"b": 0.5, "e": 1.0} and row["panel_mean"] == 0.75
+
+
+def test_soup_probe_keeps_an_earlier_probes_soups_only_for_the_same_run(tmp_path):
+    probe = _recipes("soup_probe")
+    path = tmp_path / "b-s0.json"
+    assert probe.earlier_arms(path, 0.8) == {}  # nothing probed yet
+    path.write_text('{"run": 0.8, "soups": {"0.1": [0.81], "0.3": [0.82]}}', encoding="utf-8")
+    assert probe.earlier_arms(path, 0.8) == {"soups": {"0.1": [0.81], "0.3": [0.82]}, "member_seconds": {}}
+    assert probe.earlier_arms(path, 0.79) == {}  # another run: its soups would not pair with this one's
+    parts = [{"dataset": "b", "run": 0.8, "soups": {"0.1": [0.81, 0.82], "0.1+val": [0.83, 0.85]}}]
+    assert probe.paired_gaps(parts, "0.1+val", "0.1") == {"b": [3.0]}
