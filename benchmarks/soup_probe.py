@@ -103,7 +103,7 @@ def earlier_arms(path: Path, run_accuracy: float) -> dict:
         print(f"{path.name}: the earlier run scored {earlier.get('run')}, this one {run_accuracy}: not the same run, "
               "its soups are dropped", flush=True)
         return {}
-    return {"soups": earlier["soups"], "member_seconds": earlier.get("member_seconds", {})}
+    return {"soups": earlier["soups"], "member_seconds": earlier.get("member_seconds") or {}}
 
 
 def paired_gaps(parts: list[dict], a: str, b: str) -> dict[str, list[float]]:

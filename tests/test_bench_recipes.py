@@ -117,7 +117,7 @@ def test_soup_probe_keeps_an_earlier_probes_soups_only_for_the_same_run(tmp_path
     probe = _recipes("soup_probe")
     path = tmp_path / "b-s0.json"
     assert probe.earlier_arms(path, 0.8) == {}  # nothing probed yet
-    path.write_text('{"run": 0.8, "soups": {"0.1": [0.81], "0.3": [0.82]}}', encoding="utf-8")
+    path.write_text('{"run": 0.8, "soups": {"0.1": [0.81], "0.3": [0.82]}, "member_seconds": null}', encoding="utf-8")
     assert probe.earlier_arms(path, 0.8) == {"soups": {"0.1": [0.81], "0.3": [0.82]}, "member_seconds": {}}
     assert probe.earlier_arms(path, 0.79) == {}  # another run: its soups would not pair with this one's
     parts = [{"dataset": "b", "run": 0.8, "soups": {"0.1": [0.81, 0.82], "0.1+val": [0.83, 0.85]}}]
