@@ -122,3 +122,11 @@ def test_soup_probe_keeps_an_earlier_probes_soups_only_for_the_same_run(tmp_path
     assert probe.earlier_arms(path, 0.79) == {}  # another run: its soups would not pair with this one's
     parts = [{"dataset": "b", "run": 0.8, "soups": {"0.1": [0.81, 0.82], "0.1+val": [0.83, 0.85]}}]
     assert probe.paired_gaps(parts, "0.1+val", "0.1") == {"b": [3.0]}
+
+
+def test_q7_is_judged_on_the_exact_mean_not_its_rounding():
+    recipes = _recipes()
+    part = _part("a", 0.80, 0.90, auto=0.905, seeds={"default": {"1": 0.90, "2": 0.90}, "auto": {"1": 0.9049, "2": 0.905}})
+    q7 = next(row for row in recipes.goals([part]) if row["id"] == "Q7")
+    assert q7["per_dataset"] == {"a": 0.5} and q7["value"] == 0.497  # +0.50, +0.49, +0.50 points
+    assert q7["met"] is False  # 0.4967 < 0.5, though it rounds to 0.5
