@@ -113,9 +113,9 @@ def test_auto_mode_writes_a_soup_of_continuations_of_the_chosen_run(monkeypatch,
 
     monkeypatch.setattr("training.search.run.out_of_budget", lambda *a, **k: True)  # no search: the soup only
     cfg = make_config(*_classifier_args(tiny_base_dir, rows_file, tmp_path / "auto", "eval_every=1", "refit=false"))
-    report = auto_train(cfg, budget=600, soup=3)
+    report = auto_train(cfg, budget=600, soup=3, soup_on_validation=False)
     soup = report["soup"]
-    assert len(report["trials"]) == 1 and soup["members"] == 3 and not soup["refit"]
+    assert len(report["trials"]) == 1 and soup["members"] == 3 and not soup["on_validation"]
     assert soup["order_seeds"] == [None, 42 + 1000, 42 + 2000] and soup["member_lr"] == pytest.approx(5e-4)
     member = read_manifest(tmp_path / "auto.search" / "soup" / "member-1")
     assert member.hyperparameters["init_adapter"] == str(tmp_path / "auto.search" / "recipe")
@@ -140,9 +140,25 @@ def test_with_refit_the_members_continue_the_refit_on_train_and_validation(monke
     cfg = make_config(*_classifier_args(tiny_base_dir, rows_file, tmp_path / "auto", "eval_every=1", "refit=true"))
     report = auto_train(cfg, budget=600, soup=2)
     soup = report["soup"]
-    assert soup["refit"] and soup["members"] == 2 and soup["order_seeds"] == [None, 42 + 1000]
+    assert soup["on_validation"] and soup["members"] == 2 and soup["order_seeds"] == [None, 42 + 1000]
     assert report["refit"]["steps"] >= 1 and "no validation" in soup["why"]
     member = read_manifest(tmp_path / "auto.search" / "soup" / "member-1").metrics
     assert member["refit_steps"] == 6  # one epoch of train + validation: 36 + 12 rows / batch 8
     written = read_manifest(tmp_path / "auto")
     assert written.lineage["combination"] == "cat" and written.metrics["refit_steps"] == report["refit"]["steps"]
+
+
+def test_by_default_the_members_continue_the_run_on_train_and_validation(monkeypatch, tiny_base_dir, rows_file,
+                                                                         tmp_path):
+    from training.search.auto import auto_train
+
+    monkeypatch.setattr("training.search.run.out_of_budget", lambda *a, **k: True)
+    cfg = make_config(*_classifier_args(tiny_base_dir, rows_file, tmp_path / "auto", "eval_every=1", "refit=false"))
+    report = auto_train(cfg, budget=600, soup=2)
+    soup = report["soup"]
+    assert "refit" not in report and soup["on_validation"] and "no validation" in soup["why"]
+    member = read_manifest(tmp_path / "auto.search" / "soup" / "member-1")
+    assert member.metrics["refit_steps"] == 6  # one epoch of train + validation: 36 + 12 rows / batch 8
+    assert member.hyperparameters["init_adapter"] == str(tmp_path / "auto.search" / "recipe")  # the run, not a refit
+    written = read_manifest(tmp_path / "auto")
+    assert written.lineage["combination"] == "cat" and len(written.lineage["sources"]) == 2
