@@ -132,33 +132,23 @@ def test_auto_mode_writes_a_soup_of_continuations_of_the_chosen_run(monkeypatch,
     assert "## Weight soup: 3 runs" in (tmp_path / "auto.search" / "report.md").read_text()
 
 
-def test_with_refit_the_members_continue_the_refit_on_train_and_validation(monkeypatch, tiny_base_dir, rows_file,
-                                                                           tmp_path):
+@pytest.mark.parametrize("refit", [True, False])
+def test_the_members_continue_the_written_run_on_train_and_validation(refit, monkeypatch, tiny_base_dir, rows_file,
+                                                                      tmp_path):
+    """By default (and always after a refit) each member trains one epoch of train + validation; the soup is written."""
     from training.search.auto import auto_train
 
     monkeypatch.setattr("training.search.run.out_of_budget", lambda *a, **k: True)
-    cfg = make_config(*_classifier_args(tiny_base_dir, rows_file, tmp_path / "auto", "eval_every=1", "refit=true"))
+    cfg = make_config(*_classifier_args(tiny_base_dir, rows_file, tmp_path / "auto", "eval_every=1", f"refit={refit}"))
     report = auto_train(cfg, budget=600, soup=2)
     soup = report["soup"]
     assert soup["on_validation"] and soup["members"] == 2 and soup["order_seeds"] == [None, 42 + 1000]
-    assert report["refit"]["steps"] >= 1 and "no validation" in soup["why"]
-    member = read_manifest(tmp_path / "auto.search" / "soup" / "member-1").metrics
-    assert member["refit_steps"] == 6  # one epoch of train + validation: 36 + 12 rows / batch 8
-    written = read_manifest(tmp_path / "auto")
-    assert written.lineage["combination"] == "cat" and written.metrics["refit_steps"] == report["refit"]["steps"]
-
-
-def test_by_default_the_members_continue_the_run_on_train_and_validation(monkeypatch, tiny_base_dir, rows_file,
-                                                                         tmp_path):
-    from training.search.auto import auto_train
-
-    monkeypatch.setattr("training.search.run.out_of_budget", lambda *a, **k: True)
-    cfg = make_config(*_classifier_args(tiny_base_dir, rows_file, tmp_path / "auto", "eval_every=1", "refit=false"))
-    report = auto_train(cfg, budget=600, soup=2)
-    soup = report["soup"]
-    assert "refit" not in report and soup["on_validation"] and "no validation" in soup["why"]
+    assert "no validation" in soup["why"] and ("refit" in report) == refit
     member = read_manifest(tmp_path / "auto.search" / "soup" / "member-1")
     assert member.metrics["refit_steps"] == 6  # one epoch of train + validation: 36 + 12 rows / batch 8
-    assert member.hyperparameters["init_adapter"] == str(tmp_path / "auto.search" / "recipe")  # the run, not a refit
     written = read_manifest(tmp_path / "auto")
     assert written.lineage["combination"] == "cat" and len(written.lineage["sources"]) == 2
+    if refit:  # the members continue the refit, and the soup keeps its manifest
+        assert report["refit"]["steps"] >= 1 and written.metrics["refit_steps"] == report["refit"]["steps"]
+    else:  # they continue the recipe's trial
+        assert member.hyperparameters["init_adapter"] == str(tmp_path / "auto.search" / "recipe")
