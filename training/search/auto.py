@@ -23,10 +23,10 @@ already calls for a refit, 1.2 x its time is held back from the search for it. T
 up to `soup` - 1 one-epoch continuations of the run about to be written, trained on train + validation
 (+0.09 test points over members on train alone, paired on seven runs), averaged with it and written.
 Measured against the default recipe and a plain loop by `benchmarks/recipes.py` (benchmarks/results/recipes.md),
-15 minutes at 1 thread, members on train alone (checked on validation): no search trial led the recipe's by a
-standard error on banking77, emotion or SQuAD topics (3, 3 and 18 trials), and the soup of the recipe's run and
-three continuations was written on all three: +0.65, +0.30 and 0.00 points of test accuracy over the default
-at seed 0, +0.88, +0.40 and +0.47 at seed 1, +1.04, +0.90 and -0.16 at seed 2; Q7 = +0.498, goal +0.5.
+15 minutes at 1 thread: no search trial led the recipe's by a standard error on banking77, emotion or SQuAD
+topics (2, 2 and 14 trials at seed 0), and the soup of the recipe's run and three continuations was written on
+every run: +0.84, +0.85 and +0.16 points of test accuracy over the default at seed 0, +0.65, +1.25 and +0.62 at
+seed 1, +1.85, +0.50 and 0.00 at seed 2; Q7 = +0.75, goal +0.5 (members on train alone: +0.498).
 The soup alone, its three members not bounded by a budget (benchmarks/soup_probe.py), adds +0.84, +0.73 and
 +0.10 points over the run (2, 2 and 3 seeds).
 
