@@ -42,7 +42,7 @@ VAL_SUFFIX = "+val"  # a factor ending in it: members train on train + validatio
 def probe(args: argparse.Namespace) -> dict:
     from training.artifact import read_manifest
     from training.search.auto import _epoch_steps, resolve_recipe
-    from training.search.soup import member_config, merge_members
+    from training.search.soup import member_config, merge_members, train_member
     from training.train.run import train
 
     train_all, test_all = DATASETS[args.dataset]()
@@ -54,6 +54,7 @@ def probe(args: argparse.Namespace) -> dict:
     run = Path(cfg.output)
     train(cfg)
     settings, rows = resolve_recipe(cfg)
+    run_manifest = read_manifest(run)
     part = {"dataset": args.dataset, "seed": args.seed, "train_rows": rows, "threads": args.threads,
             "start": "the default recipe's run (training/configs/classify-minilm.yaml)",
             "machine_at_start": machine(args.threads), "versions": versions(),
@@ -71,18 +72,14 @@ def probe(args: argparse.Namespace) -> dict:
         part["soups"].pop(key, None)
         part["member_seconds"].pop(key, None)
         members: list[Path] = []
+        refit_steps = _epoch_steps(settings, run_manifest) if on_validation else None  # one epoch of train + val
         for i in range(1, args.members + 1):
             started = time.monotonic()
             member = member_config(settings, run, i, work / f"f{key}-member-{i}", lr_factor=factor)
-            if on_validation:  # what auto mode's refit soup does: one epoch of train + validation from the run
-                train(member.model_copy(update={"refit": True}), refit_steps=_epoch_steps(settings, read_manifest(run)),
-                      selected=read_manifest(run).metrics)
-            else:
-                train(member)
-            members.append(Path(member.output))
+            members.append(train_member(member, refit_steps, run_manifest.metrics))
             part["member_seconds"].setdefault(key, []).append(round(time.monotonic() - started, 1))
             soup = work / f"f{key}-soup-{i}"
-            merge_members([run, *members], soup, read_manifest(run))
+            merge_members([run, *members], soup, run_manifest)
             accuracy = score_artifact(soup, data, work / f"eval-{key}-{i}", args.threads)["accuracy"]
             part["soups"].setdefault(key, []).append(accuracy)
             print(f"[{args.dataset} s{args.seed}] members {key}, run + {i} members: {accuracy:.4f} "

@@ -64,22 +64,27 @@ def member_config(settings: TrainConfig, start: Path, i: int, output: Path,
                                        "output": str(output), "overwrite": True, "refit": False})
 
 
+def train_member(cfg: TrainConfig, refit_steps: int | None, selected: dict[str, float] | None) -> Path:
+    """Train one member (a `member_config`): with `refit_steps`, that many steps on train + validation (auto mode's
+    soup), else its epoch on train alone. Returns its artifact."""
+    from training.train.run import train
+
+    if refit_steps:
+        train(cfg.model_copy(update={"refit": True}), refit_steps=refit_steps, selected=selected)
+    else:
+        train(cfg)
+    return Path(cfg.output)
+
+
 def train_members(settings: TrainConfig, start: Path, count: int, folder: Path, deadline: float, seconds_each: float,
                   refit_steps: int | None, selected: dict[str, float] | None) -> list[Path]:
     """`count` members from `start` into folder/member-i; none starts that would end past `deadline`. With
     `refit_steps` each member trains that many steps on train + validation (auto mode's soup)."""
-    from training.train.run import train
-
     members: list[Path] = []
     for i in range(1, count + 1):
         if time.monotonic() + seconds_each > deadline:
             break
-        cfg = member_config(settings, start, i, folder / f"member-{i}")
-        if refit_steps:
-            train(cfg.model_copy(update={"refit": True}), refit_steps=refit_steps, selected=selected)
-        else:
-            train(cfg)
-        members.append(Path(cfg.output))
+        members.append(train_member(member_config(settings, start, i, folder / f"member-{i}"), refit_steps, selected))
     return members
 
 
