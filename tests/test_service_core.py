@@ -396,6 +396,43 @@ def test_layer_stack_reuses_rows_and_grows():
     assert stack.index["s9"] == row and not stack.a[0].any() and not stack.b[0].any()  # row 0: the bare base
 
 
+def test_mixed_rows_use_only_their_own_adapter_and_a_reused_stack_row_is_not_served_stale():
+    """A mixed batch multiplies every row by the concatenation of the batch's adapters and masks the other
+    adapters' rank columns: each row must equal its own adapter's W x + s B A x (a bare row: W x), and the
+    concatenation kept across decode steps must follow a row reused by another adapter."""
+    import torch
+
+    from service.engine.multilora import MultiLora, _LayerStack
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 5, bias=False)
+    ml, stack = MultiLora(layer), _LayerStack()
+    ml.layers[id(layer)] = (layer, stack)  # what add() does for each of a PEFT model's LoRA layers
+    layer.register_forward_hook(ml._hook)
+    pairs = {s: (torch.randn(2, 6), torch.randn(5, 2)) for s in ("p", "q", "r")}
+    for slot in ("p", "q"):
+        stack.put(slot, *pairs[slot])
+
+    def expected(slot, x):
+        return layer.weight @ x if slot is None else layer.weight @ x + pairs[slot][1] @ (pairs[slot][0] @ x)
+
+    x = torch.randn(4, 3, 6)  # rows x tokens x features: a prefill; decode steps are the 1-token case
+    for rows in (["p", None, "q", "p"], ["q", "q", "q", "q"], [None, "p", None, None]):
+        ml._rows, ml._cache = rows, {}
+        out = layer(x)
+        for i, slot in enumerate(rows):
+            assert torch.allclose(out[i], torch.stack([expected(slot, t) for t in x[i]]), atol=1e-5)
+    ml._rows, ml._cache = ["p", "q"], {}
+    layer(x[:2])  # keeps the concatenation of p and q
+    row = stack.index["q"]
+    stack.drop("q")
+    stack.put("r", *pairs["r"])
+    assert stack.index["r"] == row  # same stack row, same positions as the kept concatenation
+    ml._rows, ml._cache = ["p", "r"], {}
+    out = layer(x[:2])
+    assert torch.allclose(out[1], torch.stack([expected("r", t) for t in x[1]]), atol=1e-5)
+
+
 def test_an_adapter_of_another_peft_type_is_refused_clearly(core, tiny_base_dir, tmp_path):
     import torch
     from peft import IA3Config, get_peft_model

@@ -4,8 +4,13 @@ PEFT's `adapter_names=[...]` splits every LoRA layer's input by adapter and runs
 matmul pair per adapter group, which costs ~2x on mixed batches. Here each LoRA layer gets one
 forward hook instead: the weights of all loaded adapters are stacked per layer
 (`A: [slots+1, r_max, in]`, `B*scaling: [slots+1, out, r_max]`, slot 0 = zeros = bare base,
-smaller ranks zero-padded), each row gathers its adapter's pair, and two batched matmuls
-add every row's delta at once:
+smaller ranks zero-padded). A batch whose rows share one adapter runs two plain matmuls; a mixed batch
+multiplies every row by the concatenated pairs of the U adapters it uses (`A: [U*r, in]`,
+`B: [out, U*r]`, kept across decode steps while the batch's adapters stay the same), zeroing each row's
+other adapters' rank columns in between: two matmuls again, U x a LoRA pair's few FLOPs, and no
+per-row copies of the weights. Gathering each row's pair for two `bmm`s instead made a batch-8 decode
+step of SmolLM2-135M with 8 mixed adapters 18 % slower than with one (137 vs 116 ms, 1 thread):
+
 
     ml = MultiLora(peft_model); ml.add("a1"); ml.add("a2")
     with ml.rows(["a1", None, "a2"]):          # PEFT's own LoRA path is switched off inside
@@ -81,6 +86,20 @@ class _LayerStack:
         self.index: dict[str, int] = {}
         self.free: list[int] = []
         self.scaled: set[str] = set()  # slots with a DoRA scale
+        self.version = 0  # bumped by every change: the concatenated pairs below are kept for one version
+        self._concat: tuple[tuple[int, ...], int, torch.Tensor, torch.Tensor] | None = None
+
+    def concat(self, positions: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pairs at stack `positions`, concatenated: A [U*r, in] and B [out, U*r]. The last one is kept
+        (a decode batch keeps its adapters for many steps), so a step reuses it without copying."""
+        kept = self._concat
+        if kept is not None and kept[0] == positions and kept[1] == self.version:
+            return kept[2], kept[3]
+        index = list(positions)
+        a = self.a[index].flatten(0, 1)  # [U*r, in]
+        b = self.b[index].permute(1, 0, 2).flatten(1)  # [out, U*r]
+        self._concat = (positions, self.version, a, b)
+        return a, b
 
     def _grow(self, capacity: int, rank: int, like_a: torch.Tensor, like_b: torch.Tensor) -> None:
         a = like_a.new_zeros((capacity, rank, like_a.shape[1]))
@@ -93,6 +112,7 @@ class _LayerStack:
             b[:old, :, :old_rank] = self.b
             g[:old] = self.g
         self.a, self.b, self.g = a, b, g
+        self.version += 1
         self.free.extend(range(capacity - 1, old - 1, -1))  # pop() hands out the lowest row first
 
     def put(self, slot: str, a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor | None = None) -> None:
@@ -110,6 +130,7 @@ class _LayerStack:
         self.b[row, :, :rank] = b
         self.g[row] = 1.0 if scale is None else scale
         self.index[slot] = row
+        self.version += 1
         if scale is not None:
             self.scaled.add(slot)
 
@@ -121,6 +142,7 @@ class _LayerStack:
             self.g[row] = 1.0
             self.free.append(row)
             self.scaled.discard(slot)
+            self.version += 1
 
 
 class MultiLora:
@@ -234,14 +256,23 @@ class MultiLora:
                 module._disable_adapters = False
             self._rows, self._cache = None, {}
 
-    def _row_index(self, stack: _LayerStack) -> tuple[torch.Tensor, int | None]:
-        """Each row's stack position (0 = no adapter), and that position when all rows share one."""
+    def _row_plan(self, stack: _LayerStack) -> tuple[torch.Tensor, int | None, tuple[int, ...], torch.Tensor | None]:
+        """Each row's stack position (0 = no adapter); that position when all rows share one; else the distinct
+        adapter positions in use and the [rows, U*r] mask keeping each row's own rank columns."""
         key = id(stack)
         cached = self._cache.get(key)
         if cached is None:
             positions = [stack.index.get(s, 0) if s else 0 for s in self._rows]
-            shared = positions[0] if len(set(positions)) == 1 else None
-            cached = self._cache[key] = (torch.tensor(positions, dtype=torch.long, device=stack.a.device), shared)
+            device = stack.a.device
+            index = torch.tensor(positions, dtype=torch.long, device=device)
+            if len(set(positions)) == 1:
+                cached = (index, positions[0], (), None)
+            else:
+                used = tuple(sorted(set(positions) - {0}))
+                owner = index.unsqueeze(1) == torch.tensor(used, dtype=torch.long, device=device).unsqueeze(0)
+                mask = owner.to(stack.a.dtype).repeat_interleave(stack.a.shape[1], dim=1)  # [rows, U*r]
+                cached = (index, None, used, mask)
+            self._cache[key] = cached
         return cached
 
     def _hook(self, module, args, output):
@@ -250,15 +281,16 @@ class MultiLora:
         stack = self.layers[id(module)][1]
         if not stack.index:
             return output
-        index, shared = self._row_index(stack)
+        index, shared, used, mask = self._row_plan(stack)
         if shared == 0:
             return output
         x = args[0].to(stack.a.dtype)
-        if shared is not None:  # one adapter for the whole batch: two plain matmuls, no per-row gather
+        if shared is not None:  # one adapter for the whole batch: two plain matmuls
             delta = F.linear(F.linear(x, stack.a[shared]), stack.b[shared])
         else:
-            down = torch.bmm(x, stack.a[index].transpose(1, 2))  # [B, S, r]
-            delta = torch.bmm(down, stack.b[index].transpose(1, 2))
+            a, b = stack.concat(used)
+            down = F.linear(x, a)  # [B, S, U*r]: every used adapter's down-projection of every row
+            delta = F.linear(down * (mask if down.dim() == 2 else mask.unsqueeze(1)), b)
         if not stack.scaled:
             return output + delta.to(output.dtype)
         # DoRA: y = base(x) + (g - 1) * W x + g * (s B A x); g = 1 on plain LoRA and base rows
