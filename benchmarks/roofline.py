@@ -138,8 +138,8 @@ def base_size(base: str) -> tuple[int, int]:
 
 def forward_rate(base: str, threads: int = 2, batch: int = BATCH, prompt_tokens: int = 16, steps: int = 32) -> float:
     """Tokens/s of the base's bare decode forward passes at `batch` rows, at `threads` torch threads: the engine's
-    oneDNN-packed weights, a KV cache of a `prompt_tokens` prompt, the greedy next token fed back; no generate
-    loop, no adapter, no server. The most this box's kernels give a decode step (P14's ceiling in practice):
+    oneDNN-packed weights and in-place KV cache (of a `prompt_tokens` prompt), the greedy next token fed back; no
+    generate loop, no adapter, no server. The most this box's kernels give a decode step (P14's ceiling in practice):
     served / this is what serving costs, this / the bound what the kernels reach."""
     import torch
 
@@ -160,9 +160,11 @@ def forward_rate(base: str, threads: int = 2, batch: int = BATCH, prompt_tokens:
 def _decode_steps(model, ids, batch: int, steps: int) -> float:
     import torch
 
+    from service.engine.kv import growable
+
     with torch.inference_mode():
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        cache, token = growable(out.past_key_values), out.logits[:, -1].argmax(-1, keepdim=True)
         for _ in range(4):  # warm-up steps
             out = model(input_ids=token, past_key_values=cache, use_cache=True)
             token = out.logits[:, -1].argmax(-1, keepdim=True)

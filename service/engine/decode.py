@@ -3,8 +3,9 @@
 `DecodeBatch` is continuous batching at the token level: `admit(rows)` prefills new rows
 (identical prompts on the same adapter are prefilled once and their KV cache copied — prefix
 reuse for n > 1 and repeated prompts) and merges their KV cache into the running one
-(left-padded); `step()` decodes one token for every active row. Finished, cancelled and
-failed rows leave after each step, and cache columns no row needs are trimmed. With a `PrefixCache`
+(left-padded); `step()` decodes one token for every active row, writing its KV column into spare room
+(kv.py) rather than copying the cache. Finished, cancelled and failed rows leave after each step, and
+cache columns no row needs are trimmed. With a `PrefixCache`
 (prefix_cache.py), a row's prefill continues from the KV of its longest cached prompt prefix (per
 target, adapter slot and API key) and only the rest of its prompt runs; each prefill's prompt KV is
 stored for later requests.
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from service import metrics
+from service.engine.kv import growable
 from service.engine.prefix_cache import PrefixCache, past_for_rows, row_layers
 from service.engine.sampling import SamplingError, choose_token, make_generator, token_logprobs
 from service.engine.text import TextTracker
@@ -287,7 +289,7 @@ class DecodeBatch:
 
     def _merge(self, rows: list[ActiveRow], cache: DynamicCache, attn: torch.Tensor, tokens: torch.Tensor) -> None:
         if self.cache is None or not self.active:
-            self.active, self.cache, self.attn, self.pending = list(rows), cache, attn, tokens
+            self.active, self.cache, self.attn, self.pending = list(rows), growable(cache), attn, tokens
             return
         width = max(self.attn.shape[1], attn.shape[1])
         for old, new in zip(self.cache.layers, cache.layers):
