@@ -9,8 +9,7 @@ multiplies every row by the concatenated pairs of the U adapters it uses (`A: [U
 `B: [out, U*r]`, kept across decode steps while the batch's adapters stay the same), zeroing each row's
 other adapters' rank columns in between: two matmuls again, U x a LoRA pair's few FLOPs, and no
 per-row copies of the weights. Gathering each row's pair for two `bmm`s instead made a batch-8 decode
-step of SmolLM2-135M with 8 mixed adapters 18 % slower than with one (137 vs 116 ms, 1 thread):
-
+step of SmolLM2-135M with 8 mixed adapters 18 % slower than with one (137 vs 116 ms, 1 thread).
 
     ml = MultiLora(peft_model); ml.add("a1"); ml.add("a2")
     with ml.rows(["a1", None, "a2"]):          # PEFT's own LoRA path is switched off inside
@@ -86,7 +85,7 @@ class _LayerStack:
         self.index: dict[str, int] = {}
         self.free: list[int] = []
         self.scaled: set[str] = set()  # slots with a DoRA scale
-        self.version = 0  # bumped by every change: the concatenated pairs below are kept for one version
+        self.version = 0  # bumped by every put and drop: the concatenated pairs below are kept for one version
         self._concat: tuple[tuple[int, ...], int, torch.Tensor, torch.Tensor] | None = None
 
     def concat(self, positions: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,7 +111,6 @@ class _LayerStack:
             b[:old, :, :old_rank] = self.b
             g[:old] = self.g
         self.a, self.b, self.g = a, b, g
-        self.version += 1
         self.free.extend(range(capacity - 1, old - 1, -1))  # pop() hands out the lowest row first
 
     def put(self, slot: str, a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor | None = None) -> None:
