@@ -33,7 +33,6 @@ def test_growing_layers_decode_like_concatenating_ones_through_leaves_trims_and_
     import torch
 
     from service.engine import kv
-
     from service.engine.decode import truncate_cache
     from service.engine.kv import HEADROOM, GrowingLayer, growable
 

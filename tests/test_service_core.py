@@ -418,18 +418,18 @@ def test_mixed_rows_use_only_their_own_adapter_and_a_reused_stack_row_is_not_ser
 
     x = torch.randn(4, 3, 6)  # rows x tokens x features: a prefill; decode steps are the 1-token case
     for rows in (["p", None, "q", "p"], ["q", "q", "q", "q"], [None, "p", None, None]):
-        ml._rows, ml._cache = rows, {}
-        out = layer(x)
+        with ml.rows(rows):
+            out = layer(x)
         for i, slot in enumerate(rows):
             assert torch.allclose(out[i], torch.stack([expected(slot, t) for t in x[i]]), atol=1e-5)
-    ml._rows, ml._cache = ["p", "q"], {}
-    layer(x[:2])  # keeps the concatenation of p and q
+    with ml.rows(["p", "q"]):
+        layer(x[:2])  # keeps the concatenation of p and q
     row = stack.index["q"]
     stack.drop("q")
     stack.put("r", *pairs["r"])
     assert stack.index["r"] == row  # same stack row, same positions as the kept concatenation
-    ml._rows, ml._cache = ["p", "r"], {}
-    out = layer(x[:2])
+    with ml.rows(["p", "r"]):
+        out = layer(x[:2])
     assert torch.allclose(out[1], torch.stack([expected("r", t) for t in x[1]]), atol=1e-5)
 
 
